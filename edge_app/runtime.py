@@ -1,0 +1,178 @@
+"""TFLite runtime adapter: numpy and an interpreter, nothing else.
+
+Imports the interpreter lazily: ``ai_edge_litert`` (current), then ``tflite_runtime``
+(2.14, the last of its line, on Raspberry Pi OS; needs numpy<2), then
+``tensorflow.lite`` only as a last resort on a development machine.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RUNTIMES = ("ai-edge-litert", "tflite-runtime", "tensorflow")
+
+
+class RuntimeNotFound(RuntimeError):
+    pass
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+def _interpreter_class(runtime: str = "auto") -> tuple[Any, str]:
+    order = RUNTIMES if runtime == "auto" else (runtime,)
+    for name in order:
+        try:
+            if name == "ai-edge-litert":
+                from ai_edge_litert.interpreter import Interpreter
+            elif name == "tflite-runtime":
+                from tflite_runtime.interpreter import Interpreter
+            elif name == "tensorflow":
+                from tensorflow.lite import Interpreter  # type: ignore[no-redef]
+            else:
+                raise RuntimeNotFound(f"unknown runtime {name!r}; choose one of {', '.join(RUNTIMES)}")
+        except ImportError:
+            continue
+        return Interpreter, name
+    raise RuntimeNotFound(
+        "no TFLite runtime is installed: `pip install ai-edge-litert` "
+        "(or, on Raspberry Pi OS with numpy<2, `pip install tflite-runtime`)"
+    )
+
+
+def load_interpreter(model_path: str | os.PathLike, runtime: str = "auto", num_threads: int | None = None):
+    """Load and allocate a model. ``num_threads`` defaults to every core: the
+    interpreter's own default is a single thread."""
+    path = Path(model_path)
+    if not path.is_file():
+        raise ModelLoadError(f"no model file at {path}")
+    cls, name = _interpreter_class(runtime)
+    threads = num_threads or os.cpu_count() or 1
+    try:
+        interp = cls(model_path=str(path), num_threads=threads)
+        interp.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise ModelLoadError(
+            f"{path} is not a TFLite model this runtime can load ({str(exc).strip().splitlines()[0]}); "
+            "re-export it with `nin-pipeline convert`"
+        ) from None
+    return interp, name
+
+
+def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: np.dtype | type) -> np.ndarray:
+    """Real values -> integer tensor: ``q = round(x / scale) + zero_point``, saturated to the dtype.
+
+    Saturation (not wrap-around) matches what TFLite's own quantize op does.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f" or scale == 0:
+        return x.astype(dtype)
+    info = np.iinfo(dtype)
+    q = np.round(x / scale) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Integer tensor -> real values: ``real = scale * (q - zero_point)``.
+
+    The subtraction is done in int64 first: with int8 data, ``q - zero_point`` in the
+    tensor's own dtype would wrap around (e.g. 127 - (-128) overflows int8).
+    """
+    if scale == 0:
+        return q.astype(np.float32)
+    return (scale * (q.astype(np.int64) - zero_point)).astype(np.float32)
+
+
+@dataclass
+class TensorInfo:
+    index: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    scale: float
+    zero_point: int
+
+
+def _info(detail: dict) -> TensorInfo:
+    scale, zp = detail.get("quantization", (0.0, 0))
+    return TensorInfo(
+        index=int(detail["index"]),
+        shape=tuple(int(v) for v in detail["shape"]),
+        dtype=np.dtype(detail["dtype"]),
+        scale=float(scale),
+        zero_point=int(zp),
+    )
+
+
+class Classifier:
+    """Runs an image classifier .tflite on uint8 pixels and returns float scores.
+
+    ``pixel_scale``, ``mean`` and ``std`` describe the float model's input
+    (``x = (pixel * pixel_scale - mean) / std``); they come from the sidecar.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        *,
+        pixel_scale: float = 1.0 / 255.0,
+        mean: tuple[float, ...] = (0.0,),
+        std: tuple[float, ...] = (1.0,),
+        output_kind: str = "probabilities",
+        runtime: str = "auto",
+        num_threads: int | None = None,
+    ) -> None:
+        self.interpreter, self.runtime = load_interpreter(model_path, runtime, num_threads)
+        inputs = self.interpreter.get_input_details()
+        if len(inputs) != 1 or len(inputs[0]["shape"]) != 4:
+            raise ModelLoadError(f"{model_path} is not an image classifier: it needs one NHWC image input")
+        self.input = _info(inputs[0])
+        self.output = _info(self.interpreter.get_output_details()[0])
+        self.pixel_scale = pixel_scale
+        self.mean = np.asarray(mean, np.float32)
+        self.std = np.asarray(std, np.float32)
+        self.output_kind = output_kind
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        _, h, w, c = self.input.shape
+        return h, w, c
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.output.shape[-1])
+
+    def preprocess(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 HWC pixels (already at the input size) -> the input tensor's dtype."""
+        if self.input.dtype == np.uint8 and self._identity_uint8():
+            return pixels[None].astype(np.uint8)
+        x = (pixels.astype(np.float32) * self.pixel_scale - self.mean) / self.std
+        return quantize(x[None], self.input.scale, self.input.zero_point, self.input.dtype)
+
+    def _identity_uint8(self) -> bool:
+        # uint8 input with scale == pixel_scale, zero point 0 and no normalisation: q == pixel.
+        return (
+            abs(self.input.scale - self.pixel_scale) < 1e-9
+            and self.input.zero_point == 0
+            and not self.mean.any()
+            and np.all(self.std == 1)
+        )
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """Scores (probabilities) for one uint8 HWC image."""
+        self.interpreter.set_tensor(self.input.index, self.preprocess(pixels))
+        self.interpreter.invoke()
+        raw = self.interpreter.get_tensor(self.output.index)[0]
+        scores = dequantize(raw, self.output.scale, self.output.zero_point)
+        if self.output_kind == "logits":
+            e = np.exp(scores - scores.max())
+            scores = e / e.sum()
+        return scores
+
+    def predict_batch(self, images: np.ndarray) -> np.ndarray:
+        return np.stack([self.predict(img) for img in images])

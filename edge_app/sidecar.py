@@ -1,0 +1,206 @@
+"""The ``model.json`` sidecar: what a device needs to know to feed and read the model.
+
+The schema lives here, on the device side, because the device is its reader; the
+training pipeline imports it to write the file. Everything is plain JSON so that any
+language can read it.
+
+How a camera pixel becomes a model input (all of it is recorded in the sidecar)::
+
+    x     = pixel * input.pixel_scale                 # uint8 0..255 -> value_range
+    x     = (x - input.mean) / input.std              # per channel
+    q     = round(x / input.quant.scale) + input.quant.zero_point, clipped to the dtype
+
+For the models this project builds, pixel_scale = 1/255, mean = 0, std = 1 and the
+int8 input has scale 1/255 and zero point -128, so ``q = pixel - 128`` exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .fsutil import atomic_write_text
+
+SCHEMA_VERSION = 1
+SIDECAR_NAME = "model.json"
+
+_DTYPES = {"int8", "uint8", "float32"}
+_OUTPUT_KINDS = {"probabilities", "logits"}
+_COLOR_ORDERS = {"RGB", "BGR", "GRAY"}
+
+
+class SidecarError(ValueError):
+    """The sidecar is missing, unreadable or not of a schema this version understands."""
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """Affine quantisation of one tensor: ``real = scale * (q - zero_point)``.
+
+    A float tensor has scale 0.0 and zero point 0 (TFLite's own convention).
+    """
+
+    scale: float
+    zero_point: int
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    shape: tuple[int, ...]  # [1, H, W, C]
+    dtype: str  # int8 | uint8 | float32
+    layout: str = "NHWC"
+    color_order: str = "RGB"  # RGB | BGR | GRAY
+    pixel_scale: float = 1.0 / 255.0
+    value_range: tuple[float, float] = (0.0, 1.0)
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    quant: Quantization = Quantization(0.0, 0)
+
+    @property
+    def height(self) -> int:
+        return int(self.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.shape[2])
+
+    @property
+    def channels(self) -> int:
+        return int(self.shape[3])
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    name: str  # role: "scores" (per-class scores)
+    shape: tuple[int, ...]
+    dtype: str
+    kind: str = "probabilities"  # probabilities | logits
+    quant: Quantization = Quantization(0.0, 0)
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    labels: tuple[str, ...]
+    input: InputSpec
+    outputs: tuple[OutputSpec, ...]
+    dataset: str
+    arch: str
+    width: float
+    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    pipeline_version: str = ""
+    created: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def output(self, name: str = "scores") -> OutputSpec:
+        for out in self.outputs:
+            if out.name == name:
+                return out
+        raise SidecarError(f"model.json has no output named {name!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["labels"] = list(self.labels)
+        return d
+
+
+def _quant(d: dict[str, Any]) -> Quantization:
+    return Quantization(scale=float(d["scale"]), zero_point=int(d["zero_point"]))
+
+
+def _check_choice(what: str, value: str, allowed: set[str]) -> str:
+    if value not in allowed:
+        raise SidecarError(f"{what} is {value!r}; expected one of {sorted(allowed)}")
+    return value
+
+
+def sidecar_from_dict(d: dict[str, Any]) -> Sidecar:
+    """Build a :class:`Sidecar` from parsed JSON, with a clear error for anything off."""
+    if not isinstance(d, dict):
+        raise SidecarError("model.json must hold a JSON object")
+    version = d.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise SidecarError(
+            f"model.json has schema_version {version!r}; this edge_app reads version {SCHEMA_VERSION}. "
+            "Rebuild the run folder with the same nin-pipeline version, or upgrade edge_app."
+        )
+    try:
+        i = d["input"]
+        inp = InputSpec(
+            shape=tuple(int(v) for v in i["shape"]),
+            dtype=_check_choice("input.dtype", i["dtype"], _DTYPES),
+            layout=_check_choice("input.layout", i.get("layout", "NHWC"), {"NHWC"}),
+            color_order=_check_choice("input.color_order", i.get("color_order", "RGB"), _COLOR_ORDERS),
+            pixel_scale=float(i["pixel_scale"]),
+            value_range=tuple(float(v) for v in i["value_range"]),
+            mean=tuple(float(v) for v in i["mean"]),
+            std=tuple(float(v) for v in i["std"]),
+            quant=_quant(i["quant"]),
+        )
+        outs = tuple(
+            OutputSpec(
+                name=str(o["name"]),
+                shape=tuple(int(v) for v in o["shape"]),
+                dtype=_check_choice("output.dtype", o["dtype"], _DTYPES),
+                kind=_check_choice("output.kind", o.get("kind", "probabilities"), _OUTPUT_KINDS),
+                quant=_quant(o["quant"]),
+            )
+            for o in d["outputs"]
+        )
+        sc = Sidecar(
+            labels=tuple(str(v) for v in d["labels"]),
+            input=inp,
+            outputs=outs,
+            dataset=str(d["dataset"]),
+            arch=str(d["arch"]),
+            width=float(d["width"]),
+            files={str(k): str(v) for k, v in d.get("files", {}).items()},
+            pipeline_version=str(d.get("pipeline_version", "")),
+            created=str(d.get("created", "")),
+        )
+    except KeyError as exc:
+        raise SidecarError(f"model.json lacks the key {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, SidecarError):
+            raise
+        raise SidecarError(f"model.json has a malformed value: {exc}") from None
+    if len(inp.shape) != 4:
+        raise SidecarError(f"input.shape must be [1, H, W, C]; got {list(inp.shape)}")
+    if len(inp.mean) not in (1, inp.channels) or len(inp.std) not in (1, inp.channels):
+        raise SidecarError("input.mean and input.std need one value or one per channel")
+    scores = sc.output("scores")
+    if scores.shape[-1] != len(sc.labels):
+        raise SidecarError(
+            f"model.json lists {len(sc.labels)} labels but the scores output has {scores.shape[-1]} classes"
+        )
+    return sc
+
+
+def read_sidecar(path: str | os.PathLike) -> Sidecar:
+    """Read ``model.json`` (or the ``model.json`` inside a run folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / SIDECAR_NAME
+    if not path.is_file():
+        raise SidecarError(f"no sidecar at {path}: a run folder from `nin-pipeline build` holds model.json")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SidecarError(f"{path} is not valid JSON ({exc}); rebuild it with `nin-pipeline convert`") from None
+    try:
+        return sidecar_from_dict(data)
+    except SidecarError as exc:
+        raise SidecarError(f"{path}: {exc}") from None
+
+
+def write_sidecar(path: str | os.PathLike, sidecar: Sidecar) -> Path:
+    """Validate by round-tripping, then write atomically."""
+    d = sidecar.to_dict()
+    sidecar_from_dict(json.loads(json.dumps(d)))
+    return atomic_write_text(path, json.dumps(d, indent=2) + "\n")

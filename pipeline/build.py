@@ -1,0 +1,432 @@
+"""The main job: data -> float training -> QAT -> TFLite conversion -> evaluation, into a run folder.
+
+Each stage records its completion in ``state.json``; re-running a build on the same run
+folder skips finished stages and resumes an unfinished training stage from its last
+epoch checkpoint. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_app.fsutil import atomic_write_bytes, atomic_write_text, sha256_file
+from edge_app.sidecar import InputSpec, OutputSpec, Quantization, Sidecar, write_sidecar
+
+from . import __version__
+from .convert import ConvertConfig, QatConfig
+from .data import DataConfig, Splits
+from .models import ModelConfig
+from .train import TrainConfig
+
+log = logging.getLogger("pipeline")
+
+STAGES = ("train", "qat", "convert", "evaluate")
+FLOAT_KERAS = "model_float.keras"
+QAT_WEIGHTS = "model_qat.weights.h5"
+FLOAT_TFLITE = "model_float32.tflite"
+INT8_TFLITE = "model_int8.tflite"
+PTQ_TFLITE = "model_int8_ptq.tflite"
+
+
+class RunError(Exception):
+    """A problem with a run folder the user can fix."""
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    data: DataConfig
+    model: ModelConfig  # num_classes and input_shape are filled from the data
+    train: TrainConfig
+    qat: QatConfig
+    convert: ConvertConfig
+    profile: str = "quick"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "BuildConfig":
+        try:
+            m = dict(d["model"])
+            m["input_shape"] = tuple(m["input_shape"])
+            return cls(
+                data=DataConfig(**d["data"]), model=ModelConfig(**m), train=TrainConfig(**d["train"]),
+                qat=QatConfig(**d["qat"]), convert=ConvertConfig(**d["convert"]), profile=d.get("profile", "quick"),
+            )
+        except (KeyError, TypeError) as exc:
+            raise RunError(f"config.json does not describe a build ({exc}); start a new run folder") from None
+
+
+@dataclass
+class RunFolder:
+    root: Path
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.json"
+
+    def load_state(self) -> None:
+        p = self.root / "state.json"
+        if p.exists():
+            try:
+                self.state = json.loads(p.read_text())
+            except json.JSONDecodeError:
+                log.warning("state.json is unreadable; treating every stage as not done")
+                self.state = {}
+
+    def done(self, stage: str) -> bool:
+        return bool(self.state.get(stage, {}).get("done"))
+
+    def mark(self, stage: str, done: bool = True, **info: Any) -> None:
+        self.state[stage] = {"done": done, "at": _now(), **info}
+        if done:  # a redone stage makes every later stage stale
+            for later in STAGES[STAGES.index(stage) + 1:]:
+                self.state.pop(later, None)
+        atomic_write_text(self.root / "state.json", json.dumps(self.state, indent=2) + "\n")
+
+    def load_config(self) -> BuildConfig:
+        if not self.config_path.exists():
+            raise RunError(f"{self.root} is not a run folder (no config.json); run `nin-pipeline build --out {self.root}`")
+        try:
+            return BuildConfig.from_dict(json.loads(self.config_path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise RunError(f"{self.config_path} is corrupt ({exc}); start a new run folder") from None
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def setup_logging(run_dir: Path) -> None:
+    """Log to the terminal and to ``train.log`` in the run folder (appended across resumes)."""
+    root = logging.getLogger("pipeline")
+    root.setLevel(logging.INFO)
+    for h in list(root.handlers):
+        if getattr(h, "_nin", False):
+            root.removeHandler(h)
+            h.close()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    fh = logging.FileHandler(run_dir / "train.log")
+    fh.setFormatter(fmt)
+    sh = logging.StreamHandler()
+    sh.setFormatter(fmt)
+    for h in (fh, sh):
+        h._nin = True  # type: ignore[attr-defined]
+        root.addHandler(h)
+    root.propagate = False
+
+
+def configure_devices() -> dict[str, Any]:
+    """Use every GPU TensorFlow sees (growing memory), else all CPU cores."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for g in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(g, True)
+        except RuntimeError:
+            pass
+    info = {"gpus": len(gpus), "cpus": os.cpu_count(), "tensorflow": tf.__version__}
+    if gpus:
+        log.info("training on %d GPU(s) with mixed precision", len(gpus))
+    else:
+        log.info("no GPU visible to TensorFlow: training on the CPU (%d cores)", os.cpu_count() or 1)
+    return info
+
+
+# --------------------------------------------------------------------------- stages
+
+def load_data(cfg: BuildConfig, run: RunFolder) -> Splits:
+    from .data import make_splits
+
+    t = time.time()
+    splits = make_splits(cfg.data)
+    log.info(
+        "data: %s from %s: %d train, %d validation, %d test, %d classes, images %s (%.0f s)%s",
+        cfg.data.dataset, splits.source, len(splits.y_train), len(splits.y_val), len(splits.y_test),
+        splits.num_classes, "x".join(map(str, splits.input_shape)), time.time() - t,
+        f"; skipped {splits.skipped} unreadable file(s)" if splits.skipped else "",
+    )
+    atomic_write_text(run.path("labels.txt"), "\n".join(splits.labels) + "\n")
+    return splits
+
+
+def _model_cfg(cfg: BuildConfig, splits: Splits) -> ModelConfig:
+    want = (splits.input_shape, splits.num_classes)
+    have = (tuple(cfg.model.input_shape), cfg.model.num_classes)
+    if have != want:
+        return dataclasses.replace(cfg.model, input_shape=splits.input_shape, num_classes=splits.num_classes)
+    return cfg.model
+
+
+def _datasets(cfg: BuildConfig, splits: Splits, batch_size: int, seed: int):
+    from .data import make_dataset
+
+    train = make_dataset(splits.x_train, splits.y_train, batch_size, training=True, hflip=splits.hflip, seed=seed)
+    val = make_dataset(splits.x_val, splits.y_val, 256, training=False) if len(splits.y_val) else None
+    steps = int(np.ceil(len(splits.y_train) / batch_size))
+    return train.repeat(), val, steps
+
+
+def stage_train(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
+    import tf_keras as keras
+
+    from .models import build_model
+    from .train import distribution_strategy, fit
+
+    mcfg = _model_cfg(cfg, splits)
+    gpu = bool(_gpus())
+    if gpu:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        with distribution_strategy().scope():
+            model = build_model(mcfg)
+        log.info("model %s: %d parameters", model.name, model.count_params())
+        train_ds, val_ds, steps = _datasets(cfg, splits, cfg.train.batch_size, cfg.train.seed)
+        fit(model, train_ds, val_ds, cfg.train, steps_per_epoch=steps, run_dir=run.root, tag="train")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    # Save a float32 copy (mixed precision only changes compute dtypes; weights are float32).
+    final = build_model(mcfg)
+    final.set_weights(model.get_weights())
+    save_keras(final, run.path(FLOAT_KERAS))
+    run.mark("train", epochs=cfg.train.epochs)
+
+
+def stage_qat(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
+    from .convert import quantize
+    from .train import fit
+
+    float_model = load_float(run)
+    qat_model = quantize(float_model)
+    qcfg = TrainConfig(
+        epochs=cfg.qat.epochs, batch_size=cfg.qat.batch_size, lr=cfg.qat.lr, momentum=cfg.train.momentum,
+        weight_decay=0.0, schedule="cosine", warmup_epochs=0.0, seed=cfg.train.seed + 1,
+    )
+    if cfg.qat.epochs > 0:
+        train_ds, val_ds, steps = _datasets(cfg, splits, qcfg.batch_size, qcfg.seed)
+        fit(qat_model, train_ds, val_ds, qcfg, steps_per_epoch=steps, run_dir=run.root, tag="qat")
+    else:
+        log.info("qat: --qat-epochs 0, converting the QAT-wrapped model without fine-tuning")
+    save_weights(qat_model, run.path(QAT_WEIGHTS))
+    run.mark("qat", epochs=cfg.qat.epochs)
+
+
+def stage_convert(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
+    from .convert import to_tflite_float, to_tflite_int8
+    from .data import representative_images
+
+    float_model = load_float(run)
+    qat_model = load_qat(run)
+    rep = representative_images(splits.x_train, splits.y_train, cfg.convert.representative_samples, cfg.train.seed)
+    t = time.time()
+    atomic_write_bytes(run.path(FLOAT_TFLITE), to_tflite_float(float_model))
+    atomic_write_bytes(run.path(INT8_TFLITE), to_tflite_int8(qat_model, rep, cfg.convert.io_type))
+    atomic_write_bytes(run.path(PTQ_TFLITE), to_tflite_int8(float_model, rep, cfg.convert.io_type))
+    log.info("convert: float32, QAT int8 and PTQ int8 .tflite written (%.0f s)", time.time() - t)
+    write_sidecar(run.path("model.json"), make_sidecar(cfg, run, splits.labels))
+    run.mark("convert")
+
+
+def make_sidecar(cfg: BuildConfig, run: RunFolder, labels: tuple[str, ...]) -> Sidecar:
+    """Describe ``model_int8.tflite`` from the model's own tensors, so the two never disagree."""
+    from edge_app.runtime import load_interpreter
+
+    interp, _ = load_interpreter(run.path(INT8_TFLITE), num_threads=1)
+    i = interp.get_input_details()[0]
+    o = interp.get_output_details()[0]
+    shape = tuple(int(v) for v in i["shape"])
+    channels = shape[-1]
+    return Sidecar(
+        labels=tuple(labels),
+        input=InputSpec(
+            shape=shape, dtype=np.dtype(i["dtype"]).name, layout="NHWC",
+            color_order="GRAY" if channels == 1 else "RGB", pixel_scale=1.0 / 255.0, value_range=(0.0, 1.0),
+            mean=(0.0,) * channels, std=(1.0,) * channels,
+            quant=Quantization(float(i["quantization"][0]), int(i["quantization"][1])),
+        ),
+        outputs=(OutputSpec(
+            name="scores", shape=tuple(int(v) for v in o["shape"]), dtype=np.dtype(o["dtype"]).name,
+            kind="probabilities", quant=Quantization(float(o["quantization"][0]), int(o["quantization"][1])),
+        ),),
+        dataset=cfg.data.dataset, arch=cfg.model.arch, width=cfg.model.width,
+        files={n: sha256_file(run.path(n)) for n in (INT8_TFLITE, FLOAT_TFLITE, PTQ_TFLITE) if run.path(n).exists()},
+        pipeline_version=__version__, created=_now(),
+    )
+
+
+def stage_evaluate(cfg: BuildConfig, run: RunFolder, splits: Splits) -> dict[str, Any]:
+    """Test-split top-1 and bytes of every variant: the only place the test split is used."""
+    from .evaluate import predict_keras, predict_tflite, top1
+
+    x, y = splits.x_test, splits.y_test
+    log.info("evaluate: %d test images", len(y))
+    variants: dict[str, dict[str, Any]] = {}
+    float_model = load_float(run)
+    t = time.time()
+    variants["float_keras"] = {"top1": top1(predict_keras(float_model, x), y),
+                               "bytes": run.path(FLOAT_KERAS).stat().st_size, "file": FLOAT_KERAS}
+    variants["float_keras"]["seconds"] = round(time.time() - t, 2)
+    for key, name in (("float_tflite", FLOAT_TFLITE), ("ptq_int8", PTQ_TFLITE), ("qat_int8", INT8_TFLITE)):
+        t = time.time()
+        acc = top1(predict_tflite(run.path(name), x, desc=key), y)
+        variants[key] = {"top1": acc, "bytes": run.path(name).stat().st_size, "file": name,
+                         "seconds": round(time.time() - t, 2)}
+    base = variants["float_keras"]["top1"]
+    for v in variants.values():
+        v["delta_vs_float"] = v["top1"] - base
+    report = {
+        "schema_version": 1,
+        "dataset": cfg.data.dataset, "arch": cfg.model.arch, "width": cfg.model.width,
+        "test_images": int(len(y)), "split": "test",
+        "variants": variants,
+        "int8_bytes_ratio": variants["qat_int8"]["bytes"] / variants["float_tflite"]["bytes"],
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "created": _now(), "pipeline_version": __version__,
+    }
+    atomic_write_text(run.path("report.json"), json.dumps(report, indent=2) + "\n")
+    for key, v in variants.items():
+        log.info("  %-13s top-1 %6.2f%%  (%+.2f)  %9d bytes", key, 100 * v["top1"], 100 * v["delta_vs_float"], v["bytes"])
+    run.mark("evaluate")
+    return report
+
+
+# --------------------------------------------------------------------------- model files
+
+def _gpus() -> list:
+    import tensorflow as tf
+
+    return tf.config.list_physical_devices("GPU")
+
+
+def save_keras(model, path: Path) -> None:
+    """``model.save`` to a temporary ``.keras`` name beside ``path``, then rename."""
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_weights(model, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.weights.h5")
+    try:
+        model.save_weights(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_float(run: RunFolder):
+    import tf_keras as keras
+
+    p = run.path(FLOAT_KERAS)
+    if not p.exists():
+        raise RunError(f"{run.root} has no {FLOAT_KERAS}: run `nin-pipeline train {run.root}` first")
+    try:
+        return keras.models.load_model(p, compile=False)
+    except Exception as exc:  # h5py/zip/keras raise many kinds for a damaged file
+        raise RunError(f"{p} is unreadable ({type(exc).__name__}); redo it with `nin-pipeline train {run.root}`") from None
+
+
+def load_qat(run: RunFolder):
+    from .convert import quantize
+
+    p = run.path(QAT_WEIGHTS)
+    if not p.exists():
+        raise RunError(f"{run.root} has no {QAT_WEIGHTS}: run `nin-pipeline qat {run.root}` first")
+    model = quantize(load_float(run))
+    try:
+        model.load_weights(p)
+    except Exception as exc:
+        raise RunError(f"{p} is unreadable ({type(exc).__name__}); redo it with `nin-pipeline qat {run.root}`") from None
+    return model
+
+
+# --------------------------------------------------------------------------- orchestration
+
+def init_run(cfg: BuildConfig, out: Path) -> RunFolder:
+    """Create the run folder and config.json, or reopen one with the same config."""
+    out.mkdir(parents=True, exist_ok=True)
+    run = RunFolder(out)
+    if run.config_path.exists():
+        saved = run.load_config()
+        diffs = _diff(saved.to_dict(), cfg.to_dict())
+        if diffs:
+            raise RunError(
+                f"{out} was started with other settings ({'; '.join(diffs[:4])}). "
+                "Resume it with the same options (or `--resume` alone), or choose a new --out"
+            )
+    else:
+        atomic_write_text(run.config_path, json.dumps(cfg.to_dict(), indent=2) + "\n")
+    run.load_state()
+    setup_logging(out)
+    return run
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, f"{prefix}{k}.")
+        elif (list(va) if isinstance(va, (list, tuple)) else va) != (list(vb) if isinstance(vb, (list, tuple)) else vb):
+            out.append(f"{prefix}{k}: {va!r} then, {vb!r} now")
+    return out
+
+
+def run_stages(run: RunFolder, stages: tuple[str, ...] = STAGES, force: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run ``stages`` in order, skipping those already done unless forced."""
+    cfg = run.load_config()
+    info = configure_devices()
+    log.info("run folder %s (nin-pipeline %s, TensorFlow %s)", run.root, __version__, info["tensorflow"])
+    todo = [s for s in stages if s in force or not run.done(s)]
+    if not todo:
+        log.info("every stage is already done; nothing to do")
+        return _read_report(run)
+    splits = load_data(cfg, run)
+    report: dict[str, Any] = {}
+    t0 = time.time()
+    for stage in STAGES:
+        if stage not in todo:
+            continue
+        t = time.time()
+        log.info("stage %s ...", stage)
+        if stage == "train":
+            stage_train(cfg, run, splits)
+        elif stage == "qat":
+            stage_qat(cfg, run, splits)
+        elif stage == "convert":
+            stage_convert(cfg, run, splits)
+        elif stage == "evaluate":
+            report = stage_evaluate(cfg, run, splits)
+        log.info("stage %s done in %.0f s", stage, time.time() - t)
+        _add_timing(run, stage, time.time() - t)
+    log.info("finished in %.0f s; run folder: %s", time.time() - t0, run.root)
+    return report or _read_report(run)
+
+
+def _add_timing(run: RunFolder, stage: str, seconds: float) -> None:
+    run.state.setdefault(stage, {})["seconds"] = round(seconds, 1)
+    atomic_write_text(run.root / "state.json", json.dumps(run.state, indent=2) + "\n")
+
+
+def _read_report(run: RunFolder) -> dict[str, Any]:
+    p = run.path("report.json")
+    return json.loads(p.read_text()) if p.exists() else {}

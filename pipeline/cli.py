@@ -1,0 +1,236 @@
+"""`nin-pipeline`: thin click commands over plain functions in pipeline.build."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .data import DATASETS
+from .models import ARCHS
+from .profiles import PROFILES
+
+IO_TYPES = ("int8", "uint8")
+
+
+def _legacy_keras_env() -> None:
+    """tfmot needs Keras 2 (tf_keras): this must be set before TensorFlow is first imported."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _user_errors(fn):
+    """Turn the errors a user can fix into one clear message and a non-zero exit."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from edge_app.runtime import ModelLoadError, RuntimeNotFound
+        from edge_app.sidecar import SidecarError
+
+        from .build import RunError
+        from .data import DataError
+
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted: finished epochs are checkpointed; run the same command again "
+                       "(or `nin-pipeline build --resume --out RUN`) to continue.", err=True)
+            sys.exit(130)
+        except (DataError, RunError, SidecarError, ModelLoadError, RuntimeNotFound) as exc:
+            raise click.ClickException(str(exc)) from None
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.split(".")[0] in ("tensorflow", "tf_keras", "tensorflow_model_optimization", "PIL", "tqdm"):
+                raise click.ClickException(
+                    f"the training stack is not installed ({exc.name} is missing): pip install 'nin-pipeline[train]' "
+                    "(from a clone: pip install '.[train]')") from None
+            raise
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nin-pipeline")
+def cli() -> None:
+    """Train Network-in-Network, fine-tune it with QAT, and export a fully int8 TFLite model."""
+    _legacy_keras_env()
+
+
+def main(argv: list[str] | None = None) -> None:
+    _legacy_keras_env()
+    cli.main(args=argv, prog_name="nin-pipeline")
+
+
+def _positive(ctx, param, value):
+    if value is not None and value <= 0:
+        raise click.BadParameter(f"must be greater than 0, got {value}")
+    return value
+
+
+def _non_negative(ctx, param, value):
+    if value is not None and value < 0:
+        raise click.BadParameter(f"must be 0 or more, got {value}")
+    return value
+
+
+@cli.command()
+@click.option("--dataset", type=click.Choice(DATASETS), default=None, help="Dataset (default cifar10).")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, envvar="NIN_DATA_DIR",
+              help="Folder or archive with the data (env NIN_DATA_DIR); else the Keras cache or download.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run folder (default artifacts/<dataset>-<arch>-<timestamp>). Re-running on it resumes.")
+@click.option("--profile", type=click.Choice(list(PROFILES)), default="quick", show_default=True,
+              help="quick: small width, CPU-friendly. paper: the paper's recipe, for a GPU.")
+@click.option("--arch", type=click.Choice(list(ARCHS)), default="nin-cifar", show_default=True)
+@click.option("--width", type=float, default=None, callback=_positive, help="Channel width multiplier.")
+@click.option("--input-size", type=int, default=None, callback=_positive,
+              help="Resize images to N x N (image folders, nin-imagenet). Default: the data's own size.")
+@click.option("--epochs", type=int, default=None, callback=_positive, help="Float training epochs.")
+@click.option("--qat-epochs", type=int, default=None, callback=_non_negative, help="QAT fine-tuning epochs.")
+@click.option("--batch-size", type=int, default=None, callback=_positive)
+@click.option("--lr", type=float, default=None, callback=_positive, help="Peak learning rate.")
+@click.option("--dropout", type=click.FloatRange(0, 0.95), default=None)
+@click.option("--limit-train", type=int, default=None, callback=_positive, help="Stratified train subset (smoke runs).")
+@click.option("--limit-test", type=int, default=None, callback=_positive, help="Stratified test subset.")
+@click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=0.1, show_default=True,
+              help="Share of train held out for validation.")
+@click.option("--io-type", type=click.Choice(IO_TYPES), default="int8", show_default=True,
+              help="int8 model input/output type (uint8 for runtimes that want it).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run (--out, or the newest matching one in artifacts/).")
+@_user_errors
+def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_epochs, batch_size, lr, dropout,
+          limit_train, limit_test, val_fraction, io_type, seed, resume) -> None:
+    """Train NiN, fine-tune it with QAT, convert to int8 TFLite and evaluate: one run folder."""
+    from .build import RunError, init_run, run_stages
+
+    explicit = {k: v for k, v in dict(width=width, input_size=input_size, epochs=epochs, qat_epochs=qat_epochs,
+                                       batch_size=batch_size, lr=lr, dropout=dropout, limit_train=limit_train,
+                                       limit_test=limit_test).items() if v is not None}
+    dataset = dataset or "cifar10"
+    if resume and out is None:
+        out = _newest_run(dataset, arch)
+        if out is None:
+            raise RunError(f"--resume: no run folder artifacts/{dataset}-{arch}-* to resume; pass --out RUN")
+    if resume and (out / "config.json").exists() and not explicit:
+        from .build import RunFolder, setup_logging
+
+        run = RunFolder(out)
+        run.load_state()
+        setup_logging(out)
+    else:
+        if resume and not (out / "config.json").exists():
+            raise RunError(f"--resume: {out} is not a run folder (no config.json)")
+        cfg = make_build_config(dataset, data_dir, profile, arch, explicit, val_fraction, io_type, seed)
+        if out is None:
+            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            out = Path("artifacts") / f"{dataset}-{arch}-{stamp}"
+        if profile == "paper":
+            _warn_paper_on_cpu()
+        run = init_run(cfg, out)
+    run_stages(run)
+    click.echo(f"run folder: {run.root}")
+
+
+def make_build_config(dataset: str, data_dir: Path | None, profile: str, arch: str, explicit: dict, val_fraction: float,
+                      io_type: str, seed: int):
+    from .build import BuildConfig
+    from .convert import ConvertConfig, QatConfig
+    from .data import DataConfig
+    from .models import ModelConfig
+    from .train import TrainConfig
+
+    p = {**PROFILES[profile], **explicit}
+    input_size = p.get("input_size")
+    if arch == "nin-imagenet" and input_size is None and dataset in ("folder",):
+        input_size = ARCHS[arch].default_input_size
+    return BuildConfig(
+        data=DataConfig(dataset=dataset, data_dir=str(data_dir.expanduser().resolve()) if data_dir else None,
+                        input_size=input_size, val_fraction=val_fraction, limit_train=p.get("limit_train"),
+                        limit_test=p.get("limit_test"), seed=seed),
+        model=ModelConfig(arch=arch, width=float(p["width"]), dropout=float(p["dropout"])),
+        train=TrainConfig(epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]),
+                          weight_decay=float(p["weight_decay"]), schedule=str(p["schedule"]),
+                          warmup_epochs=float(p["warmup_epochs"]), seed=seed),
+        qat=QatConfig(epochs=int(p["qat_epochs"]), lr=float(p["qat_lr"]), batch_size=int(p["batch_size"])),
+        convert=ConvertConfig(io_type=io_type),
+        profile=profile,
+    )
+
+
+def _newest_run(dataset: str, arch: str) -> Path | None:
+    runs = sorted(p for p in Path("artifacts").glob(f"{dataset}-{arch}-*") if (p / "config.json").exists())
+    return runs[-1] if runs else None
+
+
+def _warn_paper_on_cpu() -> None:
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return
+    # Measured on the 2-core CPU machine (benchmarks/): full-width NiN trains at ~25 images/s.
+    hours = 200 * 45_000 / 25 / 3600
+    click.secho(
+        f"warning: --profile paper trains full-width NiN for 200 epochs; with no GPU that is about "
+        f"{hours:.0f} hours on a 2-core CPU ({hours / 24:.0f} days). Use --profile quick (about 20 minutes) "
+        "or a machine with a GPU.", fg="yellow", err=True)
+
+
+def _stage_command(name: str, stages: tuple[str, ...], help_text: str):
+    @cli.command(name=name, help=help_text)
+    @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+    @_user_errors
+    def cmd(run_dir: Path) -> None:
+        import shutil
+
+        from .build import RunError, RunFolder, run_stages, setup_logging
+
+        if not (run_dir / "config.json").exists():
+            raise RunError(f"{run_dir} is not a run folder (no config.json); create one with `nin-pipeline build`")
+        run = RunFolder(run_dir)
+        run.load_state()
+        setup_logging(run_dir)
+        if run.done(name) and name in ("train", "qat"):
+            shutil.rmtree(run_dir / "checkpoints" / name, ignore_errors=True)  # redo from scratch
+        run_stages(run, stages, force=(name,))
+
+    return cmd
+
+
+_stage_command("train", ("train",), "Redo (or resume) float training in RUN_DIR.")
+_stage_command("qat", ("qat",), "Redo quantisation-aware fine-tuning in RUN_DIR.")
+_stage_command("convert", ("convert", "evaluate"), "Redo the TFLite conversion (and its evaluation) in RUN_DIR.")
+
+
+@cli.command()
+@click.option("--arch", type=click.Choice(list(ARCHS)), default="nin-cifar", show_default=True)
+@click.option("--input-size", type=int, default=None, callback=_positive, help="Default: the arch's own (32 or 224).")
+@click.option("--channels", type=click.IntRange(1, 4), default=3, show_default=True)
+@click.option("--classes", type=click.IntRange(2, 100_000), default=10, show_default=True)
+@click.option("--width", type=float, default=1.0, show_default=True, callback=_positive)
+@_user_errors
+def describe(arch: str, input_size: int | None, channels: int, classes: int, width: float) -> None:
+    """Print each layer's output shape and parameter count."""
+    from .models import ModelConfig, build_model, count_macs, describe as rows_of
+
+    size = input_size or ARCHS[arch].default_input_size
+    try:
+        model = build_model(ModelConfig(arch=arch, num_classes=classes, input_shape=(size, size, channels), width=width))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--input-size") from None
+    rows = rows_of(model)
+    click.echo(f"{model.name}: input {size}x{size}x{channels}, {classes} classes")
+    click.echo(f"{'layer':<22}{'type':<24}{'output shape':<20}{'params':>10}")
+    click.echo("-" * 76)
+    for r in rows:
+        click.echo(f"{r['name']:<22}{r['type']:<24}{str(r['output_shape']):<20}{r['params']:>10,}")
+    click.echo("-" * 76)
+    click.echo(f"total parameters: {model.count_params():,}   MACs per image: {count_macs(model):,}")
+
+
+if __name__ == "__main__":
+    main()

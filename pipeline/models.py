@@ -1,0 +1,190 @@
+"""Network-in-Network architectures (Lin, Chen, Yan 2013), as flat tf_keras functional models.
+
+A registry of named architectures, timm-style: ``build_model("nin-cifar", ...)``.
+
+Every convolution is written Conv2D(activation=None) -> BatchNormalization -> ReLU so
+that quantisation-aware training folds the BatchNorm into the convolution. The model
+is one flat functional graph (tfmot cannot quantise nested models) and holds no
+preprocessing layer (``Rescaling`` is not quantisable): inputs are float pixels
+already scaled to [0, 1], which the sidecar records.
+
+The last mlpconv block has one channel per class; its maps are NiN's per-class
+confidence maps, averaged by global average pooling into the class scores. The layer
+that produces them is named ``CLASS_MAPS_LAYER``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+CLASS_MAPS_LAYER = "class_maps"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "nin-cifar"
+    num_classes: int = 10
+    input_shape: tuple[int, int, int] = (32, 32, 3)
+    width: float = 1.0
+    batch_norm: bool = True
+    dropout: float = 0.5
+    weight_decay: float = 0.0  # L2 on kernels; the trainer prefers decoupled decay
+    float32_softmax: bool = True  # keep the softmax in float32 under mixed precision
+
+
+def _keras():
+    import tf_keras as keras
+
+    return keras
+
+
+def scaled(channels: int, width: float) -> int:
+    """Channel count after the width multiplier (at least 8, a multiple of 8 when >= 16)."""
+    c = channels * width
+    if c >= 16:
+        return int(max(16, round(c / 8) * 8))
+    return max(8, int(round(c)))
+
+
+def _conv_bn_relu(x, filters: int, kernel: int, name: str, cfg: ModelConfig, strides: int = 1,
+                  padding: str = "same", relu: bool = True):
+    keras = _keras()
+    layers = keras.layers
+    reg = keras.regularizers.l2(cfg.weight_decay) if cfg.weight_decay else None
+    x = layers.Conv2D(
+        filters, kernel, strides=strides, padding=padding, use_bias=not cfg.batch_norm,
+        kernel_initializer="he_normal", kernel_regularizer=reg, name=f"{name}_conv",
+    )(x)
+    if cfg.batch_norm:
+        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    if relu:
+        x = layers.ReLU(name=f"{name}_relu")(x)
+    return x
+
+
+def mlpconv(x, spec: list[tuple[int, int]], name: str, cfg: ModelConfig, first_stride: int = 1,
+            first_padding: str = "same", last_name: str | None = None):
+    """One mlpconv block: a k x k convolution followed by 1 x 1 convolutions, each with ReLU.
+
+    ``spec`` lists (kernel, filters) per convolution, filters already scaled.
+    """
+    for i, (kernel, filters) in enumerate(spec):
+        layer_name = last_name if (last_name and i == len(spec) - 1) else f"{name}_{i + 1}"
+        x = _conv_bn_relu(
+            x, filters, kernel, layer_name, cfg,
+            strides=first_stride if i == 0 else 1,
+            padding=first_padding if i == 0 else "same",
+        )
+    return x
+
+
+def _head(x, cfg: ModelConfig):
+    """Global average pooling of the class maps, then softmax: no fully connected layer."""
+    layers = _keras().layers
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    return layers.Activation("softmax", dtype="float32" if cfg.float32_softmax else None, name="scores")(x)
+
+
+def nin_cifar(cfg: ModelConfig):
+    """The paper's CIFAR-10 NiN: three mlpconv blocks, 3x3/2 pooling and dropout between them.
+
+    192-160-96 (5x5), 192-192-192 (5x5), 192-192-classes (3x3), as in the authors' Caffe model
+    (max pooling after block 1, average pooling after block 2).
+    """
+    keras = _keras()
+    layers = keras.layers
+    w = cfg.width
+    inputs = keras.Input(shape=cfg.input_shape, name="image")
+    x = mlpconv(inputs, [(5, scaled(192, w)), (1, scaled(160, w)), (1, scaled(96, w))], "block1", cfg)
+    x = layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")(x)
+    if cfg.dropout:
+        x = layers.Dropout(cfg.dropout, name="drop1")(x)
+    x = mlpconv(x, [(5, scaled(192, w)), (1, scaled(192, w)), (1, scaled(192, w))], "block2", cfg)
+    x = layers.AveragePooling2D(3, strides=2, padding="same", name="pool2")(x)
+    if cfg.dropout:
+        x = layers.Dropout(cfg.dropout, name="drop2")(x)
+    x = mlpconv(
+        x, [(3, scaled(192, w)), (1, scaled(192, w)), (1, cfg.num_classes)], "block3", cfg,
+        last_name=CLASS_MAPS_LAYER,
+    )
+    return keras.Model(inputs, _head(x, cfg), name=f"nin_cifar_w{w:g}")
+
+
+def nin_imagenet(cfg: ModelConfig):
+    """The larger NiN for camera-sized inputs (e.g. 224x224): 11x11/4-96, 5x5-256, 3x3-384,
+    3x3-classes mlpconv blocks (each k x k conv followed by two 1x1 convs of the same width),
+    3x3/2 max pooling, dropout before the last block, GAP (the d2l.ai / seed articles' layout)."""
+    keras = _keras()
+    layers = keras.layers
+    w = cfg.width
+    inputs = keras.Input(shape=cfg.input_shape, name="image")
+    x = mlpconv(inputs, [(11, scaled(96, w)), (1, scaled(96, w)), (1, scaled(96, w))], "block1", cfg,
+                first_stride=4, first_padding="valid")
+    x = layers.MaxPooling2D(3, strides=2, name="pool1")(x)
+    x = mlpconv(x, [(5, scaled(256, w)), (1, scaled(256, w)), (1, scaled(256, w))], "block2", cfg)
+    x = layers.MaxPooling2D(3, strides=2, name="pool2")(x)
+    x = mlpconv(x, [(3, scaled(384, w)), (1, scaled(384, w)), (1, scaled(384, w))], "block3", cfg)
+    x = layers.MaxPooling2D(3, strides=2, name="pool3")(x)
+    if cfg.dropout:
+        x = layers.Dropout(cfg.dropout, name="drop3")(x)
+    x = mlpconv(
+        x, [(3, cfg.num_classes), (1, cfg.num_classes), (1, cfg.num_classes)], "block4", cfg,
+        last_name=CLASS_MAPS_LAYER,
+    )
+    return keras.Model(inputs, _head(x, cfg), name=f"nin_imagenet_w{w:g}")
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    build: Callable
+    default_input_size: int
+    min_input_size: int
+    description: str
+
+
+ARCHS: dict[str, ArchInfo] = {
+    "nin-cifar": ArchInfo(nin_cifar, 32, 8, "the paper's CIFAR-10 NiN (3 mlpconv blocks, ~0.97M params at width 1)"),
+    "nin-imagenet": ArchInfo(nin_imagenet, 224, 67, "the larger NiN for camera-sized inputs (4 mlpconv blocks)"),
+}
+
+
+def build_model(cfg: ModelConfig):
+    """Build a registered architecture; raises ValueError with the known names for an unknown one."""
+    try:
+        info = ARCHS[cfg.arch]
+    except KeyError:
+        raise ValueError(f"unknown arch {cfg.arch!r}; choose one of {', '.join(ARCHS)}") from None
+    h, w, _ = cfg.input_shape
+    if min(h, w) < info.min_input_size:
+        raise ValueError(f"{cfg.arch} needs inputs of at least {info.min_input_size}x{info.min_input_size}; got {h}x{w}")
+    return info.build(cfg)
+
+
+def count_macs(model) -> int:
+    """Multiply-accumulates of one forward pass (convolutions only; they are > 99% of NiN's work)."""
+    keras = _keras()
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, oh, ow, oc = layer.output_shape
+            kh, kw = layer.kernel_size
+            ic = layer.input_shape[-1]
+            total += oh * ow * oc * kh * kw * ic
+    return int(total)
+
+
+def describe(model) -> list[dict]:
+    """One row per layer: name, type, output shape, parameters."""
+    rows = []
+    for layer in model.layers:
+        shape = layer.output_shape
+        if isinstance(shape, list):
+            shape = shape[0]
+        rows.append({
+            "name": layer.name,
+            "type": type(layer).__name__,
+            "output_shape": tuple(shape[1:]),
+            "params": int(layer.count_params()),
+        })
+    return rows

@@ -1,0 +1,20 @@
+"""Named settings bundles for `nin-pipeline build --profile`.
+
+quick: a small-width NiN that trains, fine-tunes and converts on a 2-core CPU in about
+       20 minutes on CIFAR-10 (see benchmarks/).
+paper: the paper's CIFAR-10 recipe (full width, dropout 0.5, SGD with momentum and weight
+       decay, 10x learning-rate drops, flips and translations), meant for a GPU.
+"""
+
+from __future__ import annotations
+
+PROFILES: dict[str, dict[str, object]] = {
+    "quick": {
+        "width": 0.25, "dropout": 0.1, "epochs": 6, "qat_epochs": 1, "batch_size": 128,
+        "lr": 0.2, "weight_decay": 5e-4, "schedule": "cosine", "warmup_epochs": 1.0, "qat_lr": 0.002,
+    },
+    "paper": {
+        "width": 1.0, "dropout": 0.5, "epochs": 200, "qat_epochs": 5, "batch_size": 128,
+        "lr": 0.1, "weight_decay": 5e-4, "schedule": "step", "warmup_epochs": 0.0, "qat_lr": 0.001,
+    },
+}
