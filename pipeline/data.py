@@ -369,11 +369,14 @@ def _tree_classes(src: Path) -> dict[str, set[str]]:
         for split in out:
             out[split] = {p.name for p in (src / split).iterdir() if p.is_dir()}
         return out
-    with tarfile.open(src) as tf:
-        for m in tf:
-            parts = _tree_parts(m.name)
-            if parts and len(parts) >= 2 and (m.isdir() or len(parts) == 3):
-                out[parts[0]].add(parts[1])
+    try:
+        with tarfile.open(src) as tf:
+            for m in tf:
+                parts = _tree_parts(m.name)
+                if parts and len(parts) >= 2 and (m.isdir() or len(parts) == 3):
+                    out[parts[0]].add(parts[1])
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DataError(f"{src} is corrupt or truncated ({exc}); re-pack or re-download it") from None
     return out
 
 

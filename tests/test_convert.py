@@ -1,0 +1,75 @@
+"""Conversion: full-int8 I/O, quantisation parameters, static batch-1 shapes, and the
+device-side quantisation maths checked against the float model."""
+
+import numpy as np
+import pytest
+
+from edge_app.runtime import Classifier, dequantize, load_interpreter, quantize
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from pipeline.convert import quantize as qat_wrap
+    from pipeline.convert import to_tflite_float, to_tflite_int8
+    from pipeline.models import ModelConfig, build_model
+
+    rng = np.random.default_rng(0)
+    model = build_model(ModelConfig(width=0.125, dropout=0.0, num_classes=10))
+    images = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    # a few steps so BatchNorm statistics and QAT ranges are not at their initial values
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    model.fit(images / 255.0, rng.integers(0, 10, 64), epochs=1, batch_size=16, verbose=0)
+    q = qat_wrap(model)
+    q.compile("sgd", "sparse_categorical_crossentropy")
+    q.fit(images / 255.0, rng.integers(0, 10, 64), epochs=1, batch_size=16, verbose=0)
+    d = tmp_path_factory.mktemp("models")
+    paths = {
+        "float": d / "f.tflite", "qat": d / "q.tflite", "ptq": d / "p.tflite", "ptq_u8": d / "u.tflite",
+    }
+    paths["float"].write_bytes(to_tflite_float(model))
+    paths["qat"].write_bytes(to_tflite_int8(q, images[:32], "int8"))
+    paths["ptq"].write_bytes(to_tflite_int8(model, images[:32], "int8"))
+    paths["ptq_u8"].write_bytes(to_tflite_int8(model, images[:32], "uint8"))
+    return model, images, paths
+
+
+def test_int8_models_have_int8_io_and_sane_quantisation(tiny):
+    _, _, paths = tiny
+    for key in ("qat", "ptq"):
+        interp, _ = load_interpreter(paths[key], num_threads=1)
+        i, o = interp.get_input_details()[0], interp.get_output_details()[0]
+        assert i["dtype"] == np.int8 and o["dtype"] == np.int8
+        assert list(i["shape"]) == [1, 32, 32, 3]  # static batch of 1, for edge runtimes
+        scale, zp = i["quantization"]
+        assert abs(scale - 1 / 255) < 2e-5 and zp == -128  # [0, 1] inputs: q = pixel - 128
+        assert o["quantization"] == pytest.approx((1 / 256, -128))  # softmax output range [0, 1)
+        # every tensor between input and output is integer: fully int8, nothing left in float
+        kinds = {np.dtype(t["dtype"]).name for t in interp.get_tensor_details()}
+        assert "float32" not in kinds, kinds
+
+
+def test_uint8_io_type(tiny):
+    interp, _ = load_interpreter(tiny[2]["ptq_u8"], num_threads=1)
+    i = interp.get_input_details()[0]
+    assert i["dtype"] == np.uint8 and i["quantization"][1] == 0
+
+
+def test_int8_bytes_are_a_fraction_of_float(tiny):
+    paths = tiny[2]
+    assert paths["qat"].stat().st_size < 0.6 * paths["float"].stat().st_size
+
+
+def test_device_maths_matches_the_float_model(tiny):
+    model, images, paths = tiny
+    want = model.predict(images[:16] / 255.0, verbose=0)
+    for key, tol in (("float", 1e-4), ("ptq", 0.06)):
+        got = Classifier(paths[key], num_threads=1).predict_batch(images[:16])
+        assert np.abs(got - want).max() < tol, key
+        assert np.allclose(got.sum(axis=1), 1.0, atol=0.05)
+
+
+def test_quantise_dequantise_maths():
+    x = np.array([0.0, 128 / 255, 1.0, 2.0, -1.0], np.float32)
+    q = quantize(x, 1 / 255, -128, np.int8)
+    assert q.dtype == np.int8 and list(q) == [-128, 0, 127, 127, -128]  # saturates, never wraps
+    np.testing.assert_allclose(dequantize(np.array([127, -128], np.int8), 1 / 256, -128), [255 / 256, 0.0])

@@ -1,0 +1,123 @@
+import pickle
+
+import numpy as np
+import pytest
+
+from conftest import make_image_tree, tar_tree
+from pipeline.data import DataConfig, DataError, load_raw, make_splits, resolve_source, stratified_indices
+
+
+def test_offline_with_nothing_local_says_which_files_to_put_where(tmp_path, monkeypatch):
+    import pipeline.data as data
+
+    def no_network(dataset):
+        raise DataError(data._missing_message(dataset, where=str(data.keras_cache_dir())))
+
+    monkeypatch.setattr(data, "_keras_download", no_network)
+    with pytest.raises(DataError, match="cifar-10-python.tar.gz") as exc:
+        load_raw("cifar10", None)
+    assert str(data.keras_cache_dir()) in str(exc.value)
+
+
+def test_empty_data_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="no cifar10 data found in"):
+        resolve_source("cifar10", tmp_path)
+    with pytest.raises(DataError, match="does not exist"):
+        resolve_source("cifar10", tmp_path / "nope")
+
+
+def test_folder_needs_a_data_dir():
+    with pytest.raises(DataError, match="needs --data-dir"):
+        resolve_source("folder", None)
+
+
+def test_env_var_is_used(tmp_path, monkeypatch):
+    make_image_tree(tmp_path / "tree")
+    monkeypatch.setenv("NIN_DATA_DIR", str(tmp_path / "tree"))
+    assert resolve_source("folder", None) == tmp_path / "tree"
+
+
+def _write_cifar_batches(d, n=20):
+    rng = np.random.default_rng(0)
+    d.mkdir(parents=True)
+    for name in ("data_batch_1", "data_batch_2", "test_batch"):
+        batch = {b"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8), b"labels": list(np.arange(n) % 10)}
+        (d / name).write_bytes(pickle.dumps(batch))
+    (d / "batches.meta").write_bytes(pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(10)]}))
+
+
+def test_official_cifar_layout_in_a_data_dir(tmp_path):
+    _write_cifar_batches(tmp_path / "cifar-10-batches-py")
+    raw = load_raw("cifar10", tmp_path)
+    assert raw.x_train.shape == (40, 32, 32, 3) and raw.x_test.shape == (20, 32, 32, 3)
+    assert raw.labels[3] == "c3"
+
+
+def test_keras_cache_layout(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    _write_cifar_batches(tmp_path / "datasets" / "cifar-10-batches-py")
+    assert load_raw("cifar10", None).x_train.shape[0] == 40
+
+
+def test_mnist_npz_is_grayscale_nhwc(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "mnist.npz", x_train=rng.integers(0, 255, (30, 28, 28), dtype=np.uint8),
+             y_train=np.arange(30) % 10, x_test=rng.integers(0, 255, (10, 28, 28), dtype=np.uint8),
+             y_test=np.arange(10))
+    splits = make_splits(DataConfig(dataset="mnist", data_dir=str(tmp_path), val_fraction=0.2))
+    assert splits.input_shape == (28, 28, 1)
+    assert splits.hflip is False  # a flipped digit is another digit
+
+
+def test_image_tree_counts_corrupt_files_and_reads_tarballs(tmp_path):
+    tree = make_image_tree(tmp_path / "tree", corrupt=2)
+    raw = load_raw("folder", tree)
+    assert raw.skipped == 2
+    assert raw.labels == ("cat", "dog", "fox")
+    assert raw.x_train.shape == (18, 16, 16, 3) and raw.x_test.shape == (9, 16, 16, 3)
+    tgz = tar_tree(tree, tmp_path / "tree.tar.gz")
+    raw2 = load_raw("folder", tgz)
+    np.testing.assert_array_equal(raw2.y_train, raw.y_train)
+    np.testing.assert_array_equal(raw2.x_test, raw.x_test)
+
+
+def test_image_tree_resizes_to_input_size(tmp_path):
+    tree = make_image_tree(tmp_path / "tree", size=20)
+    assert load_raw("folder", tree, input_size=8).x_train.shape[1:] == (8, 8, 3)
+
+
+def test_class_mismatch_and_empty_class_are_errors(tmp_path):
+    tree = make_image_tree(tmp_path / "t1")
+    (tree / "test" / "fox").rename(tree / "test" / "wolf")
+    with pytest.raises(DataError, match="only in train: \\['fox'\\]; only in test: \\['wolf'\\]"):
+        load_raw("folder", tree)
+    tree2 = make_image_tree(tmp_path / "t2")
+    for f in (tree2 / "train" / "dog").iterdir():
+        f.unlink()
+    with pytest.raises(DataError, match="no readable images for class\\(es\\) dog"):
+        load_raw("folder", tree2)
+
+
+def test_truncated_archive_is_a_clear_error(tmp_path):
+    tgz = tar_tree(make_image_tree(tmp_path / "tree"), tmp_path / "t.tar.gz")
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(tgz.read_bytes()[: len(tgz.read_bytes()) // 2])
+    with pytest.raises(DataError, match="corrupt or truncated|not a readable archive"):
+        load_raw("folder", bad)
+
+
+def test_stratified_indices_keep_class_balance():
+    y = np.repeat(np.arange(10), [100] * 5 + [50] * 5)
+    idx = stratified_indices(y, 150, np.random.default_rng(0))
+    assert len(idx) == len(set(idx)) == 150
+    counts = np.bincount(y[idx], minlength=10)
+    assert list(counts) == [20] * 5 + [10] * 5  # 150 of 750: a fifth of every class
+
+
+def test_validation_is_held_out_of_train(tmp_path):
+    tree = make_image_tree(tmp_path / "tree", per_class=(10, 2))
+    s = make_splits(DataConfig(dataset="folder", data_dir=str(tree), val_fraction=0.2, seed=1))
+    assert len(s.y_val) == 6 and len(s.y_train) == 24 and len(s.y_test) == 6
+    assert sorted(np.bincount(s.y_val)) == [2, 2, 2]
+    train_rows = {r.tobytes() for r in s.x_train}
+    assert not any(r.tobytes() in train_rows for r in s.x_val)

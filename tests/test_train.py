@@ -1,0 +1,67 @@
+"""The generic trainer: checkpoints every epoch and resumes after an interruption."""
+
+import numpy as np
+import pytest
+
+from pipeline.train import TrainConfig, fit, read_history
+
+
+def _data():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 8, 8, 1), np.float32)
+    y = (x.mean(axis=(1, 2, 3)) > 0.5).astype(np.int32)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(16).repeat()
+
+
+def _model():
+    import tf_keras as keras
+
+    inp = keras.Input((8, 8, 1))
+    out = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inp))
+    return keras.Model(inp, out)
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path):
+    import tf_keras as keras
+
+    cfg = TrainConfig(epochs=3, lr=0.05, weight_decay=1e-4, warmup_epochs=0)
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:  # after the second epoch's checkpoint
+                raise KeyboardInterrupt
+
+    m1 = _model()
+    with pytest.raises(KeyboardInterrupt):
+        fit(m1, _data(), None, cfg, steps_per_epoch=4, run_dir=tmp_path, tag="t", verbose=0, extra_callbacks=[Crash()])
+    assert len(read_history(tmp_path / "history_t.csv")["epoch"]) == 2
+
+    m2 = _model()  # a fresh process would build a fresh model
+    seen = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append(epoch)
+
+    hist = fit(m2, _data(), None, cfg, steps_per_epoch=4, run_dir=tmp_path, tag="t", verbose=0, extra_callbacks=[Spy()])
+    assert seen == [2]  # only the missing epoch ran
+    assert hist["epoch"] == [0.0, 1.0, 2.0]
+    assert int(m2.optimizer.iterations.numpy()) == 12  # the step counter (and LR schedule) carried on
+    # a third call has nothing left to do
+    seen.clear()
+    fit(_model(), _data(), None, cfg, steps_per_epoch=4, run_dir=tmp_path, tag="t", verbose=0, extra_callbacks=[Spy()])
+    assert seen == []
+
+
+def test_schedules():
+    from pipeline.train import make_schedule
+
+    cos = make_schedule(TrainConfig(epochs=10, lr=0.1, warmup_epochs=1), steps_per_epoch=10)
+    assert float(cos(0)) == pytest.approx(0.01) and float(cos(10)) == pytest.approx(0.1, rel=0.02)
+    assert float(cos(99)) < 0.01
+    step = make_schedule(TrainConfig(epochs=10, lr=0.1, schedule="step"), steps_per_epoch=10)
+    assert [round(float(step(s)), 4) for s in (0, 51, 80)] == [0.1, 0.01, 0.001]
+    with pytest.raises(ValueError, match="unknown schedule"):
+        make_schedule(TrainConfig(schedule="linear"), 10)
