@@ -186,5 +186,8 @@ def read_history(csv_path: Path) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
     for row in rows:
         for k, v in row.items():
-            out.setdefault(k, []).append(float(v))
+            try:
+                out.setdefault(k, []).append(float(v))
+            except (TypeError, ValueError):  # CSVLogger writes "NA" for a metric it lacked
+                out.setdefault(k, []).append(float("nan"))
     return out

@@ -1,0 +1,107 @@
+"""The command line: bad values end in one clear message and a non-zero exit, never a traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import REPO, make_image_tree
+from pipeline.cli import cli
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["build", "--dataset", "imagenet"], "'imagenet' is not one of"),
+    (["build", "--width", "-1"], "must be greater than 0"),
+    (["build", "--epochs", "0"], "must be greater than 0"),
+    (["build", "--profile", "slow"], "'slow' is not one of 'quick', 'paper'"),
+    (["build", "--io-type", "fp16"], "'fp16' is not one of"),
+    (["describe", "--arch", "vgg"], "'vgg' is not one of"),
+])
+def test_bad_option_values(runner, args, needle):
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 2
+    assert needle in res.output
+    assert "Traceback" not in res.output
+
+
+def test_missing_data_dir_is_a_clear_error(runner, tmp_path):
+    res = runner.invoke(cli, ["build", "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 1
+    assert "does not exist" in res.output and "Traceback" not in res.output
+
+
+def test_folder_without_test_split(runner, tmp_path):
+    tree = make_image_tree(tmp_path / "tree")
+    (tree / "test").rename(tree / "later")
+    res = runner.invoke(cli, ["build", "--dataset", "folder", "--data-dir", str(tree), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 1 and "holds no image tree" in res.output
+
+
+def test_stage_command_on_a_non_run_folder(runner, tmp_path):
+    res = runner.invoke(cli, ["convert", str(tmp_path)])
+    assert res.exit_code == 1 and "is not a run folder" in res.output
+
+
+def test_resume_with_nothing_to_resume(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(cli, ["build", "--resume"])
+    assert res.exit_code == 1 and "no run folder artifacts/cifar10-nin-cifar-*" in res.output
+
+
+def test_rerun_with_other_settings_is_refused(runner, tmp_path):
+    tree = make_image_tree(tmp_path / "tree")
+    out = tmp_path / "run"
+    out.mkdir()
+    from pipeline.cli import make_build_config
+
+    cfg = make_build_config("folder", tree, "quick", "nin-cifar", {"epochs": 1}, 0.1, "int8", 0)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict()))
+    res = runner.invoke(cli, ["build", "--dataset", "folder", "--data-dir", str(tree), "--out", str(out), "--epochs", "2"])
+    assert res.exit_code == 1
+    assert "train.epochs: 1 then, 2 now" in res.output
+
+
+def test_describe_prints_layers(runner):
+    res = runner.invoke(cli, ["describe", "--arch", "nin-cifar", "--input-size", "32"])
+    assert res.exit_code == 0, res.output
+    assert "block1_1_conv" in res.output and "(32, 32, 192)" in res.output
+    assert "total parameters: 971,240" in res.output
+    res = runner.invoke(cli, ["describe", "--arch", "nin-imagenet", "--input-size", "32"])
+    assert res.exit_code == 2 and "at least 67x67" in res.output
+
+
+BLOCK_TF = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('tensorflow', 'tf_keras', 'keras', 'tensorflow_model_optimization', 'pipeline'):
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_edge_app_imports_no_tensorflow():
+    code = BLOCK_TF + """
+import edge_app, edge_app.sidecar, edge_app.runtime, edge_app.cli, edge_app.fsutil
+bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras', 'pipeline')]
+assert not bad, bad
+print('ok')
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_importing_pipeline_imports_no_tensorflow():
+    code = "import sys, pipeline, pipeline.cli, pipeline.data, pipeline.models, pipeline.build\n" \
+           "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras')))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

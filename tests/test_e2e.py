@@ -1,0 +1,129 @@
+"""End to end: `nin-pipeline build` through the CLI on a small stratified subset of the real
+CIFAR-10 copy, interrupted once with Ctrl-C and resumed, then every file of the run folder
+checked and the int8 model run on the device runtime with TensorFlow blocked."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from test_cli import BLOCK_TF
+
+pytestmark = pytest.mark.slow
+
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def _build_cmd(cifar_jpg, out):
+    return [sys.executable, "-m", "pipeline.cli", "build", "--dataset", "cifar10", "--data-dir", str(cifar_jpg),
+            "--out", str(out), "--width", "0.25", "--epochs", "3", "--qat-epochs", "1", "--batch-size", "64",
+            "--limit-train", "3000", "--limit-test", "500", "--seed", "1"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(cifar_jpg, tmp_path_factory):
+    base = tmp_path_factory.mktemp("e2e")
+    out = base / "run"
+    env = {**os.environ, "NIN_CACHE_DIR": str(base / "cache"), "KERAS_HOME": str(base / "keras")}
+    cmd = _build_cmd(cifar_jpg, out)
+    # 1. start, wait for the first epoch's checkpoint, then Ctrl-C
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ckpt_index = out / "checkpoints" / "train" / "checkpoint"
+    deadline = time.time() + 600
+    while not ckpt_index.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    assert ckpt_index.exists(), "no checkpoint after the first epoch"
+    proc.send_signal(signal.SIGINT)
+    first_out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, first_out[-3000:]
+    assert "interrupted" in first_out and "Traceback" not in first_out
+    assert not (out / "model_float.keras").exists()
+    # 2. the same command again resumes and finishes
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return out
+
+
+def test_resumed_instead_of_starting_over(run_dir):
+    log = (run_dir / "train.log").read_text()
+    assert "train: resuming from the checkpoint after epoch" in log
+    history = (run_dir / "history_train.csv").read_text().strip().splitlines()
+    assert len(history) == 1 + 3  # header + 3 epochs, none duplicated
+
+
+def test_every_file_of_the_run_folder(run_dir):
+    from edge_app.fsutil import sha256_file
+    from edge_app.sidecar import read_sidecar
+
+    for name in ("model_int8.tflite", "model_float32.tflite", "model_int8_ptq.tflite", "model_float.keras",
+                 "model_qat.weights.h5", "labels.txt", "model.json", "report.json", "config.json", "train.log",
+                 "state.json", "history_train.csv", "history_qat.csv"):
+        assert (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0, name
+    assert list((run_dir / "tensorboard" / "train").rglob("events.out.tfevents.*"))
+    assert list((run_dir / "checkpoints" / "train").glob("ckpt-3.index"))
+    assert not list(run_dir.glob(".*tmp*")), "temporary files left behind"
+    assert (run_dir / "labels.txt").read_text().split() == CIFAR10
+
+    sc = read_sidecar(run_dir)
+    assert list(sc.labels) == CIFAR10 and sc.dataset == "cifar10" and sc.arch == "nin-cifar" and sc.width == 0.25
+    assert sc.input.shape == (1, 32, 32, 3) and sc.input.dtype == "int8" and sc.input.color_order == "RGB"
+    assert sc.output("scores").dtype == "int8" and sc.output("scores").kind == "probabilities"
+    for name, digest in sc.files.items():
+        assert sha256_file(run_dir / name) == digest, name
+
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["train"]["epochs"] == 3 and cfg["model"]["width"] == 0.25 and cfg["data"]["limit_test"] == 500
+
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["test_images"] == 500
+    assert set(report["variants"]) == {"float_keras", "float_tflite", "ptq_int8", "qat_int8"}
+    for v in report["variants"].values():
+        assert 0.0 <= v["top1"] <= 1.0
+        assert v["bytes"] == (run_dir / v["file"]).stat().st_size
+    # float Keras and float TFLite are the same network: near-identical accuracy
+    assert abs(report["variants"]["float_keras"]["top1"] - report["variants"]["float_tflite"]["top1"]) <= 0.01
+    assert report["variants"]["qat_int8"]["bytes"] < 0.4 * report["variants"]["float_tflite"]["bytes"]
+
+
+def test_int8_model_runs_on_the_edge_runtime_without_tensorflow(run_dir, tmp_path):
+    from pipeline.build import BuildConfig
+    from pipeline.data import make_splits
+
+    cfg = BuildConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    splits = make_splits(cfg.data, progress=False)
+    np.save(tmp_path / "x.npy", splits.x_test)
+    np.save(tmp_path / "y.npy", splits.y_test)
+    code = BLOCK_TF + f"""
+import numpy as np
+from edge_app.runtime import Classifier
+from edge_app.sidecar import read_sidecar
+sc = read_sidecar({str(run_dir)!r})
+clf = Classifier({str(run_dir / 'model_int8.tflite')!r}, pixel_scale=sc.input.pixel_scale,
+                 mean=sc.input.mean, std=sc.input.std, output_kind=sc.output('scores').kind)
+x, y = np.load({str(tmp_path / 'x.npy')!r}), np.load({str(tmp_path / 'y.npy')!r})
+acc = float((clf.predict_batch(x).argmax(1) == y).mean())
+assert not [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras')]
+print(clf.runtime, acc)
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runtime, acc = out.stdout.split()[-2:]
+    assert runtime == "ai-edge-litert"
+    report = json.loads((run_dir / "report.json").read_text())
+    assert float(acc) == pytest.approx(report["variants"]["qat_int8"]["top1"], abs=1e-9)  # same images, same code
+    assert float(acc) > 0.2, f"int8 accuracy {acc} is not above chance (0.10)"
+
+
+def test_rerun_of_a_finished_run_does_nothing(run_dir, cifar_jpg):
+    env = {**os.environ, "NIN_CACHE_DIR": str(run_dir.parent / "cache")}
+    t = time.time()
+    out = subprocess.run(_build_cmd(cifar_jpg, run_dir), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "every stage is already done" in out.stdout + out.stderr
+    assert time.time() - t < 120
