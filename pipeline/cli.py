@@ -125,12 +125,13 @@ def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_
     else:
         if resume and not (out / "config.json").exists():
             raise RunError(f"--resume: {out} is not a run folder (no config.json)")
+        from .data import resolve_source
+
+        resolve_source(dataset, data_dir)  # a wrong --data-dir fails before any folder is made
         cfg = make_build_config(dataset, data_dir, profile, arch, explicit, val_fraction, io_type, seed)
         if out is None:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             out = Path("artifacts") / f"{dataset}-{arch}-{stamp}"
-        if profile == "paper":
-            _warn_paper_on_cpu()
         run = init_run(cfg, out)
     run_stages(run)
     click.echo(f"run folder: {run.root}")
@@ -167,27 +168,21 @@ def _newest_run(dataset: str, arch: str) -> Path | None:
     return runs[-1] if runs else None
 
 
-def _warn_paper_on_cpu() -> None:
-    import tensorflow as tf
-
-    if tf.config.list_physical_devices("GPU"):
-        return
-    # Measured on the 2-core CPU machine (benchmarks/): full-width NiN trains at ~25 images/s.
-    hours = 200 * 45_000 / 25 / 3600
-    click.secho(
-        f"warning: --profile paper trains full-width NiN for 200 epochs; with no GPU that is about "
-        f"{hours:.0f} hours on a 2-core CPU ({hours / 24:.0f} days). Use --profile quick (about 20 minutes) "
-        "or a machine with a GPU.", fg="yellow", err=True)
+STAGE_COMMANDS = {
+    "train": "Redo (or resume) float training in RUN_DIR, then QAT, conversion and evaluation.",
+    "qat": "Redo quantisation-aware fine-tuning in RUN_DIR, then conversion and evaluation.",
+    "convert": "Redo the TFLite conversion in RUN_DIR, then the evaluation.",
+}
 
 
-def _stage_command(name: str, stages: tuple[str, ...], help_text: str):
-    @cli.command(name=name, help=help_text)
+def _stage_command(name: str):
+    @cli.command(name=name, help=STAGE_COMMANDS[name])
     @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
     @_user_errors
     def cmd(run_dir: Path) -> None:
         import shutil
 
-        from .build import RunError, RunFolder, run_stages, setup_logging
+        from .build import STAGES, RunError, RunFolder, run_stages, setup_logging
 
         if not (run_dir / "config.json").exists():
             raise RunError(f"{run_dir} is not a run folder (no config.json); create one with `nin-pipeline build`")
@@ -196,14 +191,15 @@ def _stage_command(name: str, stages: tuple[str, ...], help_text: str):
         setup_logging(run_dir)
         if run.done(name) and name in ("train", "qat"):
             shutil.rmtree(run_dir / "checkpoints" / name, ignore_errors=True)  # redo from scratch
-        run_stages(run, stages, force=(name,))
+        # the stage itself is forced; the later ones run because redoing it made them stale
+        run_stages(run, STAGES[STAGES.index(name):], force=(name,))
+        click.echo(f"run folder: {run.root}")
 
     return cmd
 
 
-_stage_command("train", ("train",), "Redo (or resume) float training in RUN_DIR.")
-_stage_command("qat", ("qat",), "Redo quantisation-aware fine-tuning in RUN_DIR.")
-_stage_command("convert", ("convert", "evaluate"), "Redo the TFLite conversion (and its evaluation) in RUN_DIR.")
+for _name in STAGE_COMMANDS:
+    _stage_command(_name)
 
 
 @cli.command()

@@ -285,7 +285,8 @@ def _load_cifar(src: Path, dataset: str) -> RawData:
         test_parts = [files["test"]] if "test" in files else []
         labels = tuple(v.decode() for v in files.get("meta", {}).get(b"fine_label_names", []))
     if not train_parts or not test_parts:
-        raise DataError(f"{src} does not hold the {dataset} train and test batches; " + _missing_message(dataset, str(src.parent)))
+        raise DataError(f"{src} does not hold the {dataset} train and test batches; "
+                        + _missing_message(dataset, str(src.parent)))
 
     def stack(parts):
         x = np.concatenate([np.asarray(p[b"data"], np.uint8) for p in parts]).reshape(-1, 3, 32, 32)

@@ -104,7 +104,6 @@ def fit(model, train_ds, val_ds, cfg: TrainConfig, *, steps_per_epoch: int, run_
 
     Returns the full history (earlier, resumed epochs included) read back from the CSV log.
     """
-    import tensorflow as tf
     import tf_keras as keras
 
     keras.utils.set_random_seed(cfg.seed)
@@ -146,6 +145,28 @@ def fit(model, train_ds, val_ds, cfg: TrainConfig, *, steps_per_epoch: int, run_
     if any(math.isnan(v) for v in read_history(csv_path).get("loss", [])):
         raise FloatingPointError(f"{tag}: the loss became NaN; lower --lr or check the data")
     return read_history(csv_path)
+
+
+def measure_throughput(model, train_ds, steps: int = 5) -> float:
+    """Training images per second of ``model``'s architecture on this machine.
+
+    Trains a fresh clone (the real model's weights are untouched) for one warm-up step and
+    then ``steps`` timed steps.
+    """
+    import tf_keras as keras
+
+    probe = keras.models.clone_model(model)
+    probe.compile(optimizer=keras.optimizers.SGD(0.01), loss=keras.losses.SparseCategoricalCrossentropy())
+    it = iter(train_ds)
+    x, y = next(it)
+    probe.train_on_batch(x, y)
+    t = time.perf_counter()
+    n = 0
+    for _ in range(steps):
+        x, y = next(it)
+        probe.train_on_batch(x, y)
+        n += int(x.shape[0])
+    return n / (time.perf_counter() - t)
 
 
 def _smoothed_sparse_ce(eps: float):

@@ -127,3 +127,65 @@ def test_rerun_of_a_finished_run_does_nothing(run_dir, cifar_jpg):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "every stage is already done" in out.stdout + out.stderr
     assert time.time() - t < 120
+
+
+def test_convert_stage_can_be_redone(run_dir):
+    from edge_app.fsutil import sha256_file
+    from edge_app.sidecar import read_sidecar
+
+    before = (run_dir / "model_int8.tflite").stat().st_mtime_ns
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "convert", str(run_dir)], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (run_dir / "model_int8.tflite").stat().st_mtime_ns > before
+    sc = read_sidecar(run_dir)
+    assert sc.files["model_int8.tflite"] == sha256_file(run_dir / "model_int8.tflite")
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["convert"]["done"] and state["evaluate"]["done"] and state["train"]["done"]
+
+
+@pytest.fixture(scope="module")
+def tflite_runtime_214(tmp_path_factory):
+    """A venv with tflite-runtime 2.14 and numpy<2: what Raspberry Pi OS users have."""
+    if sys.version_info >= (3, 12):
+        pytest.skip("tflite-runtime 2.14 has wheels for Python <= 3.11 only")
+    venv = tmp_path_factory.mktemp("tfl214") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    pip = subprocess.run([str(py), "-m", "pip", "install", "-q", "tflite-runtime==2.14.0", "numpy<2"],
+                         capture_output=True, text=True, timeout=600)
+    if pip.returncode != 0:
+        msg = f"could not install tflite-runtime 2.14: {pip.stderr[-500:]}"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return py
+
+
+def test_int8_model_loads_in_tflite_runtime_2_14(run_dir, tflite_runtime_214, tmp_path):
+    from pipeline.build import BuildConfig
+    from pipeline.data import make_splits
+
+    cfg = BuildConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    splits = make_splits(cfg.data, progress=False)
+    np.save(tmp_path / "x.npy", splits.x_test[:200])
+    code = f"""
+import numpy as np
+from edge_app.runtime import Classifier
+x = np.load({str(tmp_path / 'x.npy')!r})
+for name in ('model_int8.tflite', 'model_int8_ptq.tflite', 'model_float32.tflite'):
+    clf = Classifier({str(run_dir)!r} + '/' + name, runtime='tflite-runtime', num_threads=1)
+    np.save({str(tmp_path)!r} + '/' + name + '.npy', clf.predict_batch(x))
+print(np.__version__)
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([str(tflite_runtime_214), "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-1].startswith("1.")  # numpy<2, as on Raspberry Pi OS
+    from edge_app.runtime import Classifier
+
+    for name in ("model_int8.tflite", "model_int8_ptq.tflite", "model_float32.tflite"):
+        old = np.load(tmp_path / f"{name}.npy")
+        new = Classifier(run_dir / name, runtime="ai-edge-litert", num_threads=1).predict_batch(splits.x_test[:200])
+        assert (old.argmax(1) == new.argmax(1)).mean() >= 0.99, name
+        assert np.abs(old - new).max() < 0.02, name

@@ -65,3 +65,14 @@ def test_schedules():
     assert [round(float(step(s)), 4) for s in (0, 51, 80)] == [0.1, 0.01, 0.001]
     with pytest.raises(ValueError, match="unknown schedule"):
         make_schedule(TrainConfig(schedule="linear"), 10)
+
+
+def test_measure_throughput_leaves_the_model_untouched():
+    from pipeline.train import measure_throughput
+
+    m = _model()
+    before = [w.copy() for w in m.get_weights()]
+    ips = measure_throughput(m, _data(), steps=3)
+    assert ips > 0
+    for a, b in zip(before, m.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,108 @@
+"""Benchmark: `nin-pipeline build --dataset cifar10 --profile quick` on the full CIFAR-10 copy.
+
+    python benchmarks/quick_build.py --data-dir ../shared/datasets/cifar10-jpg.tar.gz
+    python benchmarks/quick_build.py --run artifacts/<run>      # summarise a finished run
+
+Writes benchmarks/results/quick_build-<date>.json (figures, command, machine) and prints a
+Markdown summary. Targets (issue: the main job): <= 25 minutes on the 2-core machine, QAT int8
+>= 75% test top-1, within 1.0 point of float and not below PTQ, int8 <= 30% of float bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "python": platform.python_version()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        mem_kb = int(next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")).split()[1])
+        info["memory_gib"] = round(mem_kb / 2**20, 1)
+    except (OSError, StopIteration, ValueError):
+        pass
+    try:
+        from importlib.metadata import version
+
+        info["tensorflow"] = version("tensorflow")
+        info["ai_edge_litert"] = version("ai-edge-litert")
+    except Exception:
+        pass
+    return info
+
+
+def summarise(run: Path, wall: float | None, command: list[str] | None) -> dict:
+    report = json.loads((run / "report.json").read_text())
+    state = json.loads((run / "state.json").read_text())
+    v = report["variants"]
+    res = {
+        "run": str(run), "command": command, "wall_seconds": wall,
+        "stage_seconds": {k: s.get("seconds") for k, s in state.items()},
+        "top1": {k: x["top1"] for k, x in v.items()},
+        "bytes": {k: x["bytes"] for k, x in v.items()},
+        "int8_over_float_bytes": v["qat_int8"]["bytes"] / v["float_tflite"]["bytes"],
+        "qat_minus_float_points": 100 * (v["qat_int8"]["top1"] - v["float_keras"]["top1"]),
+        "qat_minus_ptq_points": 100 * (v["qat_int8"]["top1"] - v["ptq_int8"]["top1"]),
+        "config": json.loads((run / "config.json").read_text()),
+        "machine": machine(), "date": dt.date.today().isoformat(),
+    }
+    return res
+
+
+def markdown(res: dict) -> str:
+    t, b = res["top1"], res["bytes"]
+    lines = [
+        f"quick build, {res['date']}, {res['machine'].get('cpus')} cores ({res['machine'].get('cpu', '?')})",
+        f"wall time: {res['wall_seconds'] / 60:.1f} min" if res["wall_seconds"] else "wall time: (not timed)",
+        "stages (s): " + ", ".join(f"{k} {v}" for k, v in res["stage_seconds"].items()),
+        "",
+        "| variant | test top-1 | bytes |",
+        "|---|---|---|",
+        *(f"| {k} | {100 * t[k]:.2f}% | {b[k]:,} |" for k in t),
+        "",
+        f"QAT int8 - float: {res['qat_minus_float_points']:+.2f} points; QAT - PTQ: {res['qat_minus_ptq_points']:+.2f} points; "
+        f"int8 / float32 .tflite bytes: {100 * res['int8_over_float_bytes']:.1f}%",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"))
+    ap.add_argument("--run", type=Path, help="summarise this finished run folder instead of building")
+    ap.add_argument("--wall", type=float, help="with --run: the wall time you measured, in seconds")
+    args = ap.parse_args()
+    if args.run:
+        run, wall, cmd = args.run, args.wall, None
+    else:
+        run = REPO / "artifacts" / f"bench-quick-{dt.datetime.now():%Y%m%d-%H%M%S}"
+        cmd = ["nin-pipeline", "build", "--dataset", "cifar10", "--profile", "quick", "--data-dir", args.data_dir,
+               "--out", str(run)]
+        t = time.time()
+        subprocess.run([sys.executable, "-m", "pipeline.cli", *cmd[1:]], cwd=REPO, check=True)
+        wall = time.time() - t
+    res = summarise(run, wall, cmd)
+    out = HERE / "results" / f"quick_build-{res['date']}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print(markdown(res))
+    print(f"\nwritten: {out.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()
