@@ -226,11 +226,16 @@ def _warn_slow_on_cpu(cfg: BuildConfig, model, train_ds, n_train: int) -> None:
 
 
 def stage_qat(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
-    from .convert import quantize
+    from .convert import calibrate_qat_ranges, freeze_batch_norm, quantize
+    from .data import representative_images
     from .train import fit
 
     float_model = load_float(run)
+    freeze_batch_norm(float_model)
     qat_model = quantize(float_model)
+    calib = representative_images(splits.x_train, splits.y_train, cfg.qat.calibration_samples, cfg.train.seed)
+    ranges = calibrate_qat_ranges(qat_model, float_model, calib)
+    log.info("qat: BatchNorm frozen; %d activation ranges calibrated on %d training images", len(ranges), len(calib))
     qcfg = TrainConfig(
         epochs=cfg.qat.epochs, batch_size=cfg.qat.batch_size, lr=cfg.qat.lr, momentum=cfg.train.momentum,
         weight_decay=0.0, schedule="cosine", warmup_epochs=0.0, seed=cfg.train.seed + 1,
@@ -363,12 +368,14 @@ def load_float(run: RunFolder):
 
 
 def load_qat(run: RunFolder):
-    from .convert import quantize
+    from .convert import freeze_batch_norm, quantize
 
     p = run.path(QAT_WEIGHTS)
     if not p.exists():
         raise RunError(f"{run.root} has no {QAT_WEIGHTS}: run `nin-pipeline qat {run.root}` first")
-    model = quantize(load_float(run))
+    float_model = load_float(run)
+    freeze_batch_norm(float_model)  # the same structure as when the weights were saved
+    model = quantize(float_model)
     try:
         model.load_weights(p)
     except Exception as exc:

@@ -24,8 +24,9 @@ IO_TYPES = ("int8", "uint8")
 @dataclass(frozen=True)
 class QatConfig:
     epochs: int = 2
-    lr: float = 0.005  # a fraction of the float run's peak rate
+    lr: float = 0.001  # a small fraction of the float run's peak rate; cosine decay, no warm-up
     batch_size: int = 128
+    calibration_samples: int = 1024  # training images that set the starting activation ranges
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,74 @@ def quantize(model):
     import tensorflow_model_optimization as tfmot
 
     return tfmot.quantization.keras.quantize_model(model)
+
+
+def freeze_batch_norm(model) -> int:
+    """Run every BatchNormalization layer in inference mode with fixed statistics.
+
+    Used for QAT: the converter folds BatchNorm into the convolution with its *moving*
+    statistics, so fine-tuning with those same fixed statistics trains what gets deployed
+    (measured on CIFAR-10: +4.6 points over batch statistics after 100 QAT steps).
+    """
+    import tf_keras as keras
+
+    n = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+            n += 1
+    return n
+
+
+def calibrate_qat_ranges(qat_model, float_model, images, batch_size: int = 128) -> dict[str, tuple[float, float]]:
+    """Start QAT's activation ranges from measured ones instead of tfmot's [-6, 6].
+
+    tfmot's activation quantizers begin at [-6, 6] and move towards the observed range by an
+    EMA with decay 0.999: after one epoch of CIFAR-10 (352 steps) 70% of that arbitrary
+    start is still in the range, which wastes most of the 256 levels of a ReLU output that
+    lives in [0, 2]. This sets each range to the mean per-batch min/max of the same
+    tensor in the float model (what the EMA converges to), measured on ``images`` (uint8).
+    Returns {qat variable prefix: (min, max)}.
+    """
+    import numpy as np
+    import tf_keras as keras
+
+    float_names = {layer.name for layer in float_model.layers}
+    targets = []  # (qat layer, min var, max var, float layer name or None for the input)
+    for layer in qat_model.layers:
+        inner = getattr(layer, "layer", None)
+        # variable names: "<layer>/output_min:0" in wrappers, "<layer>/<layer>_min:0" in the
+        # input QuantizeLayer (whose name gains a suffix when a process quantises twice)
+        short = {v.name.rsplit("/", 1)[-1].split(":")[0]: v for v in layer.non_trainable_weights}
+        if inner is not None and "output_min" in short and inner.name in float_names:
+            targets.append((layer, short["output_min"], short["output_max"], inner.name))
+        elif type(layer).__name__ == "QuantizeLayer":
+            vmin = [v for k, v in short.items() if k.endswith("_min")]
+            vmax = [v for k, v in short.items() if k.endswith("_max")]
+            if len(vmin) == 1 and len(vmax) == 1:
+                targets.append((layer, vmin[0], vmax[0], None))
+    names = [t[3] for t in targets if t[3] is not None]
+    probe = keras.Model(float_model.inputs, [float_model.get_layer(n).output for n in names])
+    lo = {n: [] for n in names}
+    hi = {n: [] for n in names}
+    in_lo, in_hi = [], []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].astype(np.float32) / 255.0
+        outs = probe(x, training=False)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        for n, o in zip(names, outs):
+            o = np.asarray(o)
+            lo[n].append(min(float(o.min()), 0.0))
+            hi[n].append(max(float(o.max()), 0.0))
+        in_lo.append(min(float(x.min()), 0.0))
+        in_hi.append(float(x.max()))
+    result = {}
+    for layer, vmin, vmax, name in targets:
+        a, b = (np.mean(in_lo), np.mean(in_hi)) if name is None else (np.mean(lo[name]), np.mean(hi[name]))
+        vmin.assign(np.full(vmin.shape, a, np.float32))
+        vmax.assign(np.full(vmax.shape, b, np.float32))
+        result[layer.name] = (float(a), float(b))
+    return result
 
 
 def quantize_scope():

@@ -11,7 +11,7 @@ from __future__ import annotations
 PROFILES: dict[str, dict[str, object]] = {
     "quick": {
         "width": 0.25, "dropout": 0.1, "epochs": 7, "qat_epochs": 1, "batch_size": 128,
-        "lr": 0.2, "weight_decay": 5e-4, "schedule": "cosine", "warmup_epochs": 1.0, "qat_lr": 0.002,
+        "lr": 0.2, "weight_decay": 5e-4, "schedule": "cosine", "warmup_epochs": 1.0, "qat_lr": 0.001,
     },
     "paper": {
         "width": 1.0, "dropout": 0.5, "epochs": 200, "qat_epochs": 5, "batch_size": 128,
