@@ -12,7 +12,6 @@ import datetime as _dt
 import json
 import logging
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,39 +292,21 @@ def make_sidecar(cfg: BuildConfig, run: RunFolder, labels: tuple[str, ...]) -> S
 
 
 def stage_evaluate(cfg: BuildConfig, run: RunFolder, splits: Splits) -> dict[str, Any]:
-    """Test-split top-1 and bytes of every variant: the only place the test split is used."""
-    from .evaluate import predict_keras, predict_tflite, top1
+    """Every variant on the test split (the only place the test split is used), then the report."""
+    from .report import build_report, evaluate_run, print_table
 
-    x, y = splits.x_test, splits.y_test
-    log.info("evaluate: %d test images", len(y))
-    variants: dict[str, dict[str, Any]] = {}
-    float_model = load_float(run)
-    t = time.time()
-    variants["float_keras"] = {"top1": top1(predict_keras(float_model, x), y),
-                               "bytes": run.path(FLOAT_KERAS).stat().st_size, "file": FLOAT_KERAS}
-    variants["float_keras"]["seconds"] = round(time.time() - t, 2)
-    for key, name in (("float_tflite", FLOAT_TFLITE), ("ptq_int8", PTQ_TFLITE), ("qat_int8", INT8_TFLITE)):
-        t = time.time()
-        acc = top1(predict_tflite(run.path(name), x, desc=key), y)
-        variants[key] = {"top1": acc, "bytes": run.path(name).stat().st_size, "file": name,
-                         "seconds": round(time.time() - t, 2)}
-    base = variants["float_keras"]["top1"]
-    for v in variants.values():
-        v["delta_vs_float"] = v["top1"] - base
-    report = {
-        "schema_version": 1,
-        "dataset": cfg.data.dataset, "arch": cfg.model.arch, "width": cfg.model.width,
-        "test_images": int(len(y)), "split": "test",
-        "variants": variants,
-        "int8_bytes_ratio": variants["qat_int8"]["bytes"] / variants["float_tflite"]["bytes"],
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "created": _now(), "pipeline_version": __version__,
-    }
-    atomic_write_text(run.path("report.json"), json.dumps(report, indent=2) + "\n")
-    for key, v in variants.items():
-        log.info("  %-13s top-1 %6.2f%%  (%+.2f)  %9d bytes", key, 100 * v["top1"], 100 * v["delta_vs_float"], v["bytes"])
+    log.info("evaluate: %d test images through float Keras, float TFLite, PTQ int8 and QAT int8", len(splits.y_test))
+    preds = evaluate_run(run.root, splits.x_test, splits.y_test, splits.labels)
+    report = build_report(run.root, preds, splits.y_test, splits.labels, x=splits.x_test, meta=report_meta(cfg))
+    log.info("report: report.json, report.md, report.html and %d plots written", len(report["plots"]))
+    print_table(report)
     run.mark("evaluate")
     return report
+
+
+def report_meta(cfg: BuildConfig) -> dict[str, Any]:
+    return {"dataset": cfg.data.dataset, "arch": cfg.model.arch, "width": cfg.model.width,
+            "pipeline_version": __version__}
 
 
 # --------------------------------------------------------------------------- model files

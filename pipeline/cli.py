@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import json
 import os
 import sys
 from pathlib import Path
@@ -34,6 +35,7 @@ def _user_errors(fn):
 
         from .build import RunError
         from .data import DataError
+        from .report import ReportError
 
         try:
             return fn(*args, **kwargs)
@@ -41,7 +43,7 @@ def _user_errors(fn):
             click.echo("\ninterrupted: finished epochs are checkpointed; run the same command again "
                        "(or `nin-pipeline build --resume --out RUN`) to continue.", err=True)
             sys.exit(130)
-        except (DataError, RunError, SidecarError, ModelLoadError, RuntimeNotFound) as exc:
+        except (DataError, RunError, ReportError, SidecarError, ModelLoadError, RuntimeNotFound) as exc:
             raise click.ClickException(str(exc)) from None
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.split(".")[0] in ("tensorflow", "tf_keras", "tensorflow_model_optimization", "PIL", "tqdm"):
@@ -200,6 +202,91 @@ def _stage_command(name: str):
 
 for _name in STAGE_COMMANDS:
     _stage_command(_name)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--rerun", is_flag=True, help="Run every model on the test split again instead of reusing predictions.npz.")
+@click.option("--no-latency", is_flag=True, help="Skip the latency measurement.")
+@_user_errors
+def report(run_dir: Path, rerun: bool, no_latency: bool) -> None:
+    """(Re)write report.json, report.md, report.html and the plots of RUN_DIR."""
+    from .build import RunError, RunFolder, load_data, report_meta, setup_logging
+    from .report import PREDICTIONS, build_report, evaluate_run, load_predictions, print_table
+
+    run = RunFolder(run_dir)
+    cfg = run.load_config()
+    if not run_dir.joinpath("model_int8.tflite").exists():
+        raise RunError(f"{run_dir} has no models yet: finish it with `nin-pipeline build --resume --out {run_dir}`")
+    setup_logging(run_dir)
+    splits = load_data(cfg, run)
+    if rerun or not (run_dir / PREDICTIONS).exists():
+        preds = evaluate_run(run_dir, splits.x_test, splits.y_test, splits.labels)
+    else:
+        preds, y, labels = load_predictions(run_dir)
+        if len(y) != len(splits.y_test) or not np_equal(y, splits.y_test):
+            raise RunError(f"{run_dir}/{PREDICTIONS} is for other test images than the data gives now; pass --rerun")
+    rep = build_report(run_dir, preds, splits.y_test, splits.labels, x=splits.x_test, meta=report_meta(cfg),
+                       latency=not no_latency)
+    print_table(rep)
+    click.echo(f"report: {run_dir / 'report.html'}")
+
+
+def np_equal(a, b) -> bool:
+    import numpy as np
+
+    return bool(np.array_equal(a, b))
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--dataset", type=click.Choice(DATASETS), default="cifar10", show_default=True)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, envvar="NIN_DATA_DIR")
+@click.option("--limit-test", type=int, default=None, callback=_positive, help="Stratified test subset.")
+@click.option("--threads", type=int, default=None, callback=_positive, help="TFLite threads (default: all cores).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the figures to this JSON file.")
+@_user_errors
+def evaluate(model: Path, dataset: str, data_dir: Path | None, limit_test: int | None, threads: int | None,
+             json_out: Path | None) -> None:
+    """Test-split accuracy of any classification MODEL (.tflite, .keras or .h5) on a dataset."""
+    from .evaluate import evaluate_model
+
+    res = evaluate_model(model, dataset, data_dir, limit_test=limit_test, threads=threads)
+    top5 = f", top-5 {100 * res['top5']:.2f}%" if res["top5"] is not None else ""
+    click.echo(f"{model.name} on {dataset} test ({res['images']:,} images): top-1 {100 * res['top1']:.2f}%{top5} "
+               f"({res['seconds']:.1f} s, {res['images_per_second']:.0f} images/s)")
+    if json_out:
+        from edge_app.fsutil import atomic_write_text
+
+        atomic_write_text(json_out, json.dumps(res, indent=2) + "\n")
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the table here.")
+@_user_errors
+def compare(runs: tuple[Path, ...], markdown: Path | None) -> None:
+    """Put several run folders side by side (e.g. to pick a width for a device)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .report import COMPARE_HEADER, compare_rows, read_report
+
+    reports = [(str(r), read_report(r)) for r in runs]
+    rows = compare_rows(reports)
+    t = Table()
+    for i, h in enumerate(COMPARE_HEADER):
+        t.add_column(h, justify="left" if i == 0 else "right")
+    for r in rows:
+        t.add_row(*r)
+    Console().print(t)
+    if markdown:
+        from edge_app.fsutil import atomic_write_text
+
+        lines = ["| " + " | ".join(COMPARE_HEADER) + " |", "|" + "---|" * len(COMPARE_HEADER)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        atomic_write_text(markdown, "\n".join(lines) + "\n")
 
 
 @cli.command()

@@ -47,7 +47,8 @@ def freeze_batch_norm(model) -> int:
 
     Used for QAT: the converter folds BatchNorm into the convolution with its *moving*
     statistics, so fine-tuning with those same fixed statistics trains what gets deployed
-    (measured on CIFAR-10: +4.6 points over batch statistics after 100 QAT steps).
+    (measured on CIFAR-10, width 0.25, before range calibration existed: 72.3% validation
+    top-1 after 100 QAT steps with frozen BatchNorm, 67.7% with batch statistics).
     """
     import tf_keras as keras
 

@@ -35,3 +35,66 @@ def predict_tflite(path: str | os.PathLike, x: np.ndarray, *, pixel_scale: float
 
 def top1(probs: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(probs, axis=1) == y)) if len(y) else float("nan")
+
+
+def evaluate_model(model_path: str | os.PathLike, dataset: str, data_dir: str | os.PathLike | None = None, *,
+                   limit_test: int | None = None, threads: int | None = None, progress: bool = True) -> dict:
+    """Top-1 (and top-5) of any classification model file on a dataset's test split.
+
+    ``.tflite`` runs through the edge runtime; ``.keras`` / ``.h5`` through tf_keras.
+    A model whose input size, channels or class count does not fit the data is refused
+    with a message saying which.
+    """
+    import time
+
+    from edge_app.runtime import Classifier, ModelLoadError
+
+    from .data import load_raw, stratified_indices
+
+    path = Path(model_path)
+    if not path.is_file():
+        raise ModelLoadError(f"no model file at {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".tflite":
+        clf = Classifier(path, num_threads=threads)
+        shape, classes = clf.input_size, clf.num_classes
+        keras_model = None
+    elif suffix in (".keras", ".h5"):
+        import tf_keras as keras
+
+        try:
+            keras_model = keras.models.load_model(path, compile=False)
+        except Exception as exc:  # zip, h5py and Keras raise many kinds for a bad file
+            raise ModelLoadError(f"{path} is not a Keras model tf_keras can load ({type(exc).__name__}: {exc})") from None
+        if len(keras_model.inputs) != 1 or len(keras_model.input_shape) != 4:
+            raise ModelLoadError(f"{path} is not an image classifier: it needs one NHWC image input")
+        shape, classes = tuple(keras_model.input_shape[1:]), int(keras_model.output_shape[-1])
+    else:
+        raise ModelLoadError(f"{path}: unknown model type {suffix!r}; give a .tflite, .keras or .h5 file")
+    raw = load_raw(dataset, data_dir, input_size=shape[0] if dataset == "folder" else None)
+    x, y = raw.x_test, raw.y_test
+    if limit_test:
+        idx = stratified_indices(y, limit_test, np.random.default_rng(0))
+        x, y = x[idx], y[idx]
+    if tuple(x.shape[1:3]) != tuple(shape[:2]):
+        raise ModelLoadError(f"{path.name} takes {shape[0]}x{shape[1]} images but {dataset} test images are "
+                             f"{x.shape[1]}x{x.shape[2]}: evaluate it on the data it was built for")
+    if x.shape[3] != shape[2]:
+        raise ModelLoadError(f"{path.name} takes {shape[2]}-channel images but {dataset} has {x.shape[3]} channel(s)")
+    if classes != len(raw.labels):
+        raise ModelLoadError(f"{path.name} predicts {classes} classes but {dataset} has {len(raw.labels)}")
+    t = time.perf_counter()
+    if keras_model is not None:
+        probs = predict_keras(keras_model, x)
+    else:
+        probs = np.empty((len(x), classes), np.float32)
+        from tqdm import tqdm
+
+        for i in tqdm(range(len(x)), desc=path.name, unit="img", disable=not progress, mininterval=0.5):
+            probs[i] = clf.predict(x[i])
+    seconds = time.perf_counter() - t
+    top5 = None
+    if classes > 5:
+        top5 = float(np.mean(np.any(np.argsort(-probs, axis=1)[:, :5] == y[:, None], axis=1)))
+    return {"model": str(path), "dataset": dataset, "images": int(len(y)), "top1": top1(probs, y), "top5": top5,
+            "seconds": seconds, "images_per_second": len(y) / seconds if seconds else float("nan")}

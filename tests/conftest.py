@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import io
 import os
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +70,40 @@ def tar_tree(src: Path, dest: Path) -> Path:
         for split in ("train", "test"):
             tf.add(src / split, arcname=f"images/{split}")
     return dest
+
+
+# --------------------------------------------------------------------------- the tiny real run
+# One `nin-pipeline build` through the CLI on a stratified subset of the real CIFAR-10 copy,
+# shared by the end-to-end and report tests. It is interrupted with Ctrl-C after its first
+# epoch and then resumed, as a user would.
+
+def build_cmd(cifar_jpg, out):
+    return [sys.executable, "-m", "pipeline.cli", "build", "--dataset", "cifar10", "--data-dir", str(cifar_jpg),
+            "--out", str(out), "--width", "0.25", "--epochs", "3", "--qat-epochs", "1", "--batch-size", "64",
+            "--limit-train", "3000", "--limit-test", "500", "--seed", "1"]
+
+
+@pytest.fixture(scope="session")
+def run_dir(cifar_jpg, tmp_path_factory):
+    base = tmp_path_factory.mktemp("e2e")
+    out = base / "run"
+    env = {**os.environ, "NIN_CACHE_DIR": str(base / "cache"), "KERAS_HOME": str(base / "keras")}
+    cmd = build_cmd(cifar_jpg, out)
+    # 1. start, wait for the first epoch's checkpoint, then Ctrl-C
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ckpt_index = out / "checkpoints" / "train" / "checkpoint"
+    deadline = time.time() + 600
+    while not ckpt_index.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    assert ckpt_index.exists(), "no checkpoint after the first epoch"
+    proc.send_signal(signal.SIGINT)
+    first_out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, first_out[-3000:]
+    assert "interrupted" in first_out and "Traceback" not in first_out
+    assert not (out / "model_float.keras").exists()
+    # 2. the same command again resumes and finishes
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return out
+
+

@@ -73,3 +73,23 @@ def test_quantise_dequantise_maths():
     q = quantize(x, 1 / 255, -128, np.int8)
     assert q.dtype == np.int8 and list(q) == [-128, 0, 127, 127, -128]  # saturates, never wraps
     np.testing.assert_allclose(dequantize(np.array([127, -128], np.int8), 1 / 256, -128), [255 / 256, 0.0])
+
+
+def test_qat_ranges_are_calibrated_not_left_at_tfmot_defaults(tiny):
+    from pipeline.convert import calibrate_qat_ranges, freeze_batch_norm
+    from pipeline.convert import quantize as qat_wrap
+
+    model, images, _ = tiny
+    assert freeze_batch_norm(model) == 9  # nin-cifar: one BatchNorm per convolution
+    q = qat_wrap(model)
+    ranges = calibrate_qat_ranges(q, model, images)
+    (in_layer,) = [k for k in ranges if k.startswith("quantize_layer")]
+    assert ranges[in_layer] == pytest.approx((0.0, 1.0), abs=0.02)  # pixels / 255
+    relu = {k: v for k, v in ranges.items() if k.endswith("_relu")}
+    assert len(relu) == 9 and all(lo == 0.0 and 0 < hi != 6.0 for lo, hi in relu.values())
+    # the variables really hold the measured ranges
+    var = {v.name: float(v.numpy()) for v in q.get_layer("quant_block1_1_relu").non_trainable_weights if v.shape == ()}
+    assert var["quant_block1_1_relu/output_max:0"] == pytest.approx(relu["quant_block1_1_relu"][1])
+    # calibrated and untrained, the fake-quantised model already tracks the float one
+    agree = (q.predict(images / 255.0, verbose=0).argmax(1) == model.predict(images / 255.0, verbose=0).argmax(1)).mean()
+    assert agree >= 0.8

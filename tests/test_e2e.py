@@ -4,7 +4,6 @@ checked and the int8 model run on the device runtime with TensorFlow blocked."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,42 +11,12 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, build_cmd
 from test_cli import BLOCK_TF
 
 pytestmark = pytest.mark.slow
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def _build_cmd(cifar_jpg, out):
-    return [sys.executable, "-m", "pipeline.cli", "build", "--dataset", "cifar10", "--data-dir", str(cifar_jpg),
-            "--out", str(out), "--width", "0.25", "--epochs", "3", "--qat-epochs", "1", "--batch-size", "64",
-            "--limit-train", "3000", "--limit-test", "500", "--seed", "1"]
-
-
-@pytest.fixture(scope="module")
-def run_dir(cifar_jpg, tmp_path_factory):
-    base = tmp_path_factory.mktemp("e2e")
-    out = base / "run"
-    env = {**os.environ, "NIN_CACHE_DIR": str(base / "cache"), "KERAS_HOME": str(base / "keras")}
-    cmd = _build_cmd(cifar_jpg, out)
-    # 1. start, wait for the first epoch's checkpoint, then Ctrl-C
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ckpt_index = out / "checkpoints" / "train" / "checkpoint"
-    deadline = time.time() + 600
-    while not ckpt_index.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.5)
-    assert ckpt_index.exists(), "no checkpoint after the first epoch"
-    proc.send_signal(signal.SIGINT)
-    first_out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 130, first_out[-3000:]
-    assert "interrupted" in first_out and "Traceback" not in first_out
-    assert not (out / "model_float.keras").exists()
-    # 2. the same command again resumes and finishes
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    return out
 
 
 def test_resumed_instead_of_starting_over(run_dir):
@@ -123,7 +92,7 @@ print(clf.runtime, acc)
 def test_rerun_of_a_finished_run_does_nothing(run_dir, cifar_jpg):
     env = {**os.environ, "NIN_CACHE_DIR": str(run_dir.parent / "cache")}
     t = time.time()
-    out = subprocess.run(_build_cmd(cifar_jpg, run_dir), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(build_cmd(cifar_jpg, run_dir), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "every stage is already done" in out.stdout + out.stderr
     assert time.time() - t < 120

@@ -1,0 +1,161 @@
+"""Float-vs-int8 reports: metrics on synthetic predictions, and the report files of the tiny real run."""
+
+import base64
+import json
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import REPO, make_image_tree
+from pipeline.cli import cli
+from pipeline.report import VARIANTS, confusion, topk, variant_metrics
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_metrics_on_known_predictions():
+    labels = ("a", "b", "c")
+    y = np.array([0, 0, 1, 1, 2, 2])
+    float_p = np.eye(3)[[0, 0, 1, 1, 2, 2]] * 0.9 + 0.1 / 3
+    int8_p = np.eye(3)[[0, 1, 1, 1, 2, 0]] * 0.8 + 0.2 / 3
+    m = variant_metrics(int8_p, y, float_p, labels)
+    assert m["top1"] == pytest.approx(4 / 6)
+    assert m["agreement_with_float"] == pytest.approx(4 / 6)
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert m["per_class"]["b"] == {"precision": pytest.approx(2 / 3), "recall": 1.0, "support": 2}
+    assert m["top5"] is None  # three classes: top-5 means nothing
+    # where the prediction held, the float top-1's probability fell from 0.933 to 0.867; where it flipped, to 0.067
+    assert m["mean_abs_top1_prob_change"] == pytest.approx((4 * (0.9 + 0.1 / 3 - 0.8 - 0.2 / 3) + 2 * (0.9 + 0.1 / 3 - 0.2 / 3)) / 6)
+    assert confusion(np.array([1]), np.array([2]), 3).sum() == 1
+    assert topk(np.array([[0.1, 0.5, 0.4]]), np.array([2]), 2) == 1.0
+
+
+@pytest.fixture(scope="module")
+def report(run_dir):
+    return json.loads((run_dir / "report.json").read_text())
+
+
+def test_report_json_is_complete_and_consistent(run_dir, report):
+    assert report["schema_version"] == 2
+    assert report["test_images"] == 500 and report["dataset"] == "cifar10"
+    assert set(report["variants"]) == set(VARIANTS)
+    for key, v in report["variants"].items():
+        cm = np.array(v["confusion_matrix"])
+        assert cm.shape == (10, 10) and cm.sum() == report["test_images"]
+        assert v["top1"] == pytest.approx(np.trace(cm) / cm.sum())
+        for i, c in enumerate(report["labels"]):
+            pc = v["per_class"][c]
+            assert pc["support"] == cm[i].sum()
+            assert pc["recall"] == pytest.approx(cm[i, i] / cm[i].sum())
+        assert 0.0 <= v["agreement_with_float"] <= 1.0 and 0.0 <= v["mean_abs_top1_prob_change"] <= 1.0
+        assert v["top1"] <= v["top5"] <= 1.0
+        assert v["bytes"] == (run_dir / v["file"]).stat().st_size
+        assert v["params"] > 0 and v["macs"] > v["params"]
+        if key != "float_keras":
+            lat = v["latency_ms"]
+            assert set(lat) == {"1_thread", f"{report['machine']['cpus']}_threads"}
+            assert all(0 < d["median"] <= d["p95"] for d in lat.values())
+    assert report["variants"]["float_keras"]["agreement_with_float"] == 1.0
+    losses = report["int8_losses"]
+    assert len(losses["classes_by_accuracy_change"]) == 10
+    changes = [c["change"] for c in losses["classes_by_accuracy_change"]]
+    assert changes == sorted(changes)  # the worst drop first
+    flips = 500 - round(report["variants"]["qat_int8"]["agreement_with_float"] * 500)
+    assert losses["flipped_count"] == flips
+
+
+def test_plots_are_png(run_dir, report):
+    assert {"plot_training", "plot_confusion", "plot_per_class"} <= set(report["plots"])
+    for name in report["plots"].values():
+        data = (run_dir / name).read_bytes()
+        assert data.startswith(PNG) and len(data) > 2000, name
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.imgs, self.rows, self.links, self._table = [], {}, [], None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.imgs.append(a.get("src", ""))
+        if tag in ("link", "script", "iframe") or (tag == "a" and "href" in a):
+            self.links.append((tag, a))
+        if tag == "table":
+            self._table = a.get("id")
+        if tag == "tr" and self._table:
+            self.rows[self._table] = self.rows.get(self._table, 0) + 1
+
+
+def test_report_html_is_self_contained(run_dir, report):
+    text = (run_dir / "report.html").read_text()
+    assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.I), "external URL in report.html"
+    page = _Page()
+    page.feed(text)
+    assert page.links == []
+    assert len(page.imgs) == len(report["plots"])
+    for src in page.imgs:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG)
+    assert page.rows["summary"] == 1 + 4  # header + one row per variant
+    md = (run_dir / "report.md").read_text()
+    assert "| QAT int8 |" in md and "## Where int8 loses" in md
+
+
+def test_report_command_rewrites_from_saved_predictions(run_dir, report):
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "report", str(run_dir), "--no-latency"], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    again = json.loads((run_dir / "report.json").read_text())
+    for key in VARIANTS:
+        assert again["variants"][key]["top1"] == report["variants"][key]["top1"]
+        assert again["variants"][key]["confusion_matrix"] == report["variants"][key]["confusion_matrix"]
+    assert "QAT int8" in out.stderr  # the terminal table
+
+
+def test_evaluate_any_model(run_dir, report, cifar_jpg):
+    res = CliRunner().invoke(cli, ["evaluate", str(run_dir / "model_int8.tflite"), "--dataset", "cifar10",
+                                   "--data-dir", str(cifar_jpg), "--limit-test", "200", "--json", str(run_dir / "eval.json")])
+    assert res.exit_code == 0, res.output
+    ev = json.loads((run_dir / "eval.json").read_text())
+    assert ev["images"] == 200 and 0.0 <= ev["top1"] <= ev["top5"] <= 1.0
+    res = CliRunner().invoke(cli, ["evaluate", str(run_dir / "model_float.keras"), "--dataset", "cifar10",
+                                   "--data-dir", str(cifar_jpg), "--limit-test", "100"])
+    assert res.exit_code == 0 and "top-1" in res.output, res.output
+
+
+def test_evaluate_refuses_models_that_do_not_fit_the_data(run_dir, tmp_path):
+    tree = make_image_tree(tmp_path / "tree", size=32)
+    res = CliRunner().invoke(cli, ["evaluate", str(run_dir / "model_int8.tflite"), "--dataset", "folder", "--data-dir", str(tree)])
+    assert res.exit_code == 1 and "predicts 10 classes but folder has 3" in res.output
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"\x00" * 100)
+    res = CliRunner().invoke(cli, ["evaluate", str(bad), "--dataset", "folder", "--data-dir", str(tree)])
+    assert res.exit_code == 1 and "is not a TFLite model" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "none.tflite")])
+    assert res.exit_code == 1 and "no model file" in res.output
+
+
+def test_compare_and_bad_report_folders(run_dir, tmp_path):
+    md = tmp_path / "cmp.md"
+    res = CliRunner().invoke(cli, ["compare", str(run_dir), str(run_dir), "--markdown", str(md)])
+    assert res.exit_code == 0, res.output
+    assert md.read_text().count("| 0.25 |") == 2
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "report.json").write_text("{\"variants\": ")
+    res = CliRunner().invoke(cli, ["compare", str(run_dir), str(broken)])
+    assert res.exit_code == 1 and "report.json is corrupt" in res.output
+    res = CliRunner().invoke(cli, ["compare", str(tmp_path)])
+    assert res.exit_code == 1 and "has no report.json" in res.output
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    (empty / "config.json").write_text((run_dir / "config.json").read_text())
+    res = CliRunner().invoke(cli, ["report", str(empty)])
+    assert res.exit_code == 1 and "has no models yet" in res.output
