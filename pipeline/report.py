@@ -286,7 +286,14 @@ def write_plots(run_root: Path, report: dict, preds: dict[str, np.ndarray], y: n
 
     # thumbnails of images whose top-1 flipped between float and int8
     if x is not None and len(flipped):
-        show = flipped[:24]
+        # a few of every true class rather than the first 24 (which would all be class 0)
+        rank: dict[int, int] = {}
+        ranked = []
+        for i in flipped:
+            r = rank.get(int(y[i]), 0)
+            rank[int(y[i])] = r + 1
+            ranked.append((r, int(y[i]), int(i)))
+        show = [i for _, _, i in sorted(ranked)][:24]
         cols = min(8, len(show))
         rows = int(np.ceil(len(show) / cols))
         fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)
@@ -325,7 +332,7 @@ def table_rows(report: dict) -> list[list[str]]:
     return rows
 
 
-HEADER = ["variant", "top-1", "top-5", "Δ vs float (pts)", "agreement", "bytes", "ms/image (1 thr / all)"]
+HEADER = ["variant", "top-1", "top-5", "Δ vs float", "agreement", "bytes", "ms/image 1 thread / all"]
 
 
 def print_table(report: dict) -> None:
@@ -338,7 +345,10 @@ def print_table(report: dict) -> None:
         t.add_column(h, justify="left" if i == 0 else "right")
     for r in table_rows(report):
         t.add_row(*r)
-    Console(stderr=True).print(t)
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        console.width = 120  # a log file: do not wrap the table at 80 columns
+    console.print(t)
 
 
 def render_markdown(report: dict) -> str:
