@@ -317,23 +317,22 @@ def _gpus() -> list:
     return tf.config.list_physical_devices("GPU")
 
 
-def save_keras(model, path: Path) -> None:
-    """``model.save`` to a temporary ``.keras`` name beside ``path``, then rename."""
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.keras")
+def _atomic_save(path: Path, suffix: str, save) -> None:
+    """Keras picks the file format from the name's ending, so the temporary name keeps it."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{suffix}")
     try:
-        model.save(tmp)
+        save(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_keras(model, path: Path) -> None:
+    _atomic_save(path, ".keras", model.save)
 
 
 def save_weights(model, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.weights.h5")
-    try:
-        model.save_weights(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _atomic_save(path, ".weights.h5", model.save_weights)
 
 
 def load_float(run: RunFolder):

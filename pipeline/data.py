@@ -20,7 +20,7 @@ import logging
 import os
 import pickle
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -89,7 +89,6 @@ class Splits:
     source: str
     skipped: int = 0
     hflip: bool = True
-    notes: list[str] = field(default_factory=list)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
