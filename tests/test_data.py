@@ -124,3 +124,37 @@ def test_validation_is_held_out_of_train(tmp_path):
     assert sorted(np.bincount(s.y_val)) == [2, 2, 2]
     train_rows = {r.tobytes() for r in s.x_train}
     assert not any(r.tobytes() in train_rows for r in s.x_val)
+
+
+def test_cifar100_official_layout(tmp_path):
+    rng = np.random.default_rng(0)
+    d = tmp_path / "cifar-100-python"
+    d.mkdir()
+    for name, n in (("train", 30), ("test", 10)):
+        batch = {b"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8), b"fine_labels": list(np.arange(n) % 100)}
+        (d / name).write_bytes(pickle.dumps(batch))
+    (d / "meta").write_bytes(pickle.dumps({b"fine_label_names": [f"k{i}".encode() for i in range(100)]}))
+    raw = load_raw("cifar100", tmp_path)
+    assert raw.x_train.shape == (30, 32, 32, 3) and len(raw.labels) == 100 and raw.labels[7] == "k7"
+
+
+def test_fashion_mnist_idx_files(tmp_path):
+    import gzip
+
+    rng = np.random.default_rng(0)
+    d = tmp_path / "fashion-mnist"
+    d.mkdir()
+
+    def idx(arr, path):
+        header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in arr.shape)
+        path.write_bytes(gzip.compress(header + arr.astype(np.uint8).tobytes()))
+
+    xtr, xte = rng.integers(0, 255, (12, 28, 28)), rng.integers(0, 255, (4, 28, 28))
+    idx(xtr, d / "train-images-idx3-ubyte.gz")
+    idx(np.arange(12) % 10, d / "train-labels-idx1-ubyte.gz")
+    idx(xte, d / "t10k-images-idx3-ubyte.gz")
+    idx(np.arange(4), d / "t10k-labels-idx1-ubyte.gz")
+    raw = load_raw("fashion_mnist", tmp_path)
+    assert raw.x_train.shape == (12, 28, 28, 1) and list(raw.y_test) == [0, 1, 2, 3]
+    np.testing.assert_array_equal(raw.x_test[..., 0], xte)
+    assert raw.labels[9] == "ankle-boot"
