@@ -14,6 +14,9 @@ from . import __version__
 @click.version_option(__version__, prog_name="edge-app")
 def cli() -> None:
     """Run nin-pipeline's int8 models on a device (no TensorFlow needed)."""
+    import os
+
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # our own messages say what failed
 
 
 @cli.command()
@@ -42,6 +45,83 @@ def info(model: Path, runtime: str) -> None:
     else:
         click.echo(f"sidecar: {sidecar.dataset} / {sidecar.arch} width {sidecar.width:g}, {sidecar.num_classes} labels: "
                    + ", ".join(sidecar.labels[:10]) + (" ..." if sidecar.num_classes > 10 else ""))
+
+
+def _kv(ctx, param, values):
+    out = {}
+    for v in values:
+        if "=" not in v:
+            raise click.BadParameter(f"{v!r} is not key=value")
+        k, _, val = v.partition("=")
+        out[k.strip()] = val.strip()
+    return out
+
+
+@cli.command()
+@click.option("--model", required=True, type=click.Path(path_type=Path),
+              help="A run folder (model_int8.tflite + model.json) or a .tflite file.")
+@click.option("--source", default="0", show_default=True,
+              help="Camera index, /dev/videoN, picamera, a video file, an RTSP/HTTP URL, an image, a folder or a glob.")
+@click.option("--runtime", type=click.Choice(["auto", "ai-edge-litert", "tflite-runtime", "tensorflow"]), default="auto",
+              show_default=True)
+@click.option("--delegate", type=click.Choice(["cpu", "edgetpu", "gpu", "nnapi"]), default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads (default: all cores).")
+@click.option("--device", default=None, help="Edge TPU device, e.g. usb:0 or pci:0.")
+@click.option("--delegate-lib", default=None, help="Path of any external delegate library.")
+@click.option("--delegate-option", "delegate_options", multiple=True, callback=_kv, help="key=value for the delegate.")
+@click.option("--fallback-cpu", is_flag=True, help="If the delegate fails to load, warn and run on the CPU.")
+@click.option("--width", type=click.IntRange(1, 10000), default=None, help="Camera capture width.")
+@click.option("--height", type=click.IntRange(1, 10000), default=None, help="Camera capture height.")
+@click.option("--fps", type=click.FloatRange(0, 1000, min_open=True), default=None, help="Camera frame rate.")
+@click.option("--resize", type=click.Choice(["crop", "letterbox", "stretch"]), default="crop", show_default=True,
+              help="How a frame becomes the model's square input.")
+@click.option("--top-k", type=click.IntRange(1, 1000), default=3, show_default=True)
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option("--max-frames", type=click.IntRange(1, None), default=None)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the JSON lines here instead of stdout.")
+@click.option("--summary", "summary_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the end-of-run summary as JSON.")
+def run(model, source, runtime, delegate, threads, device, delegate_lib, delegate_options, fallback_cpu, width, height,
+        fps, resize, top_k, threshold, max_frames, output, summary_path) -> None:
+    """Classify frames from a camera, video, stream or images; one JSON line per frame (headless)."""
+    import json
+    import logging
+    import sys
+
+    from .fsutil import atomic_write_text
+    from .loop import open_model, run_loop
+    from .runtime import DelegateError, ModelLoadError, RuntimeNotFound
+    from .sidecar import SidecarError
+    from .sources import SourceError, open_source
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    options = dict(delegate_options)
+    if device:
+        options["device"] = device
+    try:
+        loaded = open_model(model, runtime=runtime, delegate=delegate, threads=threads, delegate_lib=delegate_lib,
+                            delegate_options=options, fallback_cpu=fallback_cpu)
+        src = open_source(source, width=width, height=height, fps=fps)
+    except (ModelLoadError, RuntimeNotFound, DelegateError, SidecarError, SourceError) as exc:
+        raise click.ClickException(str(exc)) from None
+    clf = loaded.classifier
+    click.echo(f"edge-app: {loaded.path} on {clf.runtime}, delegate {loaded.delegate}, input "
+               f"{'x'.join(map(str, clf.input_size))} {clf.input.dtype.name}; source {source}", err=True)
+    out = open(output, "w", buffering=1) if output else sys.stdout
+    try:
+        summary = run_loop(loaded, src, out=out, top=top_k, threshold=threshold, max_frames=max_frames, resize=resize)
+    finally:
+        if output:
+            out.close()
+    d = summary.to_dict()
+    stages = ", ".join(f"{k} {v['median']:.2f}/{v['p95']:.2f}" for k, v in d["ms"].items())
+    click.echo(f"summary: {d['frames']} frames in {d['seconds']:.1f} s ({d['fps']:.1f} FPS), stopped by {d['stopped_by']}; "
+               f"ms median/p95: {stages or '-'}" + (f"; skipped {d['skipped']} unreadable" if d["skipped"] else ""), err=True)
+    if summary_path:
+        atomic_write_text(summary_path, json.dumps(d, indent=2) + "\n")
+    if summary.error:
+        raise click.ClickException(summary.error)
 
 
 def main(argv: list[str] | None = None) -> None:

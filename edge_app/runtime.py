@@ -46,7 +46,72 @@ def _interpreter_class(runtime: str = "auto") -> tuple[Any, str]:
     )
 
 
-def load_interpreter(model_path: str | os.PathLike, runtime: str = "auto", num_threads: int | None = None):
+class DelegateError(RuntimeError):
+    """A delegate that was asked for cannot be used here."""
+
+
+DELEGATES = ("cpu", "edgetpu", "gpu", "nnapi")
+_EDGETPU_LIB = {"linux": "libedgetpu.so.1", "darwin": "libedgetpu.1.dylib", "win32": "edgetpu.dll"}
+_GPU_LIB = "libtensorflowlite_gpu_delegate.so"
+
+
+def _load_delegate_fn(runtime_name: str):
+    if runtime_name == "ai-edge-litert":
+        from ai_edge_litert.interpreter import load_delegate
+    elif runtime_name == "tflite-runtime":
+        from tflite_runtime.interpreter import load_delegate
+    else:
+        from tensorflow.lite.experimental import load_delegate  # type: ignore[no-redef]
+    return load_delegate
+
+
+def delegate_library(kind: str, library: str | None = None) -> str:
+    """The shared library behind a delegate name (``library`` overrides it)."""
+    import sys
+
+    if library:
+        return library
+    if kind == "edgetpu":
+        return _EDGETPU_LIB.get(sys.platform, _EDGETPU_LIB["linux"])
+    if kind == "gpu":
+        return _GPU_LIB
+    if kind == "nnapi":
+        raise DelegateError(
+            "NNAPI exists only on Android. On Linux use --delegate cpu (XNNPACK), gpu or edgetpu; on a phone, "
+            "load model_int8.tflite with the NNAPI delegate from an Android app (see the README)")
+    raise DelegateError(f"unknown delegate {kind!r}; choose one of {', '.join(DELEGATES)} or give --delegate-lib")
+
+
+def make_delegate(kind: str, runtime_name: str, *, library: str | None = None, options: dict[str, str] | None = None):
+    """Load an external delegate; None for the CPU (XNNPACK is built into the interpreter)."""
+    import gc
+    import sys
+
+    if kind == "cpu" and not library:
+        return None
+    lib = delegate_library(kind, library)
+    load = _load_delegate_fn(runtime_name)
+    # A failed load leaves a half-made Delegate whose __del__ raises when it is freed; keep
+    # that noise off the terminal while it goes.
+    error = ""
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = lambda *_: None
+    try:
+        return load(lib, options or {})
+    except (OSError, ValueError, RuntimeError) as exc:
+        error = str(exc).strip()
+    finally:
+        gc.collect()
+        sys.unraisablehook = old_hook
+    hint = {
+        "edgetpu": "install the Edge TPU runtime (libedgetpu1-std from Coral's apt repository) and plug in the device",
+        "gpu": "build or install the TFLite GPU delegate library for this device",
+    }.get(kind, "check the path and that the library matches this runtime")
+    raise DelegateError(f"the {kind} delegate ({lib}) failed to load: {error}; {hint}")
+
+
+def load_interpreter(model_path: str | os.PathLike, runtime: str = "auto", num_threads: int | None = None,
+                     delegates: list | None = None):
     """Load and allocate a model. ``num_threads`` defaults to every core: the
     interpreter's own default is a single thread."""
     path = Path(model_path)
@@ -55,7 +120,7 @@ def load_interpreter(model_path: str | os.PathLike, runtime: str = "auto", num_t
     cls, name = _interpreter_class(runtime)
     threads = num_threads or os.cpu_count() or 1
     try:
-        interp = cls(model_path=str(path), num_threads=threads)
+        interp = cls(model_path=str(path), num_threads=threads, experimental_delegates=delegates or None)
         interp.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise ModelLoadError(
@@ -126,8 +191,9 @@ class Classifier:
         output_kind: str = "probabilities",
         runtime: str = "auto",
         num_threads: int | None = None,
+        delegates: list | None = None,
     ) -> None:
-        self.interpreter, self.runtime = load_interpreter(model_path, runtime, num_threads)
+        self.interpreter, self.runtime = load_interpreter(model_path, runtime, num_threads, delegates)
         inputs = self.interpreter.get_input_details()
         if len(inputs) != 1 or len(inputs[0]["shape"]) != 4:
             raise ModelLoadError(f"{model_path} is not an image classifier: it needs one NHWC image input")
@@ -167,7 +233,10 @@ class Classifier:
         """Scores (probabilities) for one uint8 HWC image."""
         self.interpreter.set_tensor(self.input.index, self.preprocess(pixels))
         self.interpreter.invoke()
-        raw = self.interpreter.get_tensor(self.output.index)[0]
+        return self.postprocess(self.interpreter.get_tensor(self.output.index)[0])
+
+    def postprocess(self, raw: np.ndarray) -> np.ndarray:
+        """The output tensor of one image -> float scores (softmax applied only to logits)."""
         scores = dequantize(raw, self.output.scale, self.output.zero_point)
         if self.output_kind == "logits":
             e = np.exp(scores - scores.max())

@@ -1,0 +1,192 @@
+"""The camera loop: frame -> resize -> quantise -> invoke -> dequantise -> top-k -> JSON line.
+
+numpy, OpenCV and a TFLite runtime only. Each stage is timed (capture, pre, invoke, post) so
+the loop's own cost is visible next to the model's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from .runtime import Classifier, ModelLoadError, make_delegate
+from .sidecar import SIDECAR_NAME, Sidecar, SidecarError, read_sidecar
+from .sources import SourceError
+
+log = logging.getLogger("edge_app")
+
+RESIZE_MODES = ("crop", "letterbox", "stretch")
+STAGES = ("capture", "pre", "invoke", "post")
+
+
+@dataclass
+class LoadedModel:
+    classifier: Classifier
+    labels: list[str]
+    sidecar: Sidecar | None
+    path: Path
+    delegate: str
+
+
+def resolve_model_path(model: str | os.PathLike, delegate: str = "cpu") -> Path:
+    """A run folder means its model_int8.tflite (model_int8_edgetpu.tflite for the Edge TPU, when present)."""
+    p = Path(model)
+    if p.is_dir():
+        if delegate == "edgetpu" and (p / "model_int8_edgetpu.tflite").is_file():
+            return p / "model_int8_edgetpu.tflite"
+        p = p / "model_int8.tflite"
+    if not p.is_file():
+        raise ModelLoadError(f"no model at {p}: give a run folder from `nin-pipeline build` or a .tflite file")
+    return p
+
+
+def open_model(model: str | os.PathLike, *, runtime: str = "auto", delegate: str = "cpu", threads: int | None = None,
+               delegate_lib: str | None = None, delegate_options: dict[str, str] | None = None,
+               fallback_cpu: bool = False) -> LoadedModel:
+    """Load the model with its sidecar (if any), on the delegate asked for; check they agree."""
+    from .runtime import DelegateError, _interpreter_class
+
+    path = resolve_model_path(model, delegate)
+    sidecar_path = path.parent / SIDECAR_NAME
+    sidecar = read_sidecar(sidecar_path) if sidecar_path.is_file() else None
+    _, runtime_name = _interpreter_class(runtime)
+    used = "cpu" if delegate == "cpu" and not delegate_lib else (delegate if not delegate_lib else f"external:{delegate_lib}")
+    try:
+        dlg = make_delegate(delegate, runtime_name, library=delegate_lib, options=delegate_options)
+    except DelegateError as exc:
+        if not fallback_cpu:
+            raise
+        log.warning("%s; continuing on the CPU because of --fallback-cpu", exc)
+        dlg, used = None, "cpu (fallback)"
+    kwargs: dict[str, Any] = {}
+    if sidecar is not None:
+        kwargs = {"pixel_scale": sidecar.input.pixel_scale, "mean": sidecar.input.mean, "std": sidecar.input.std,
+                  "output_kind": sidecar.output("scores").kind}
+    clf = Classifier(path, runtime=runtime_name, num_threads=threads, delegates=[dlg] if dlg else None, **kwargs)
+    if sidecar is not None:
+        _check_agrees(clf, sidecar, path)
+        labels = list(sidecar.labels)
+    else:
+        log.warning("no model.json beside %s: input settings come from the model itself and labels are class indices",
+                    path.name)
+        labels = [str(i) for i in range(clf.num_classes)]
+    return LoadedModel(clf, labels, sidecar, path, used)
+
+
+def _check_agrees(clf: Classifier, sc: Sidecar, path: Path) -> None:
+    problems = []
+    if tuple(clf.input.shape) != tuple(sc.input.shape):
+        problems.append(f"input shape {list(clf.input.shape)} vs {list(sc.input.shape)}")
+    if clf.input.dtype.name != sc.input.dtype:
+        problems.append(f"input dtype {clf.input.dtype.name} vs {sc.input.dtype}")
+    if clf.num_classes != sc.num_classes:
+        problems.append(f"{clf.num_classes} classes vs {sc.num_classes} labels")
+    if problems:
+        raise SidecarError(f"{path.name} and its model.json disagree ({'; '.join(problems)}): "
+                           "copy the run folder again, or rebuild it with `nin-pipeline convert`")
+
+
+def fit_to_input(rgb: np.ndarray, height: int, width: int, channels: int, mode: str = "crop") -> np.ndarray:
+    """Resize a frame to the model's input. crop: centre-crop to the input's aspect ratio, then
+    resize (what the training data saw); letterbox: fit inside and pad with black; stretch: resize."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    if mode == "crop":
+        scale = max(height / h, width / w)
+        ch, cw = round(height / scale), round(width / scale)
+        y0, x0 = (h - ch) // 2, (w - cw) // 2
+        out = cv2.resize(rgb[y0:y0 + ch, x0:x0 + cw], (width, height), interpolation=cv2.INTER_AREA)
+    elif mode == "letterbox":
+        scale = min(height / h, width / w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        out = np.zeros((height, width, 3), np.uint8)
+        y0, x0 = (height - nh) // 2, (width - nw) // 2
+        out[y0:y0 + nh, x0:x0 + nw] = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA)
+    elif mode == "stretch":
+        out = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+    else:
+        raise ValueError(f"unknown resize mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")
+    if channels == 1:
+        out = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)[..., None]
+    return out
+
+
+def top_k(scores: np.ndarray, labels: list[str], k: int, threshold: float = 0.0) -> list[dict[str, Any]]:
+    idx = np.argsort(-scores)[:k]
+    return [{"index": int(i), "label": labels[i], "score": round(float(scores[i]), 5)} for i in idx if scores[i] >= threshold]
+
+
+@dataclass
+class Summary:
+    frames: int = 0
+    seconds: float = 0.0
+    stopped_by: str = "end of source"
+    skipped: int = 0
+    source: str = ""
+    runtime: str = ""
+    delegate: str = ""
+    error: str = ""  # set when the source failed for good mid-run
+    ms: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+
+    def to_dict(self) -> dict[str, Any]:
+        stats = {}
+        for stage, v in self.ms.items():
+            if v:
+                s = sorted(v)
+                stats[stage] = {"median": round(statistics.median(s), 3), "p95": round(s[int(0.95 * (len(s) - 1))], 3)}
+        return {"frames": self.frames, "seconds": round(self.seconds, 3),
+                "fps": round(self.frames / self.seconds, 2) if self.seconds else 0.0,
+                "stopped_by": self.stopped_by, "skipped": self.skipped, "source": self.source,
+                "runtime": self.runtime, "delegate": self.delegate, "error": self.error, "ms": stats}
+
+
+def run_loop(model: LoadedModel, source, *, out: IO[str] | None, top: int = 3, threshold: float = 0.0,
+             max_frames: int | None = None, resize: str = "crop") -> Summary:
+    """Classify every frame of ``source``; one JSON line per frame to ``out``. Ctrl-C ends it cleanly."""
+    clf = model.classifier
+    h, w, c = clf.input_size
+    summary = Summary(source=getattr(source, "label", ""), runtime=clf.runtime, delegate=model.delegate)
+    frames = source.frames()
+    t_start = time.perf_counter()
+    try:
+        while max_frames is None or summary.frames < max_frames:
+            t0 = time.perf_counter()
+            frame = next(frames, None)
+            if frame is None:
+                break
+            t1 = time.perf_counter()
+            x = clf.preprocess(fit_to_input(frame.rgb, h, w, c, resize))
+            t2 = time.perf_counter()
+            clf.interpreter.set_tensor(clf.input.index, x)
+            clf.interpreter.invoke()
+            t3 = time.perf_counter()
+            scores = clf.postprocess(clf.interpreter.get_tensor(clf.output.index)[0])
+            best = top_k(scores, model.labels, top, threshold)
+            t4 = time.perf_counter()
+            ms = {"capture": (t1 - t0) * 1e3, "pre": (t2 - t1) * 1e3, "invoke": (t3 - t2) * 1e3, "post": (t4 - t3) * 1e3}
+            for k, v in ms.items():
+                summary.ms[k].append(v)
+            summary.frames += 1
+            if out is not None:
+                out.write(json.dumps({"frame": frame.index, "time": round(time.time(), 3), "source": frame.name,
+                                      "top": best, "ms": {k: round(v, 3) for k, v in ms.items()}}) + "\n")
+        else:
+            summary.stopped_by = f"--max-frames {max_frames}"
+    except KeyboardInterrupt:
+        summary.stopped_by = "Ctrl-C"
+    except SourceError as exc:  # e.g. a camera that stopped delivering frames, after retries
+        summary.stopped_by, summary.error = "source failure", str(exc)
+    finally:
+        summary.seconds = time.perf_counter() - t_start
+        summary.skipped = getattr(source, "skipped", 0)
+        source.close()
+    return summary

@@ -1,0 +1,207 @@
+"""edge_app's loop, headless: JSON lines, summary, sources, delegates and every bad input.
+Uses the tiny real run built once per session (conftest.run_dir)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import REPO, png_bytes
+from edge_app.cli import cli
+from edge_app.loop import fit_to_input, open_model, run_loop
+from edge_app.sources import ImageSource, SourceError
+from test_cli import BLOCK_TF
+
+cv2 = pytest.importorskip("cv2")
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    """A synthetic 640x480 video: a bright moving square on a dark background."""
+    path = tmp_path_factory.mktemp("video") / "clip.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (640, 480))
+    for i in range(400):
+        f = np.full((480, 640, 3), 30, np.uint8)
+        f[100:300, 50 + i % 300:250 + i % 300] = (40, 180, 220)
+        w.write(f)
+    w.release()
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        (tmp_path / f"img{i}.png").write_bytes(png_bytes(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)))
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    return tmp_path
+
+
+def _run(args):
+    return CliRunner().invoke(cli, ["run", *args])
+
+
+def test_json_lines_and_summary(run_dir, video, tmp_path):
+    out, summ = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    res = _run(["--model", str(run_dir), "--source", str(video), "--max-frames", "12", "--top-k", "3",
+                "--output", str(out), "--summary", str(summ)])
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 12 and [x["frame"] for x in lines] == list(range(12))
+    labels = (run_dir / "labels.txt").read_text().split()
+    for x in lines:
+        assert set(x) == {"frame", "time", "source", "top", "ms"} and set(x["ms"]) == {"capture", "pre", "invoke", "post"}
+        scores = [t["score"] for t in x["top"]]
+        assert len(scores) == 3 and scores == sorted(scores, reverse=True) and 0 <= scores[-1] <= scores[0] <= 1
+        assert all(t["label"] == labels[t["index"]] for t in x["top"])
+    s = json.loads(summ.read_text())
+    assert s["frames"] == 12 and s["stopped_by"] == "--max-frames 12" and s["fps"] > 0
+    assert s["runtime"] == "ai-edge-litert" and s["delegate"] == "cpu"
+    assert set(s["ms"]) == {"capture", "pre", "invoke", "post"} and all(v["median"] <= v["p95"] for v in s["ms"].values())
+    assert "summary: 12 frames" in res.output
+
+
+def test_loop_scores_match_the_classifier(run_dir, folder):
+    """The loop's per-frame pipeline gives exactly what Classifier.predict gives on the resized image."""
+    m = open_model(run_dir, threads=1)
+    src = ImageSource(sorted(folder.glob("img*.png")), "imgs")
+    lines = []
+
+    class Sink:
+        def write(self, s):
+            lines.append(json.loads(s))
+
+    summary = run_loop(m, src, out=Sink(), top=10)
+    assert summary.frames == 4
+    for line, p in zip(lines, sorted(folder.glob("img*.png"))):
+        rgb = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
+        scores = m.classifier.predict(fit_to_input(rgb, 32, 32, 3, "crop"))
+        assert [t["index"] for t in line["top"]][:3] == list(np.argsort(-scores)[:3])
+
+
+def test_folder_skips_and_counts_unreadable_images(run_dir, folder, tmp_path):
+    summ = tmp_path / "s.json"
+    res = _run(["--model", str(run_dir / "model_int8.tflite"), "--source", str(folder), "--summary", str(summ)])
+    assert res.exit_code == 0, res.output
+    s = json.loads(summ.read_text())
+    assert s["frames"] == 4 and s["skipped"] == 1 and s["stopped_by"] == "end of source"
+    glob_res = _run(["--model", str(run_dir), "--source", str(folder / "img*.png")])
+    assert glob_res.exit_code == 0 and glob_res.output.count('"frame"') == 4
+
+
+@pytest.mark.parametrize("mode", ["crop", "letterbox", "stretch"])
+def test_fit_to_input(mode):
+    frame = np.zeros((480, 640, 3), np.uint8)
+    frame[:, 320:] = 255  # right half white
+    out = fit_to_input(frame, 32, 32, 3, mode)
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    if mode == "letterbox":
+        assert out[:4].max() == 0 and out[-4:].max() == 0  # black bars above and below
+    assert out[16, 2].max() == 0 and out[16, 29].min() > 200  # left dark, right bright: colour order and geometry kept
+    assert fit_to_input(frame, 32, 32, 1, mode).shape == (32, 32, 1)
+
+
+def test_camera_that_stops_delivering_frames_ends_with_summary_and_error(run_dir):
+    m = open_model(run_dir, threads=1)
+
+    class Flaky:
+        label, skipped = "camera 0", 0
+
+        def frames(self):
+            for i in range(5):
+                yield type("F", (), {"rgb": np.zeros((480, 640, 3), np.uint8), "name": "camera 0", "index": i})()
+            raise SourceError("camera 0 stopped delivering frames (nothing for 5 s)")
+
+        def close(self):
+            self.closed = True
+
+    src = Flaky()
+    summary = run_loop(m, src, out=None)
+    assert summary.frames == 5 and summary.stopped_by == "source failure" and "stopped delivering" in summary.error
+    assert src.closed
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--source", "7"], "could not open camera 7"),
+    (["--source", "/no/such/clip.mp4"], "no such camera, file, folder, glob or URL"),
+    (["--source", "picamera"], "python3-picamera2"),
+    (["--delegate", "edgetpu"], "edgetpu delegate (libedgetpu.so.1) failed to load"),
+    (["--delegate", "gpu"], "gpu delegate"),
+    (["--delegate", "nnapi"], "NNAPI exists only on Android"),
+    (["--delegate-lib", "/no/such/libdelegate.so"], "failed to load"),
+])
+def test_bad_inputs_are_clear_errors(run_dir, video, args, needle):
+    base = ["--model", str(run_dir), "--source", str(video), "--max-frames", "2"]
+    res = _run(base + args)
+    assert res.exit_code == 1, res.output
+    assert needle in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--delegate", "tpu"], "'tpu' is not one of"),
+    (["--top-k", "0"], "0 is not in the range"),
+    (["--resize", "zoom"], "'zoom' is not one of"),
+    (["--delegate-option", "novalue"], "is not key=value"),
+])
+def test_bad_option_values(run_dir, args, needle):
+    res = _run(["--model", str(run_dir)] + args)
+    assert res.exit_code == 2 and needle in res.output
+
+
+def test_fallback_cpu_is_opt_in_and_loud(run_dir, video):
+    res = _run(["--model", str(run_dir), "--source", str(video), "--max-frames", "2", "--delegate", "edgetpu", "--fallback-cpu"])
+    assert res.exit_code == 0, res.output
+    assert "delegate cpu (fallback)" in res.output
+
+
+def test_bad_models(run_dir, tmp_path, video, caplog):
+    trunc = tmp_path / "trunc.tflite"
+    trunc.write_bytes((run_dir / "model_int8.tflite").read_bytes()[:5000])
+    rnd = tmp_path / "random.tflite"
+    rnd.write_bytes(np.random.default_rng(0).integers(0, 255, 4000, dtype=np.uint8).tobytes())
+    for bad in (trunc, rnd):
+        res = _run(["--model", str(bad), "--source", str(video)])
+        assert res.exit_code == 1 and "is not a TFLite model" in res.output, res.output
+    res = _run(["--model", str(tmp_path / "missing"), "--source", str(video)])
+    assert res.exit_code == 1 and "no model at" in res.output
+    # a sidecar that disagrees with the model beside it
+    other = tmp_path / "run"
+    other.mkdir()
+    (other / "model_int8.tflite").write_bytes((run_dir / "model_int8.tflite").read_bytes())
+    sc = json.loads((run_dir / "model.json").read_text())
+    sc["input"]["shape"] = [1, 64, 64, 3]
+    (other / "model.json").write_text(json.dumps(sc))
+    res = _run(["--model", str(other), "--source", str(video)])
+    assert res.exit_code == 1 and "disagree" in res.output and "input shape" in res.output
+    # no sidecar at all: runs, with class indices for labels and a warning
+    (other / "model.json").unlink()
+    res = _run(["--model", str(other / "model_int8.tflite"), "--source", str(video), "--max-frames", "1"])
+    assert res.exit_code == 0 and "labels are class indices" in caplog.text
+    assert '"frame": 0' in res.output
+
+
+def test_headless_run_imports_no_tensorflow_and_stops_on_sigint(run_dir, video):
+    code = BLOCK_TF + "from edge_app.cli import main\nmain()\n"
+    cmd = [sys.executable, "-c", code, "run", "--model", str(run_dir), "--source", str(video), "--threads", "1"]
+    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = p.stdout.readline()  # the first JSON line: the loop is running
+    assert json.loads(first)["frame"] == 0, p.stderr.read()
+    time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "stopped by Ctrl-C" in err and "Traceback" not in err
+    assert "blocked:" not in err  # the meta-path finder would have refused any TensorFlow import
+
+
+def test_python_dash_m_edge_app(run_dir, folder):
+    out = subprocess.run([sys.executable, "-m", "edge_app", "run", "--model", str(run_dir), "--source", str(folder)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ})
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.splitlines()) == 4
