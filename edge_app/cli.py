@@ -82,14 +82,18 @@ def _kv(ctx, param, values):
               help="Write the JSON lines here instead of stdout.")
 @click.option("--summary", "summary_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the end-of-run summary as JSON.")
+@click.option("--save-video", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the annotated frames to this .avi or .mp4.")
+@click.option("--display", is_flag=True, help="Show annotated frames in a window (q or Esc quits). Default: headless.")
 def run(model, source, runtime, delegate, threads, device, delegate_lib, delegate_options, fallback_cpu, width, height,
-        fps, resize, top_k, threshold, max_frames, output, summary_path) -> None:
+        fps, resize, top_k, threshold, max_frames, output, summary_path, save_video, display) -> None:
     """Classify frames from a camera, video, stream or images; one JSON line per frame (headless)."""
     import json
     import logging
     import sys
 
     from .fsutil import atomic_write_text
+    from .draw import VideoSink, Window
     from .loop import open_model, run_loop
     from .runtime import DelegateError, ModelLoadError, RuntimeNotFound
     from .sidecar import SidecarError
@@ -103,14 +107,19 @@ def run(model, source, runtime, delegate, threads, device, delegate_lib, delegat
         loaded = open_model(model, runtime=runtime, delegate=delegate, threads=threads, delegate_lib=delegate_lib,
                             delegate_options=options, fallback_cpu=fallback_cpu)
         src = open_source(source, width=width, height=height, fps=fps)
-    except (ModelLoadError, RuntimeNotFound, DelegateError, SidecarError, SourceError) as exc:
+        window = Window() if display else None
+    except (ModelLoadError, RuntimeNotFound, DelegateError, SidecarError, SourceError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
+    sink = VideoSink(str(save_video), fps or 30.0) if save_video else None
     clf = loaded.classifier
     click.echo(f"edge-app: {loaded.path} on {clf.runtime}, delegate {loaded.delegate}, input "
                f"{'x'.join(map(str, clf.input_size))} {clf.input.dtype.name}; source {source}", err=True)
     out = open(output, "w", buffering=1) if output else sys.stdout
     try:
-        summary = run_loop(loaded, src, out=out, top=top_k, threshold=threshold, max_frames=max_frames, resize=resize)
+        summary = run_loop(loaded, src, out=out, top=top_k, threshold=threshold, max_frames=max_frames, resize=resize,
+                           sink=sink, window=window)
+    except OSError as exc:  # the video file could not be written
+        raise click.ClickException(str(exc)) from None
     finally:
         if output:
             out.close()
@@ -122,6 +131,43 @@ def run(model, source, runtime, delegate, threads, device, delegate_lib, delegat
         atomic_write_text(summary_path, json.dumps(d, indent=2) + "\n")
     if summary.error:
         raise click.ClickException(summary.error)
+
+
+@cli.command(name="bench")
+@click.option("--model", required=True, type=click.Path(path_type=Path), help="A run folder or a .tflite file.")
+@click.option("--runtime", type=click.Choice(["auto", "ai-edge-litert", "tflite-runtime", "tensorflow"]), default="auto",
+              show_default=True)
+@click.option("--delegate", type=click.Choice(["cpu", "edgetpu", "gpu", "nnapi"]), default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads (default: all cores).")
+@click.option("--device", default=None, help="Edge TPU device, e.g. usb:0.")
+@click.option("--delegate-lib", default=None)
+@click.option("--delegate-option", "delegate_options", multiple=True, callback=_kv)
+@click.option("--runs", type=click.IntRange(10, 1_000_000), default=300, show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def bench_cmd(model, runtime, delegate, threads, device, delegate_lib, delegate_options, runs, json_out) -> None:
+    """Invoke-only latency, and the whole loop on synthetic 640x480 frames, side by side."""
+    import json
+
+    from .fsutil import atomic_write_text
+    from .loop import bench, open_model
+    from .runtime import DelegateError, ModelLoadError, RuntimeNotFound
+    from .sidecar import SidecarError
+
+    options = dict(delegate_options, **({"device": device} if device else {}))
+    try:
+        loaded = open_model(model, runtime=runtime, delegate=delegate, threads=threads, delegate_lib=delegate_lib,
+                            delegate_options=options)
+    except (ModelLoadError, RuntimeNotFound, DelegateError, SidecarError) as exc:
+        raise click.ClickException(str(exc)) from None
+    r = bench(loaded, runs=runs)
+    inv, loop = r["invoke_ms"], r["loop"]
+    click.echo(f"{loaded.path.name} on {loaded.classifier.runtime}, delegate {loaded.delegate}, {runs} runs")
+    click.echo(f"  invoke only : median {inv['median']:.3f} ms, p95 {inv['p95']:.3f} ms, {inv['fps']:.1f} FPS")
+    stages = ", ".join(f"{k} {v['median']:.3f}" for k, v in loop["ms"].items())
+    click.echo(f"  whole loop  : {loop['fps']:.1f} FPS on {r['frame']} frames (median ms: {stages})")
+    click.echo(f"  loop / invoke FPS: {r['loop_over_invoke_fps']:.2f}")
+    if json_out:
+        atomic_write_text(json_out, json.dumps(r, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -150,8 +150,11 @@ class Summary:
 
 
 def run_loop(model: LoadedModel, source, *, out: IO[str] | None, top: int = 3, threshold: float = 0.0,
-             max_frames: int | None = None, resize: str = "crop") -> Summary:
-    """Classify every frame of ``source``; one JSON line per frame to ``out``. Ctrl-C ends it cleanly."""
+             max_frames: int | None = None, resize: str = "crop", sink=None, window=None) -> Summary:
+    """Classify every frame of ``source``; one JSON line per frame to ``out``. Ctrl-C ends it cleanly.
+
+    ``sink`` (draw.VideoSink) and ``window`` (draw.Window) get the annotated frame; their cost
+    is counted in the "post" stage."""
     clf = model.classifier
     h, w, c = clf.input_size
     summary = Summary(source=getattr(source, "label", ""), runtime=clf.runtime, delegate=model.delegate)
@@ -171,6 +174,15 @@ def run_loop(model: LoadedModel, source, *, out: IO[str] | None, top: int = 3, t
             t3 = time.perf_counter()
             scores = clf.postprocess(clf.interpreter.get_tensor(clf.output.index)[0])
             best = top_k(scores, model.labels, top, threshold)
+            if sink is not None or window is not None:
+                from .draw import annotate
+
+                bgr = annotate(frame.rgb, best, (t3 - t2) * 1e3, (summary.frames + 1) / (time.perf_counter() - t_start))
+                if sink is not None:
+                    sink.write(bgr)
+                if window is not None and not window.show(bgr):
+                    summary.stopped_by = "window closed"
+                    break
             t4 = time.perf_counter()
             ms = {"capture": (t1 - t0) * 1e3, "pre": (t2 - t1) * 1e3, "invoke": (t3 - t2) * 1e3, "post": (t4 - t3) * 1e3}
             for k, v in ms.items():
@@ -189,4 +201,32 @@ def run_loop(model: LoadedModel, source, *, out: IO[str] | None, top: int = 3, t
         summary.seconds = time.perf_counter() - t_start
         summary.skipped = getattr(source, "skipped", 0)
         source.close()
+        for closer in (sink, window):
+            if closer is not None:
+                closer.close()
     return summary
+
+
+def bench(model: LoadedModel, runs: int = 300, warmup: int = 20, width: int = 640, height: int = 480,
+          resize: str = "crop") -> dict[str, Any]:
+    """Invoke-only latency, then the whole loop on synthetic in-memory frames of width x height:
+    the ratio of the two FPS figures is the loop's own overhead (pre- and post-processing)."""
+    from .sources import SyntheticSource
+
+    clf = model.classifier
+    h, w, c = clf.input_size
+    x = clf.preprocess(fit_to_input(SyntheticSource(width, height, 1).pool[0], h, w, c, resize))
+    interp = clf.interpreter
+    times = []
+    for i in range(warmup + runs):
+        interp.set_tensor(clf.input.index, x)
+        t = time.perf_counter()
+        interp.invoke()
+        if i >= warmup:
+            times.append((time.perf_counter() - t) * 1e3)
+    times.sort()
+    invoke = {"median": statistics.median(times), "p95": times[int(0.95 * (len(times) - 1))],
+              "fps": 1e3 * len(times) / sum(times)}
+    loop = run_loop(model, SyntheticSource(width, height, runs), out=None, resize=resize).to_dict()
+    return {"runs": runs, "frame": f"{width}x{height}", "invoke_ms": invoke, "loop": loop,
+            "loop_over_invoke_fps": loop["fps"] / invoke["fps"] if invoke["fps"] else float("nan")}

@@ -153,3 +153,19 @@ def open_source(spec: str, *, width: int | None = None, height: int | None = Non
     if any(c in spec for c in "*?["):
         return ImageSource(sorted(Path(f) for f in _glob.glob(spec) if Path(f).suffix.lower() in IMAGE_EXTS), spec)
     raise SourceError(f"--source {spec}: no such camera, file, folder, glob or URL")
+
+
+class SyntheticSource:
+    """Frames already in memory (a few noise frames, cycled): measures the loop without capture cost."""
+
+    def __init__(self, width: int = 640, height: int = 480, count: int = 300, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.pool = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(4)]
+        self.count, self.label, self.skipped = count, f"synthetic {width}x{height}", 0
+
+    def frames(self) -> Iterator[Frame]:
+        for i in range(self.count):
+            yield Frame(self.pool[i % len(self.pool)], self.label, i)
+
+    def close(self) -> None:
+        pass

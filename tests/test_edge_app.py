@@ -205,3 +205,41 @@ def test_python_dash_m_edge_app(run_dir, folder):
                          cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ})
     assert out.returncode == 0, out.stderr
     assert len(out.stdout.splitlines()) == 4
+
+
+def test_save_video_writes_annotated_frames(run_dir, video, tmp_path):
+    out = tmp_path / "annotated.avi"
+    res = _run(["--model", str(run_dir), "--source", str(video), "--max-frames", "10", "--save-video", str(out)])
+    assert res.exit_code == 0, res.output
+    cap = cv2.VideoCapture(str(out))
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    assert len(frames) == 10 and frames[0].shape == (480, 640, 3)
+    src = cv2.VideoCapture(str(video)).read()[1]
+    # labels are drawn in the top-left corner; the rest of the frame is the source frame
+    assert np.abs(frames[0][5:40, 5:100].astype(int) - src[5:40, 5:100]).mean() > 10
+    assert abs(float(frames[0][400:, 400:].mean()) - float(src[400:, 400:].mean())) < 3
+    res = _run(["--model", str(run_dir), "--source", str(video), "--save-video", str(tmp_path / "no" / "dir.avi")])
+    assert res.exit_code == 1 and "cannot write video" in res.output
+
+
+def test_display_without_a_screen_is_a_clear_error(run_dir, video, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    res = _run(["--model", str(run_dir), "--source", str(video), "--display"])
+    assert res.exit_code == 1 and "--display needs a screen" in res.output
+
+
+def test_bench_reports_invoke_and_loop(run_dir, tmp_path):
+    out = tmp_path / "bench.json"
+    res = CliRunner().invoke(cli, ["bench", "--model", str(run_dir), "--runs", "30", "--threads", "1", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    r = json.loads(out.read_text())
+    assert r["runs"] == 30 and r["loop"]["frames"] == 30 and r["frame"] == "640x480"
+    assert 0 < r["invoke_ms"]["median"] <= r["invoke_ms"]["p95"]
+    assert 0 < r["loop_over_invoke_fps"] < 1.5  # the loop does the invoke and more
+    assert "loop / invoke FPS" in res.output

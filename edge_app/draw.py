@@ -1,0 +1,73 @@
+"""Annotating frames for --display and --save-video (OpenCV only)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def annotate(rgb: np.ndarray, top: list[dict], invoke_ms: float, fps: float) -> np.ndarray:
+    """A BGR copy of the frame with the top-k labels and scores, inference ms and FPS drawn on it."""
+    import cv2
+
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    scale = max(0.4, bgr.shape[0] / 720)
+    lines = [f"{t['label']}: {t['score']:.2f}" for t in top] + [f"invoke {invoke_ms:.1f} ms  {fps:.1f} FPS"]
+    font, size, thick = cv2.FONT_HERSHEY_SIMPLEX, 0.7 * scale, max(1, round(1.5 * scale))
+    step = int(30 * scale)
+    width = max(cv2.getTextSize(t, font, size, thick)[0][0] for t in lines) + 20
+    # a dark panel behind the text keeps it readable on any scene
+    panel = bgr[: step * len(lines) + 10, :width]
+    panel[:] = (panel * 0.35).astype(np.uint8)
+    y = int(24 * scale)
+    for i, text in enumerate(lines):
+        colour = (80, 255, 80) if i == 0 else (255, 255, 255)
+        cv2.putText(bgr, text, (10, y), font, size, colour, thick, cv2.LINE_AA)
+        y += step
+    return bgr
+
+
+class VideoSink:
+    """Writes annotated frames to a video file (.avi: MJPG, .mp4: mp4v), sized by the first frame."""
+
+    def __init__(self, path: str, fps: float = 30.0):
+        self.path, self.fps, self.writer = path, fps, None
+
+    def write(self, bgr: np.ndarray) -> None:
+        import cv2
+
+        if self.writer is None:
+            fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.path.lower().endswith(".mp4") else "MJPG"))
+            self.writer = cv2.VideoWriter(self.path, fourcc, self.fps, (bgr.shape[1], bgr.shape[0]))
+            if not self.writer.isOpened():
+                raise OSError(f"cannot write video {self.path}: use a .avi or .mp4 name in a writable folder")
+        self.writer.write(bgr)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+
+
+class Window:
+    """An OpenCV window; needs a display and opencv-python (the -headless wheel has no GUI)."""
+
+    def __init__(self, title: str = "edge-app"):
+        import os
+        import sys
+
+        import cv2
+
+        if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            raise RuntimeError("--display needs a screen (DISPLAY is not set): run headless (the default) or log in to the desktop")
+        self.cv2, self.title = cv2, title
+        try:
+            cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+        except cv2.error:
+            raise RuntimeError("this OpenCV has no GUI (opencv-python-headless): pip install opencv-python for --display") from None
+
+    def show(self, bgr: np.ndarray) -> bool:
+        """Show a frame; False when the user pressed q or Esc."""
+        self.cv2.imshow(self.title, bgr)
+        return (self.cv2.waitKey(1) & 0xFF) not in (ord("q"), 27)
+
+    def close(self) -> None:
+        self.cv2.destroyAllWindows()
