@@ -57,6 +57,20 @@ def _kv(ctx, param, values):
     return out
 
 
+def _open_model(model, runtime, delegate, threads, device, delegate_lib, delegate_options, fallback_cpu=False):
+    """open_model with the user's errors turned into one clear message."""
+    from .loop import open_model
+    from .runtime import DelegateError, ModelLoadError, RuntimeNotFound
+    from .sidecar import SidecarError
+
+    options = dict(delegate_options, **({"device": device} if device else {}))
+    try:
+        return open_model(model, runtime=runtime, delegate=delegate, threads=threads, delegate_lib=delegate_lib,
+                          delegate_options=options, fallback_cpu=fallback_cpu)
+    except (ModelLoadError, RuntimeNotFound, DelegateError, SidecarError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @cli.command()
 @click.option("--model", required=True, type=click.Path(path_type=Path),
               help="A run folder (model_int8.tflite + model.json) or a .tflite file.")
@@ -92,23 +106,17 @@ def run(model, source, runtime, delegate, threads, device, delegate_lib, delegat
     import logging
     import sys
 
-    from .fsutil import atomic_write_text
     from .draw import VideoSink, Window
-    from .loop import open_model, run_loop
-    from .runtime import DelegateError, ModelLoadError, RuntimeNotFound
-    from .sidecar import SidecarError
+    from .fsutil import atomic_write_text
+    from .loop import run_loop
     from .sources import SourceError, open_source
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
-    options = dict(delegate_options)
-    if device:
-        options["device"] = device
+    loaded = _open_model(model, runtime, delegate, threads, device, delegate_lib, delegate_options, fallback_cpu)
     try:
-        loaded = open_model(model, runtime=runtime, delegate=delegate, threads=threads, delegate_lib=delegate_lib,
-                            delegate_options=options, fallback_cpu=fallback_cpu)
         src = open_source(source, width=width, height=height, fps=fps)
         window = Window() if display else None
-    except (ModelLoadError, RuntimeNotFound, DelegateError, SidecarError, SourceError, RuntimeError) as exc:
+    except (SourceError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     sink = VideoSink(str(save_video), fps or 30.0) if save_video else None
     clf = loaded.classifier
@@ -149,16 +157,9 @@ def bench_cmd(model, runtime, delegate, threads, device, delegate_lib, delegate_
     import json
 
     from .fsutil import atomic_write_text
-    from .loop import bench, open_model
-    from .runtime import DelegateError, ModelLoadError, RuntimeNotFound
-    from .sidecar import SidecarError
+    from .loop import bench
 
-    options = dict(delegate_options, **({"device": device} if device else {}))
-    try:
-        loaded = open_model(model, runtime=runtime, delegate=delegate, threads=threads, delegate_lib=delegate_lib,
-                            delegate_options=options)
-    except (ModelLoadError, RuntimeNotFound, DelegateError, SidecarError) as exc:
-        raise click.ClickException(str(exc)) from None
+    loaded = _open_model(model, runtime, delegate, threads, device, delegate_lib, delegate_options)
     r = bench(loaded, runs=runs)
     inv, loop = r["invoke_ms"], r["loop"]
     click.echo(f"{loaded.path.name} on {loaded.classifier.runtime}, delegate {loaded.delegate}, {runs} runs")

@@ -155,6 +155,8 @@ def run_loop(model: LoadedModel, source, *, out: IO[str] | None, top: int = 3, t
 
     ``sink`` (draw.VideoSink) and ``window`` (draw.Window) get the annotated frame; their cost
     is counted in the "post" stage."""
+    from .draw import annotate
+
     clf = model.classifier
     h, w, c = clf.input_size
     summary = Summary(source=getattr(source, "label", ""), runtime=clf.runtime, delegate=model.delegate)
@@ -175,8 +177,6 @@ def run_loop(model: LoadedModel, source, *, out: IO[str] | None, top: int = 3, t
             scores = clf.postprocess(clf.interpreter.get_tensor(clf.output.index)[0])
             best = top_k(scores, model.labels, top, threshold)
             if sink is not None or window is not None:
-                from .draw import annotate
-
                 bgr = annotate(frame.rgb, best, (t3 - t2) * 1e3, (summary.frames + 1) / (time.perf_counter() - t_start))
                 if sink is not None:
                     sink.write(bgr)
