@@ -12,11 +12,10 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .convert import IO_TYPES
 from .data import DATASETS
 from .models import ARCHS
 from .profiles import PROFILES
-
-IO_TYPES = ("int8", "uint8")
 
 
 def _legacy_keras_env() -> None:
@@ -211,6 +210,8 @@ for _name in STAGE_COMMANDS:
 @_user_errors
 def report(run_dir: Path, rerun: bool, no_latency: bool) -> None:
     """(Re)write report.json, report.md, report.html and the plots of RUN_DIR."""
+    import numpy as np
+
     from .build import RunError, RunFolder, load_data, report_meta, setup_logging
     from .report import PREDICTIONS, build_report, evaluate_run, load_predictions, print_table
 
@@ -224,18 +225,12 @@ def report(run_dir: Path, rerun: bool, no_latency: bool) -> None:
         preds = evaluate_run(run_dir, splits.x_test, splits.y_test, splits.labels)
     else:
         preds, y, labels = load_predictions(run_dir)
-        if len(y) != len(splits.y_test) or not np_equal(y, splits.y_test):
+        if not np.array_equal(y, splits.y_test):
             raise RunError(f"{run_dir}/{PREDICTIONS} is for other test images than the data gives now; pass --rerun")
     rep = build_report(run_dir, preds, splits.y_test, splits.labels, x=splits.x_test, meta=report_meta(cfg),
                        latency=not no_latency)
     print_table(rep)
     click.echo(f"report: {run_dir / 'report.html'}")
-
-
-def np_equal(a, b) -> bool:
-    import numpy as np
-
-    return bool(np.array_equal(a, b))
 
 
 @cli.command()

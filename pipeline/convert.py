@@ -111,12 +111,6 @@ def calibrate_qat_ranges(qat_model, float_model, images, batch_size: int = 128) 
     return result
 
 
-def quantize_scope():
-    import tensorflow_model_optimization as tfmot
-
-    return tfmot.quantization.keras.quantize_scope()
-
-
 def _converter(model):
     import tensorflow as tf
 
