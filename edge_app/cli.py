@@ -19,6 +19,15 @@ def cli() -> None:
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # our own messages say what failed
 
 
+def _write_text(path: Path, text: str) -> None:
+    from .fsutil import atomic_write_text
+
+    try:
+        atomic_write_text(path, text)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 @cli.command()
 @click.argument("model", type=click.Path(exists=True, path_type=Path))
 @click.option("--runtime", type=click.Choice(["auto", "ai-edge-litert", "tflite-runtime", "tensorflow"]),
@@ -107,7 +116,6 @@ def run(model, source, runtime, delegate, threads, device, delegate_lib, delegat
     import sys
 
     from .draw import VideoSink, Window
-    from .fsutil import atomic_write_text
     from .loop import run_loop
     from .sources import SourceError, open_source
 
@@ -122,7 +130,11 @@ def run(model, source, runtime, delegate, threads, device, delegate_lib, delegat
     clf = loaded.classifier
     click.echo(f"edge-app: {loaded.path} on {clf.runtime}, delegate {loaded.delegate}, input "
                f"{'x'.join(map(str, clf.input_size))} {clf.input.dtype.name}; source {source}", err=True)
-    out = open(output, "w", buffering=1) if output else sys.stdout
+    try:
+        out = open(output, "w", buffering=1) if output else sys.stdout
+    except OSError as exc:
+        src.close()
+        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
     try:
         summary = run_loop(loaded, src, out=out, top=top_k, threshold=threshold, max_frames=max_frames, resize=resize,
                            sink=sink, window=window)
@@ -136,7 +148,7 @@ def run(model, source, runtime, delegate, threads, device, delegate_lib, delegat
     click.echo(f"summary: {d['frames']} frames in {d['seconds']:.1f} s ({d['fps']:.1f} FPS), stopped by {d['stopped_by']}; "
                f"ms median/p95: {stages or '-'}" + (f"; skipped {d['skipped']} unreadable" if d["skipped"] else ""), err=True)
     if summary_path:
-        atomic_write_text(summary_path, json.dumps(d, indent=2) + "\n")
+        _write_text(summary_path, json.dumps(d, indent=2) + "\n")
     if summary.error:
         raise click.ClickException(summary.error)
 
@@ -156,7 +168,6 @@ def bench_cmd(model, runtime, delegate, threads, device, delegate_lib, delegate_
     """Invoke-only latency, and the whole loop on synthetic 640x480 frames, side by side."""
     import json
 
-    from .fsutil import atomic_write_text
     from .loop import bench
 
     loaded = _open_model(model, runtime, delegate, threads, device, delegate_lib, delegate_options)
@@ -168,7 +179,7 @@ def bench_cmd(model, runtime, delegate, threads, device, delegate_lib, delegate_
     click.echo(f"  whole loop  : {loop['fps']:.1f} FPS on {r['frame']} frames (median ms: {stages})")
     click.echo(f"  loop / invoke FPS: {r['loop_over_invoke_fps']:.2f}")
     if json_out:
-        atomic_write_text(json_out, json.dumps(r, indent=2) + "\n")
+        _write_text(json_out, json.dumps(r, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

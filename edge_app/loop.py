@@ -9,15 +9,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import statistics
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
-from .runtime import Classifier, ModelLoadError, make_delegate
+from .runtime import Classifier, ModelLoadError, make_delegate, median_p95
 from .sidecar import SIDECAR_NAME, Sidecar, SidecarError, read_sidecar
 from .sources import SourceError
 
@@ -25,6 +25,7 @@ log = logging.getLogger("edge_app")
 
 RESIZE_MODES = ("crop", "letterbox", "stretch")
 STAGES = ("capture", "pre", "invoke", "post")
+TIMING_WINDOW = 10_000  # frames kept for the summary's median and p95
 
 
 @dataclass
@@ -135,14 +136,16 @@ class Summary:
     runtime: str = ""
     delegate: str = ""
     error: str = ""  # set when the source failed for good mid-run
-    ms: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    # The most recent TIMING_WINDOW frames per stage: a camera loop runs for days, so the lists
+    # behind the median and p95 must not grow with it.
+    ms: dict[str, deque] = field(default_factory=lambda: {s: deque(maxlen=TIMING_WINDOW) for s in STAGES})
 
     def to_dict(self) -> dict[str, Any]:
         stats = {}
         for stage, v in self.ms.items():
             if v:
-                s = sorted(v)
-                stats[stage] = {"median": round(statistics.median(s), 3), "p95": round(s[int(0.95 * (len(s) - 1))], 3)}
+                median, p95 = median_p95(v)
+                stats[stage] = {"median": round(median, 3), "p95": round(p95, 3)}
         return {"frames": self.frames, "seconds": round(self.seconds, 3),
                 "fps": round(self.frames / self.seconds, 2) if self.seconds else 0.0,
                 "stopped_by": self.stopped_by, "skipped": self.skipped, "source": self.source,
@@ -215,18 +218,7 @@ def bench(model: LoadedModel, runs: int = 300, warmup: int = 20, width: int = 64
 
     clf = model.classifier
     h, w, c = clf.input_size
-    x = clf.preprocess(fit_to_input(SyntheticSource(width, height, 1).pool[0], h, w, c, resize))
-    interp = clf.interpreter
-    times = []
-    for i in range(warmup + runs):
-        interp.set_tensor(clf.input.index, x)
-        t = time.perf_counter()
-        interp.invoke()
-        if i >= warmup:
-            times.append((time.perf_counter() - t) * 1e3)
-    times.sort()
-    invoke = {"median": statistics.median(times), "p95": times[int(0.95 * (len(times) - 1))],
-              "fps": 1e3 * len(times) / sum(times)}
+    invoke = clf.invoke_latency(fit_to_input(SyntheticSource(width, height, 1).pool[0], h, w, c, resize), runs, warmup)
     loop = run_loop(model, SyntheticSource(width, height, runs), out=None, resize=resize).to_dict()
     return {"runs": runs, "frame": f"{width}x{height}", "invoke_ms": invoke, "loop": loop,
             "loop_over_invoke_fps": loop["fps"] / invoke["fps"] if invoke["fps"] else float("nan")}

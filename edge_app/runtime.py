@@ -46,6 +46,15 @@ def _interpreter_class(runtime: str = "auto") -> tuple[Any, str]:
     )
 
 
+def median_p95(values) -> tuple[float, float]:
+    """Median and nearest-rank 95th percentile (never below the median, even for two values)."""
+    import math
+    import statistics
+
+    s = sorted(values)
+    return statistics.median(s), s[max(0, math.ceil(0.95 * len(s)) - 1)]
+
+
 class DelegateError(RuntimeError):
     """A delegate that was asked for cannot be used here."""
 
@@ -242,6 +251,21 @@ class Classifier:
             e = np.exp(scores - scores.max())
             scores = e / e.sum()
         return scores
+
+    def invoke_latency(self, pixels: np.ndarray, runs: int = 200, warmup: int = 20) -> dict[str, float]:
+        """Invoke-only latency of one image (already at the input size): median and p95 in ms, and FPS."""
+        import time
+
+        x = self.preprocess(pixels)
+        times = []
+        for i in range(warmup + runs):
+            self.interpreter.set_tensor(self.input.index, x)
+            t = time.perf_counter()
+            self.interpreter.invoke()
+            if i >= warmup:
+                times.append((time.perf_counter() - t) * 1e3)
+        median, p95 = median_p95(times)
+        return {"median": median, "p95": p95, "fps": 1e3 * len(times) / sum(times), "runs": runs}
 
     def predict_batch(self, images: np.ndarray) -> np.ndarray:
         return np.stack([self.predict(img) for img in images])

@@ -194,7 +194,10 @@ def stage_train(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         with distribution_strategy().scope():
-            model = build_model(mcfg)
+            try:
+                model = build_model(mcfg)
+            except ValueError as exc:  # e.g. nin-imagenet on 32x32 images
+                raise RunError(f"{exc}; pass --input-size or choose another --arch") from None
         log.info("model %s: %d parameters", model.name, model.count_params())
         train_ds, val_ds, steps = _datasets(cfg, splits, cfg.train.batch_size, cfg.train.seed)
         if not gpu and cfg.profile == "paper":

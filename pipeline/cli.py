@@ -42,8 +42,11 @@ def _user_errors(fn):
             click.echo("\ninterrupted: finished epochs are checkpointed; run the same command again "
                        "(or `nin-pipeline build --resume --out RUN`) to continue.", err=True)
             sys.exit(130)
-        except (DataError, RunError, ReportError, SidecarError, ModelLoadError, RuntimeNotFound) as exc:
+        except (DataError, RunError, ReportError, SidecarError, ModelLoadError, RuntimeNotFound, FloatingPointError) as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # a folder that cannot be written, a full disk, ...
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc}; choose a writable place (--out, --json, --markdown)") from None
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.split(".")[0] in ("tensorflow", "tf_keras", "tensorflow_model_optimization", "PIL", "tqdm"):
                 raise click.ClickException(

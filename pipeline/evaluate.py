@@ -17,24 +17,36 @@ def predict_keras(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     return np.asarray(probs, np.float32)
 
 
-def predict_tflite(path: str | os.PathLike, x: np.ndarray, *, pixel_scale: float = 1.0 / 255.0,
-                   num_threads: int | None = None, progress: bool = True, desc: str | None = None) -> np.ndarray:
+def predict_classifier(clf, x: np.ndarray, *, desc: str = "", progress: bool = True) -> np.ndarray:
+    """Scores of every image in ``x`` (uint8 NHWC) through an edge_app Classifier, with a progress bar."""
     from tqdm import tqdm
 
-    from edge_app.runtime import Classifier
-
-    clf = Classifier(path, pixel_scale=pixel_scale, num_threads=num_threads)
-    if clf.input_size != tuple(x.shape[1:]):
-        raise ValueError(f"{path} takes {clf.input_size} images but the data is {tuple(x.shape[1:])}")
     out = np.empty((len(x), clf.num_classes), np.float32)
-    for i in tqdm(range(len(x)), desc=desc or Path(path).name, unit="img", disable=not progress,
-                  mininterval=1.0, leave=False):
+    for i in tqdm(range(len(x)), desc=desc, unit="img", disable=not progress, mininterval=1.0, leave=False):
         out[i] = clf.predict(x[i])
     return out
 
 
+def predict_tflite(path: str | os.PathLike, x: np.ndarray, *, pixel_scale: float = 1.0 / 255.0,
+                   num_threads: int | None = None, progress: bool = True, desc: str | None = None) -> np.ndarray:
+    from edge_app.runtime import Classifier, ModelLoadError
+
+    clf = Classifier(path, pixel_scale=pixel_scale, num_threads=num_threads)
+    if clf.input_size != tuple(x.shape[1:]):
+        raise ModelLoadError(f"{path} takes {clf.input_size} images but the data is {tuple(x.shape[1:])}")
+    return predict_classifier(clf, x, desc=desc or Path(path).name, progress=progress)
+
+
+def topk(probs: np.ndarray, y: np.ndarray, k: int) -> float:
+    """Share of images whose true class is among the ``k`` highest scores."""
+    if not len(y):
+        return float("nan")
+    top = np.argsort(-probs, axis=1)[:, :k]
+    return float(np.mean(np.any(top == y[:, None], axis=1)))
+
+
 def top1(probs: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(np.argmax(probs, axis=1) == y)) if len(y) else float("nan")
+    return topk(probs, y, 1)
 
 
 def evaluate_model(model_path: str | os.PathLike, dataset: str, data_dir: str | os.PathLike | None = None, *,
@@ -87,14 +99,8 @@ def evaluate_model(model_path: str | os.PathLike, dataset: str, data_dir: str | 
     if keras_model is not None:
         probs = predict_keras(keras_model, x)
     else:
-        probs = np.empty((len(x), classes), np.float32)
-        from tqdm import tqdm
-
-        for i in tqdm(range(len(x)), desc=path.name, unit="img", disable=not progress, mininterval=0.5):
-            probs[i] = clf.predict(x[i])
+        probs = predict_classifier(clf, x, desc=path.name, progress=progress)
     seconds = time.perf_counter() - t
-    top5 = None
-    if classes > 5:
-        top5 = float(np.mean(np.any(np.argsort(-probs, axis=1)[:, :5] == y[:, None], axis=1)))
+    top5 = topk(probs, y, 5) if classes > 5 else None
     return {"model": str(path), "dataset": dataset, "images": int(len(y)), "top1": top1(probs, y), "top5": top5,
             "seconds": seconds, "images_per_second": len(y) / seconds if seconds else float("nan")}

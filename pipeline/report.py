@@ -13,12 +13,12 @@ import io
 import json
 import os
 import platform
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .evaluate import topk
 
 REPORT_SCHEMA_VERSION = 2
 VARIANTS = ("float_keras", "float_tflite", "ptq_int8", "qat_int8")
@@ -35,11 +35,6 @@ class ReportError(Exception):
 def confusion(y: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
     """Rows: true class; columns: predicted class."""
     return np.bincount(y * n + pred, minlength=n * n).reshape(n, n)
-
-
-def topk(probs: np.ndarray, y: np.ndarray, k: int) -> float:
-    top = np.argsort(-probs, axis=1)[:, :k]
-    return float(np.mean(np.any(top == y[:, None], axis=1)))
 
 
 def variant_metrics(probs: np.ndarray, y: np.ndarray, float_probs: np.ndarray, labels: tuple[str, ...]) -> dict[str, Any]:
@@ -71,22 +66,11 @@ def _nan_none(v: float) -> float | None:
     return None if np.isnan(v) else float(v)
 
 
-def latency_ms(model_path: Path, image: np.ndarray, threads: int, runs: int = 200, warmup: int = 20) -> dict[str, float]:
+def latency_ms(model_path: Path, image: np.ndarray, threads: int, runs: int = 200) -> dict[str, float]:
     """Invoke-only latency per image through the edge runtime (median and p95, milliseconds)."""
     from edge_app.runtime import Classifier
 
-    clf = Classifier(model_path, num_threads=threads)
-    x = clf.preprocess(image)
-    interp, idx = clf.interpreter, clf.input.index
-    times = []
-    for i in range(warmup + runs):
-        interp.set_tensor(idx, x)
-        t = time.perf_counter()
-        interp.invoke()
-        if i >= warmup:
-            times.append((time.perf_counter() - t) * 1000)
-    times.sort()
-    return {"median": statistics.median(times), "p95": times[int(0.95 * (len(times) - 1))], "runs": runs}
+    return Classifier(model_path, num_threads=threads).invoke_latency(image, runs)
 
 
 # --------------------------------------------------------------------------- building the report

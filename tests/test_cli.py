@@ -105,3 +105,11 @@ def test_importing_pipeline_imports_no_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_arch_that_does_not_fit_the_data_is_a_clear_error(runner, tmp_path):
+    tree = make_image_tree(tmp_path / "tree", size=16)
+    res = runner.invoke(cli, ["build", "--dataset", "folder", "--data-dir", str(tree), "--arch", "nin-imagenet",
+                              "--input-size", "32", "--out", str(tmp_path / "run"), "--epochs", "1"])
+    assert res.exit_code == 1, res.output
+    assert "at least 67x67" in res.output and "--input-size" in res.output and "Traceback" not in res.output

@@ -243,3 +243,28 @@ def test_bench_reports_invoke_and_loop(run_dir, tmp_path):
     assert 0 < r["invoke_ms"]["median"] <= r["invoke_ms"]["p95"]
     assert 0 < r["loop_over_invoke_fps"] < 1.5  # the loop does the invoke and more
     assert "loop / invoke FPS" in res.output
+
+
+def test_unwritable_outputs_are_clear_errors(run_dir, video, tmp_path):
+    nowhere = tmp_path / "a-file"  # a regular file: nothing can be created below it
+    nowhere.write_text("")
+    for flag in ("--output", "--summary"):
+        res = _run(["--model", str(run_dir), "--source", str(video), "--max-frames", "2", flag, str(nowhere / "x.json")])
+        assert res.exit_code == 1 and "cannot write" in res.output and "Traceback" not in res.output, res.output
+
+
+def test_summary_timings_are_bounded():
+    from edge_app.loop import TIMING_WINDOW, Summary
+
+    s = Summary()
+    for i in range(TIMING_WINDOW + 500):
+        s.ms["invoke"].append(float(i))
+    assert len(s.ms["invoke"]) == TIMING_WINDOW  # a days-long camera run does not grow memory
+    assert s.to_dict()["ms"]["invoke"]["median"] >= 500
+
+
+def test_p95_is_never_below_the_median():
+    from edge_app.runtime import median_p95
+
+    assert median_p95([1.382, 3.27]) == (pytest.approx(2.326), 3.27)
+    assert median_p95(range(100)) == (49.5, 94)

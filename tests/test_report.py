@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 from conftest import REPO, make_image_tree
 from pipeline.cli import cli
-from pipeline.report import VARIANTS, confusion, topk, variant_metrics
+from pipeline.evaluate import topk
+from pipeline.report import VARIANTS, confusion, variant_metrics
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
