@@ -108,23 +108,27 @@ def _open_model(model, runtime, delegate, threads, device, delegate_lib, delegat
 @click.option("--save-video", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the annotated frames to this .avi or .mp4.")
 @click.option("--display", is_flag=True, help="Show annotated frames in a window (q or Esc quits). Default: headless.")
+@click.option("--heatmap", is_flag=True,
+              help="Overlay the top class's confidence map (NiN's last block) on drawn frames; add its peak to the JSON.")
 def run(model, source, runtime, delegate, threads, device, delegate_lib, delegate_options, fallback_cpu, width, height,
-        fps, resize, top_k, threshold, max_frames, output, summary_path, save_video, display) -> None:
+        fps, resize, top_k, threshold, max_frames, output, summary_path, save_video, display, heatmap) -> None:
     """Classify frames from a camera, video, stream or images; one JSON line per frame (headless)."""
     import json
     import logging
     import sys
 
     from .draw import VideoSink, Window
-    from .loop import run_loop
+    from .loop import require_class_maps, run_loop
     from .sources import SourceError, open_source
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     loaded = _open_model(model, runtime, delegate, threads, device, delegate_lib, delegate_options, fallback_cpu)
     try:
+        if heatmap:
+            require_class_maps(loaded)
         src = open_source(source, width=width, height=height, fps=fps)
         window = Window() if display else None
-    except (SourceError, RuntimeError) as exc:
+    except (SourceError, RuntimeError) as exc:  # ModelLoadError is a RuntimeError
         raise click.ClickException(str(exc)) from None
     sink = VideoSink(str(save_video), fps or 30.0) if save_video else None
     clf = loaded.classifier
@@ -137,7 +141,7 @@ def run(model, source, runtime, delegate, threads, device, delegate_lib, delegat
         raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
     try:
         summary = run_loop(loaded, src, out=out, top=top_k, threshold=threshold, max_frames=max_frames, resize=resize,
-                           sink=sink, window=window)
+                           sink=sink, window=window, heatmap=heatmap)
     except OSError as exc:  # the video file could not be written
         raise click.ClickException(str(exc)) from None
     finally:

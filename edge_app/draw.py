@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 
-def annotate(rgb: np.ndarray, top: list[dict], invoke_ms: float, fps: float) -> np.ndarray:
-    """A BGR copy of the frame with the top-k labels and scores, inference ms and FPS drawn on it."""
+def annotate(bgr: np.ndarray, top: list[dict], invoke_ms: float, fps: float) -> np.ndarray:
+    """Draw the top-k labels and scores, inference ms and FPS on a BGR frame, in place."""
     import cv2
 
-    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     scale = max(0.4, bgr.shape[0] / 720)
     lines = [f"{t['label']}: {t['score']:.2f}" for t in top] + [f"invoke {invoke_ms:.1f} ms  {fps:.1f} FPS"]
     font, size, thick = cv2.FONT_HERSHEY_SIMPLEX, 0.7 * scale, max(1, round(1.5 * scale))
@@ -23,6 +22,25 @@ def annotate(rgb: np.ndarray, top: list[dict], invoke_ms: float, fps: float) -> 
         colour = (80, 255, 80) if i == 0 else (255, 255, 255)
         cv2.putText(bgr, text, (10, y), font, size, colour, thick, cv2.LINE_AA)
         y += step
+    return bgr
+
+
+def overlay_heatmap(bgr: np.ndarray, class_map: np.ndarray, placement, alpha: float = 0.45) -> np.ndarray:
+    """Blend one class's confidence map, upsampled onto the part of the frame the model saw, in place.
+
+    The map is scaled to its own maximum (the hottest cell is red in OpenCV's JET colour map),
+    so it shows where the class is seen, not how sure the model is: the scores say that.
+    ``placement`` is a loop.MapPlacement; outside its box the frame is left as it is."""
+    import cv2
+
+    x0, y0, w, h = placement.box
+    top = float(class_map.max())
+    norm = (class_map / top if top > 0 else np.zeros_like(class_map)).astype(np.float32)
+    # cell (u, v) -> box pixel (a*u + b - x0, c*v + d - y0); bilinear in between, edges held
+    m = np.float32([[placement.a, 0, placement.b - x0], [0, placement.c, placement.d - y0]])
+    up = cv2.warpAffine(norm, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    colour = cv2.applyColorMap(np.clip(up * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+    bgr[y0:y0 + h, x0:x0 + w] = cv2.addWeighted(colour, alpha, bgr[y0:y0 + h, x0:x0 + w], 1 - alpha, 0)
     return bgr
 
 

@@ -95,35 +95,93 @@ def _check_agrees(clf: Classifier, sc: Sidecar, path: Path) -> None:
                            "copy the run folder again, or rebuild it with `nin-pipeline convert`")
 
 
+Box = tuple[int, int, int, int]  # x0, y0, width, height
+
+
+def layout(frame_h: int, frame_w: int, height: int, width: int, mode: str = "crop") -> tuple[Box, Box]:
+    """Which part of the frame goes to which part of the model input, for each resize mode.
+
+    Returns (frame box, input box): the frame box is resized into the input box.
+    crop: the centre of the frame at the input's aspect ratio fills the whole input (what the
+    training images looked like); letterbox: the whole frame, fitted inside the input, black
+    bars around it; stretch: the whole frame into the whole input, aspect ratio lost."""
+    if mode == "crop":
+        scale = max(height / frame_h, width / frame_w)
+        ch, cw = min(frame_h, round(height / scale)), min(frame_w, round(width / scale))
+        return ((frame_w - cw) // 2, (frame_h - ch) // 2, cw, ch), (0, 0, width, height)
+    if mode == "letterbox":
+        scale = min(height / frame_h, width / frame_w)
+        nh, nw = max(1, round(frame_h * scale)), max(1, round(frame_w * scale))
+        return (0, 0, frame_w, frame_h), ((width - nw) // 2, (height - nh) // 2, nw, nh)
+    if mode == "stretch":
+        return (0, 0, frame_w, frame_h), (0, 0, width, height)
+    raise ValueError(f"unknown resize mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")
+
+
 def fit_to_input(rgb: np.ndarray, height: int, width: int, channels: int, mode: str = "crop") -> np.ndarray:
-    """Resize a frame to the model's input. crop: centre-crop to the input's aspect ratio, then
-    resize (what the training data saw); letterbox: fit inside and pad with black; stretch: resize."""
+    """Resize a frame to the model's input (see :func:`layout` for the modes); INTER_AREA
+    averages the pixels it shrinks, as the training images' own downscaling did."""
     import cv2
 
-    h, w = rgb.shape[:2]
-    if mode == "crop":
-        scale = max(height / h, width / w)
-        ch, cw = round(height / scale), round(width / scale)
-        y0, x0 = (h - ch) // 2, (w - cw) // 2
-        out = cv2.resize(rgb[y0:y0 + ch, x0:x0 + cw], (width, height), interpolation=cv2.INTER_AREA)
-    elif mode == "letterbox":
-        scale = min(height / h, width / w)
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        out = np.zeros((height, width, 3), np.uint8)
-        y0, x0 = (height - nh) // 2, (width - nw) // 2
-        out[y0:y0 + nh, x0:x0 + nw] = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA)
-    elif mode == "stretch":
-        out = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+    (fx, fy, fw, fh), (ix, iy, iw, ih) = layout(rgb.shape[0], rgb.shape[1], height, width, mode)
+    small = cv2.resize(rgb[fy:fy + fh, fx:fx + fw], (iw, ih), interpolation=cv2.INTER_AREA)
+    if (iw, ih) == (width, height):
+        out = small
     else:
-        raise ValueError(f"unknown resize mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")
+        out = np.zeros((height, width, 3), np.uint8)
+        out[iy:iy + ih, ix:ix + iw] = small
     if channels == 1:
         out = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)[..., None]
     return out
 
 
+@dataclass(frozen=True)
+class MapPlacement:
+    """Where a class map's cells fall on the frame: cell (u, v) -> frame pixel
+    (a * u + b, c * v + d), cell and pixel centres matched; ``box`` is the part of the
+    frame the model saw (the map says nothing about the rest)."""
+
+    a: float
+    b: float
+    c: float
+    d: float
+    box: Box
+
+    def to_frame(self, u: float, v: float) -> tuple[int, int]:
+        return round(self.a * u + self.b), round(self.c * v + self.d)
+
+
+def map_placement(frame_shape: tuple[int, ...], map_shape: tuple[int, ...], height: int, width: int,
+                  mode: str = "crop") -> MapPlacement:
+    """Place an [mh, mw] class map, computed on a ``height`` x ``width`` input, on the frame."""
+    (fx, fy, fw, fh), (ix, iy, iw, ih) = layout(frame_shape[0], frame_shape[1], height, width, mode)
+    sx, sy = fw / iw, fh / ih  # frame pixels per input pixel
+    mh, mw = map_shape[:2]
+    # map cell centre u+0.5 covers input x = (u+0.5) * width/mw; input x -> frame fx + (x - ix) * sx
+    a, c = width / mw * sx, height / mh * sy
+    return MapPlacement(a, fx + (0.5 * width / mw - ix) * sx - 0.5, c, fy + (0.5 * height / mh - iy) * sy - 0.5,
+                        (fx, fy, fw, fh))
+
+
+def heatmap_peak(maps: np.ndarray, index: int, placement: MapPlacement) -> dict[str, Any]:
+    """Where class ``index``'s map is highest, in frame pixels, and its value there."""
+    m = maps[..., index]
+    # int8 maps saturate: when several cells share the top value, take the one nearest their middle
+    vs, us = np.nonzero(m == m.max())
+    k = int(np.argmin((vs - vs.mean()) ** 2 + (us - us.mean()) ** 2))
+    v, u = int(vs[k]), int(us[k])
+    return {"index": int(index), "peak": list(placement.to_frame(u, v)), "value": round(float(m[v, u]), 4)}
+
+
 def top_k(scores: np.ndarray, labels: list[str], k: int, threshold: float = 0.0) -> list[dict[str, Any]]:
     idx = np.argsort(-scores)[:k]
     return [{"index": int(i), "label": labels[i], "score": round(float(scores[i]), 5)} for i in idx if scores[i] >= threshold]
+
+
+def require_class_maps(model: LoadedModel) -> None:
+    if not model.classifier.has_class_maps:
+        raise ModelLoadError(f"{model.path.name} has no class-maps output, so --heatmap has nothing to show: rebuild it "
+                             "with `nin-pipeline convert RUN` (class maps are exported unless --no-class-maps)")
 
 
 @dataclass
@@ -153,15 +211,22 @@ class Summary:
 
 
 def run_loop(model: LoadedModel, source, *, out: IO[str] | None, top: int = 3, threshold: float = 0.0,
-             max_frames: int | None = None, resize: str = "crop", sink=None, window=None) -> Summary:
+             max_frames: int | None = None, resize: str = "crop", sink=None, window=None,
+             heatmap: bool = False) -> Summary:
     """Classify every frame of ``source``; one JSON line per frame to ``out``. Ctrl-C ends it cleanly.
 
     ``sink`` (draw.VideoSink) and ``window`` (draw.Window) get the annotated frame; their cost
-    is counted in the "post" stage."""
-    from .draw import annotate
+    is counted in the "post" stage. ``heatmap``: the top class's confidence map is overlaid
+    on the annotated frame and its peak (frame pixels) added to each JSON line."""
+    import cv2
+
+    from .draw import annotate, overlay_heatmap
 
     clf = model.classifier
     h, w, c = clf.input_size
+    if heatmap:
+        require_class_maps(model)
+    placement, placed_for = None, None
     summary = Summary(source=getattr(source, "label", ""), runtime=clf.runtime, delegate=model.delegate)
     frames = source.frames()
     t_start = time.perf_counter()
@@ -179,8 +244,18 @@ def run_loop(model: LoadedModel, source, *, out: IO[str] | None, top: int = 3, t
             t3 = time.perf_counter()
             scores = clf.postprocess(clf.interpreter.get_tensor(clf.output.index)[0])
             best = top_k(scores, model.labels, top, threshold)
+            record: dict[str, Any] = {}
+            if heatmap:
+                maps = clf.class_maps()
+                if placed_for != frame.rgb.shape:  # frames of a folder of images differ in size
+                    placed_for = frame.rgb.shape
+                    placement = map_placement(placed_for, maps.shape, h, w, resize)
+                record["heatmap"] = heatmap_peak(maps, int(np.argmax(scores)), placement)
             if sink is not None or window is not None:
-                bgr = annotate(frame.rgb, best, (t3 - t2) * 1e3, (summary.frames + 1) / (time.perf_counter() - t_start))
+                bgr = cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR)
+                if heatmap:
+                    overlay_heatmap(bgr, maps[..., record["heatmap"]["index"]], placement)
+                annotate(bgr, best, (t3 - t2) * 1e3, (summary.frames + 1) / (time.perf_counter() - t_start))
                 if sink is not None:
                     sink.write(bgr)
                 if window is not None and not window.show(bgr):
@@ -193,7 +268,7 @@ def run_loop(model: LoadedModel, source, *, out: IO[str] | None, top: int = 3, t
             summary.frames += 1
             if out is not None:
                 out.write(json.dumps({"frame": frame.index, "time": round(time.time(), 3), "source": frame.name,
-                                      "top": best, "ms": {k: round(v, 3) for k, v in ms.items()}}) + "\n")
+                                      "top": best, "ms": {k: round(v, 3) for k, v in ms.items()}, **record}) + "\n")
         else:
             summary.stopped_by = f"--max-frames {max_frames}"
     except KeyboardInterrupt:

@@ -183,6 +183,19 @@ def _info(detail: dict) -> TensorInfo:
     )
 
 
+def _pick_outputs(outputs: list[TensorInfo], path) -> tuple[TensorInfo, TensorInfo | None]:
+    """The scores output ([1, classes]) and, if the model has one, the class-maps output
+    ([1, H, W, classes]). Matched by shape: the converter, not us, decides their order."""
+    if len(outputs) == 1:
+        return outputs[0], None
+    scores = [o for o in outputs if len(o.shape) == 2]
+    maps = [o for o in outputs if len(o.shape) == 4]
+    if len(scores) != 1 or len(maps) > 1 or len(outputs) > 2 or (maps and maps[0].shape[-1] != scores[0].shape[-1]):
+        raise ModelLoadError(f"{path} has outputs {[list(o.shape) for o in outputs]}: a classifier needs one "
+                             "[1, classes] scores output (and optionally [1, H, W, classes] class maps)")
+    return scores[0], (maps[0] if maps else None)
+
+
 class Classifier:
     """Runs an image classifier .tflite on uint8 pixels and returns float scores.
 
@@ -207,7 +220,7 @@ class Classifier:
         if len(inputs) != 1 or len(inputs[0]["shape"]) != 4:
             raise ModelLoadError(f"{model_path} is not an image classifier: it needs one NHWC image input")
         self.input = _info(inputs[0])
-        self.output = _info(self.interpreter.get_output_details()[0])
+        self.output, self.maps_output = _pick_outputs([_info(d) for d in self.interpreter.get_output_details()], model_path)
         self.pixel_scale = pixel_scale
         self.mean = np.asarray(mean, np.float32)
         self.std = np.asarray(std, np.float32)
@@ -266,6 +279,18 @@ class Classifier:
                 times.append((time.perf_counter() - t) * 1e3)
         median, p95 = median_p95(times)
         return {"median": median, "p95": p95, "fps": 1e3 * len(times) / sum(times), "runs": runs}
+
+    @property
+    def has_class_maps(self) -> bool:
+        return self.maps_output is not None
+
+    def class_maps(self) -> np.ndarray:
+        """The per-class confidence maps of the last invoke, dequantised: float32 [H', W', classes]."""
+        if self.maps_output is None:
+            raise ModelLoadError("this model has no class-maps output: rebuild it with `nin-pipeline convert` "
+                                 "(class maps are exported unless --no-class-maps was given)")
+        m = self.maps_output
+        return dequantize(self.interpreter.get_tensor(m.index)[0], m.scale, m.zero_point)
 
     def predict_batch(self, images: np.ndarray) -> np.ndarray:
         return np.stack([self.predict(img) for img in images])

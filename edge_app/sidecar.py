@@ -28,7 +28,7 @@ SCHEMA_VERSION = 1
 SIDECAR_NAME = "model.json"
 
 _DTYPES = {"int8", "uint8", "float32"}
-_OUTPUT_KINDS = {"probabilities", "logits"}
+_OUTPUT_KINDS = {"probabilities", "logits", "class_maps"}
 _COLOR_ORDERS = {"RGB", "BGR", "GRAY"}
 
 
@@ -74,10 +74,15 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class OutputSpec:
-    name: str  # role: "scores" (per-class scores)
+    """One model output. ``name`` is its role: "scores" ([1, classes]) or "class_maps"
+    ([1, H, W, classes]: NiN's per-class confidence maps before global average pooling,
+    ReLU outputs >= 0). The .tflite's output order is the converter's choice, so a reader
+    matches outputs by shape, not by position."""
+
+    name: str
     shape: tuple[int, ...]
     dtype: str
-    kind: str = "probabilities"  # probabilities | logits
+    kind: str = "probabilities"  # probabilities | logits | class_maps
     quant: Quantization = Quantization(0.0, 0)
 
 
@@ -97,6 +102,9 @@ class Sidecar:
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    def has_output(self, name: str) -> bool:
+        return any(out.name == name for out in self.outputs)
 
     def output(self, name: str = "scores") -> OutputSpec:
         for out in self.outputs:
@@ -179,6 +187,9 @@ def sidecar_from_dict(d: dict[str, Any]) -> Sidecar:
         raise SidecarError(
             f"model.json lists {len(sc.labels)} labels but the scores output has {scores.shape[-1]} classes"
         )
+    maps = [o for o in sc.outputs if o.name == "class_maps"]
+    if maps and (len(maps[0].shape) != 4 or maps[0].shape[-1] != len(sc.labels)):
+        raise SidecarError(f"model.json's class_maps output must be [1, H, W, {len(sc.labels)}]; got {list(maps[0].shape)}")
     return sc
 
 

@@ -257,6 +257,10 @@ def stage_convert(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
 
     float_model = load_float(run)
     qat_model = load_qat(run)
+    if cfg.convert.class_maps:
+        from .models import with_class_maps
+
+        float_model, qat_model = with_class_maps(float_model), with_class_maps(qat_model)
     rep = representative_images(splits.x_train, splits.y_train, cfg.convert.representative_samples, cfg.train.seed)
     t = time.time()
     atomic_write_bytes(run.path(FLOAT_TFLITE), to_tflite_float(float_model))
@@ -267,27 +271,35 @@ def stage_convert(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
     run.mark("convert")
 
 
+def _quant(detail: dict) -> Quantization:
+    return Quantization(float(detail["quantization"][0]), int(detail["quantization"][1]))
+
+
 def make_sidecar(cfg: BuildConfig, run: RunFolder, labels: tuple[str, ...]) -> Sidecar:
-    """Describe ``model_int8.tflite`` from the model's own tensors, so the two never disagree."""
+    """Describe ``model_int8.tflite`` from the model's own tensors, so the two never disagree.
+
+    Outputs are told apart by rank: the scores are [1, classes]; the class maps, when
+    exported, [1, H, W, classes]."""
     from edge_app.runtime import load_interpreter
 
     interp, _ = load_interpreter(run.path(INT8_TFLITE), num_threads=1)
     i = interp.get_input_details()[0]
-    o = interp.get_output_details()[0]
     shape = tuple(int(v) for v in i["shape"])
     channels = shape[-1]
+    outputs = []
+    for o in sorted(interp.get_output_details(), key=lambda d: len(d["shape"])):
+        rank = len(o["shape"])
+        name, kind = ("scores", "probabilities") if rank == 2 else ("class_maps", "class_maps")
+        outputs.append(OutputSpec(name=name, shape=tuple(int(v) for v in o["shape"]), dtype=np.dtype(o["dtype"]).name,
+                                  kind=kind, quant=_quant(o)))
     return Sidecar(
         labels=tuple(labels),
         input=InputSpec(
             shape=shape, dtype=np.dtype(i["dtype"]).name, layout="NHWC",
             color_order="GRAY" if channels == 1 else "RGB", pixel_scale=1.0 / 255.0, value_range=(0.0, 1.0),
-            mean=(0.0,) * channels, std=(1.0,) * channels,
-            quant=Quantization(float(i["quantization"][0]), int(i["quantization"][1])),
+            mean=(0.0,) * channels, std=(1.0,) * channels, quant=_quant(i),
         ),
-        outputs=(OutputSpec(
-            name="scores", shape=tuple(int(v) for v in o["shape"]), dtype=np.dtype(o["dtype"]).name,
-            kind="probabilities", quant=Quantization(float(o["quantization"][0]), int(o["quantization"][1])),
-        ),),
+        outputs=tuple(outputs),
         dataset=cfg.data.dataset, arch=cfg.model.arch, width=cfg.model.width,
         files={n: sha256_file(run.path(n)) for n in (INT8_TFLITE, FLOAT_TFLITE, PTQ_TFLITE) if run.path(n).exists()},
         pipeline_version=__version__, created=_now(),

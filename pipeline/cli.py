@@ -104,11 +104,13 @@ def _non_negative(ctx, param, value):
               help="Share of train held out for validation.")
 @click.option("--io-type", type=click.Choice(IO_TYPES), default="int8", show_default=True,
               help="int8 model input/output type (uint8 for runtimes that want it).")
+@click.option("--class-maps/--no-class-maps", default=True, show_default=True,
+              help="Export the per-class confidence maps as a second model output (edge-app --heatmap uses them).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (--out, or the newest matching one in artifacts/).")
 @_user_errors
 def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_epochs, batch_size, lr, dropout,
-          limit_train, limit_test, val_fraction, io_type, seed, resume) -> None:
+          limit_train, limit_test, val_fraction, io_type, class_maps, seed, resume) -> None:
     """Train NiN, fine-tune it with QAT, convert to int8 TFLite and evaluate: one run folder."""
     from .build import RunError, init_run, run_stages
 
@@ -132,7 +134,7 @@ def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_
         from .data import resolve_source
 
         resolve_source(dataset, data_dir)  # a wrong --data-dir fails before any folder is made
-        cfg = make_build_config(dataset, data_dir, profile, arch, explicit, val_fraction, io_type, seed)
+        cfg = make_build_config(dataset, data_dir, profile, arch, explicit, val_fraction, io_type, seed, class_maps)
         if out is None:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             out = Path("artifacts") / f"{dataset}-{arch}-{stamp}"
@@ -142,7 +144,7 @@ def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_
 
 
 def make_build_config(dataset: str, data_dir: Path | None, profile: str, arch: str, explicit: dict, val_fraction: float,
-                      io_type: str, seed: int):
+                      io_type: str, seed: int, class_maps: bool = True):
     from .build import BuildConfig
     from .convert import ConvertConfig, QatConfig
     from .data import DataConfig
@@ -162,7 +164,7 @@ def make_build_config(dataset: str, data_dir: Path | None, profile: str, arch: s
                           weight_decay=float(p["weight_decay"]), schedule=str(p["schedule"]),
                           warmup_epochs=float(p["warmup_epochs"]), seed=seed),
         qat=QatConfig(epochs=int(p["qat_epochs"]), lr=float(p["qat_lr"]), batch_size=int(p["batch_size"])),
-        convert=ConvertConfig(io_type=io_type),
+        convert=ConvertConfig(io_type=io_type, class_maps=class_maps),
         profile=profile,
     )
 

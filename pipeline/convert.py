@@ -1,5 +1,8 @@
 """Quantisation-aware fine-tuning and TFLite conversion.
 
+Models with a second output (``models.with_class_maps``) keep it: the .tflite then has
+two outputs, per-class scores and the per-class maps, both int8 in an int8 model.
+
 * ``quantize(model)``: tfmot's ``quantize_model`` on a flat float model (BatchNorm folds into
   the preceding Conv2D because every conv is written Conv -> BN -> ReLU).
 * ``to_tflite_float``: the float model as a float32 .tflite.
@@ -33,6 +36,7 @@ class QatConfig:
 class ConvertConfig:
     io_type: str = "int8"  # int8 | uint8
     representative_samples: int = 256
+    class_maps: bool = True  # export the per-class confidence maps as a second output
 
 
 def quantize(model):
@@ -115,6 +119,8 @@ def _converter(model):
     import tensorflow as tf
 
     shape = [1, *model.input_shape[1:]]
+    # A model with several outputs becomes a .tflite with several outputs, in an order the
+    # converter chooses: readers tell them apart by shape (scores [1, C], maps [1, H, W, C]).
     fn = tf.function(lambda x: model(x, training=False))
     concrete = fn.get_concrete_function(tf.TensorSpec(shape, tf.float32, name="image"))
     return tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 CLASS_MAPS_LAYER = "class_maps"
+CLASS_MAPS_OUTPUT = f"{CLASS_MAPS_LAYER}_relu"  # the layer whose output is the per-class maps
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,24 @@ def build_model(cfg: ModelConfig):
     if min(h, w) < info.min_input_size:
         raise ValueError(f"{cfg.arch} needs inputs of at least {info.min_input_size}x{info.min_input_size}; got {h}x{w}")
     return info.build(cfg)
+
+
+def with_class_maps(model):
+    """A two-output view of a NiN model, float or QAT-wrapped: (scores, class maps).
+
+    The class maps are the last mlpconv block's ReLU outputs, [H', W', classes] (paper
+    section 4.7): exported as a second model output they let a device show *where* in the
+    frame each class is seen, at no extra compute (GAP reads the same tensor). The weights
+    are shared with ``model``; nothing is copied.
+    """
+    keras = _keras()
+    for name in (CLASS_MAPS_OUTPUT, f"quant_{CLASS_MAPS_OUTPUT}"):  # tfmot prefixes wrapped layers
+        try:
+            layer = model.get_layer(name)
+        except ValueError:
+            continue
+        return keras.Model(model.inputs, [model.output, layer.output], name=model.name)
+    raise ValueError(f"{model.name} has no {CLASS_MAPS_OUTPUT!r} layer: it is not a NiN from this registry")
 
 
 def count_macs(model) -> int:
