@@ -55,9 +55,7 @@ def open_model(model: str | os.PathLike, *, runtime: str = "auto", delegate: str
     """Load the model with its sidecar (if any), on the delegate asked for; check they agree."""
     from .runtime import DelegateError, _interpreter_class
 
-    path = resolve_model_path(model, delegate)
-    sidecar_path = path.parent / SIDECAR_NAME
-    sidecar = read_sidecar(sidecar_path) if sidecar_path.is_file() else None
+    resolve_model_path(model, delegate)  # a wrong path is the first thing to say
     _, runtime_name = _interpreter_class(runtime)
     used = "cpu" if delegate == "cpu" and not delegate_lib else (delegate if not delegate_lib else f"external:{delegate_lib}")
     try:
@@ -67,6 +65,10 @@ def open_model(model: str | os.PathLike, *, runtime: str = "auto", delegate: str
             raise
         log.warning("%s; continuing on the CPU because of --fallback-cpu", exc)
         dlg, used = None, "cpu (fallback)"
+    # an Edge TPU-compiled model holds a custom op only the Edge TPU runs: on the CPU, use the plain one
+    path = resolve_model_path(model, delegate if dlg is not None else "cpu")
+    sidecar_path = path.parent / SIDECAR_NAME
+    sidecar = read_sidecar(sidecar_path) if sidecar_path.is_file() else None
     kwargs: dict[str, Any] = {}
     if sidecar is not None:
         kwargs = {"pixel_scale": sidecar.input.pixel_scale, "mean": sidecar.input.mean, "std": sidecar.input.std,

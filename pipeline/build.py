@@ -36,6 +36,7 @@ QAT_WEIGHTS = "model_qat.weights.h5"
 FLOAT_TFLITE = "model_float32.tflite"
 INT8_TFLITE = "model_int8.tflite"
 PTQ_TFLITE = "model_int8_ptq.tflite"
+EDGETPU_TFLITE = "model_int8_edgetpu.tflite"  # written by edgetpu_compiler
 
 
 class RunError(Exception):
@@ -268,7 +269,42 @@ def stage_convert(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
     atomic_write_bytes(run.path(PTQ_TFLITE), to_tflite_int8(float_model, rep, cfg.convert.io_type))
     log.info("convert: float32, QAT int8 and PTQ int8 .tflite written (%.0f s)", time.time() - t)
     write_sidecar(run.path("model.json"), make_sidecar(cfg, run, splits.labels))
+    for stale in (EDGETPU_TFLITE, "model_int8_edgetpu.log", "edgetpu.json"):  # they described the old model
+        run.path(stale).unlink(missing_ok=True)
+    if cfg.convert.target == "edgetpu":
+        edgetpu_stage(run)
     run.mark("convert")
+
+
+def edgetpu_stage(run: RunFolder) -> None:
+    """--target edgetpu: check model_int8.tflite against the Edge TPU's rules, then compile it when
+    edgetpu_compiler is installed (x86-64 Linux); without it, say how to finish elsewhere."""
+    from .edgetpu import EdgeTpuError, check_model, compile_model, format_check, record_in_run
+
+    result = check_model(run.path(INT8_TFLITE))
+    record_in_run(run.root, "check", result.to_dict())
+    log.info("edgetpu check: %s", format_check(result)[-2])
+    try:
+        compiled = compile_model(run.path(INT8_TFLITE))
+    except EdgeTpuError as exc:
+        log.warning("edgetpu: not compiled here (%s). Then: nin-pipeline edgetpu compile %s", exc, run.root)
+        return
+    record_compiled(run.root, compiled)
+
+
+def record_compiled(run_dir: Path, compiled) -> None:
+    """The compiler's summary into edgetpu.json and the report; the compiled model's hash into model.json."""
+    from edge_app.sidecar import read_sidecar
+
+    from .edgetpu import record_in_run
+
+    record_in_run(run_dir, "compile", {k: v for k, v in compiled.to_dict().items() if k != "log"})
+    out = Path(compiled.output)
+    sidecar_path = run_dir / "model.json"
+    if out.parent.resolve() == run_dir.resolve() and sidecar_path.is_file():
+        sc = read_sidecar(sidecar_path)
+        write_sidecar(sidecar_path, dataclasses.replace(sc, files={**sc.files, out.name: sha256_file(out)}))
+    log.info("edgetpu: %s of %s operations mapped to the Edge TPU -> %s", compiled.ops_on_tpu, compiled.ops_total, out)
 
 
 def _quant(detail: dict) -> Quantization:

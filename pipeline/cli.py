@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .convert import IO_TYPES
+from .convert import IO_TYPES, TARGETS
 from .data import DATASETS
 from .models import ARCHS
 from .profiles import PROFILES
@@ -34,6 +34,7 @@ def _user_errors(fn):
 
         from .build import RunError
         from .data import DataError
+        from .edgetpu import EdgeTpuError
         from .report import ReportError
 
         try:
@@ -42,7 +43,8 @@ def _user_errors(fn):
             click.echo("\ninterrupted: finished epochs are checkpointed; run the same command again "
                        "(or `nin-pipeline build --resume --out RUN`) to continue.", err=True)
             sys.exit(130)
-        except (DataError, RunError, ReportError, SidecarError, ModelLoadError, RuntimeNotFound, FloatingPointError) as exc:
+        except (DataError, RunError, ReportError, SidecarError, ModelLoadError, RuntimeNotFound, FloatingPointError,
+                EdgeTpuError) as exc:
             raise click.ClickException(str(exc)) from None
         except OSError as exc:  # a folder that cannot be written, a full disk, ...
             where = f"{exc.filename}: " if exc.filename else ""
@@ -102,18 +104,21 @@ def _non_negative(ctx, param, value):
 @click.option("--limit-test", type=int, default=None, callback=_positive, help="Stratified test subset.")
 @click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=0.1, show_default=True,
               help="Share of train held out for validation.")
-@click.option("--io-type", type=click.Choice(IO_TYPES), default="int8", show_default=True,
-              help="int8 model input/output type (uint8 for runtimes that want it).")
+@click.option("--io-type", type=click.Choice(IO_TYPES), default=None,
+              help="int8 model input/output type: int8 (default), or uint8 for runtimes that want it.")
+@click.option("--target", type=click.Choice(TARGETS), default="cpu", show_default=True,
+              help="edgetpu: uint8 input/output, checked against the Edge TPU's rules, compiled if edgetpu_compiler is installed.")
 @click.option("--class-maps/--no-class-maps", default=True, show_default=True,
               help="Export the per-class confidence maps as a second model output (edge-app --heatmap uses them).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (--out, or the newest matching one in artifacts/).")
 @_user_errors
 def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_epochs, batch_size, lr, dropout,
-          limit_train, limit_test, val_fraction, io_type, class_maps, seed, resume) -> None:
+          limit_train, limit_test, val_fraction, io_type, target, class_maps, seed, resume) -> None:
     """Train NiN, fine-tune it with QAT, convert to int8 TFLite and evaluate: one run folder."""
     from .build import RunError, init_run, run_stages
 
+    io_type = _io_for_target(target, io_type)
     explicit = {k: v for k, v in dict(width=width, input_size=input_size, epochs=epochs, qat_epochs=qat_epochs,
                                        batch_size=batch_size, lr=lr, dropout=dropout, limit_train=limit_train,
                                        limit_test=limit_test).items() if v is not None}
@@ -134,7 +139,8 @@ def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_
         from .data import resolve_source
 
         resolve_source(dataset, data_dir)  # a wrong --data-dir fails before any folder is made
-        cfg = make_build_config(dataset, data_dir, profile, arch, explicit, val_fraction, io_type, seed, class_maps)
+        cfg = make_build_config(dataset, data_dir, profile, arch, explicit, val_fraction, io_type, seed, class_maps,
+                                target)
         if out is None:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             out = Path("artifacts") / f"{dataset}-{arch}-{stamp}"
@@ -144,7 +150,7 @@ def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_
 
 
 def make_build_config(dataset: str, data_dir: Path | None, profile: str, arch: str, explicit: dict, val_fraction: float,
-                      io_type: str, seed: int, class_maps: bool = True):
+                      io_type: str, seed: int, class_maps: bool = True, target: str = "cpu"):
     from .build import BuildConfig
     from .convert import ConvertConfig, QatConfig
     from .data import DataConfig
@@ -164,9 +170,18 @@ def make_build_config(dataset: str, data_dir: Path | None, profile: str, arch: s
                           weight_decay=float(p["weight_decay"]), schedule=str(p["schedule"]),
                           warmup_epochs=float(p["warmup_epochs"]), seed=seed),
         qat=QatConfig(epochs=int(p["qat_epochs"]), lr=float(p["qat_lr"]), batch_size=int(p["batch_size"])),
-        convert=ConvertConfig(io_type=io_type, class_maps=class_maps),
+        convert=ConvertConfig(io_type=io_type, class_maps=class_maps, target=target),
         profile=profile,
     )
+
+
+def _io_for_target(target: str, io_type: str | None) -> str:
+    """The Edge TPU (and pycoral) want uint8 input and output."""
+    if target == "edgetpu":
+        if io_type == "int8":
+            raise click.BadParameter("--target edgetpu takes uint8 input and output; leave out --io-type int8", param_hint="--io-type")
+        return "uint8"
+    return io_type or "int8"
 
 
 def _newest_run(dataset: str, arch: str) -> Path | None:
@@ -182,10 +197,19 @@ STAGE_COMMANDS = {
 
 
 def _stage_command(name: str):
+    def target_option(f):
+        if name != "convert":
+            return f
+        return click.option("--target", type=click.Choice(TARGETS), default=None,
+                            help="Convert for this target from now on (edgetpu: uint8 I/O, check, compile). "
+                                 "Default: the run's own.")(f)
+
     @cli.command(name=name, help=STAGE_COMMANDS[name])
     @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+    @target_option
     @_user_errors
-    def cmd(run_dir: Path) -> None:
+    def cmd(run_dir: Path, target: str | None = None) -> None:
+        import dataclasses
         import shutil
 
         from .build import STAGES, RunError, RunFolder, run_stages, setup_logging
@@ -195,6 +219,13 @@ def _stage_command(name: str):
         run = RunFolder(run_dir)
         run.load_state()
         setup_logging(run_dir)
+        if target is not None:
+            from edge_app.fsutil import atomic_write_text
+
+            cfg = run.load_config()
+            conv = dataclasses.replace(cfg.convert, target=target,
+                                       io_type=_io_for_target(target, None if target == "edgetpu" else cfg.convert.io_type))
+            atomic_write_text(run.config_path, json.dumps(dataclasses.replace(cfg, convert=conv).to_dict(), indent=2) + "\n")
         if run.done(name) and name in ("train", "qat"):
             shutil.rmtree(run_dir / "checkpoints" / name, ignore_errors=True)  # redo from scratch
         # the stage itself is forced; the later ones run because redoing it made them stale
@@ -317,3 +348,67 @@ def describe(arch: str, input_size: int | None, channels: int, classes: int, wid
 
 if __name__ == "__main__":
     main()
+
+
+@cli.group()
+def edgetpu() -> None:
+    """Coral Edge TPU: check any .tflite against its rules; compile with edgetpu_compiler."""
+
+
+def _tflite_arg(model: Path) -> tuple[Path, Path | None]:
+    """A .tflite, or a run folder meaning its model_int8.tflite (the run then records the result)."""
+    from .build import INT8_TFLITE
+    from .edgetpu import EdgeTpuError
+
+    if model.is_dir():
+        if not (model / INT8_TFLITE).is_file():
+            raise EdgeTpuError(f"{model} has no {INT8_TFLITE}: finish the run with `nin-pipeline build --resume --out {model}`")
+        return model / INT8_TFLITE, model
+    if not model.is_file():
+        raise EdgeTpuError(f"no model at {model}: give a .tflite file or a run folder")
+    return model, None
+
+
+@edgetpu.command(name="check")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the verdicts as JSON.")
+@click.option("--strict", is_flag=True, help="Exit 1 unless every operation would run on the Edge TPU.")
+@_user_errors
+def edgetpu_check(model: Path, json_out: Path | None, strict: bool) -> None:
+    """Say, op by op, what of MODEL (a .tflite or a run folder) would run on the Edge TPU. No compiler needed."""
+    from edge_app.fsutil import atomic_write_text
+
+    from .edgetpu import check_model, format_check, record_in_run
+
+    path, run_dir = _tflite_arg(model)
+    result = check_model(path)
+    for line in format_check(result):
+        click.echo(line)
+    if json_out:
+        atomic_write_text(json_out, json.dumps(result.to_dict(), indent=2) + "\n")
+    if run_dir is not None:
+        record_in_run(run_dir, "check", result.to_dict())
+    if strict and not result.fully_mapped:
+        raise click.ClickException(f"{result.on_tpu} of {len(result.ops)} operations would run on the Edge TPU (--strict)")
+
+
+@edgetpu.command(name="compile")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where <name>_edgetpu.tflite goes (default: beside the model).")
+@click.option("--compiler", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Path of edgetpu_compiler (default: found on PATH).")
+@click.option("--timeout", type=click.FloatRange(1, 36000), default=600, show_default=True, help="Seconds.")
+@_user_errors
+def edgetpu_compile(model: Path, out_dir: Path | None, compiler: Path | None, timeout: float) -> None:
+    """Compile MODEL (a .tflite or a run folder's model_int8.tflite) with edgetpu_compiler (x86-64 Linux only)."""
+    from .build import record_compiled
+    from .edgetpu import compile_model
+
+    path, run_dir = _tflite_arg(model)
+    result = compile_model(path, out_dir, compiler=str(compiler) if compiler else None, timeout=timeout)
+    if run_dir is not None:
+        record_compiled(run_dir, result)
+    click.echo(f"edgetpu_compiler {result.compiler_version}: {result.ops_on_tpu} of {result.ops_total} operations mapped "
+               f"to the Edge TPU ({result.subgraphs} subgraph(s)) in {result.seconds:.1f} s -> {result.output}")

@@ -22,6 +22,7 @@ from typing import Iterable
 import numpy as np
 
 IO_TYPES = ("int8", "uint8")
+TARGETS = ("cpu", "edgetpu")  # edgetpu: uint8 input/output, checked (and compiled when the compiler is there)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class ConvertConfig:
     io_type: str = "int8"  # int8 | uint8
     representative_samples: int = 256
     class_maps: bool = True  # export the per-class confidence maps as a second output
+    target: str = "cpu"  # cpu | edgetpu
 
 
 def quantize(model):

@@ -165,6 +165,9 @@ def build_report(run_root: Path, preds: dict[str, np.ndarray], y: np.ndarray, la
         "machine": {"platform": platform.platform(), "cpus": threads},
         "created": _now(),
     }
+    edgetpu = run_root / "edgetpu.json"  # written by `nin-pipeline edgetpu check/compile` and --target edgetpu
+    if edgetpu.is_file():
+        report["edgetpu"] = json.loads(edgetpu.read_text())
     plots = write_plots(run_root, report, preds, y, labels, x, flipped)
     report["plots"] = plots
     atomic_write_text(run_root / "report.json", json.dumps(report, indent=2) + "\n")
@@ -356,9 +359,27 @@ def render_markdown(report: dict) -> str:
         f"{report['int8_losses']['flipped_count']} test images changed their top-1 between float and QAT int8.",
         "",
     ]
+    lines.extend(edgetpu_lines(report))
     for name in report.get("plots", {}).values():
         lines.append(f"![{name}]({name})")
     return "\n".join(lines) + "\n"
+
+
+def edgetpu_lines(report: dict) -> list[str]:
+    """The Edge TPU section: our check's prediction and the compiler's own count, when there are any."""
+    e = report.get("edgetpu") or {}
+    if not e:
+        return []
+    out = ["## Edge TPU", ""]
+    if "check" in e:
+        c = e["check"]
+        out.append(f"- check (Coral's documented rules, no compiler): {c['on_tpu']} of {c['total']} operations would run "
+                   f"on the Edge TPU ({Path(c['model']).name}, input {c['input_dtype']})")
+    if "compile" in e:
+        c = e["compile"]
+        out.append(f"- edgetpu_compiler {c['compiler_version']}: {c['ops_on_tpu']} of {c['ops_total']} operations mapped "
+                   f"to the Edge TPU, {c['subgraphs']} subgraph(s) -> {Path(c['output']).name}")
+    return out + [""]
 
 
 def render_html(report: dict, run_root: Path) -> str:
@@ -380,6 +401,9 @@ def render_html(report: dict, run_root: Path) -> str:
     ]
     figs = "".join(f"<h2>{esc(t)}</h2>{img(plots[k])}" for t, k in sections if k in plots)
     title = f"Float vs int8: {report.get('dataset', '')} / {report.get('arch', '')} width {report.get('width', '')}"
+    tpu = edgetpu_lines(report)
+    edgetpu = ("<h2>Edge TPU</h2><ul>" + "".join(f"<li>{esc(x[2:])}</li>" for x in tpu if x.startswith("- ")) + "</ul>"
+               if tpu else "")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>
@@ -400,7 +424,7 @@ float .tflite's bytes. Latency is invoke-only through the edge runtime on the bu
 <table id="drops"><thead><tr><th>class</th><th>float</th><th>int8</th><th>change (pts)</th></tr></thead>
 <tbody>{drops}</tbody></table>
 <p>{report['int8_losses']['flipped_count']} test images changed their top-1 between float and QAT int8.</p>
-{figs}
+{edgetpu}{figs}
 </body></html>
 """
 
