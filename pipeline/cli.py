@@ -35,6 +35,7 @@ def _user_errors(fn):
         from .build import RunError
         from .data import DataError
         from .edgetpu import EdgeTpuError
+        from .package import PackageError
         from .report import ReportError
 
         try:
@@ -44,7 +45,7 @@ def _user_errors(fn):
                        "(or `nin-pipeline build --resume --out RUN`) to continue.", err=True)
             sys.exit(130)
         except (DataError, RunError, ReportError, SidecarError, ModelLoadError, RuntimeNotFound, FloatingPointError,
-                EdgeTpuError) as exc:
+                EdgeTpuError, PackageError) as exc:
             raise click.ClickException(str(exc)) from None
         except OSError as exc:  # a folder that cannot be written, a full disk, ...
             where = f"{exc.filename}: " if exc.filename else ""
@@ -412,3 +413,19 @@ def edgetpu_compile(model: Path, out_dir: Path | None, compiler: Path | None, ti
         record_compiled(run_dir, result)
     click.echo(f"edgetpu_compiler {result.compiler_version}: {result.ops_on_tpu} of {result.ops_total} operations mapped "
                f"to the Edge TPU ({result.subgraphs} subgraph(s)) in {result.seconds:.1f} s -> {result.output}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("dist"), show_default=True,
+              help="Folder for the .tar.gz.")
+@click.option("--wheel", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Use this nin_pipeline wheel instead of building one from the source tree.")
+@_user_errors
+def package(run_dir: Path, out_dir: Path, wheel: Path | None) -> None:
+    """Bundle RUN_DIR's int8 model for a device: wheel, model, launcher, systemd unit, README (.tar.gz)."""
+    from .package import package_run
+
+    archive = package_run(run_dir, out_dir, wheel=wheel)
+    click.echo(f"bundle: {archive} ({archive.stat().st_size:,} bytes). On the device: tar xzf {archive.name} && "
+               f"cd {archive.name[:-7]} && ./install.sh && ./run.sh --max-frames 10")

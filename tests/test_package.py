@@ -1,0 +1,124 @@
+"""`nin-pipeline package`: the device bundle, installed into a fresh venv without TensorFlow
+from the bundle alone, and its launcher run on a video — same predictions as the repo's loop."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+
+cv2 = pytest.importorskip("cv2")
+
+
+@pytest.fixture(scope="module")
+def bundle(run_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    res = CliRunner().invoke(cli, ["package", str(run_dir), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    archives = list(out.glob("*.tar.gz"))
+    assert len(archives) == 1 and "bundle:" in res.output
+    return archives[0]
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clip") / "clip.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (640, 480))
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        f = np.full((480, 640, 3), 60, np.uint8)
+        f[80:400, 100 + 5 * i:420 + 5 * i] = rng.integers(0, 255, 3)
+        w.write(f)
+    w.release()
+    return path
+
+
+def _extract(archive, dest):
+    with tarfile.open(archive, "r:gz") as tar:
+        tar.extractall(dest, filter="data")
+    (top,) = list(dest.iterdir())
+    return top
+
+
+def test_bundle_contents_and_manifest(bundle, tmp_path):
+    top = _extract(bundle, tmp_path)
+    names = {str(p.relative_to(top)) for p in top.rglob("*") if p.is_file()}
+    assert {"model/model_int8.tflite", "model/model.json", "model/labels.txt", "requirements-edge.txt",
+            "requirements-tflite-runtime.txt", "install.sh", "run.sh", "edge-app.env", "nin-edge.service.in", "README.md",
+            "MANIFEST.json"} <= names
+    assert any(n.startswith("wheels/nin_pipeline-") and n.endswith(".whl") for n in names)
+    manifest = json.loads((top / "MANIFEST.json").read_text())
+    for rel, digest in manifest["files"].items():
+        assert hashlib.sha256((top / rel).read_bytes()).hexdigest() == digest, rel
+    assert os.access(top / "install.sh", os.X_OK) and os.access(top / "run.sh", os.X_OK)
+    assert "tensorflow" not in (top / "requirements-edge.txt").read_text().lower()
+    assert "numpy<2" in (top / "requirements-tflite-runtime.txt").read_text()
+    unit = (top / "nin-edge.service.in").read_text()
+    assert "ExecStart=@DIR@/run.sh" in unit and "Restart=on-failure" in unit and "WantedBy=multi-user.target" in unit
+    assert "systemctl enable --now nin-edge" in (top / "README.md").read_text()
+    # the wheel holds the code, not the tests or the run's training files
+    import zipfile
+
+    whl = next(top.glob("wheels/*.whl"))
+    inside = zipfile.ZipFile(whl).namelist()
+    assert "edge_app/loop.py" in inside and not any(n.startswith("tests/") for n in inside)
+
+
+def test_bundle_installs_without_tensorflow_and_predicts_like_the_repo(bundle, clip, run_dir, tmp_path):
+    from edge_app.cli import cli as edge_cli
+
+    top = _extract(bundle, tmp_path)
+    res = subprocess.run([str(top / "run.sh")], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and "run" in res.stderr and "install.sh first" in res.stderr
+    env = {**os.environ, "PYTHON": sys.executable}
+    env.pop("PYTHONPATH", None)
+    inst = subprocess.run([str(top / "install.sh")], capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert inst.returncode == 0, inst.stdout + inst.stderr
+    py = top / ".venv" / "bin" / "python"
+    probe = subprocess.run([str(py), "-c", "import importlib.util as u, edge_app; "
+                            "print(u.find_spec('tensorflow') is None, edge_app.__file__)"],
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    no_tf, location = probe.stdout.split()
+    assert no_tf == "True" and str(top / ".venv") in location  # installed from the wheel, not this checkout
+    service = (top / "nin-edge.service").read_text()
+    assert f"ExecStart={top}/run.sh" in service and "@DIR@" not in service and "@USER@" not in service
+    if shutil.which("systemd-analyze"):
+        check = subprocess.run(["systemd-analyze", "verify", str(top / "nin-edge.service")], capture_output=True, text=True)
+        assert "Unknown key" not in check.stderr and "Unknown section" not in check.stderr, check.stderr
+    out = tmp_path / "bundle.jsonl"
+    run = subprocess.run([str(top / "run.sh"), "--source", str(clip), "--max-frames", "25", "--output", str(out)],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "summary: 25 frames" in run.stderr
+    repo_out = tmp_path / "repo.jsonl"
+    res = CliRunner().invoke(edge_cli, ["run", "--model", str(run_dir), "--source", str(clip), "--max-frames", "25",
+                                        "--output", str(repo_out)])
+    assert res.exit_code == 0, res.output
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    want = [json.loads(x) for x in repo_out.read_text().splitlines()]
+    assert len(got) == len(want) == 25
+    assert [g["top"] for g in got] == [w["top"] for w in want]
+
+
+def test_package_refuses_a_run_without_models_or_with_a_changed_model(run_dir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = CliRunner().invoke(cli, ["package", str(empty), "--out", str(tmp_path / "d")])
+    assert res.exit_code == 1 and "has no model_int8.tflite" in res.output and "Traceback" not in res.output
+    changed = tmp_path / "changed"
+    shutil.copytree(run_dir, changed, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+    with open(changed / "model_int8.tflite", "ab") as f:
+        f.write(b"\0")
+    res = CliRunner().invoke(cli, ["package", str(changed), "--out", str(tmp_path / "d")])
+    assert res.exit_code == 1 and "does not match the sha256 in model.json" in res.output
+    res = CliRunner().invoke(cli, ["package", str(run_dir), "--out", str(tmp_path / "d"), "--wheel", str(tmp_path / "no.whl")])
+    assert res.exit_code == 1 and "no wheel at" in res.output
+    assert not list((tmp_path / "d").glob("*.tar.gz")) if (tmp_path / "d").exists() else True  # nothing half-made
