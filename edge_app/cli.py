@@ -108,10 +108,15 @@ def _open_model(model, runtime, delegate, threads, device, delegate_lib, delegat
 @click.option("--save-video", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the annotated frames to this .avi or .mp4.")
 @click.option("--display", is_flag=True, help="Show annotated frames in a window (q or Esc quits). Default: headless.")
+@click.option("--serve", "serve_at", default=None, metavar="[HOST:]PORT",
+              help="Serve a live preview page (MJPEG stream, top-k, FPS, /status JSON); binds 127.0.0.1 unless HOST is given.")
+@click.option("--max-fps", type=click.FloatRange(0, 1000, min_open=True), default=None,
+              help="Cap the frame rate (play a video file at its speed, or spare a device's CPU).")
 @click.option("--heatmap", is_flag=True,
               help="Overlay the top class's confidence map (NiN's last block) on drawn frames; add its peak to the JSON.")
 def run(model, source, runtime, delegate, threads, device, delegate_lib, delegate_options, fallback_cpu, width, height,
-        fps, resize, top_k, threshold, max_frames, output, summary_path, save_video, display, heatmap) -> None:
+        fps, resize, top_k, threshold, max_frames, output, summary_path, save_video, display, serve_at, max_fps,
+        heatmap) -> None:
     """Classify frames from a camera, video, stream or images; one JSON line per frame (headless)."""
     import json
     import logging
@@ -123,30 +128,44 @@ def run(model, source, runtime, delegate, threads, device, delegate_lib, delegat
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     loaded = _open_model(model, runtime, delegate, threads, device, delegate_lib, delegate_options, fallback_cpu)
+    server = None
     try:
         if heatmap:
             require_class_maps(loaded)
+        if serve_at is not None:
+            from .serve import PreviewServer
+
+            server = PreviewServer(serve_at)
         src = open_source(source, width=width, height=height, fps=fps)
         window = Window() if display else None
-    except (SourceError, RuntimeError) as exc:  # ModelLoadError is a RuntimeError
+    except (SourceError, RuntimeError) as exc:  # ModelLoadError and ServeError are RuntimeErrors
+        if server is not None:
+            server.close()
         raise click.ClickException(str(exc)) from None
     sink = VideoSink(str(save_video), fps or 30.0) if save_video else None
     clf = loaded.classifier
     click.echo(f"edge-app: {loaded.path} on {clf.runtime}, delegate {loaded.delegate}, input "
                f"{'x'.join(map(str, clf.input_size))} {clf.input.dtype.name}; source {source}", err=True)
+    if server is not None:
+        click.echo(f"preview: {server.url}", err=True)
     try:
         out = open(output, "w", buffering=1) if output else sys.stdout
     except OSError as exc:
         src.close()
+        if server is not None:
+            server.close()
         raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
     try:
         summary = run_loop(loaded, src, out=out, top=top_k, threshold=threshold, max_frames=max_frames, resize=resize,
-                           sink=sink, window=window, heatmap=heatmap)
+                           sink=sink, window=window, heatmap=heatmap, preview=server.preview if server else None,
+                           max_fps=max_fps)
     except OSError as exc:  # the video file could not be written
         raise click.ClickException(str(exc)) from None
     finally:
         if output:
             out.close()
+        if server is not None:
+            server.close()
     d = summary.to_dict()
     stages = ", ".join(f"{k} {v['median']:.2f}/{v['p95']:.2f}" for k, v in d["ms"].items())
     click.echo(f"summary: {d['frames']} frames in {d['seconds']:.1f} s ({d['fps']:.1f} FPS), stopped by {d['stopped_by']}; "

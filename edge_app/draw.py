@@ -44,6 +44,17 @@ def overlay_heatmap(bgr: np.ndarray, class_map: np.ndarray, placement, alpha: fl
     return bgr
 
 
+def render(rgb: np.ndarray, top: list[dict], invoke_ms: float, fps: float, class_map: np.ndarray | None = None,
+           placement=None) -> np.ndarray:
+    """The annotated BGR frame: the heatmap (if given) under the text panel."""
+    import cv2
+
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    if class_map is not None:
+        overlay_heatmap(bgr, class_map, placement)
+    return annotate(bgr, top, invoke_ms, fps)
+
+
 class VideoSink:
     """Writes annotated frames to a video file (.avi: MJPG, .mp4: mp4v), sized by the first frame."""
 

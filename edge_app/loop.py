@@ -214,15 +214,18 @@ class Summary:
 
 def run_loop(model: LoadedModel, source, *, out: IO[str] | None, top: int = 3, threshold: float = 0.0,
              max_frames: int | None = None, resize: str = "crop", sink=None, window=None,
-             heatmap: bool = False) -> Summary:
+             heatmap: bool = False, preview=None, max_fps: float | None = None) -> Summary:
     """Classify every frame of ``source``; one JSON line per frame to ``out``. Ctrl-C ends it cleanly.
 
     ``sink`` (draw.VideoSink) and ``window`` (draw.Window) get the annotated frame; their cost
     is counted in the "post" stage. ``heatmap``: the top class's confidence map is overlaid
-    on the annotated frame and its peak (frame pixels) added to each JSON line."""
-    import cv2
+    on the annotated frame and its peak (frame pixels) added to each JSON line. ``preview``
+    (serve.Preview) is handed each frame's data; the HTTP threads draw it only if someone
+    watches. ``max_fps`` caps the frame rate (a video file at its real speed, a Pi kept cool)."""
+    from functools import partial
 
-    from .draw import annotate, overlay_heatmap
+    from .draw import render
+    from .serve import frame_status
 
     clf = model.classifier
     h, w, c = clf.input_size
@@ -253,11 +256,11 @@ def run_loop(model: LoadedModel, source, *, out: IO[str] | None, top: int = 3, t
                     placed_for = frame.rgb.shape
                     placement = map_placement(placed_for, maps.shape, h, w, resize)
                 record["heatmap"] = heatmap_peak(maps, int(np.argmax(scores)), placement)
+            fps = (summary.frames + 1) / (time.perf_counter() - t_start)
+            draw = partial(render, frame.rgb, best, (t3 - t2) * 1e3, fps,
+                           maps[..., record["heatmap"]["index"]] if heatmap else None, placement)
             if sink is not None or window is not None:
-                bgr = cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR)
-                if heatmap:
-                    overlay_heatmap(bgr, maps[..., record["heatmap"]["index"]], placement)
-                annotate(bgr, best, (t3 - t2) * 1e3, (summary.frames + 1) / (time.perf_counter() - t_start))
+                bgr = draw()
                 if sink is not None:
                     sink.write(bgr)
                 if window is not None and not window.show(bgr):
@@ -271,6 +274,11 @@ def run_loop(model: LoadedModel, source, *, out: IO[str] | None, top: int = 3, t
             if out is not None:
                 out.write(json.dumps({"frame": frame.index, "time": round(time.time(), 3), "source": frame.name,
                                       "top": best, "ms": {k: round(v, 3) for k, v in ms.items()}, **record}) + "\n")
+            if preview is not None:
+                preview.publish(draw, frame_status(frame.index, frame.name, best, ms, fps, model.path.name, clf.runtime,
+                                                   model.delegate, record.get("heatmap")))
+            if max_fps:
+                time.sleep(max(0.0, t0 + 1.0 / max_fps - time.perf_counter()))
         else:
             summary.stopped_by = f"--max-frames {max_frames}"
     except KeyboardInterrupt:

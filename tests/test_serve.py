@@ -1,0 +1,180 @@
+"""`edge-app run --serve`: the preview server with a real HTTP client against a running loop."""
+
+import http.client
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edge_app.cli import cli
+from edge_app.loop import open_model, run_loop
+from edge_app.serve import PAGE, PreviewServer, ServeError, parse_address
+from edge_app.sources import SyntheticSource
+
+cv2 = pytest.importorskip("cv2")
+
+
+def test_parse_address():
+    assert parse_address("8080") == ("127.0.0.1", 8080)
+    assert parse_address("0.0.0.0:9000") == ("0.0.0.0", 9000)
+    assert parse_address("[::1]:0") == ("::1", 0)
+    for bad in ("abc", "70000", ":80", "host:", "-1"):
+        with pytest.raises(ServeError, match="give PORT or HOST:PORT"):
+            parse_address(bad)
+
+
+@pytest.fixture
+def live(run_dir):
+    """A loop on synthetic 640x480 frames, serving its preview on an ephemeral port."""
+    model = open_model(run_dir, threads=1)
+    server = PreviewServer("127.0.0.1:0")
+    src = SyntheticSource(640, 480, count=10**7)
+    state = {}
+    stop = threading.Event()
+
+    class Stoppable:
+        label, skipped = src.label, 0
+
+        def frames(self):
+            for f in src.frames():
+                if stop.is_set():
+                    return
+                state["frames"] = f.index + 1
+                yield f
+
+        def close(self):
+            pass
+
+    t = threading.Thread(target=lambda: state.setdefault("summary", run_loop(model, Stoppable(), out=None,
+                                                                             preview=server.preview)))
+    t.start()
+    deadline = time.time() + 30
+    while server.preview.status()["frame"] is None and time.time() < deadline:
+        time.sleep(0.05)
+    yield server, state
+    stop.set()
+    t.join(timeout=30)
+    server.close()
+
+
+def _get(server, path, method="GET"):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request(method, path)
+    r = conn.getresponse()
+    body = r.read()
+    conn.close()
+    return r.status, r.getheader("Content-Type"), body
+
+
+def test_routes(live):
+    server, _ = live
+    status, ctype, body = _get(server, "/")
+    assert status == 200 and ctype.startswith("text/html") and b"/stream.mjpg" in body
+    assert "http://" not in PAGE and "https://" not in PAGE  # nothing fetched from elsewhere
+    status, ctype, body = _get(server, "/status")
+    s = json.loads(body)
+    assert status == 200 and ctype == "application/json"
+    assert s["frame"] >= 0 and len(s["top"]) == 3 and set(s["ms"]) == {"capture", "pre", "invoke", "post"}
+    assert s["runtime"] and s["delegate"] == "cpu" and s["fps"] > 0
+    status, ctype, body = _get(server, "/frame.jpg")
+    img = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+    assert status == 200 and ctype == "image/jpeg" and img.shape == (480, 640, 3)
+    for path in ("/etc/passwd", "/../model.json", "/%2e%2e/%2e%2e/etc/passwd", "/static/app.js", "/stream.mjpg/.."):
+        assert _get(server, path)[0] == 404, path
+    assert _get(server, "/status", "POST")[0] == 405
+    assert _get(server, "/status", "HEAD")[0] == 200
+
+
+def test_mjpeg_stream_delivers_new_frames(live):
+    server, _ = live
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("GET", "/stream.mjpg")
+    r = conn.getresponse()
+    assert r.status == 200 and r.getheader("Content-Type") == "multipart/x-mixed-replace; boundary=nin-frame"
+    sizes = []
+    for _ in range(3):
+        assert r.fp.readline().strip() == b"--nin-frame"
+        headers = {}
+        while (line := r.fp.readline().strip()):
+            k, _, v = line.decode().partition(":")
+            headers[k.lower()] = v.strip()
+        data = r.fp.read(int(headers["content-length"]))
+        r.fp.readline()
+        assert headers["content-type"] == "image/jpeg"
+        assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).shape == (480, 640, 3)
+        sizes.append(len(data))
+    assert server.preview.status()["viewers"] == 1
+    conn.close()
+
+
+def test_stalled_and_vanished_clients_never_stall_the_loop(live):
+    server, state = live
+    # a client that asks for the stream and never reads: its socket buffers fill, its thread blocks
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", server.port))
+    stalled.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
+    # a client that reads a little and disappears
+    gone = socket.create_connection(("127.0.0.1", server.port))
+    gone.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
+    gone.recv(1000)
+    gone.close()
+    time.sleep(1.0)  # long enough for the stalled client's buffers to fill
+    before = state["frames"]
+    time.sleep(2.0)
+    progressed = state["frames"] - before
+    assert progressed > 200, progressed  # the loop ran on at hundreds of FPS
+    assert _get(server, "/status")[0] == 200  # and other clients are still served
+    t = time.time()
+    stalled.close()
+    assert time.time() - t < 1
+
+
+def test_server_stops_with_the_loop(run_dir, video_path):
+    res = CliRunner().invoke(cli, ["run", "--model", str(run_dir), "--source", str(video_path), "--serve", "127.0.0.1:0",
+                                   "--max-frames", "20"])
+    assert res.exit_code == 0, res.output
+    assert "preview: http://127.0.0.1:" in res.output and "summary: 20 frames" in res.output
+    port = int(res.output.split("preview: http://127.0.0.1:")[1].split("/")[0])
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_port_in_use_and_bad_address_are_clear_errors(run_dir, video_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        res = CliRunner().invoke(cli, ["run", "--model", str(run_dir), "--source", str(video_path), "--serve", str(port)])
+        assert res.exit_code == 1 and f"cannot serve the preview on 127.0.0.1:{port}" in res.output
+        assert "Traceback" not in res.output
+    finally:
+        taken.close()
+    res = CliRunner().invoke(cli, ["run", "--model", str(run_dir), "--source", str(video_path), "--serve", "nope"])
+    assert res.exit_code == 1 and "give PORT or HOST:PORT" in res.output
+
+
+def test_max_fps_caps_the_rate(run_dir, video_path, tmp_path):
+    summary = tmp_path / "s.json"
+    res = CliRunner().invoke(cli, ["run", "--model", str(run_dir), "--source", str(video_path), "--max-fps", "20",
+                                   "--max-frames", "10", "--summary", str(summary), "--output", str(tmp_path / "o.jsonl")])
+    assert res.exit_code == 0, res.output
+    s = json.loads(summary.read_text())
+    assert s["fps"] <= 21 and s["seconds"] >= 0.45
+
+
+@pytest.fixture(scope="module")
+def video_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("serve") / "clip.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (640, 480))
+    for i in range(60):
+        f = np.full((480, 640, 3), 50, np.uint8)
+        f[100:300, 50 + 4 * i:250 + 4 * i] = (40, 180, 220)
+        w.write(f)
+    w.release()
+    return path
