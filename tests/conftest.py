@@ -65,6 +65,20 @@ def make_image_tree(root: Path, classes=("cat", "dog", "fox"), per_class=(6, 3),
     return root
 
 
+def write_video(path: Path, frames: int, step: int = 1) -> Path:
+    """A synthetic 640x480 MJPG video: a bright square moving ``step`` pixels a frame on a dark background."""
+    import cv2
+
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (640, 480))
+    for i in range(frames):
+        f = np.full((480, 640, 3), 30, np.uint8)
+        x = 50 + (step * i) % 300
+        f[100:300, x:x + 200] = (40, 180, 220)
+        w.write(f)
+    w.release()
+    return path
+
+
 def tar_tree(src: Path, dest: Path) -> Path:
     with tarfile.open(dest, "w:gz") as tf:
         for split in ("train", "test"):

@@ -11,12 +11,12 @@ import time
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import REPO, png_bytes, write_video
+from test_cli import BLOCK_TF
 
-from conftest import REPO, png_bytes
 from edge_app.cli import cli
 from edge_app.loop import fit_to_input, open_model, run_loop
 from edge_app.sources import ImageSource, SourceError
-from test_cli import BLOCK_TF
 
 cv2 = pytest.importorskip("cv2")
 
@@ -24,14 +24,7 @@ cv2 = pytest.importorskip("cv2")
 @pytest.fixture(scope="module")
 def video(tmp_path_factory):
     """A synthetic 640x480 video: a bright moving square on a dark background."""
-    path = tmp_path_factory.mktemp("video") / "clip.avi"
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (640, 480))
-    for i in range(400):
-        f = np.full((480, 640, 3), 30, np.uint8)
-        f[100:300, 50 + i % 300:250 + i % 300] = (40, 180, 220)
-        w.write(f)
-    w.release()
-    return path
+    return write_video(tmp_path_factory.mktemp("video") / "clip.avi", 400)
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import subprocess
 import sys
 import tarfile
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import write_video
 
 from pipeline.cli import cli
 
@@ -30,15 +30,7 @@ def bundle(run_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    path = tmp_path_factory.mktemp("clip") / "clip.avi"
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (640, 480))
-    rng = np.random.default_rng(0)
-    for i in range(30):
-        f = np.full((480, 640, 3), 60, np.uint8)
-        f[80:400, 100 + 5 * i:420 + 5 * i] = rng.integers(0, 255, 3)
-        w.write(f)
-    w.release()
-    return path
+    return write_video(tmp_path_factory.mktemp("clip") / "clip.avi", 30, step=5)
 
 
 def _extract(archive, dest):

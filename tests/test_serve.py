@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import write_video
 
 from edge_app.cli import cli
 from edge_app.loop import open_model, run_loop
@@ -170,11 +171,4 @@ def test_max_fps_caps_the_rate(run_dir, video_path, tmp_path):
 
 @pytest.fixture(scope="module")
 def video_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("serve") / "clip.avi"
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (640, 480))
-    for i in range(60):
-        f = np.full((480, 640, 3), 50, np.uint8)
-        f[100:300, 50 + 4 * i:250 + 4 * i] = (40, 180, 220)
-        w.write(f)
-    w.release()
-    return path
+    return write_video(tmp_path_factory.mktemp("serve") / "clip.avi", 60, step=4)
