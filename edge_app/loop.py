@@ -235,9 +235,11 @@ def run_loop(model: LoadedModel, source, *, out: IO[str] | None, top: int = 3, t
     summary = Summary(source=getattr(source, "label", ""), runtime=clf.runtime, delegate=model.delegate)
     frames = source.frames()
     t_start = time.perf_counter()
+    starts: deque[float] = deque(maxlen=31)  # the shown FPS is over the last 30 frames, not since the start
     try:
         while max_frames is None or summary.frames < max_frames:
             t0 = time.perf_counter()
+            starts.append(t0)
             frame = next(frames, None)
             if frame is None:
                 break
@@ -256,7 +258,7 @@ def run_loop(model: LoadedModel, source, *, out: IO[str] | None, top: int = 3, t
                     placed_for = frame.rgb.shape
                     placement = map_placement(placed_for, maps.shape, h, w, resize)
                 record["heatmap"] = heatmap_peak(maps, int(np.argmax(scores)), placement)
-            fps = (summary.frames + 1) / (time.perf_counter() - t_start)
+            fps = (len(starts) - 1) / (starts[-1] - starts[0]) if len(starts) > 1 else 0.0
             draw = partial(render, frame.rgb, best, (t3 - t2) * 1e3, fps,
                            maps[..., record["heatmap"]["index"]] if heatmap else None, placement)
             if sink is not None or window is not None:

@@ -111,6 +111,8 @@ def check_model(path: str | os.PathLike) -> CheckResult:
     path = Path(path)
     interp = _load(path)
     tensors = {int(t["index"]): t for t in interp.get_tensor_details()}
+    if not hasattr(interp, "_get_ops_details"):
+        raise EdgeTpuError("this TFLite runtime cannot list a model's operations: pip install ai-edge-litert")
     ops = [o for o in interp._get_ops_details() if o["op_name"] != "DELEGATE"]  # DELEGATE: XNNPACK's own nodes
     produced = {int(i) for o in ops for i in o["outputs"]}
     model_inputs = {int(d["index"]) for d in interp.get_input_details()}
@@ -308,7 +310,10 @@ def record_in_run(run_dir: Path, key: str, value: dict[str, Any]) -> None:
     if report.is_file():
         from .report import render_html, render_markdown
 
-        rep = json.loads(report.read_text())
+        try:
+            rep = json.loads(report.read_text())
+        except ValueError:
+            return  # a damaged report is rebuilt by `nin-pipeline report`, which reads edgetpu.json
         rep["edgetpu"] = data
         atomic_write_text(report, json.dumps(rep, indent=2) + "\n")
         atomic_write_text(run_dir / "report.md", render_markdown(rep))

@@ -28,36 +28,55 @@ def test_parse_address():
             parse_address(bad)
 
 
-@pytest.fixture
-def live(run_dir):
-    """A loop on synthetic 640x480 frames, serving its preview on an ephemeral port."""
+class _Stoppable:
+    """Wraps a source so the test can end the loop, and counts the frames taken."""
+
+    def __init__(self, src):
+        self.src, self.label, self.skipped, self.taken = src, src.label, 0, 0
+        self.stop = threading.Event()
+
+    def frames(self):
+        for f in self.src.frames():
+            if self.stop.is_set():
+                return
+            self.taken += 1
+            yield f
+
+    def close(self):
+        self.src.close()
+
+
+def _serving(run_dir, src, max_fps=None):
     model = open_model(run_dir, threads=1)
     server = PreviewServer("127.0.0.1:0")
-    src = SyntheticSource(640, 480, count=10**7)
-    state = {}
-    stop = threading.Event()
-
-    class Stoppable:
-        label, skipped = src.label, 0
-
-        def frames(self):
-            for f in src.frames():
-                if stop.is_set():
-                    return
-                state["frames"] = f.index + 1
-                yield f
-
-        def close(self):
-            pass
-
-    t = threading.Thread(target=lambda: state.setdefault("summary", run_loop(model, Stoppable(), out=None,
-                                                                             preview=server.preview)))
+    source = _Stoppable(src)
+    t = threading.Thread(target=run_loop, args=(model, source),
+                         kwargs={"out": None, "preview": server.preview, "max_fps": max_fps})
     t.start()
     deadline = time.time() + 30
     while server.preview.status()["frame"] is None and time.time() < deadline:
         time.sleep(0.05)
-    yield server, state
-    stop.set()
+    return server, source, t
+
+
+@pytest.fixture
+def live_video(run_dir, long_video):
+    """The loop on a video file at 50 FPS, serving its preview on an ephemeral port."""
+    from edge_app.sources import open_source
+
+    server, source, t = _serving(run_dir, open_source(str(long_video)), max_fps=50)
+    yield server
+    source.stop.set()
+    t.join(timeout=30)
+    server.close()
+
+
+@pytest.fixture
+def live_fast(run_dir):
+    """The loop as fast as it goes on in-memory 640x480 frames."""
+    server, source, t = _serving(run_dir, SyntheticSource(640, 480, count=10**7))
+    yield server, source
+    source.stop.set()
     t.join(timeout=30)
     server.close()
 
@@ -71,8 +90,8 @@ def _get(server, path, method="GET"):
     return r.status, r.getheader("Content-Type"), body
 
 
-def test_routes(live):
-    server, _ = live
+def test_routes(live_video):
+    server = live_video
     status, ctype, body = _get(server, "/")
     assert status == 200 and ctype.startswith("text/html") and b"/stream.mjpg" in body
     assert "http://" not in PAGE and "https://" not in PAGE  # nothing fetched from elsewhere
@@ -80,7 +99,7 @@ def test_routes(live):
     s = json.loads(body)
     assert status == 200 and ctype == "application/json"
     assert s["frame"] >= 0 and len(s["top"]) == 3 and set(s["ms"]) == {"capture", "pre", "invoke", "post"}
-    assert s["runtime"] and s["delegate"] == "cpu" and s["fps"] > 0
+    assert s["runtime"] and s["delegate"] == "cpu" and 0 < s["fps"] <= 55 and s["source"].endswith("long.avi")
     status, ctype, body = _get(server, "/frame.jpg")
     img = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
     assert status == 200 and ctype == "image/jpeg" and img.shape == (480, 640, 3)
@@ -90,13 +109,13 @@ def test_routes(live):
     assert _get(server, "/status", "HEAD")[0] == 200
 
 
-def test_mjpeg_stream_delivers_new_frames(live):
-    server, _ = live
+def test_mjpeg_stream_delivers_new_frames(live_video):
+    server = live_video
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     conn.request("GET", "/stream.mjpg")
     r = conn.getresponse()
     assert r.status == 200 and r.getheader("Content-Type") == "multipart/x-mixed-replace; boundary=nin-frame"
-    sizes = []
+    frames = []
     for _ in range(3):
         assert r.fp.readline().strip() == b"--nin-frame"
         headers = {}
@@ -107,13 +126,14 @@ def test_mjpeg_stream_delivers_new_frames(live):
         r.fp.readline()
         assert headers["content-type"] == "image/jpeg"
         assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).shape == (480, 640, 3)
-        sizes.append(len(data))
+        frames.append(data)
+    assert len(set(frames)) == 3  # each part is a newer frame: the square moves
     assert server.preview.status()["viewers"] == 1
     conn.close()
 
 
-def test_stalled_and_vanished_clients_never_stall_the_loop(live):
-    server, state = live
+def test_stalled_and_vanished_clients_never_stall_the_loop(live_fast):
+    server, source = live_fast
     # a client that asks for the stream and never reads: its socket buffers fill, its thread blocks
     stalled = socket.socket()
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -125,9 +145,9 @@ def test_stalled_and_vanished_clients_never_stall_the_loop(live):
     gone.recv(1000)
     gone.close()
     time.sleep(1.0)  # long enough for the stalled client's buffers to fill
-    before = state["frames"]
+    before = source.taken
     time.sleep(2.0)
-    progressed = state["frames"] - before
+    progressed = source.taken - before
     assert progressed > 200, progressed  # the loop ran on at hundreds of FPS
     assert _get(server, "/status")[0] == 200  # and other clients are still served
     t = time.time()
@@ -172,3 +192,8 @@ def test_max_fps_caps_the_rate(run_dir, video_path, tmp_path):
 @pytest.fixture(scope="module")
 def video_path(tmp_path_factory):
     return write_video(tmp_path_factory.mktemp("serve") / "clip.avi", 60, step=4)
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory):
+    return write_video(tmp_path_factory.mktemp("serve") / "long.avi", 600, step=3)
