@@ -3,9 +3,11 @@
     python benchmarks/edge_loop.py artifacts/<run> [--video clip.avi]
 
 Measures in one run, on the same machine:
-- invoke-only FPS vs the whole loop's FPS on 640x480 frames (target: loop / invoke >= 0.90), 1 thread and all cores;
+- invoke-only FPS vs the whole loop's FPS on 640x480 frames, with and without prefetch (target: loop / invoke
+  >= 0.90), 1 thread and all cores;
 - cold start: process start to the first JSON line of `edge-app run` on a video (target <= 1 s);
-- resident memory after 500 and after 5,000 frames of the loop (target <= 200 MB, no growth).
+- resident memory at frames 500, 5,000, 10,000, 20,000 and 30,000 of one run of the loop (target <= 200 MB,
+  no growth; the summary keeps the last 10,000 frames' stage timings, about 1.3 MB, so it levels off there).
 Writes benchmarks/results/edge_loop-<date>.json with the machine.
 """
 
@@ -36,11 +38,19 @@ def rss_mb():
         if line.startswith('VmRSS'):
             return int(line.split()[1]) / 1024
 
+class Probe(SyntheticSource):
+    # one run of the loop; resident memory read as frames 500 ... 30,000 are taken
+    marks = {}
+    def frames(self):
+        for f in super().frames():
+            if f.index + 1 in (500, 5000, 10000, 20000, 30000):
+                self.marks[f.index + 1] = rss_mb()
+            yield f
+
 m = open_model(sys.argv[1])
-run_loop(m, SyntheticSource(640, 480, 500), out=None)
-a = rss_mb()
-run_loop(m, SyntheticSource(640, 480, 4500), out=None)
-print(json.dumps({"rss_mb_after_500": a, "rss_mb_after_5000": rss_mb()}))
+p = Probe(640, 480, 30000)
+run_loop(m, p, out=None)
+print(json.dumps({f"rss_mb_after_{k}": v for k, v in p.marks.items()}))
 """
 
 
@@ -82,10 +92,12 @@ def main() -> None:
     path.write_text(json.dumps(res, indent=2) + "\n")
     for k, r in res["bench"].items():
         print(f"{k}: invoke {r['invoke_ms']['fps']:.0f} FPS (median {r['invoke_ms']['median']:.3f} ms), "
-              f"loop {r['loop']['fps']:.0f} FPS, loop/invoke {r['loop_over_invoke_fps']:.2f}; "
+              f"loop {r['loop']['fps']:.0f} FPS, loop/invoke {r['loop_over_invoke_fps']:.2f} "
+              f"(without prefetch {r['loop_no_prefetch']['fps']:.0f} FPS, {r['loop_no_prefetch_over_invoke_fps']:.2f}); "
               f"loop median ms: " + ", ".join(f"{s} {v['median']:.3f}" for s, v in r["loop"]["ms"].items()))
     print(f"cold start to first result: {res['cold_start_to_first_result_s']:.2f} s")
-    print(f"RSS: {res['rss_mb_after_500']:.0f} MB after 500 frames, {res['rss_mb_after_5000']:.0f} MB after 5,000")
+    print("RSS in one run: " + ", ".join(f"{v:.1f} MB at frame {k.rsplit('_', 1)[1]}" for k, v in res.items()
+                                         if k.startswith("rss_mb_after_")))
     print(f"written: {path.relative_to(REPO)}")
 
 

@@ -261,3 +261,14 @@ def test_p95_is_never_below_the_median():
 
     assert median_p95([1.382, 3.27]) == (pytest.approx(2.326), 3.27)
     assert median_p95(range(100)) == (49.5, 94)
+
+
+def test_prefetch_changes_nothing_but_speed(run_dir, video, tmp_path):
+    """Frames prepared in the second thread give the same predictions, in the same order."""
+    outs = {}
+    for flag in ("--prefetch", "--no-prefetch"):
+        out = tmp_path / f"{flag}.jsonl"
+        res = _run(["--model", str(run_dir), "--source", str(video), "--max-frames", "60", "--output", str(out), flag])
+        assert res.exit_code == 0, res.output
+        outs[flag] = [(x["frame"], x["top"]) for x in map(json.loads, out.read_text().splitlines())]
+    assert outs["--prefetch"] == outs["--no-prefetch"] and len(outs["--prefetch"]) == 60
