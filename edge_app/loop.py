@@ -254,7 +254,7 @@ class Prefetcher:
             for item in _prepared(self._source, self._prepare):
                 if not self._put(item):
                     return
-        except BaseException as exc:  # handed to the loop's thread, which decides
+        except BaseException as exc:  # noqa: BLE001  (handed to the loop's thread, which re-raises it)
             self._put(_Failed(exc))
             return
         self._put(_END)
@@ -309,7 +309,9 @@ def run_loop(model: LoadedModel, source, *, out: IO[str] | None, top: int = 3, t
     from functools import partial
 
     from .draw import render
-    from .serve import frame_status
+
+    if preview is not None:
+        from .serve import frame_status
 
     clf = model.classifier
     h, w, c = clf.input_size
@@ -345,8 +347,9 @@ def run_loop(model: LoadedModel, source, *, out: IO[str] | None, top: int = 3, t
                     placement = map_placement(placed_for, maps.shape, h, w, resize)
                 record["heatmap"] = heatmap_peak(maps, int(np.argmax(scores)), placement)
             fps = (len(starts) - 1) / (starts[-1] - starts[0]) if len(starts) > 1 else 0.0
-            draw = partial(render, frame.rgb, best, (t3 - t2) * 1e3, fps,
-                           maps[..., record["heatmap"]["index"]] if heatmap else None, placement)
+            if sink is not None or window is not None or preview is not None:  # drawn now (sink, window) or on demand
+                draw = partial(render, frame.rgb, best, (t3 - t2) * 1e3, fps,
+                               maps[..., record["heatmap"]["index"]] if heatmap else None, placement)
             if sink is not None or window is not None:
                 bgr = draw()
                 if sink is not None:

@@ -19,7 +19,6 @@ import json
 import logging
 import threading
 import time
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -212,7 +211,7 @@ def _handler(preview: Preview):
         def _refuse(self) -> None:
             self._send(405, b"method not allowed\n", "text/plain")
 
-        do_POST = do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815
+        do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
 
     return Handler
 

@@ -67,7 +67,11 @@ def build_wheel(dest: Path, timeout: float = 600) -> Path:
         cmd.insert(4, "--no-build-isolation")
     except ImportError:
         pass
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise PackageError(f"building the wheel took over {timeout:.0f} s (pip wheel): check pip's index access, "
+                           "or pass --wheel with a built nin_pipeline wheel") from None
     wheels = sorted(dest.glob("nin_pipeline-*.whl"))
     if proc.returncode != 0 or not wheels:
         tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-4:])
