@@ -319,6 +319,7 @@ def run_loop(model: LoadedModel, source, *, out: IO[str] | None, top: int = 3, t
         require_class_maps(model)
     placement, placed_for = None, None
     summary = Summary(source=getattr(source, "label", ""), runtime=clf.runtime, delegate=model.delegate)
+
     def prepare(rgb: np.ndarray) -> np.ndarray:
         return clf.preprocess(fit_to_input(rgb, h, w, c, resize))
 
