@@ -34,12 +34,13 @@ def _write_text(path: Path, text: str) -> None:
               default="auto", show_default=True)
 def info(model: Path, runtime: str) -> None:
     """Load MODEL (a run folder or a .tflite) and print its inputs, outputs and sidecar."""
+    from .loop import resolve_model_path
     from .runtime import ModelLoadError, RuntimeNotFound, load_interpreter
     from .sidecar import SIDECAR_NAME, SidecarError, read_sidecar
 
-    tflite = model / "model_int8.tflite" if model.is_dir() else model
-    sidecar_path = tflite.parent / SIDECAR_NAME
     try:
+        tflite = resolve_model_path(model)
+        sidecar_path = tflite.parent / SIDECAR_NAME
         interp, name = load_interpreter(tflite, runtime=runtime, num_threads=1)
         sidecar = read_sidecar(sidecar_path) if sidecar_path.exists() else None
     except (ModelLoadError, RuntimeNotFound, SidecarError) as exc:
@@ -130,7 +131,7 @@ def run(model, source, runtime, delegate, threads, device, delegate_lib, delegat
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     loaded = _open_model(model, runtime, delegate, threads, device, delegate_lib, delegate_options, fallback_cpu)
-    server = None
+    server = src = None
     try:
         if heatmap:
             require_class_maps(loaded)
@@ -141,8 +142,9 @@ def run(model, source, runtime, delegate, threads, device, delegate_lib, delegat
         src = open_source(source, width=width, height=height, fps=fps)
         window = Window() if display else None
     except (SourceError, RuntimeError) as exc:  # ModelLoadError and ServeError are RuntimeErrors
-        if server is not None:
-            server.close()
+        for opened in (server, src):  # e.g. --display without a screen: the camera is let go at once
+            if opened is not None:
+                opened.close()
         raise click.ClickException(str(exc)) from None
     sink = VideoSink(str(save_video), fps or 30.0) if save_video else None
     clf = loaded.classifier

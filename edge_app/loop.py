@@ -279,7 +279,9 @@ class Prefetcher:
                 self._queue.get_nowait()
         except queue.Empty:
             pass
-        self._thread.join(timeout=2)
+        # wait out a read in progress (a camera's retries last up to its max_wait): releasing a
+        # capture while another thread still reads from it can crash OpenCV
+        self._thread.join(timeout=getattr(self._source, "max_wait", 0.0) + 2.0)
 
 
 def _prepared(source, prepare):

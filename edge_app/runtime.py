@@ -132,6 +132,9 @@ def load_interpreter(model_path: str | os.PathLike, runtime: str = "auto", num_t
         interp = cls(model_path=str(path), num_threads=threads, experimental_delegates=delegates or None)
         interp.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
+        if "edgetpu-custom-op" in str(exc):
+            raise ModelLoadError(f"{path} is compiled for the Edge TPU: run it with --delegate edgetpu, or run "
+                                 "model_int8.tflite (the uncompiled one) on the CPU") from None
         raise ModelLoadError(
             f"{path} is not a TFLite model this runtime can load ({str(exc).strip().splitlines()[0]}); "
             "re-export it with `nin-pipeline convert`"

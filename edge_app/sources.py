@@ -125,7 +125,10 @@ class PiCameraSource:
     def frames(self) -> Iterator[Frame]:
         i = 0
         while True:
-            bgr = self.cam.capture_array()
+            try:
+                bgr = self.cam.capture_array()
+            except Exception as exc:  # noqa: BLE001  (libcamera's errors have no common type)
+                raise SourceError(f"the Pi camera stopped delivering frames ({exc})") from None
             yield Frame(np.ascontiguousarray(bgr[..., ::-1]), self.label, i)
             i += 1
 

@@ -279,11 +279,11 @@ def stage_convert(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
 def edgetpu_stage(run: RunFolder) -> None:
     """--target edgetpu: check model_int8.tflite against the Edge TPU's rules, then compile it when
     edgetpu_compiler is installed (x86-64 Linux); without it, say how to finish elsewhere."""
-    from .edgetpu import EdgeTpuError, check_model, compile_model, format_check, record_in_run
+    from .edgetpu import EdgeTpuError, check_model, compile_model, record_in_run, verdict
 
     result = check_model(run.path(INT8_TFLITE))
     record_in_run(run.root, "check", result.to_dict())
-    log.info("edgetpu check: %s", format_check(result)[-2])
+    log.info("edgetpu check: %s", verdict(result))
     try:
         compiled = compile_model(run.path(INT8_TFLITE))
     except EdgeTpuError as exc:

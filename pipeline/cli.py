@@ -358,16 +358,9 @@ def edgetpu() -> None:
 
 def _tflite_arg(model: Path) -> tuple[Path, Path | None]:
     """A .tflite, or a run folder meaning its model_int8.tflite (the run then records the result)."""
-    from .build import INT8_TFLITE
-    from .edgetpu import EdgeTpuError
+    from edge_app.loop import resolve_model_path
 
-    if model.is_dir():
-        if not (model / INT8_TFLITE).is_file():
-            raise EdgeTpuError(f"{model} has no {INT8_TFLITE}: finish the run with `nin-pipeline build --resume --out {model}`")
-        return model / INT8_TFLITE, model
-    if not model.is_file():
-        raise EdgeTpuError(f"no model at {model}: give a .tflite file or a run folder")
-    return model, None
+    return resolve_model_path(model), (model if model.is_dir() else None)
 
 
 @edgetpu.command(name="check")

@@ -186,6 +186,14 @@ def _op_problem(name: str, ins: list[int], outs: list[int], tensors: dict, activ
     return ""
 
 
+def verdict(result: CheckResult) -> str:
+    """One line: how many operations would run on the Edge TPU, and where the CPU takes over."""
+    first_cpu = next((v for v in result.ops if v.device == "cpu" and "graph's edge" not in v.reason), None)
+    return (f"{result.on_tpu} of {len(result.ops)} operations would run on the Edge TPU"
+            + (f"; from #{first_cpu.index} {first_cpu.op} on, the CPU ({first_cpu.reason})" if first_cpu else "")
+            + (" — all of them" if result.fully_mapped else ""))
+
+
 def format_check(result: CheckResult) -> list[str]:
     lines = [f"{'#':>3}  {'operation':<18} {'runs on':<8} note"]
     for v in result.ops:
@@ -193,11 +201,7 @@ def format_check(result: CheckResult) -> list[str]:
     lines.extend(f"model: {p}" for p in result.problems)
     if result.input_dtype not in ("uint8", "int8"):
         lines.append(f"model: input is {result.input_dtype}; convert with --target edgetpu for uint8 input and output")
-    first_cpu = next((v for v in result.ops if v.device == "cpu" and "graph's edge" not in v.reason), None)
-    verdict = (f"{result.on_tpu} of {len(result.ops)} operations would run on the Edge TPU"
-               + (f"; from #{first_cpu.index} {first_cpu.op} on, the CPU ({first_cpu.reason})" if first_cpu else "")
-               + (" — all of them" if result.fully_mapped else ""))
-    lines.append(verdict)
+    lines.append(verdict(result))
     lines.append("(predicted from Coral's documented requirements; edgetpu_compiler has the last word)")
     return lines
 
@@ -308,13 +312,11 @@ def record_in_run(run_dir: Path, key: str, value: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     report = run_dir / "report.json"
     if report.is_file():
-        from .report import render_html, render_markdown
+        from .report import write_report_files
 
         try:
             rep = json.loads(report.read_text())
         except ValueError:
             return  # a damaged report is rebuilt by `nin-pipeline report`, which reads edgetpu.json
         rep["edgetpu"] = data
-        atomic_write_text(report, json.dumps(rep, indent=2) + "\n")
-        atomic_write_text(run_dir / "report.md", render_markdown(rep))
-        atomic_write_text(run_dir / "report.html", render_html(rep, run_dir))
+        write_report_files(run_dir, rep)

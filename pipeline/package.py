@@ -31,8 +31,10 @@ from pathlib import Path
 
 from . import __version__
 
-MODEL_FILES = ("model_int8.tflite", "model_int8_edgetpu.tflite", "model.json", "labels.txt")
-REQUIRED = ("model_int8.tflite", "model.json", "labels.txt")
+from .build import EDGETPU_TFLITE, INT8_TFLITE
+
+MODEL_FILES = (INT8_TFLITE, EDGETPU_TFLITE, "model.json", "labels.txt")
+REQUIRED = (INT8_TFLITE, "model.json", "labels.txt")
 
 
 class PackageError(RuntimeError):

@@ -117,8 +117,6 @@ def load_predictions(run_root: Path) -> tuple[dict[str, np.ndarray], np.ndarray,
 def build_report(run_root: Path, preds: dict[str, np.ndarray], y: np.ndarray, labels: tuple[str, ...],
                  x: np.ndarray | None = None, meta: dict[str, Any] | None = None, latency: bool = True) -> dict[str, Any]:
     """Compute every figure, write report.json, report.md, report.html and the PNG plots."""
-    from edge_app.fsutil import atomic_write_text
-
     from .build import RunFolder, load_float
     from .models import count_macs
 
@@ -170,10 +168,17 @@ def build_report(run_root: Path, preds: dict[str, np.ndarray], y: np.ndarray, la
         report["edgetpu"] = json.loads(edgetpu.read_text())
     plots = write_plots(run_root, report, preds, y, labels, x, flipped)
     report["plots"] = plots
+    write_report_files(run_root, report)
+    return report
+
+
+def write_report_files(run_root: Path, report: dict[str, Any]) -> None:
+    """report.json, report.md and report.html from one report dict (each written atomically)."""
+    from edge_app.fsutil import atomic_write_text
+
     atomic_write_text(run_root / "report.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(run_root / "report.md", render_markdown(report))
     atomic_write_text(run_root / "report.html", render_html(report, run_root))
-    return report
 
 
 def _now() -> str:
