@@ -31,9 +31,9 @@ def mosaic_scores(run: Path, n: int, seed: int = 0, model_name: str = "model_int
     import numpy as np
 
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    from edge_app.loop import fit_to_input
+    from edge_app.geometry import fit_to_input
     from edge_app.runtime import Classifier
-    from pipeline.build import BuildConfig
+    from pipeline.config import BuildConfig
     from pipeline.data import make_splits
 
     cfg = BuildConfig.from_dict(json.loads((run / "config.json").read_text()))

@@ -17,9 +17,13 @@ and the Edge TPU want.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edge_app.sidecar import Sidecar
 
 IO_TYPES = ("int8", "uint8")
 TARGETS = ("cpu", "edgetpu")  # edgetpu: uint8 input/output, checked (and compiled when the compiler is there)
@@ -153,3 +157,44 @@ def to_tflite_int8(model, representative: np.ndarray | None, io_type: str = "int
 def _rep_gen(images: np.ndarray) -> Iterable[list[np.ndarray]]:
     for img in images:
         yield [img[None].astype(np.float32) / 255.0]
+
+
+def describe_tflite(path: Path, labels: tuple[str, ...], *, dataset: str, arch: str, width: float,
+                    hashed: Iterable[Path] = ()) -> "Sidecar":
+    """The ``model.json`` sidecar of an int8 .tflite, read from the model's own tensors so the two
+    never disagree; ``hashed``: the files whose sha256 it records (those that exist).
+
+    Outputs are told apart by rank: the scores are [1, classes]; the class maps, when
+    exported, [1, H, W, classes]."""
+    import datetime as dt
+
+    from edge_app.fsutil import sha256_file
+    from edge_app.runtime import load_interpreter
+    from edge_app.sidecar import InputSpec, OutputSpec, Quantization, Sidecar
+
+    from . import __version__
+
+    def quant(detail: dict) -> Quantization:
+        return Quantization(float(detail["quantization"][0]), int(detail["quantization"][1]))
+
+    interp, _ = load_interpreter(path, num_threads=1)
+    i = interp.get_input_details()[0]
+    shape = tuple(int(v) for v in i["shape"])
+    channels = shape[-1]
+    outputs = []
+    for o in sorted(interp.get_output_details(), key=lambda d: len(d["shape"])):
+        name = "scores" if len(o["shape"]) == 2 else "class_maps"
+        outputs.append(OutputSpec(name=name, shape=tuple(int(v) for v in o["shape"]), dtype=np.dtype(o["dtype"]).name,
+                                  kind="probabilities" if name == "scores" else "class_maps", quant=quant(o)))
+    return Sidecar(
+        labels=tuple(labels),
+        input=InputSpec(
+            shape=shape, dtype=np.dtype(i["dtype"]).name, layout="NHWC",
+            color_order="GRAY" if channels == 1 else "RGB", pixel_scale=1.0 / 255.0, value_range=(0.0, 1.0),
+            mean=(0.0,) * channels, std=(1.0,) * channels, quant=quant(i),
+        ),
+        outputs=tuple(outputs),
+        dataset=dataset, arch=arch, width=width,
+        files={Path(p).name: sha256_file(p) for p in hashed if Path(p).exists()},
+        pipeline_version=__version__, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )

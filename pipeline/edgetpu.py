@@ -18,7 +18,6 @@ versions, on-chip memory), so ``compile`` reports the compiler's own count next 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .errors import EdgeTpuError
 
 COMPILER = "edgetpu_compiler"
 COMPILER_INSTALL = ("install it on an x86-64 Debian/Ubuntu host from Coral's apt repository (package edgetpu-compiler; "
@@ -54,10 +55,6 @@ SUPPORTED_OPS: dict[str, str] = {
 }
 CHECKED_OPS = {"SOFTMAX", "MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN", "FULLY_CONNECTED"}  # limits _op_problem tests
 EDGE_OPS = {"QUANTIZE", "DEQUANTIZE"}  # float <-> int conversions at the graph's edges
-
-
-class EdgeTpuError(RuntimeError):
-    """The compiler is missing, failed or timed out, or the model cannot be checked."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +109,7 @@ def check_model(path: str | os.PathLike) -> CheckResult:
     interp = _load(path)
     tensors = {int(t["index"]): t for t in interp.get_tensor_details()}
     if not hasattr(interp, "_get_ops_details"):
-        raise EdgeTpuError("this TFLite runtime cannot list a model's operations: pip install ai-edge-litert")
+        raise EdgeTpuError("this TFLite runtime cannot list a model's operations", "pip install ai-edge-litert")
     ops = [o for o in interp._get_ops_details() if o["op_name"] != "DELEGATE"]  # DELEGATE: XNNPACK's own nodes
     produced = {int(i) for o in ops for i in o["outputs"]}
     model_inputs = {int(d["index"]) for d in interp.get_input_details()}
@@ -231,7 +228,7 @@ def find_compiler(compiler: str | None = None) -> str:
     host = f"{platform.system()} {platform.machine()}"
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         where += f" (and it runs only on x86-64 Linux; this is {host})"
-    raise EdgeTpuError(f"{where}: {COMPILER_INSTALL}")
+    raise EdgeTpuError(where, COMPILER_INSTALL)
 
 
 def parse_compiler_output(stdout: str, log_text: str) -> dict[str, int | str | None]:
@@ -277,7 +274,7 @@ def compile_model(model: str | os.PathLike, out_dir: str | os.PathLike | None = 
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
-            raise EdgeTpuError(f"{COMPILER} did not finish in {timeout:.0f} s on {model}") from None
+            raise EdgeTpuError(f"{COMPILER} did not finish in {timeout:.0f} s on {model}", "raise --timeout") from None
         except OSError as exc:
             raise EdgeTpuError(f"cannot run {exe}: {exc.strerror or exc}") from None
         seconds = time.time() - t
@@ -297,26 +294,3 @@ def compile_model(model: str | os.PathLike, out_dir: str | os.PathLike | None = 
     return CompileResult(model=str(model), output=str(dest), compiler_version=str(counts["version"]),
                          ops_on_tpu=counts["on_tpu"], ops_total=counts["total"], subgraphs=counts["subgraphs"],
                          seconds=round(seconds, 2), log=log_text or proc.stdout)
-
-
-EDGETPU_JSON = "edgetpu.json"
-
-
-def record_in_run(run_dir: Path, key: str, value: dict[str, Any]) -> None:
-    """Keep the check/compile summary in the run folder (edgetpu.json) and in report.json/md/html."""
-    from edge_app.fsutil import atomic_write_text
-
-    path = run_dir / EDGETPU_JSON
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    data[key] = value
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-    report = run_dir / "report.json"
-    if report.is_file():
-        from .report import write_report_files
-
-        try:
-            rep = json.loads(report.read_text())
-        except ValueError:
-            return  # a damaged report is rebuilt by `nin-pipeline report`, which reads edgetpu.json
-        rep["edgetpu"] = data
-        write_report_files(run_dir, rep)

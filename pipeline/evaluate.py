@@ -29,7 +29,8 @@ def predict_classifier(clf, x: np.ndarray, *, desc: str = "", progress: bool = T
 
 def predict_tflite(path: str | os.PathLike, x: np.ndarray, *, pixel_scale: float = 1.0 / 255.0,
                    num_threads: int | None = None, progress: bool = True, desc: str | None = None) -> np.ndarray:
-    from edge_app.runtime import Classifier, ModelLoadError
+    from edge_app.errors import ModelLoadError
+    from edge_app.runtime import Classifier
 
     clf = Classifier(path, pixel_scale=pixel_scale, num_threads=num_threads)
     if clf.input_size != tuple(x.shape[1:]):
@@ -59,9 +60,11 @@ def evaluate_model(model_path: str | os.PathLike, dataset: str, data_dir: str | 
     """
     import time
 
-    from edge_app.runtime import Classifier, ModelLoadError
+    from edge_app.errors import ModelLoadError
+    from edge_app.runtime import Classifier
 
-    from .data import load_raw, stratified_indices
+    from .data import stratified_indices
+    from .datasets import load_raw
 
     path = Path(model_path)
     if not path.is_file():

@@ -209,3 +209,13 @@ def describe(model) -> list[dict]:
             "params": int(layer.count_params()),
         })
     return rows
+
+
+def summary_lines(cfg: ModelConfig) -> list[str]:
+    """`nin-pipeline describe`: a table of every layer's output shape and parameters, and the totals."""
+    model = build_model(cfg)
+    h, w, c = cfg.input_shape
+    lines = [f"{model.name}: input {h}x{w}x{c}, {cfg.num_classes} classes",
+             f"{'layer':<22}{'type':<24}{'output shape':<20}{'params':>10}", "-" * 76]
+    lines += [f"{r['name']:<22}{r['type']:<24}{str(r['output_shape']):<20}{r['params']:>10,}" for r in describe(model)]
+    return lines + ["-" * 76, f"total parameters: {model.count_params():,}   MACs per image: {count_macs(model):,}"]

@@ -29,16 +29,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from edge_app.runfiles import EDGETPU_TFLITE, INT8_TFLITE, LABELS_TXT, SIDECAR_NAME
+
 from . import __version__
+from .errors import PackageError
 
-from .build import EDGETPU_TFLITE, INT8_TFLITE
-
-MODEL_FILES = (INT8_TFLITE, EDGETPU_TFLITE, "model.json", "labels.txt")
-REQUIRED = (INT8_TFLITE, "model.json", "labels.txt")
-
-
-class PackageError(RuntimeError):
-    """The bundle cannot be made (a run folder without models, no source tree, a wheel build failure)."""
+MODEL_FILES = (INT8_TFLITE, EDGETPU_TFLITE, SIDECAR_NAME, LABELS_TXT)
+REQUIRED = (INT8_TFLITE, SIDECAR_NAME, LABELS_TXT)
 
 
 def source_tree() -> Path | None:

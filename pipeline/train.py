@@ -143,7 +143,9 @@ def fit(model, train_ds, val_ds, cfg: TrainConfig, *, steps_per_epoch: int, run_
     )
     log.info("%s: %d epoch(s) in %.0f s", tag, cfg.epochs - initial_epoch, time.time() - t0)
     if any(math.isnan(v) for v in read_history(csv_path).get("loss", [])):
-        raise FloatingPointError(f"{tag}: the loss became NaN; lower --lr or check the data")
+        from .errors import TrainingError
+
+        raise TrainingError(f"{tag}: the loss became NaN", "lower --lr or check the data")
     return read_history(csv_path)
 
 

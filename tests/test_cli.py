@@ -59,7 +59,7 @@ def test_rerun_with_other_settings_is_refused(runner, tmp_path):
     tree = make_image_tree(tmp_path / "tree")
     out = tmp_path / "run"
     out.mkdir()
-    from pipeline.cli import make_build_config
+    from pipeline.config import make_build_config
 
     cfg = make_build_config("folder", tree, "quick", "nin-cifar", {"epochs": 1}, 0.1, "int8", 0)
     (out / "config.json").write_text(json.dumps(cfg.to_dict()))

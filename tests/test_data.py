@@ -2,15 +2,17 @@ import pickle
 
 import numpy as np
 import pytest
-
 from conftest import make_image_tree, tar_tree
-from pipeline.data import DataConfig, DataError, load_raw, make_splits, resolve_source, stratified_indices
+
+from pipeline.data import DataConfig, make_splits, stratified_indices
+from pipeline.datasets import load_raw, resolve_source
+from pipeline.errors import DataError
 
 
 def test_offline_with_nothing_local_says_which_files_to_put_where(monkeypatch):
     import tf_keras as keras
 
-    import pipeline.data as data
+    import pipeline.datasets as data
 
     def offline():  # what Keras raises when it cannot reach the download host
         raise Exception("URL fetch failure on https://www.cs.toronto.edu/...: None -- [Errno -3] name resolution")

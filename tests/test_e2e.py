@@ -61,7 +61,7 @@ def test_every_file_of_the_run_folder(run_dir):
 
 
 def test_int8_model_runs_on_the_edge_runtime_without_tensorflow(run_dir, tmp_path):
-    from pipeline.build import BuildConfig
+    from pipeline.config import BuildConfig
     from pipeline.data import make_splits
 
     cfg = BuildConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
@@ -132,7 +132,7 @@ def tflite_runtime_214(tmp_path_factory):
 
 
 def test_int8_model_loads_in_tflite_runtime_2_14(run_dir, tflite_runtime_214, tmp_path):
-    from pipeline.build import BuildConfig
+    from pipeline.config import BuildConfig
     from pipeline.data import make_splits
 
     cfg = BuildConfig.from_dict(json.loads((run_dir / "config.json").read_text()))

@@ -1,0 +1,46 @@
+"""Every error a user of the device side can fix, under one base class.
+
+Each carries a ``hint`` (what to do about it); the CLI catches :class:`EdgeAppError` (and
+OSError) in one place and prints ``message: hint`` on one line with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+
+class EdgeAppError(RuntimeError):
+    """A problem the user can fix. ``str()`` is the message and the hint on one line."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message, self.hint = message, hint
+
+    def __str__(self) -> str:
+        return f"{self.message}; {self.hint}" if self.hint else self.message
+
+
+class RuntimeNotFound(EdgeAppError):
+    """No TFLite runtime is installed (or the one asked for is not)."""
+
+
+class ModelLoadError(EdgeAppError):
+    """A model file is missing, damaged, or not a classifier this app can run."""
+
+
+class DelegateError(EdgeAppError):
+    """A delegate that was asked for cannot be used here."""
+
+
+class SidecarError(EdgeAppError, ValueError):
+    """The sidecar is missing, unreadable or not of a schema this version understands."""
+
+
+class SourceError(EdgeAppError):
+    """The source cannot be opened (or stopped delivering frames for good)."""
+
+
+class OutputError(EdgeAppError):
+    """A window or video file that cannot be opened or written."""
+
+
+class ServeError(EdgeAppError):
+    """The preview server cannot start (a bad address, a port in use)."""

@@ -1,0 +1,187 @@
+"""The report for people: the terminal table, report.md, a self-contained report.html, and the
+cross-run comparison table. Formatting of report dicts: nothing is computed or written here."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+from .report import TITLES
+
+
+def table_rows(report: dict) -> list[list[str]]:
+    """variant, top-1, top-5, delta vs float, agreement, bytes, ms/image (1 thread, all cores)."""
+    rows = []
+    for key, v in report["variants"].items():
+        lat = v.get("latency_ms") or {}
+        ms = " / ".join(f"{d['median']:.2f}" for d in lat.values()) if lat else "-"
+        rows.append([
+            TITLES.get(key, key), f"{100 * v['top1']:.2f}%",
+            f"{100 * v['top5']:.2f}%" if v.get("top5") is not None else "-",
+            f"{100 * v['delta_vs_float']:+.2f}", f"{100 * v['agreement_with_float']:.2f}%",
+            f"{v['bytes']:,}", ms,
+        ])
+    return rows
+
+
+HEADER = ["variant", "top-1", "top-5", "Δ vs float", "agreement", "bytes", "ms/image 1 thread / all"]
+
+
+def print_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{report.get('dataset', '')} {report.get('arch', '')} width {report.get('width', '')}: "
+                    f"{report['test_images']:,} test images")
+    for i, h in enumerate(HEADER):
+        t.add_column(h, justify="left" if i == 0 else "right")
+    for r in table_rows(report):
+        t.add_row(*r)
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        console.width = 120  # a log file: do not wrap the table at 80 columns
+    console.print(t)
+
+
+def render_markdown(report: dict) -> str:
+    lines = [
+        f"# Float vs int8: {report.get('dataset', '')} / {report.get('arch', '')} width {report.get('width', '')}",
+        "",
+        f"{report['test_images']:,} test images; int8 model is {100 * report['int8_bytes_ratio']:.1f}% of the float "
+        f".tflite's bytes. Latency: invoke only, through the edge runtime on this host ({report['machine']['cpus']} cores).",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "---|" * len(HEADER),
+        *("| " + " | ".join(r) + " |" for r in table_rows(report)),
+        "",
+        "## Where int8 loses",
+        "",
+        "| class | float | int8 | change (pts) |",
+        "|---|---|---|---|",
+        *(f"| {c['class']} | {100 * c['float']:.1f}% | {100 * c['int8']:.1f}% | {100 * c['change']:+.1f} |"
+          for c in report["int8_losses"]["classes_by_accuracy_change"][:5]),
+        "",
+        f"{report['int8_losses']['flipped_count']} test images changed their top-1 between float and QAT int8.",
+        "",
+    ]
+    lines.extend(edgetpu_lines(report))
+    for name in report.get("plots", {}).values():
+        lines.append(f"![{name}]({name})")
+    return "\n".join(lines) + "\n"
+
+
+def edgetpu_lines(report: dict) -> list[str]:
+    """The Edge TPU section: our check's prediction and the compiler's own count, when there are any."""
+    e = report.get("edgetpu") or {}
+    if not e:
+        return []
+    out = ["## Edge TPU", ""]
+    if "check" in e:
+        c = e["check"]
+        out.append(f"- check (Coral's documented rules, no compiler): {c['on_tpu']} of {c['total']} operations would run "
+                   f"on the Edge TPU ({Path(c['model']).name}, input {c['input_dtype']})")
+    if "compile" in e:
+        c = e["compile"]
+        out.append(f"- edgetpu_compiler {c['compiler_version']}: {c['ops_on_tpu']} of {c['ops_total']} operations mapped "
+                   f"to the Edge TPU, {c['subgraphs']} subgraph(s) -> {Path(c['output']).name}")
+    return out + [""]
+
+
+def render_html(report: dict, images: dict[str, bytes]) -> str:
+    """One self-contained page: inline CSS, PNGs (``images``: file name -> bytes) inlined as data
+    URIs, no external URL."""
+    def img(name: str) -> str:
+        data = base64.b64encode(images[name]).decode()
+        return f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
+
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in HEADER)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in table_rows(report))
+    drops = "".join(
+        f"<tr><td>{esc(c['class'])}</td><td>{100 * c['float']:.1f}%</td><td>{100 * c['int8']:.1f}%</td>"
+        f"<td>{100 * c['change']:+.1f}</td></tr>" for c in report["int8_losses"]["classes_by_accuracy_change"][:5])
+    plots = report.get("plots", {})
+    sections = [
+        ("Training curves", "plot_training"), ("Confusion matrices", "plot_confusion"),
+        ("Per-class accuracy", "plot_per_class"), ("Images whose prediction flipped", "plot_flipped"),
+    ]
+    figs = "".join(f"<h2>{esc(t)}</h2>{img(plots[k])}" for t, k in sections if k in plots and plots[k] in images)
+    title = f"Float vs int8: {report.get('dataset', '')} / {report.get('arch', '')} width {report.get('width', '')}"
+    tpu = edgetpu_lines(report)
+    edgetpu = ("<h2>Edge TPU</h2><ul>" + "".join(f"<li>{esc(x[2:])}</li>" for x in tpu if x.startswith("- ")) + "</ul>"
+               if tpu else "")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+th {{ background: #f3f3f3; }}
+img {{ max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }}
+.note {{ color: #555; }}
+</style></head><body>
+<h1>{esc(title)}</h1>
+<p class="note">{report['test_images']:,} test images. The QAT int8 model is {100 * report['int8_bytes_ratio']:.1f}% of the
+float .tflite's bytes. Latency is invoke-only through the edge runtime on the build host
+({report['machine']['cpus']} cores), median over {_runs(report)} runs.</p>
+<table id="summary"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<h2>Where int8 loses</h2>
+<table id="drops"><thead><tr><th>class</th><th>float</th><th>int8</th><th>change (pts)</th></tr></thead>
+<tbody>{drops}</tbody></table>
+<p>{report['int8_losses']['flipped_count']} test images changed their top-1 between float and QAT int8.</p>
+{edgetpu}{figs}
+</body></html>
+"""
+
+
+def _runs(report: dict) -> int:
+    for v in report["variants"].values():
+        for d in (v.get("latency_ms") or {}).values():
+            return int(d["runs"])
+    return 0
+
+
+def compare_runs(runs: list[Path]) -> list[list[str]]:
+    """`nin-pipeline compare`: one table row per run folder, from its report.json."""
+    from .run import RunFolder
+
+    return compare_rows([(str(r), RunFolder(r).read_report()) for r in runs])
+
+
+def compare_rows(reports: list[tuple[str, dict]]) -> list[list[str]]:
+    rows = []
+    for name, rep in reports:
+        v = rep["variants"]
+        q = v.get("qat_int8", {})
+        lat = (q.get("latency_ms") or {}).get("1_thread", {})
+        rows.append([
+            name, str(rep.get("arch", "")), str(rep.get("width", "")),
+            f"{100 * v['float_keras']['top1']:.2f}%", f"{100 * q.get('top1', float('nan')):.2f}%",
+            f"{100 * v.get('ptq_int8', {}).get('top1', float('nan')):.2f}%",
+            f"{q.get('bytes', 0):,}", f"{q.get('params', 0):,}", f"{q.get('macs', 0) / 1e6:.1f}M",
+            f"{lat['median']:.2f}" if lat else "-",
+        ])
+    return rows
+
+
+def compare_markdown(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(COMPARE_HEADER) + " |", "|" + "---|" * len(COMPARE_HEADER)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+
+
+def print_compare(rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table()
+    for i, h in enumerate(COMPARE_HEADER):
+        t.add_column(h, justify="left" if i == 0 else "right")
+    for r in rows:
+        t.add_row(*r)
+    Console().print(t)
+
+
+COMPARE_HEADER = ["run", "arch", "width", "float top-1", "QAT int8 top-1", "PTQ int8 top-1", "int8 bytes", "params",
+                  "MACs", "int8 ms (1 thread)"]

@@ -1,0 +1,234 @@
+"""The run folder: every file a build writes, and the only code that reads or writes them.
+
+A run folder holds ``config.json`` (the settings), ``state.json`` (finished stages with their
+seconds), the models, the reports and the logs. The names the device reads (the int8
+model, its sidecar, the labels) come from ``edge_app.runfiles``, so both sides agree.
+Every write is atomic (a temporary name, then a rename).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edge_app.fsutil import atomic_write_bytes, atomic_write_text
+from edge_app.runfiles import EDGETPU_TFLITE, INT8_TFLITE, LABELS_TXT, SIDECAR_NAME
+
+from .config import BuildConfig
+from .errors import ReportError, RunError
+
+log = logging.getLogger("pipeline")
+
+STAGES = ("train", "qat", "convert", "evaluate")
+
+CONFIG_JSON = "config.json"
+STATE_JSON = "state.json"
+FLOAT_KERAS = "model_float.keras"
+QAT_WEIGHTS = "model_qat.weights.h5"
+FLOAT_TFLITE = "model_float32.tflite"
+PTQ_TFLITE = "model_int8_ptq.tflite"
+EDGETPU_LOG = "model_int8_edgetpu.log"
+EDGETPU_JSON = "edgetpu.json"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+PREDICTIONS = "predictions.npz"
+TRAIN_LOG = "train.log"
+CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tensorboard"
+
+__all__ = ["EDGETPU_TFLITE", "INT8_TFLITE", "LABELS_TXT", "SIDECAR_NAME", "RunFolder", "RunError", "STAGES"]
+
+
+def history_csv(tag: str) -> str:
+    """The per-epoch metrics of one training stage ("train" or "qat")."""
+    return f"history_{tag}.csv"
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class RunFolder:
+    """One build's folder. ``create`` makes it (or reopens it with the same settings); ``open``
+    reopens an existing one."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.state: dict[str, Any] = {}
+
+    # ---------------------------------------------------------------- opening
+
+    @classmethod
+    def create(cls, root: Path, cfg: BuildConfig) -> "RunFolder":
+        """A new run folder with ``cfg``; an existing one is reopened if it was started with the same settings."""
+        from .config import diff_configs
+
+        root = Path(root)
+        run = cls(root)
+        if run.path(CONFIG_JSON).exists():
+            diffs = diff_configs(run.load_config().to_dict(), cfg.to_dict())
+            if diffs:
+                raise RunError(f"{root} was started with other settings ({'; '.join(diffs[:4])})",
+                               "resume it with the same options (or `--resume` alone), or choose a new --out")
+        else:
+            root.mkdir(parents=True, exist_ok=True)
+            run.save_config(cfg)
+        run.load_state()
+        return run
+
+    @classmethod
+    def open(cls, root: Path) -> "RunFolder":
+        """An existing run folder (one with a config.json)."""
+        run = cls(root)
+        if not run.path(CONFIG_JSON).is_file():
+            raise RunError(f"{root} is not a run folder (no {CONFIG_JSON})", "create one with `nin-pipeline build`")
+        run.load_state()
+        return run
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    # ---------------------------------------------------------------- config and state
+
+    def load_config(self) -> BuildConfig:
+        p = self.path(CONFIG_JSON)
+        if not p.exists():
+            raise RunError(f"{self.root} is not a run folder (no {CONFIG_JSON})", f"run `nin-pipeline build --out {self.root}`")
+        try:
+            return BuildConfig.from_dict(json.loads(p.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RunError(f"{p} is corrupt ({exc})", "start a new run folder") from None
+
+    def save_config(self, cfg: BuildConfig) -> None:
+        self.write_json(CONFIG_JSON, cfg.to_dict())
+
+    def load_state(self) -> None:
+        p = self.path(STATE_JSON)
+        self.state = {}
+        if p.exists():
+            try:
+                self.state = json.loads(p.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                log.warning("%s is unreadable; treating every stage as not done", STATE_JSON)
+
+    def done(self, stage: str) -> bool:
+        return bool(self.state.get(stage, {}).get("done"))
+
+    def mark(self, stage: str, seconds: float | None = None, **info: Any) -> None:
+        """Record a finished stage (with its seconds). A redone stage makes every later stage stale."""
+        self.state[stage] = {"done": True, "at": now(), **info, **({"seconds": round(seconds, 1)} if seconds is not None else {})}
+        for later in STAGES[STAGES.index(stage) + 1:]:
+            self.state.pop(later, None)
+        self.write_json(STATE_JSON, self.state)
+
+    # ---------------------------------------------------------------- files
+
+    def write_json(self, name: str, data: Any) -> Path:
+        return atomic_write_text(self.path(name), json.dumps(data, indent=2) + "\n")
+
+    def write_text(self, name: str, text: str) -> Path:
+        return atomic_write_text(self.path(name), text)
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        return atomic_write_bytes(self.path(name), data)
+
+    def write_labels(self, labels: tuple[str, ...]) -> None:
+        self.write_text(LABELS_TXT, "\n".join(labels) + "\n")
+
+    def read_report(self) -> dict[str, Any]:
+        """report.json, checked to hold what the tables need."""
+        p = self.path(REPORT_JSON)
+        if not p.exists():
+            raise ReportError(f"{self.root} has no {REPORT_JSON}", f"run `nin-pipeline report {self.root}`")
+        try:
+            rep = json.loads(p.read_text())
+            if not isinstance(rep, dict) or not isinstance(rep.get("variants"), dict):
+                raise ValueError("no 'variants' object")
+            for v in rep["variants"].values():
+                float(v["top1"]), int(v["bytes"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise ReportError(f"{p} is corrupt ({exc})", f"rewrite it with `nin-pipeline report {self.root}`") from None
+        return rep
+
+    def read_report_if_any(self) -> dict[str, Any]:
+        return self.read_report() if self.path(REPORT_JSON).exists() else {}
+
+    def read_edgetpu(self) -> dict[str, Any]:
+        """edgetpu.json (the Edge TPU check and compile summaries), {} when absent or unreadable."""
+        p = self.path(EDGETPU_JSON)
+        if not p.is_file():
+            return {}
+        try:
+            data = json.loads(p.read_text())
+        except (ValueError, UnicodeDecodeError):
+            log.warning("%s is unreadable; starting it again", p)
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def save_predictions(self, preds: dict[str, np.ndarray], y: np.ndarray, labels: tuple[str, ...]) -> None:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, y=y, labels=np.asarray(labels), **preds)
+        self.write_bytes(PREDICTIONS, buf.getvalue())
+
+    def load_predictions(self, variants: tuple[str, ...]) -> tuple[dict[str, np.ndarray], np.ndarray, tuple[str, ...]]:
+        p = self.path(PREDICTIONS)
+        if not p.exists():
+            raise ReportError(f"{self.root} has no {PREDICTIONS}", f"run `nin-pipeline report {self.root} --rerun`")
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                return {k: z[k] for k in variants}, z["y"], tuple(str(v) for v in z["labels"])
+        except (KeyError, ValueError, OSError) as exc:
+            raise ReportError(f"{p} is corrupt ({exc})", f"rewrite it with `nin-pipeline report {self.root} --rerun`") from None
+
+    # ---------------------------------------------------------------- Keras models
+
+    def save_float(self, model) -> None:
+        _atomic_save(self.path(FLOAT_KERAS), ".keras", model.save)
+
+    def save_qat(self, model) -> None:
+        _atomic_save(self.path(QAT_WEIGHTS), ".weights.h5", model.save_weights)
+
+    def load_float(self):
+        import tf_keras as keras
+
+        p = self.path(FLOAT_KERAS)
+        if not p.exists():
+            raise RunError(f"{self.root} has no {FLOAT_KERAS}", f"run `nin-pipeline train {self.root}` first")
+        try:
+            return keras.models.load_model(p, compile=False)
+        except Exception as exc:  # h5py/zip/keras raise many kinds for a damaged file
+            raise RunError(f"{p} is unreadable ({type(exc).__name__})", f"redo it with `nin-pipeline train {self.root}`") from None
+
+    def load_qat(self):
+        """The QAT model: the float model with BatchNorm frozen, wrapped, with the fine-tuned weights."""
+        from .convert import freeze_batch_norm, quantize
+
+        p = self.path(QAT_WEIGHTS)
+        if not p.exists():
+            raise RunError(f"{self.root} has no {QAT_WEIGHTS}", f"run `nin-pipeline qat {self.root}` first")
+        float_model = self.load_float()
+        freeze_batch_norm(float_model)  # the same structure as when the weights were saved
+        model = quantize(float_model)
+        try:
+            model.load_weights(p)
+        except Exception as exc:
+            raise RunError(f"{p} is unreadable ({type(exc).__name__})", f"redo it with `nin-pipeline qat {self.root}`") from None
+        return model
+
+
+def _atomic_save(path: Path, suffix: str, save: Callable[[Path], None]) -> None:
+    """Keras picks the file format from the name's ending, so the temporary name keeps it."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{suffix}")
+    try:
+        save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
