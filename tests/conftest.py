@@ -19,6 +19,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
+FAST_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR_JPG = Path(os.environ.get("NIN_SHARED", REPO.parent / "shared")) / "datasets" / "cifar10-jpg.tar.gz"
 
 
@@ -86,10 +87,86 @@ def tar_tree(src: Path, dest: Path) -> Path:
     return dest
 
 
+# --------------------------------------------------------------------------- the edge model
+# What the device side reads, made in seconds: a random-weight nin-cifar (width 0.125, 10
+# classes, class maps) converted to int8 with its model.json and labels.txt, plus the float32
+# .tflite. Its scores mean nothing; its tensors, quantisation and sidecar are real.
+
+
+def make_edge_model(folder: Path, seed: int = 0) -> Path:
+    import tf_keras as keras
+
+    from edge_app.runfiles import INT8_TFLITE, LABELS_TXT, SIDECAR_NAME
+    from edge_app.sidecar import write_sidecar
+    from pipeline.convert import describe_tflite, to_tflite_float, to_tflite_int8
+    from pipeline.models import ModelConfig, build_model, with_class_maps
+    from pipeline.run import FLOAT_TFLITE
+
+    folder.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(seed)
+    model = with_class_maps(build_model(ModelConfig(width=0.125, dropout=0.0, num_classes=len(FAST_CLASSES))))
+    rep = np.random.default_rng(seed).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    (folder / INT8_TFLITE).write_bytes(to_tflite_int8(model, rep))
+    (folder / FLOAT_TFLITE).write_bytes(to_tflite_float(model))
+    (folder / LABELS_TXT).write_text("\n".join(FAST_CLASSES) + "\n")
+    write_sidecar(folder / SIDECAR_NAME, describe_tflite(folder / INT8_TFLITE, FAST_CLASSES, dataset="cifar10",
+                                                         arch="nin-cifar", width=0.125, hashed=[folder / INT8_TFLITE]))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def edge_model(tmp_path_factory) -> Path:
+    """A folder with model_int8.tflite, model.json, labels.txt and model_float32.tflite (never changed by a test)."""
+    return make_edge_model(tmp_path_factory.mktemp("edge") / "model")
+
+
+@pytest.fixture
+def edge_model_copy(edge_model, tmp_path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(edge_model, tmp_path / "model"))
+
+
+# --------------------------------------------------------------------------- the fast run
+# A complete run folder in well under a minute: the real `build` stages (1 float epoch, 1 QAT
+# epoch, conversion with class maps, evaluation and report) on a synthetic 10-class image tree.
+# Its accuracy means nothing; its files are real. Session-scoped and shared: a test that changes
+# a run folder takes `fast_run_copy`.
+
+
+@pytest.fixture(scope="session")
+def fast_run(tmp_path_factory) -> Path:
+    from pipeline.build import build
+
+    base = tmp_path_factory.mktemp("fast")
+    tree = make_image_tree(base / "tree", classes=FAST_CLASSES, per_class=(8, 4), size=32)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NIN_CACHE_DIR", str(base / "cache"))
+        mp.setenv("KERAS_HOME", str(base / "keras"))
+        run = build(dataset="folder", data_dir=tree, out=base / "run", profile="quick", arch="nin-cifar",
+                    overrides={"width": 0.125, "epochs": 1, "qat_epochs": 1, "batch_size": 32}, val_fraction=0.1,
+                    io_type=None, target="cpu", class_maps=True, seed=0, resume=False)
+    return run.root
+
+
+@pytest.fixture
+def fast_run_copy(fast_run, tmp_path) -> Path:
+    """A private copy of the fast run, for tests that change a run folder."""
+    import shutil
+
+    return Path(shutil.copytree(fast_run, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints", "tensorboard")))
+
+
+@pytest.fixture(scope="session")
+def fast_tree(fast_run) -> Path:
+    """The image tree the fast run was built from (10 classes, 4 test images each)."""
+    return fast_run.parent / "tree"
+
+
 # --------------------------------------------------------------------------- the tiny real run
 # One `nin-pipeline build` through the CLI on a stratified subset of the real CIFAR-10 copy,
-# shared by the end-to-end and report tests. It is interrupted with Ctrl-C after its first
-# epoch and then resumed, as a user would.
+# used only where real accuracy matters (tests marked slow); never changed by a test (copy it
+# first). It is interrupted with Ctrl-C after its first epoch and then resumed, as a user would.
 
 def build_cmd(cifar_jpg, out):
     return [sys.executable, "-m", "pipeline.cli", "build", "--dataset", "cifar10", "--data-dir", str(cifar_jpg),

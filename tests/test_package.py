@@ -19,9 +19,9 @@ cv2 = pytest.importorskip("cv2")
 
 
 @pytest.fixture(scope="module")
-def bundle(run_dir, tmp_path_factory):
+def bundle(edge_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
-    res = CliRunner().invoke(cli, ["package", str(run_dir), "--out", str(out)])
+    res = CliRunner().invoke(cli, ["package", str(edge_model), "--out", str(out)])
     assert res.exit_code == 0, res.output
     archives = list(out.glob("*.tar.gz"))
     assert len(archives) == 1 and "bundle:" in res.output
@@ -64,7 +64,7 @@ def test_bundle_contents_and_manifest(bundle, tmp_path):
     assert "edge_app/loop.py" in inside and not any(n.startswith("tests/") for n in inside)
 
 
-def test_bundle_installs_without_tensorflow_and_predicts_like_the_repo(bundle, clip, run_dir, tmp_path):
+def test_bundle_installs_without_tensorflow_and_predicts_like_the_repo(bundle, clip, edge_model, tmp_path):
     from edge_app.cli import cli as edge_cli
 
     top = _extract(bundle, tmp_path)
@@ -91,7 +91,7 @@ def test_bundle_installs_without_tensorflow_and_predicts_like_the_repo(bundle, c
     assert run.returncode == 0, run.stderr[-2000:]
     assert "summary: 25 frames" in run.stderr
     repo_out = tmp_path / "repo.jsonl"
-    res = CliRunner().invoke(edge_cli, ["run", "--model", str(run_dir), "--source", str(clip), "--max-frames", "25",
+    res = CliRunner().invoke(edge_cli, ["run", "--model", str(edge_model), "--source", str(clip), "--max-frames", "25",
                                         "--output", str(repo_out)])
     assert res.exit_code == 0, res.output
     got = [json.loads(x) for x in out.read_text().splitlines()]
@@ -100,17 +100,17 @@ def test_bundle_installs_without_tensorflow_and_predicts_like_the_repo(bundle, c
     assert [g["top"] for g in got] == [w["top"] for w in want]
 
 
-def test_package_refuses_a_run_without_models_or_with_a_changed_model(run_dir, tmp_path):
+def test_package_refuses_a_run_without_models_or_with_a_changed_model(edge_model, edge_model_copy, tmp_path):
+    dist = tmp_path / "d"
+    dist.mkdir()
     empty = tmp_path / "empty"
     empty.mkdir()
-    res = CliRunner().invoke(cli, ["package", str(empty), "--out", str(tmp_path / "d")])
+    res = CliRunner().invoke(cli, ["package", str(empty), "--out", str(dist)])
     assert res.exit_code == 1 and "has no model_int8.tflite" in res.output and "Traceback" not in res.output
-    changed = tmp_path / "changed"
-    shutil.copytree(run_dir, changed, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
-    with open(changed / "model_int8.tflite", "ab") as f:
+    with open(edge_model_copy / "model_int8.tflite", "ab") as f:
         f.write(b"\0")
-    res = CliRunner().invoke(cli, ["package", str(changed), "--out", str(tmp_path / "d")])
+    res = CliRunner().invoke(cli, ["package", str(edge_model_copy), "--out", str(dist)])
     assert res.exit_code == 1 and "does not match the sha256 in model.json" in res.output
-    res = CliRunner().invoke(cli, ["package", str(run_dir), "--out", str(tmp_path / "d"), "--wheel", str(tmp_path / "no.whl")])
+    res = CliRunner().invoke(cli, ["package", str(edge_model), "--out", str(dist), "--wheel", str(tmp_path / "no.whl")])
     assert res.exit_code == 1 and "no wheel at" in res.output
-    assert not list((tmp_path / "d").glob("*.tar.gz")) if (tmp_path / "d").exists() else True  # nothing half-made
+    assert list(dist.iterdir()) == []  # nothing half-made: no archive, no temporary file

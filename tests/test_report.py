@@ -10,8 +10,8 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import REPO, make_image_tree
+
 from pipeline.cli import cli
 from pipeline.evaluate import topk
 from pipeline.report import VARIANTS, confusion, variant_metrics
@@ -37,13 +37,13 @@ def test_metrics_on_known_predictions():
 
 
 @pytest.fixture(scope="module")
-def report(run_dir):
-    return json.loads((run_dir / "report.json").read_text())
+def report(fast_run):
+    return json.loads((fast_run / "report.json").read_text())
 
 
-def test_report_json_is_complete_and_consistent(run_dir, report):
+def test_report_json_is_complete_and_consistent(fast_run, report):
     assert report["schema_version"] == 2
-    assert report["test_images"] == 500 and report["dataset"] == "cifar10"
+    assert report["test_images"] == 40 and report["dataset"] == "folder"
     assert set(report["variants"]) == set(VARIANTS)
     for key, v in report["variants"].items():
         cm = np.array(v["confusion_matrix"])
@@ -55,7 +55,7 @@ def test_report_json_is_complete_and_consistent(run_dir, report):
             assert pc["recall"] == pytest.approx(cm[i, i] / cm[i].sum())
         assert 0.0 <= v["agreement_with_float"] <= 1.0 and 0.0 <= v["mean_abs_top1_prob_change"] <= 1.0
         assert v["top1"] <= v["top5"] <= 1.0
-        assert v["bytes"] == (run_dir / v["file"]).stat().st_size
+        assert v["bytes"] == (fast_run / v["file"]).stat().st_size
         assert v["params"] > 0 and v["macs"] > v["params"]
         if key != "float_keras":
             lat = v["latency_ms"]
@@ -66,14 +66,15 @@ def test_report_json_is_complete_and_consistent(run_dir, report):
     assert len(losses["classes_by_accuracy_change"]) == 10
     changes = [c["change"] for c in losses["classes_by_accuracy_change"]]
     assert changes == sorted(changes)  # the worst drop first
-    flips = 500 - round(report["variants"]["qat_int8"]["agreement_with_float"] * 500)
+    n = report["test_images"]
+    flips = n - round(report["variants"]["qat_int8"]["agreement_with_float"] * n)
     assert losses["flipped_count"] == flips
 
 
-def test_plots_are_png(run_dir, report):
+def test_plots_are_png(fast_run, report):
     assert {"plot_training", "plot_confusion", "plot_per_class"} <= set(report["plots"])
     for name in report["plots"].values():
-        data = (run_dir / name).read_bytes()
+        data = (fast_run / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 2000, name
 
 
@@ -94,8 +95,8 @@ class _Page(HTMLParser):
             self.rows[self._table] = self.rows.get(self._table, 0) + 1
 
 
-def test_report_html_is_self_contained(run_dir, report):
-    text = (run_dir / "report.html").read_text()
+def test_report_html_is_self_contained(fast_run, report):
+    text = (fast_run / "report.html").read_text()
     assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.I), "external URL in report.html"
     page = _Page()
     page.feed(text)
@@ -105,35 +106,38 @@ def test_report_html_is_self_contained(run_dir, report):
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG)
     assert page.rows["summary"] == 1 + 4  # header + one row per variant
-    md = (run_dir / "report.md").read_text()
+    md = (fast_run / "report.md").read_text()
     assert "| QAT int8 |" in md and "## Where int8 loses" in md
 
 
-def test_report_command_rewrites_from_saved_predictions(run_dir, report):
-    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "report", str(run_dir), "--no-latency"], cwd=REPO,
+def test_report_command_rewrites_from_saved_predictions(fast_run_copy, report):
+    (fast_run_copy / "report.json").unlink()
+    out = subprocess.run([sys.executable, "-m", "pipeline", "report", str(fast_run_copy), "--no-latency"], cwd=REPO,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    again = json.loads((run_dir / "report.json").read_text())
+    again = json.loads((fast_run_copy / "report.json").read_text())
     for key in VARIANTS:
         assert again["variants"][key]["top1"] == report["variants"][key]["top1"]
         assert again["variants"][key]["confusion_matrix"] == report["variants"][key]["confusion_matrix"]
     assert "QAT int8" in out.stderr  # the terminal table
 
 
-def test_evaluate_any_model(run_dir, report, cifar_jpg):
-    res = CliRunner().invoke(cli, ["evaluate", str(run_dir / "model_int8.tflite"), "--dataset", "cifar10",
-                                   "--data-dir", str(cifar_jpg), "--limit-test", "200", "--json", str(run_dir / "eval.json")])
+def test_evaluate_any_model(fast_run, fast_tree, report, tmp_path):
+    """`evaluate` and the build's report run the same images through the same runtime: the same top-1."""
+    res = CliRunner().invoke(cli, ["evaluate", str(fast_run / "model_int8.tflite"), "--dataset", "folder",
+                                   "--data-dir", str(fast_tree), "--json", str(tmp_path / "eval.json")])
     assert res.exit_code == 0, res.output
-    ev = json.loads((run_dir / "eval.json").read_text())
-    assert ev["images"] == 200 and 0.0 <= ev["top1"] <= ev["top5"] <= 1.0
-    res = CliRunner().invoke(cli, ["evaluate", str(run_dir / "model_float.keras"), "--dataset", "cifar10",
-                                   "--data-dir", str(cifar_jpg), "--limit-test", "100"])
-    assert res.exit_code == 0 and "top-1" in res.output, res.output
+    ev = json.loads((tmp_path / "eval.json").read_text())
+    assert ev["images"] == report["test_images"] and ev["top1"] == report["variants"]["qat_int8"]["top1"]
+    assert ev["top5"] == pytest.approx(report["variants"]["qat_int8"]["top5"])
+    res = CliRunner().invoke(cli, ["evaluate", str(fast_run / "model_float.keras"), "--dataset", "folder",
+                                   "--data-dir", str(fast_tree), "--limit-test", "20"])
+    assert res.exit_code == 0 and "(20 images): top-1" in res.output, res.output
 
 
-def test_evaluate_refuses_models_that_do_not_fit_the_data(run_dir, tmp_path):
+def test_evaluate_refuses_models_that_do_not_fit_the_data(fast_run, tmp_path):
     tree = make_image_tree(tmp_path / "tree", size=32)
-    res = CliRunner().invoke(cli, ["evaluate", str(run_dir / "model_int8.tflite"), "--dataset", "folder", "--data-dir", str(tree)])
+    res = CliRunner().invoke(cli, ["evaluate", str(fast_run / "model_int8.tflite"), "--dataset", "folder", "--data-dir", str(tree)])
     assert res.exit_code == 1 and "predicts 10 classes but folder has 3" in res.output
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(b"\x00" * 100)
@@ -143,20 +147,20 @@ def test_evaluate_refuses_models_that_do_not_fit_the_data(run_dir, tmp_path):
     assert res.exit_code == 1 and "no model file" in res.output
 
 
-def test_compare_and_bad_report_folders(run_dir, tmp_path):
+def test_compare_and_bad_report_folders(fast_run, tmp_path):
     md = tmp_path / "cmp.md"
-    res = CliRunner().invoke(cli, ["compare", str(run_dir), str(run_dir), "--markdown", str(md)])
+    res = CliRunner().invoke(cli, ["compare", str(fast_run), str(fast_run), "--markdown", str(md)])
     assert res.exit_code == 0, res.output
-    assert md.read_text().count("| 0.25 |") == 2
+    assert md.read_text().count("| 0.125 |") == 2
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "report.json").write_text("{\"variants\": ")
-    res = CliRunner().invoke(cli, ["compare", str(run_dir), str(broken)])
+    res = CliRunner().invoke(cli, ["compare", str(fast_run), str(broken)])
     assert res.exit_code == 1 and "report.json is corrupt" in res.output
     res = CliRunner().invoke(cli, ["compare", str(tmp_path)])
     assert res.exit_code == 1 and "has no report.json" in res.output
     empty = tmp_path / "empty_run"
     empty.mkdir()
-    (empty / "config.json").write_text((run_dir / "config.json").read_text())
+    (empty / "config.json").write_text((fast_run / "config.json").read_text())
     res = CliRunner().invoke(cli, ["report", str(empty)])
     assert res.exit_code == 1 and "has no models yet" in res.output
