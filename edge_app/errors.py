@@ -7,8 +7,9 @@ OSError) in one place and prints ``message: hint`` on one line with a non-zero e
 from __future__ import annotations
 
 
-class EdgeAppError(RuntimeError):
-    """A problem the user can fix. ``str()`` is the message and the hint on one line."""
+class HintedError(Exception):
+    """A problem the user can fix, with what to do about it. ``str()`` is both on one line.
+    The training side's ``PipelineError`` shares it."""
 
     def __init__(self, message: str, hint: str = "") -> None:
         super().__init__(message)
@@ -16,6 +17,10 @@ class EdgeAppError(RuntimeError):
 
     def __str__(self) -> str:
         return f"{self.message}; {self.hint}" if self.hint else self.message
+
+
+class EdgeAppError(HintedError, RuntimeError):
+    """The device side's base: every error of edge_app a user can fix."""
 
 
 class RuntimeNotFound(EdgeAppError):

@@ -7,11 +7,11 @@ evaluation) and feeds them to Keras. Images stay uint8 NHWC; the float conversio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from .datasets import NO_FLIP, load_raw
+from .datasets import NO_FLIP, RawData, load_raw
 from .errors import DataError
 
 
@@ -27,17 +27,13 @@ class DataConfig:
 
 
 @dataclass
-class Splits:
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    labels: tuple[str, ...]
-    source: str
-    skipped: int = 0
-    hflip: bool = True
+class Splits(RawData):
+    """The dataset's arrays with the validation split taken out of train (``x_train`` no longer
+    holds the ``x_val`` images)."""
+
+    x_val: np.ndarray = field(kw_only=True)
+    y_val: np.ndarray = field(kw_only=True)
+    hflip: bool = field(default=True, kw_only=True)  # horizontal flips keep the meaning (not for digits)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -89,7 +85,7 @@ def make_splits(cfg: DataConfig, progress: bool = True) -> Splits:
         xtr, ytr = xtr[mask], ytr[mask]
     else:
         xva, yva = xtr[:0], ytr[:0]
-    return Splits(xtr, ytr, xva, yva, xte, yte, raw.labels, raw.source, raw.skipped,
+    return Splits(xtr, ytr, xte, yte, raw.labels, raw.source, raw.skipped, x_val=xva, y_val=yva,
                   hflip=cfg.dataset not in NO_FLIP)
 
 

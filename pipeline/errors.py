@@ -1,22 +1,18 @@
 """Every error a user of the training side can fix, under one base class.
 
-Each carries a ``hint`` (what to do about it). ``nin-pipeline`` catches
-:class:`PipelineError` — and the device side's ``EdgeAppError``, whose readers it uses —
-in one place and prints ``message; hint`` on one line with a non-zero exit.
+Each carries a ``hint`` (what to do about it; the message-and-hint base is shared with the
+device side). ``nin-pipeline`` catches :class:`PipelineError` — and the device side's
+``EdgeAppError``, whose readers it uses — in one place and prints ``message; hint`` on one
+line with a non-zero exit.
 """
 
 from __future__ import annotations
 
+from edge_app.errors import HintedError
 
-class PipelineError(Exception):
-    """A problem the user can fix. ``str()`` is the message and the hint on one line."""
 
-    def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.message, self.hint = message, hint
-
-    def __str__(self) -> str:
-        return f"{self.message}; {self.hint}" if self.hint else self.message
+class PipelineError(HintedError):
+    """The training side's base: every error of pipeline a user can fix (``message``, ``hint``)."""
 
 
 class DataError(PipelineError):
