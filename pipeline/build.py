@@ -25,11 +25,13 @@ from .errors import ReportError, RunError
 from .models import ModelConfig
 from .run import (
     CHECKPOINTS,
+    CONFIG_JSON,
     EDGETPU_JSON,
     EDGETPU_LOG,
     EDGETPU_TFLITE,
     FLOAT_TFLITE,
     INT8_TFLITE,
+    PREDICTIONS,
     PTQ_TFLITE,
     REPORT_HTML,
     REPORT_JSON,
@@ -215,10 +217,10 @@ def evaluate_and_report(cfg: BuildConfig, run: RunFolder, splits: Splits, *, rer
     from .train import read_history
 
     preds = None
-    if not rerun and run.path("predictions.npz").exists():
+    if not rerun and run.path(PREDICTIONS).exists():
         preds, y, _ = run.load_predictions(VARIANTS)
         if not np.array_equal(y, splits.y_test):
-            raise RunError(f"{run.root}/predictions.npz is for other test images than the data gives now", "pass --rerun")
+            raise RunError(f"{run.root}/{PREDICTIONS} is for other test images than the data gives now", "pass --rerun")
     if preds is None:
         log.info("evaluate: %d test images through float Keras, float TFLite, PTQ int8 and QAT int8", len(splits.y_test))
         preds = predict_variants(run, splits.x_test)
@@ -331,15 +333,15 @@ def build(*, dataset: str, data_dir: Path | None, out: Path | None, profile: str
     from .datasets import resolve_source
 
     if resume and out is None:
-        runs = sorted(p for p in Path("artifacts").glob(f"{dataset}-{arch}-*") if (p / "config.json").exists())
+        runs = sorted(p for p in Path("artifacts").glob(f"{dataset}-{arch}-*") if (p / CONFIG_JSON).exists())
         if not runs:
             raise RunError(f"--resume: no run folder artifacts/{dataset}-{arch}-* to resume", "pass --out RUN")
         out = runs[-1]
     if resume and not overrides:
         run = RunFolder.open(out)
     else:
-        if resume and not (out / "config.json").exists():
-            raise RunError(f"--resume: {out} is not a run folder (no config.json)", "leave out --resume to start it")
+        if resume and not (out / CONFIG_JSON).exists():
+            raise RunError(f"--resume: {out} is not a run folder (no {CONFIG_JSON})", "leave out --resume to start it")
         resolve_source(dataset, data_dir)  # a wrong --data-dir fails before any folder is made
         cfg = make_build_config(dataset, data_dir, profile, arch, overrides, val_fraction, io_type, seed, class_maps, target)
         out = out or Path("artifacts") / f"{dataset}-{arch}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
