@@ -6,12 +6,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
-
-from conftest import REPO, build_cmd
+from conftest import REPO
 from test_cli import BLOCK_TF
 
 pytestmark = pytest.mark.slow
@@ -87,30 +85,6 @@ print(clf.runtime, acc)
     report = json.loads((run_dir / "report.json").read_text())
     assert float(acc) == pytest.approx(report["variants"]["qat_int8"]["top1"], abs=1e-9)  # same images, same code
     assert float(acc) > 0.2, f"int8 accuracy {acc} is not above chance (0.10)"
-
-
-def test_rerun_of_a_finished_run_does_nothing(run_dir, cifar_jpg):
-    env = {**os.environ, "NIN_CACHE_DIR": str(run_dir.parent / "cache")}
-    t = time.time()
-    out = subprocess.run(build_cmd(cifar_jpg, run_dir), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "every stage is already done" in out.stdout + out.stderr
-    assert time.time() - t < 120
-
-
-def test_convert_stage_can_be_redone(run_dir):
-    from edge_app.fsutil import sha256_file
-    from edge_app.sidecar import read_sidecar
-
-    before = (run_dir / "model_int8.tflite").stat().st_mtime_ns
-    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "convert", str(run_dir)], cwd=REPO,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert (run_dir / "model_int8.tflite").stat().st_mtime_ns > before
-    sc = read_sidecar(run_dir)
-    assert sc.files["model_int8.tflite"] == sha256_file(run_dir / "model_int8.tflite")
-    state = json.loads((run_dir / "state.json").read_text())
-    assert state["convert"]["done"] and state["evaluate"]["done"] and state["train"]["done"]
 
 
 @pytest.fixture(scope="module")
