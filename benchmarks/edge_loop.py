@@ -30,7 +30,8 @@ from quick_build import machine  # noqa: E402
 
 RSS_PROBE = """
 import json, sys
-from edge_app.loop import open_model, run_loop
+from edge_app.loop import run_loop
+from edge_app.model import open_model
 from edge_app.sources import SyntheticSource
 
 def rss_mb():
@@ -72,7 +73,8 @@ def main() -> None:
     ap.add_argument("run", type=Path)
     ap.add_argument("--video", type=Path, default=None)
     args = ap.parse_args()
-    from edge_app.loop import bench, open_model
+    from edge_app.bench import bench
+    from edge_app.model import open_model
 
     res: dict = {"run": str(args.run), "machine": machine(), "date": dt.date.today().isoformat(), "bench": {}}
     for threads in (1, os.cpu_count() or 1):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import OutputError
+
 
 def annotate(bgr: np.ndarray, top: list[dict], invoke_ms: float, fps: float) -> np.ndarray:
     """Draw the top-k labels and scores, inference ms and FPS on a BGR frame, in place."""
@@ -30,7 +32,7 @@ def overlay_heatmap(bgr: np.ndarray, class_map: np.ndarray, placement, alpha: fl
 
     The map is scaled to its own maximum (the hottest cell is red in OpenCV's JET colour map),
     so it shows where the class is seen, not how sure the model is: the scores say that.
-    ``placement`` is a loop.MapPlacement; outside its box the frame is left as it is."""
+    ``placement`` is a geometry.MapPlacement; outside its box the frame is left as it is."""
     import cv2
 
     x0, y0, w, h = placement.box
@@ -68,12 +70,13 @@ class VideoSink:
             fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.path.lower().endswith(".mp4") else "MJPG"))
             self.writer = cv2.VideoWriter(self.path, fourcc, self.fps, (bgr.shape[1], bgr.shape[0]))
             if not self.writer.isOpened():
-                raise OSError(f"cannot write video {self.path}: use a .avi or .mp4 name in a writable folder")
+                raise OutputError(f"cannot write video {self.path}", "use a .avi or .mp4 name in a writable folder")
         self.writer.write(bgr)
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.release()
+            writer, self.writer = self.writer, None
+            writer.release()
 
 
 class Window:
@@ -86,12 +89,12 @@ class Window:
         import cv2
 
         if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-            raise RuntimeError("--display needs a screen (DISPLAY is not set): run headless (the default) or log in to the desktop")
+            raise OutputError("--display needs a screen (DISPLAY is not set)", "run headless (the default) or log in to the desktop")
         self.cv2, self.title = cv2, title
         try:
             cv2.namedWindow(title, cv2.WINDOW_NORMAL)
         except cv2.error:
-            raise RuntimeError("this OpenCV has no GUI (opencv-python-headless): pip install opencv-python for --display") from None
+            raise OutputError("this OpenCV has no GUI (opencv-python-headless)", "pip install opencv-python for --display") from None
 
     def show(self, bgr: np.ndarray) -> bool:
         """Show a frame; False when the user pressed q or Esc."""

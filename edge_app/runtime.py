@@ -14,18 +14,19 @@ from typing import Any
 
 import numpy as np
 
+from .errors import DelegateError, ModelLoadError, RuntimeNotFound
+
 RUNTIMES = ("ai-edge-litert", "tflite-runtime", "tensorflow")
+DELEGATES = ("cpu", "edgetpu", "gpu", "nnapi")
 
 
-class RuntimeNotFound(RuntimeError):
-    pass
+def _one_line(text: str) -> str:
+    """A library's error text, possibly several lines, as one line."""
+    return " ".join(str(text).split())
 
 
-class ModelLoadError(RuntimeError):
-    pass
-
-
-def _interpreter_class(runtime: str = "auto") -> tuple[Any, str]:
+def interpreter_class(runtime: str = "auto") -> tuple[Any, str]:
+    """The Interpreter class of the runtime asked for ("auto": the first one installed) and its name."""
     order = RUNTIMES if runtime == "auto" else (runtime,)
     for name in order:
         try:
@@ -36,14 +37,12 @@ def _interpreter_class(runtime: str = "auto") -> tuple[Any, str]:
             elif name == "tensorflow":
                 from tensorflow.lite import Interpreter  # type: ignore[no-redef]
             else:
-                raise RuntimeNotFound(f"unknown runtime {name!r}; choose one of {', '.join(RUNTIMES)}")
+                raise RuntimeNotFound(f"unknown runtime {name!r}", f"choose one of {', '.join(RUNTIMES)}")
         except ImportError:
             continue
         return Interpreter, name
-    raise RuntimeNotFound(
-        "no TFLite runtime is installed: `pip install ai-edge-litert` "
-        "(or, on Raspberry Pi OS with numpy<2, `pip install tflite-runtime`)"
-    )
+    raise RuntimeNotFound("no TFLite runtime is installed",
+                          "`pip install ai-edge-litert` (or, on Raspberry Pi OS with numpy<2, `pip install tflite-runtime`)")
 
 
 def median_p95(values) -> tuple[float, float]:
@@ -55,11 +54,6 @@ def median_p95(values) -> tuple[float, float]:
     return statistics.median(s), s[max(0, math.ceil(0.95 * len(s)) - 1)]
 
 
-class DelegateError(RuntimeError):
-    """A delegate that was asked for cannot be used here."""
-
-
-DELEGATES = ("cpu", "edgetpu", "gpu", "nnapi")
 _EDGETPU_LIB = {"linux": "libedgetpu.so.1", "darwin": "libedgetpu.1.dylib", "win32": "edgetpu.dll"}
 _GPU_LIB = "libtensorflowlite_gpu_delegate.so"
 
@@ -86,9 +80,10 @@ def delegate_library(kind: str, library: str | None = None) -> str:
         return _GPU_LIB
     if kind == "nnapi":
         raise DelegateError(
-            "NNAPI exists only on Android. On Linux use --delegate cpu (XNNPACK), gpu or edgetpu; on a phone, "
-            "load model_int8.tflite with the NNAPI delegate from an Android app (see the README)")
-    raise DelegateError(f"unknown delegate {kind!r}; choose one of {', '.join(DELEGATES)} or give --delegate-lib")
+            "NNAPI exists only on Android",
+            "on Linux use --delegate cpu (XNNPACK), gpu or edgetpu; on a phone, load model_int8.tflite with the NNAPI "
+            "delegate from an Android app (see the README)")
+    raise DelegateError(f"unknown delegate {kind!r}", f"choose one of {', '.join(DELEGATES)} or give --delegate-lib")
 
 
 def make_delegate(kind: str, runtime_name: str, *, library: str | None = None, options: dict[str, str] | None = None):
@@ -108,7 +103,7 @@ def make_delegate(kind: str, runtime_name: str, *, library: str | None = None, o
     try:
         return load(lib, options or {})
     except (OSError, ValueError, RuntimeError) as exc:
-        error = str(exc).strip()
+        error = _one_line(exc)
     finally:
         gc.collect()
         sys.unraisablehook = old_hook
@@ -116,7 +111,7 @@ def make_delegate(kind: str, runtime_name: str, *, library: str | None = None, o
         "edgetpu": "install the Edge TPU runtime (libedgetpu1-std from Coral's apt repository) and plug in the device",
         "gpu": "build or install the TFLite GPU delegate library for this device",
     }.get(kind, "check the path and that the library matches this runtime")
-    raise DelegateError(f"the {kind} delegate ({lib}) failed to load: {error}; {hint}")
+    raise DelegateError(f"the {kind} delegate ({lib}) failed to load: {error}", hint)
 
 
 def load_interpreter(model_path: str | os.PathLike, runtime: str = "auto", num_threads: int | None = None,
@@ -126,19 +121,18 @@ def load_interpreter(model_path: str | os.PathLike, runtime: str = "auto", num_t
     path = Path(model_path)
     if not path.is_file():
         raise ModelLoadError(f"no model file at {path}")
-    cls, name = _interpreter_class(runtime)
+    cls, name = interpreter_class(runtime)
     threads = num_threads or os.cpu_count() or 1
     try:
         interp = cls(model_path=str(path), num_threads=threads, experimental_delegates=delegates or None)
         interp.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         if "edgetpu-custom-op" in str(exc):
-            raise ModelLoadError(f"{path} is compiled for the Edge TPU: run it with --delegate edgetpu, or run "
+            raise ModelLoadError(f"{path} is compiled for the Edge TPU", "run it with --delegate edgetpu, or run "
                                  "model_int8.tflite (the uncompiled one) on the CPU") from None
-        raise ModelLoadError(
-            f"{path} is not a TFLite model this runtime can load ({str(exc).strip().splitlines()[0]}); "
-            "re-export it with `nin-pipeline convert`"
-        ) from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelLoadError(f"{path} is not a TFLite model this runtime can load ({first})",
+                             "re-export it with `nin-pipeline convert`") from None
     return interp, name
 
 
@@ -194,8 +188,8 @@ def _pick_outputs(outputs: list[TensorInfo], path) -> tuple[TensorInfo, TensorIn
     scores = [o for o in outputs if len(o.shape) == 2]
     maps = [o for o in outputs if len(o.shape) == 4]
     if len(scores) != 1 or len(maps) > 1 or len(outputs) > 2 or (maps and maps[0].shape[-1] != scores[0].shape[-1]):
-        raise ModelLoadError(f"{path} has outputs {[list(o.shape) for o in outputs]}: a classifier needs one "
-                             "[1, classes] scores output (and optionally [1, H, W, classes] class maps)")
+        raise ModelLoadError(f"{path} has outputs {[list(o.shape) for o in outputs]}",
+                             "a classifier needs one [1, classes] scores output (and optionally [1, H, W, classes] class maps)")
     return scores[0], (maps[0] if maps else None)
 
 
@@ -221,7 +215,7 @@ class Classifier:
         self.interpreter, self.runtime = load_interpreter(model_path, runtime, num_threads, delegates)
         inputs = self.interpreter.get_input_details()
         if len(inputs) != 1 or len(inputs[0]["shape"]) != 4:
-            raise ModelLoadError(f"{model_path} is not an image classifier: it needs one NHWC image input")
+            raise ModelLoadError(f"{model_path} is not an image classifier", "it needs one NHWC image input")
         self.input = _info(inputs[0])
         self.output, self.maps_output = _pick_outputs([_info(d) for d in self.interpreter.get_output_details()], model_path)
         self.pixel_scale = pixel_scale
@@ -254,11 +248,17 @@ class Classifier:
             and np.all(self.std == 1)
         )
 
+    def invoke(self, x: np.ndarray) -> np.ndarray:
+        """One invoke on an input tensor from :meth:`preprocess`: the raw scores-output tensor of the one image.
+
+        Feed it to :meth:`postprocess` for float scores; :meth:`class_maps` then reads this invoke's maps."""
+        self.interpreter.set_tensor(self.input.index, x)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output.index)[0]
+
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """Scores (probabilities) for one uint8 HWC image."""
-        self.interpreter.set_tensor(self.input.index, self.preprocess(pixels))
-        self.interpreter.invoke()
-        return self.postprocess(self.interpreter.get_tensor(self.output.index)[0])
+        return self.postprocess(self.invoke(self.preprocess(pixels)))
 
     def postprocess(self, raw: np.ndarray) -> np.ndarray:
         """The output tensor of one image -> float scores (softmax applied only to logits)."""
@@ -275,9 +275,8 @@ class Classifier:
         x = self.preprocess(pixels)
         times = []
         for i in range(warmup + runs):
-            self.interpreter.set_tensor(self.input.index, x)
             t = time.perf_counter()
-            self.interpreter.invoke()
+            self.invoke(x)
             if i >= warmup:
                 times.append((time.perf_counter() - t) * 1e3)
         median, p95 = median_p95(times)
@@ -290,8 +289,8 @@ class Classifier:
     def class_maps(self) -> np.ndarray:
         """The per-class confidence maps of the last invoke, dequantised: float32 [H', W', classes]."""
         if self.maps_output is None:
-            raise ModelLoadError("this model has no class-maps output: rebuild it with `nin-pipeline convert` "
-                                 "(class maps are exported unless --no-class-maps was given)")
+            raise ModelLoadError("this model has no class-maps output",
+                                 "rebuild it with `nin-pipeline convert` (class maps are exported unless --no-class-maps was given)")
         m = self.maps_output
         return dequantize(self.interpreter.get_tensor(m.index)[0], m.scale, m.zero_point)
 

@@ -23,14 +23,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from .errors import ServeError
+
 log = logging.getLogger("edge_app")
 
 BOUNDARY = "nin-frame"
 SOCKET_TIMEOUT = 10.0  # seconds a client may take to accept data before its connection is dropped
-
-
-class ServeError(RuntimeError):
-    """The preview server cannot start (a bad address, a port in use)."""
 
 
 def parse_address(spec: str) -> tuple[str, int]:
@@ -42,7 +40,7 @@ def parse_address(spec: str) -> tuple[str, int]:
     except ValueError:
         n = -1
     if not 0 <= n <= 65535 or (sep and not host):
-        raise ServeError(f"--serve {spec!r}: give PORT or HOST:PORT, e.g. 8080 or 0.0.0.0:8080")
+        raise ServeError(f"--serve {spec!r} is not an address", "give PORT or HOST:PORT, e.g. 8080 or 0.0.0.0:8080")
     return host, n
 
 
@@ -233,7 +231,7 @@ class PreviewServer:
         try:
             self.httpd = Server((host, port), _handler(self.preview))
         except OSError as exc:
-            raise ServeError(f"cannot serve the preview on {host}:{port}: {exc.strerror or exc}; "
+            raise ServeError(f"cannot serve the preview on {host}:{port}: {exc.strerror or exc}",
                              "choose another port (--serve PORT) or address") from None
         self.host, self.port = host, self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},

@@ -22,18 +22,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import SidecarError
 from .fsutil import atomic_write_text
+from .runfiles import SIDECAR_NAME
 
 SCHEMA_VERSION = 1
-SIDECAR_NAME = "model.json"
 
 _DTYPES = {"int8", "uint8", "float32"}
 _OUTPUT_KINDS = {"probabilities", "logits", "class_maps"}
 _COLOR_ORDERS = {"RGB", "BGR", "GRAY"}
-
-
-class SidecarError(ValueError):
-    """The sidecar is missing, unreadable or not of a schema this version understands."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +121,7 @@ def _quant(d: dict[str, Any]) -> Quantization:
 
 def _check_choice(what: str, value: str, allowed: set[str]) -> str:
     if value not in allowed:
-        raise SidecarError(f"{what} is {value!r}; expected one of {sorted(allowed)}")
+        raise SidecarError(f"{what} is {value!r}", f"expected one of {sorted(allowed)}")
     return value
 
 
@@ -134,10 +131,8 @@ def sidecar_from_dict(d: dict[str, Any]) -> Sidecar:
         raise SidecarError("model.json must hold a JSON object")
     version = d.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise SidecarError(
-            f"model.json has schema_version {version!r}; this edge_app reads version {SCHEMA_VERSION}. "
-            "Rebuild the run folder with the same nin-pipeline version, or upgrade edge_app."
-        )
+        raise SidecarError(f"model.json has schema_version {version!r}; this edge_app reads version {SCHEMA_VERSION}",
+                           "rebuild the run folder with the same nin-pipeline version, or upgrade edge_app")
     try:
         i = d["input"]
         inp = InputSpec(
@@ -177,7 +172,7 @@ def sidecar_from_dict(d: dict[str, Any]) -> Sidecar:
     except (TypeError, ValueError) as exc:
         if isinstance(exc, SidecarError):
             raise
-        raise SidecarError(f"model.json has a malformed value: {exc}") from None
+        raise SidecarError(f"model.json has a malformed value: {' '.join(str(exc).split())}") from None
     if len(inp.shape) != 4:
         raise SidecarError(f"input.shape must be [1, H, W, C]; got {list(inp.shape)}")
     if len(inp.mean) not in (1, inp.channels) or len(inp.std) not in (1, inp.channels):
@@ -199,15 +194,15 @@ def read_sidecar(path: str | os.PathLike) -> Sidecar:
     if path.is_dir():
         path = path / SIDECAR_NAME
     if not path.is_file():
-        raise SidecarError(f"no sidecar at {path}: a run folder from `nin-pipeline build` holds model.json")
+        raise SidecarError(f"no sidecar at {path}", "a run folder from `nin-pipeline build` holds model.json")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SidecarError(f"{path} is not valid JSON ({exc}); rebuild it with `nin-pipeline convert`") from None
+        raise SidecarError(f"{path} is not valid JSON ({exc})", "rebuild it with `nin-pipeline convert`") from None
     try:
         return sidecar_from_dict(data)
     except SidecarError as exc:
-        raise SidecarError(f"{path}: {exc}") from None
+        raise SidecarError(f"{path}: {exc.message}", exc.hint) from None
 
 
 def write_sidecar(path: str | os.PathLike, sidecar: Sidecar) -> Path:

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import glob as _glob
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
+from .errors import SourceError
+
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-
-
-class SourceError(RuntimeError):
-    """The source cannot be opened (or stopped delivering frames for good)."""
 
 
 @dataclass
@@ -25,11 +23,15 @@ class Frame:
     index: int
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def _cv2():
     try:
         import cv2
     except ImportError:
-        raise SourceError("OpenCV is not installed: pip install opencv-python-headless (or the `edge` extra)") from None
+        raise SourceError("OpenCV is not installed", "pip install opencv-python-headless (or the `edge` extra)") from None
     return cv2
 
 
@@ -39,7 +41,7 @@ class ImageSource:
     def __init__(self, paths: list[Path], label: str):
         self.paths, self.label, self.skipped = paths, label, 0
         if not paths:
-            raise SourceError(f"{label}: no images found (extensions: {', '.join(sorted(IMAGE_EXTS))})")
+            raise SourceError(f"{label}: no images found", f"give images with one of the extensions {', '.join(sorted(IMAGE_EXTS))}")
 
     def frames(self) -> Iterator[Frame]:
         cv2 = _cv2()
@@ -70,7 +72,7 @@ class CaptureSource:
             camera = isinstance(target, int) or str(target).startswith("/dev/")
             hint = ("is it connected and free? `ls /dev/video*` lists cameras; a Raspberry Pi camera module needs "
                     "--source picamera") if camera else "check the path or URL"
-            raise SourceError(f"could not open {label}: {hint}")
+            raise SourceError(f"could not open {label}", hint)
         for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, width), (cv2.CAP_PROP_FRAME_HEIGHT, height), (cv2.CAP_PROP_FPS, fps)):
             if value:
                 self.cap.set(prop, value)
@@ -109,18 +111,17 @@ class PiCameraSource:
         try:
             from picamera2 import Picamera2
         except ImportError:
-            raise SourceError(
-                "--source picamera needs picamera2: on Raspberry Pi OS `sudo apt install python3-picamera2` and "
-                "create the venv with --system-site-packages so it can see it") from None
-        self.label, self.skipped = "picamera", 0
+            raise SourceError("--source picamera needs picamera2", "on Raspberry Pi OS `sudo apt install python3-picamera2` "
+                              "and create the venv with --system-site-packages so it can see it") from None
+        self.label, self.skipped, self.cam = "picamera", 0, None
         try:
             self.cam = Picamera2()
             # "RGB888" is B, G, R in memory (OpenCV's order), hence the conversion in frames().
             cfg = self.cam.create_video_configuration(main={"format": "RGB888", "size": (width or 640, height or 480)})
             self.cam.configure(cfg)
             self.cam.start()
-        except Exception as exc:  # libcamera raises several kinds when no camera is attached
-            raise SourceError(f"the Pi camera did not start ({exc}); check the ribbon cable and `rpicam-hello`") from None
+        except Exception as exc:  # noqa: BLE001  (libcamera raises several kinds when no camera is attached)
+            raise SourceError(f"the Pi camera did not start ({_one_line(exc)})", "check the ribbon cable and `rpicam-hello`") from None
 
     def frames(self) -> Iterator[Frame]:
         i = 0
@@ -128,12 +129,14 @@ class PiCameraSource:
             try:
                 bgr = self.cam.capture_array()
             except Exception as exc:  # noqa: BLE001  (libcamera's errors have no common type)
-                raise SourceError(f"the Pi camera stopped delivering frames ({exc})") from None
+                raise SourceError(f"the Pi camera stopped delivering frames ({_one_line(exc)})") from None
             yield Frame(np.ascontiguousarray(bgr[..., ::-1]), self.label, i)
             i += 1
 
     def close(self) -> None:
-        self.cam.stop()
+        if self.cam is not None:
+            cam, self.cam = self.cam, None
+            cam.stop()
 
 
 def open_source(spec: str, *, width: int | None = None, height: int | None = None, fps: float | None = None):

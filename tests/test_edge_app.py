@@ -15,8 +15,11 @@ from conftest import REPO, png_bytes, write_video
 from test_cli import BLOCK_TF
 
 from edge_app.cli import cli
-from edge_app.loop import fit_to_input, open_model, run_loop
-from edge_app.sources import ImageSource, SourceError
+from edge_app.errors import SourceError
+from edge_app.geometry import fit_to_input
+from edge_app.loop import LoopOptions, run_loop
+from edge_app.model import open_model
+from edge_app.sources import ImageSource
 
 cv2 = pytest.importorskip("cv2")
 
@@ -70,7 +73,7 @@ def test_loop_scores_match_the_classifier(run_dir, folder):
         def write(self, s):
             lines.append(json.loads(s))
 
-    summary = run_loop(m, src, out=Sink(), top=10)
+    summary = run_loop(m, src, LoopOptions(top=10), out=Sink())
     assert summary.frames == 4
     for line, p in zip(lines, sorted(folder.glob("img*.png"))):
         rgb = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)

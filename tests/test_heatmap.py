@@ -13,8 +13,11 @@ import pytest
 from click.testing import CliRunner
 
 from edge_app.cli import cli
-from edge_app.loop import LoadedModel, layout, map_placement, run_loop
-from edge_app.runtime import Classifier, ModelLoadError
+from edge_app.errors import ModelLoadError
+from edge_app.geometry import layout, map_placement
+from edge_app.loop import LoopOptions, run_loop
+from edge_app.model import LoadedModel
+from edge_app.runtime import Classifier
 from edge_app.sidecar import read_sidecar
 from edge_app.sources import ImageSource
 
@@ -96,8 +99,8 @@ def test_overlay_is_hot_on_the_class_and_cold_elsewhere(colour_tflite, tmp_path)
     frame = _frame(RED, (400, 300))
     res_path = tmp_path / "img.png"
     res_path.write_bytes(cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))[1])
-    run_loop(_loaded(colour_tflite), ImageSource([res_path], "img.png"), out=None, heatmap=True,
-             sink=_Keep(), resize="crop")
+    run_loop(_loaded(colour_tflite), ImageSource([res_path], "img.png"), LoopOptions(heatmap=True, resize="crop"),
+             out=None, sink=_Keep())
     bgr = _Keep.last
     b, _, r = (int(v) for v in bgr[300, 400])
     assert r > 150 and b < 60  # hot: JET red blended with the red square
@@ -133,7 +136,7 @@ def test_map_placement_round_trip(mode):
 def test_trained_maps_are_what_the_scores_average(run_dir):
     """In the real exported model, softmax(mean over the maps) is the scores output: the second
     output is the last block's maps, not some other tensor."""
-    from pipeline.build import BuildConfig
+    from pipeline.config import BuildConfig
     from pipeline.data import make_splits
 
     sc = read_sidecar(run_dir)

@@ -12,8 +12,10 @@ from click.testing import CliRunner
 from conftest import write_video
 
 from edge_app.cli import cli
-from edge_app.loop import open_model, run_loop
-from edge_app.serve import PAGE, PreviewServer, ServeError, parse_address
+from edge_app.errors import ServeError
+from edge_app.loop import LoopOptions, run_loop
+from edge_app.model import open_model
+from edge_app.serve import PAGE, PreviewServer, parse_address
 from edge_app.sources import SyntheticSource
 
 cv2 = pytest.importorskip("cv2")
@@ -50,8 +52,8 @@ def _serving(run_dir, src, max_fps=None):
     model = open_model(run_dir, threads=1)
     server = PreviewServer("127.0.0.1:0")
     source = _Stoppable(src)
-    t = threading.Thread(target=run_loop, args=(model, source),
-                         kwargs={"out": None, "preview": server.preview, "max_fps": max_fps})
+    t = threading.Thread(target=run_loop, args=(model, source, LoopOptions(max_fps=max_fps)),
+                         kwargs={"out": None, "preview": server.preview})
     t.start()
     deadline = time.time() + 30
     while server.preview.status()["frame"] is None and time.time() < deadline:

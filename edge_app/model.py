@@ -1,0 +1,98 @@
+"""Opening a model for the loop: the .tflite a run folder means, its sidecar, the delegate, and
+the checks that they agree. numpy and a TFLite runtime only."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import DelegateError, ModelLoadError, SidecarError
+from .runfiles import SIDECAR_NAME, resolve_model_path
+from .runtime import Classifier, interpreter_class, load_interpreter, make_delegate
+from .sidecar import Sidecar, read_sidecar
+
+log = logging.getLogger("edge_app")
+
+
+@dataclass
+class LoadedModel:
+    classifier: Classifier
+    labels: list[str]
+    sidecar: Sidecar | None
+    path: Path
+    delegate: str
+
+
+def open_model(model: str | os.PathLike, *, runtime: str = "auto", delegate: str = "cpu", threads: int | None = None,
+               delegate_lib: str | None = None, delegate_options: dict[str, str] | None = None,
+               fallback_cpu: bool = False) -> LoadedModel:
+    """Load the model with its sidecar (if any), on the delegate asked for; check they agree."""
+    resolve_model_path(model, delegate)  # a wrong path is the first thing to say
+    _, runtime_name = interpreter_class(runtime)
+    used = "cpu" if delegate == "cpu" and not delegate_lib else (delegate if not delegate_lib else f"external:{delegate_lib}")
+    try:
+        dlg = make_delegate(delegate, runtime_name, library=delegate_lib, options=delegate_options)
+    except DelegateError as exc:
+        if not fallback_cpu:
+            raise
+        log.warning("%s; continuing on the CPU because of --fallback-cpu", exc)
+        dlg, used = None, "cpu (fallback)"
+    # an Edge TPU-compiled model holds a custom op only the Edge TPU runs: on the CPU, use the plain one
+    path = resolve_model_path(model, delegate if dlg is not None else "cpu")
+    sidecar_path = path.parent / SIDECAR_NAME
+    sidecar = read_sidecar(sidecar_path) if sidecar_path.is_file() else None
+    kwargs: dict[str, Any] = {}
+    if sidecar is not None:
+        kwargs = {"pixel_scale": sidecar.input.pixel_scale, "mean": sidecar.input.mean, "std": sidecar.input.std,
+                  "output_kind": sidecar.output("scores").kind}
+    clf = Classifier(path, runtime=runtime_name, num_threads=threads, delegates=[dlg] if dlg else None, **kwargs)
+    if sidecar is not None:
+        _check_agrees(clf, sidecar, path)
+        labels = list(sidecar.labels)
+    else:
+        log.warning("no model.json beside %s: input settings come from the model itself and labels are class indices",
+                    path.name)
+        labels = [str(i) for i in range(clf.num_classes)]
+    return LoadedModel(clf, labels, sidecar, path, used)
+
+
+def _check_agrees(clf: Classifier, sc: Sidecar, path: Path) -> None:
+    problems = []
+    if tuple(clf.input.shape) != tuple(sc.input.shape):
+        problems.append(f"input shape {list(clf.input.shape)} vs {list(sc.input.shape)}")
+    if clf.input.dtype.name != sc.input.dtype:
+        problems.append(f"input dtype {clf.input.dtype.name} vs {sc.input.dtype}")
+    if clf.num_classes != sc.num_classes:
+        problems.append(f"{clf.num_classes} classes vs {sc.num_classes} labels")
+    if problems:
+        raise SidecarError(f"{path.name} and its model.json disagree ({'; '.join(problems)})",
+                           "copy the run folder again, or rebuild it with `nin-pipeline convert`")
+
+
+def require_class_maps(model: LoadedModel) -> None:
+    """--heatmap needs the class-maps output: say so before anything else is opened."""
+    if not model.classifier.has_class_maps:
+        raise ModelLoadError(f"{model.path.name} has no class-maps output, so --heatmap has nothing to show",
+                             "rebuild it with `nin-pipeline convert RUN` (class maps are exported unless --no-class-maps)")
+
+
+def describe_model(model: str | os.PathLike, runtime: str = "auto") -> list[str]:
+    """What `edge-app info` prints: the file and runtime, each input and output tensor, and the sidecar."""
+    tflite = resolve_model_path(model)
+    sidecar_path = tflite.parent / SIDECAR_NAME
+    interp, name = load_interpreter(tflite, runtime=runtime, num_threads=1)
+    sidecar = read_sidecar(sidecar_path) if sidecar_path.exists() else None
+    lines = [f"model: {tflite} ({tflite.stat().st_size:,} bytes), runtime: {name}"]
+    for kind, details in (("input", interp.get_input_details()), ("output", interp.get_output_details())):
+        for d in details:
+            scale, zp = d["quantization"]
+            lines.append(f"  {kind} {d['name']}: shape {list(d['shape'])} {d['dtype'].__name__} scale={scale:.6g} zero_point={zp}")
+    if sidecar is None:
+        lines.append("no model.json beside it: labels would be class indices")
+    else:
+        lines.append(f"sidecar: {sidecar.dataset} / {sidecar.arch} width {sidecar.width:g}, {sidecar.num_classes} labels: "
+                     + ", ".join(sidecar.labels[:10]) + (" ..." if sidecar.num_classes > 10 else ""))
+    return lines
