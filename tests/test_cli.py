@@ -6,8 +6,8 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import REPO, make_image_tree
+
 from pipeline.cli import cli
 
 

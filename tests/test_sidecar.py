@@ -2,8 +2,7 @@ import json
 
 import pytest
 
-from edge_app.sidecar import (InputSpec, OutputSpec, Quantization, Sidecar, SidecarError, read_sidecar,
-                              sidecar_from_dict, write_sidecar)
+from edge_app.sidecar import InputSpec, OutputSpec, Quantization, Sidecar, SidecarError, read_sidecar, sidecar_from_dict, write_sidecar
 
 
 def _sidecar(labels=("a", "b", "c")) -> Sidecar:
