@@ -133,6 +133,7 @@ def test_map_placement_round_trip(mode):
         assert p.box == (80, 0, 480, 480) and p.to_frame(7, 7) == (530, 450)
 
 
+@pytest.mark.slow
 def test_trained_maps_are_what_the_scores_average(run_dir):
     """In the real exported model, softmax(mean over the maps) is the scores output: the second
     output is the last block's maps, not some other tensor."""
