@@ -47,7 +47,7 @@ class LoopOptions:
 
 
 def top_k(scores: np.ndarray, labels: list[str], k: int, threshold: float = 0.0) -> list[dict[str, Any]]:
-    idx = np.argsort(-scores)[:k]
+    idx = np.argsort(-scores, kind="stable")[:k]  # ties (common in int8) go to the lower index, as argmax
     return [{"index": int(i), "label": labels[i], "score": round(float(scores[i]), 5)} for i in idx if scores[i] >= threshold]
 
 

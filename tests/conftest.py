@@ -50,8 +50,9 @@ def png_bytes(arr: np.ndarray) -> bytes:
 
 
 def make_image_tree(root: Path, classes=("cat", "dog", "fox"), per_class=(6, 3), size=16, seed=0,
-                    corrupt: int = 0) -> Path:
-    """train/<class>/*.png and test/<class>/*.png with a class-coloured square; ``corrupt`` bad files in train."""
+                    corrupt: int = 0, full_range: bool = False) -> Path:
+    """train/<class>/*.png and test/<class>/*.png with a class-coloured square; ``corrupt`` bad files in train.
+    ``full_range``: a white and a black corner in every image, so pixels span 0..255 as photos do."""
     rng = np.random.default_rng(seed)
     for split, n in zip(("train", "test"), per_class):
         for ci, cls in enumerate(classes):
@@ -60,6 +61,8 @@ def make_image_tree(root: Path, classes=("cat", "dog", "fox"), per_class=(6, 3),
             for i in range(n):
                 img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
                 img[..., ci % 3] += 150
+                if full_range:
+                    img[:2, :2], img[-2:, -2:] = 255, 0
                 (d / f"{i:03d}.png").write_bytes(png_bytes(img))
     for i in range(corrupt):
         (root / "train" / classes[0] / f"bad{i}.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
@@ -139,7 +142,7 @@ def fast_run(tmp_path_factory) -> Path:
     from pipeline.build import build
 
     base = tmp_path_factory.mktemp("fast")
-    tree = make_image_tree(base / "tree", classes=FAST_CLASSES, per_class=(8, 4), size=32)
+    tree = make_image_tree(base / "tree", classes=FAST_CLASSES, per_class=(8, 4), size=32, full_range=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NIN_CACHE_DIR", str(base / "cache"))
         mp.setenv("KERAS_HOME", str(base / "keras"))

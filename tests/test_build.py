@@ -1,5 +1,6 @@
 """The orchestrator and its commands on the fast run (the real stages on a synthetic tree):
-state.json written by one writer, stages redone, a finished run left alone, `python -m pipeline`."""
+state.json written by one writer, a finished run left alone, `python -m pipeline` (a redone stage:
+test_edgetpu.test_convert_target_edgetpu)."""
 
 from __future__ import annotations
 
@@ -36,24 +37,6 @@ def test_rerun_of_a_finished_run_does_nothing(fast_run_copy, fast_tree):
     res = CliRunner().invoke(cli, ["build", *FAST_FLAGS, "--data-dir", str(fast_tree), "--out", str(fast_run_copy),
                                    "--epochs", "2"])
     assert res.exit_code == 1 and "was started with other settings (train.epochs: 1 then, 2 now)" in res.output
-
-
-def test_convert_stage_can_be_redone(fast_run_copy):
-    from edge_app.fsutil import sha256_file
-    from edge_app.sidecar import read_sidecar
-
-    run = fast_run_copy
-    before = (run / "model_int8.tflite").stat().st_mtime_ns
-    state0 = json.loads((run / "state.json").read_text())
-    out = subprocess.run([sys.executable, "-m", "pipeline", "convert", str(run)], cwd=REPO, capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert (run / "model_int8.tflite").stat().st_mtime_ns > before
-    sc = read_sidecar(run)
-    assert sc.files["model_int8.tflite"] == sha256_file(run / "model_int8.tflite")
-    state = json.loads((run / "state.json").read_text())
-    assert state["train"] == state0["train"] and state["qat"] == state0["qat"]  # earlier stages untouched
-    assert state["convert"]["at"] >= state0["convert"]["at"] and state["evaluate"]["done"] and state["evaluate"]["seconds"] > 0
 
 
 def test_python_dash_m_pipeline_reaches_every_command():

@@ -1,6 +1,7 @@
 """Edge TPU: the rule checker on real models, and the compiler wiring with a stand-in
 edgetpu_compiler (the real one runs only on x86-64 Linux and is not installable here)."""
 
+import hashlib
 import json
 import os
 import stat
@@ -214,26 +215,31 @@ def test_no_compiler_is_a_clear_error(run_copy, monkeypatch):
 
 
 def test_convert_target_edgetpu(run_copy, tmp_path, monkeypatch):
-    """convert --target edgetpu: uint8 input and output, the check, then the compiler (stand-in) —
-    and the run's evaluation still runs the plain int8 model."""
+    """convert --target edgetpu: the convert stage redone for uint8 input and output, the check, then
+    the compiler (stand-in) — and the run's evaluation still runs the plain int8 model."""
     from edge_app.runtime import load_interpreter
 
+    state0 = json.loads((run_copy / "state.json").read_text())
     exe = _stand_in(tmp_path / "bin")
     monkeypatch.setenv("PATH", f"{exe.parent}{os.pathsep}{os.environ['PATH']}")
     res = CliRunner().invoke(cli, ["convert", str(run_copy), "--target", "edgetpu"])
     assert res.exit_code == 0, res.output
     interp, _ = load_interpreter(run_copy / "model_int8.tflite", num_threads=1)
-    assert interp.get_input_details()[0]["dtype"] == np.uint8
+    assert interp.get_input_details()[0]["dtype"] == np.uint8 and interp.get_input_details()[0]["quantization"][1] == 0
     assert {d["dtype"] for d in interp.get_output_details()} == {np.uint8}
     assert [tuple(d["shape_signature"]) for d in interp.get_input_details()] == [(1, 32, 32, 3)]
     cfg = json.loads((run_copy / "config.json").read_text())["convert"]
     assert cfg["target"] == "edgetpu" and cfg["io_type"] == "uint8"
     sc = json.loads((run_copy / "model.json").read_text())
     assert sc["input"]["dtype"] == "uint8" and "model_int8_edgetpu.tflite" in sc["files"]
+    assert sc["files"]["model_int8.tflite"] == hashlib.sha256((run_copy / "model_int8.tflite").read_bytes()).hexdigest()
     rec = json.loads((run_copy / "edgetpu.json").read_text())
     assert rec["check"]["fully_mapped"] and rec["compile"]["ops_on_tpu"] == 14
     report = json.loads((run_copy / "report.json").read_text())
     assert report["edgetpu"]["check"]["on_tpu"] == rec["check"]["on_tpu"]
+    state = json.loads((run_copy / "state.json").read_text())  # redone from convert on; earlier stages untouched
+    assert state["train"] == state0["train"] and state["qat"] == state0["qat"]
+    assert state["convert"]["at"] >= state0["convert"]["at"] and state["evaluate"]["done"] and state["evaluate"]["seconds"] > 0
     # the evaluation ran the new uint8 model: the report's figure is what its predictions give
     preds = np.load(run_copy / "predictions.npz")
     assert report["variants"]["qat_int8"]["top1"] == pytest.approx(float(np.mean(preds["qat_int8"].argmax(1) == preds["y"])))

@@ -36,6 +36,14 @@ def test_metrics_on_known_predictions():
     assert topk(np.array([[0.1, 0.5, 0.4]]), np.array([2]), 2) == 1.0
 
 
+def test_top1_breaks_ties_like_argmax():
+    """int8 scores tie often; `evaluate`'s top-1 and the report's argmax must pick the same class."""
+    probs = np.full((64, 10), 0.1, np.float32)  # every class tied: argmax says class 0
+    probs[:, 7] = 0.05
+    y = np.zeros(64, np.int64)
+    assert topk(probs, y, 1) == 1.0 == np.mean(probs.argmax(1) == y)
+
+
 @pytest.fixture(scope="module")
 def report(fast_run):
     return json.loads((fast_run / "report.json").read_text())
