@@ -8,13 +8,16 @@ from edge_app.runtime import Classifier, dequantize, load_interpreter, quantize
 
 
 @pytest.fixture(scope="module")
-def tiny(fast_run):
+def tiny(fast_run, fast_tree):
     """The fast run's models: its float Keras model (1 epoch on a synthetic tree, so BatchNorm and the
-    QAT ranges have moved from their initial values) and its three .tflite conversions."""
+    QAT ranges have moved from their initial values) and its three .tflite conversions, with images
+    of the data they were calibrated on (quantisation ranges hold for that data, not for noise)."""
     import tf_keras as keras
 
+    from pipeline.datasets import load_raw
+
     model = keras.models.load_model(fast_run / "model_float.keras", compile=False)
-    images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    images = load_raw("folder", fast_tree).x_train[:64]
     paths = {"float": fast_run / "model_float32.tflite", "qat": fast_run / "model_int8.tflite",
              "ptq": fast_run / "model_int8_ptq.tflite"}
     return model, images, paths
