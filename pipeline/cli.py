@@ -11,6 +11,7 @@ import click
 
 from . import __version__
 from .convert import IO_TYPES, TARGETS
+from .data import DATA_CACHES
 from .datasets import DATASETS
 from .models import ARCHS
 from .profiles import PROFILES
@@ -114,10 +115,16 @@ RUN_DIR = click.Path(file_okay=False, path_type=Path)
               help="edgetpu: uint8 input/output, checked against the Edge TPU's rules, compiled if edgetpu_compiler is installed.")
 @click.option("--class-maps/--no-class-maps", default=True, show_default=True,
               help="Export the per-class confidence maps as a second model output (edge-app --heatmap uses them).")
+@click.option("--data-cache", type=click.Choice(DATA_CACHES), default="auto", show_default=True,
+              help="Where decoded images live: memory, disk (a decoded cache, mapped), none (decode every epoch); "
+                   "auto: memory if they fit --memory-budget, else disk.")
+@click.option("--memory-budget", "memory_budget_gb", type=POSITIVE_FLOAT, default=None, metavar="GB",
+              help="Decoded images auto keeps in memory (default: a quarter of this machine's RAM).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (--out, or the newest matching one in artifacts/).")
 def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_epochs, batch_size, lr, dropout,
-          limit_train, limit_test, val_fraction, io_type, target, class_maps, seed, resume) -> None:
+          limit_train, limit_test, val_fraction, io_type, target, class_maps, data_cache, memory_budget_gb, seed,
+          resume) -> None:
     """Train NiN, fine-tune it with QAT, convert to int8 TFLite and evaluate: one run folder."""
     from .build import build as build_run
 
@@ -128,7 +135,7 @@ def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_
                                         limit_test=limit_test).items() if v is not None}
     run = build_run(dataset=dataset, data_dir=data_dir, out=out, profile=profile, arch=arch, overrides=overrides,
                     val_fraction=val_fraction, io_type=io_type, target=target, class_maps=class_maps, seed=seed,
-                    resume=resume)
+                    resume=resume, data_cache=data_cache, memory_budget_gb=memory_budget_gb)
     click.echo(f"run folder: {run.root}")
 
 

@@ -56,7 +56,7 @@ def io_for_target(target: str, io_type: str | None) -> str:
 
 def make_build_config(dataset: str, data_dir: Path | None, profile: str, arch: str, explicit: dict[str, Any],
                       val_fraction: float, io_type: str | None, seed: int, class_maps: bool = True,
-                      target: str = "cpu") -> BuildConfig:
+                      target: str = "cpu", data_cache: str = "auto", memory_budget_gb: float | None = None) -> BuildConfig:
     """A profile's settings, overridden by the flags the user gave (``explicit``)."""
     p = {**PROFILES[profile], **explicit}
     input_size = p.get("input_size")
@@ -65,7 +65,7 @@ def make_build_config(dataset: str, data_dir: Path | None, profile: str, arch: s
     return BuildConfig(
         data=DataConfig(dataset=dataset, data_dir=str(data_dir.expanduser().resolve()) if data_dir else None,
                         input_size=input_size, val_fraction=val_fraction, limit_train=p.get("limit_train"),
-                        limit_test=p.get("limit_test"), seed=seed),
+                        limit_test=p.get("limit_test"), seed=seed, cache=data_cache, memory_budget_gb=memory_budget_gb),
         model=ModelConfig(arch=arch, width=float(p["width"]), dropout=float(p["dropout"])),
         train=TrainConfig(epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]),
                           weight_decay=float(p["weight_decay"]), schedule=str(p["schedule"]),
@@ -82,10 +82,17 @@ def with_target(cfg: BuildConfig, target: str) -> BuildConfig:
     return dataclasses.replace(cfg, convert=dataclasses.replace(cfg.convert, target=target, io_type=io_type))
 
 
+# How the decoded images are held changes no result (the splits and pixels are the same in every
+# mode): a run folder may be resumed with other values of these.
+NOT_TRAINING_SETTINGS = {"data.cache", "data.memory_budget_gb"}
+
+
 def diff_configs(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """``key: old then, new now`` for every setting that differs (lists and tuples compare equal)."""
+    """``key: old then, new now`` for every training setting that differs (lists and tuples compare equal)."""
     out = []
     for k in sorted(set(a) | set(b)):
+        if f"{prefix}{k}" in NOT_TRAINING_SETTINGS:
+            continue
         va, vb = a.get(k), b.get(k)
         if isinstance(va, dict) and isinstance(vb, dict):
             out += diff_configs(va, vb, f"{prefix}{k}.")

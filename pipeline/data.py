@@ -3,16 +3,32 @@
 ``pipeline.datasets`` finds and reads the raw images; this module carves the splits (the
 validation split is held out of train; the test split is touched only by the final
 evaluation) and feeds them to Keras. Images stay uint8 NHWC; the float conversion happens in tf.data.
+
+Image trees are held one of three ways (``--data-cache``): ``memory`` — the decoded pixels once
+in RAM; ``disk`` — the decoded-image cache mapped from disk; ``none`` — decoded from the files
+as they are read. ``auto`` (the default) takes ``memory`` when the decoded images fit the
+memory budget (``--memory-budget``, default a quarter of this machine's RAM), else ``disk``.
+The splits are computed on the tree's listing, before any decoding, so every mode gives the
+same train, validation and test images; unreadable files are dropped from them afterwards.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
-from .datasets import NO_FLIP, RawData, load_raw
+from .datasets import NO_FLIP, RawData, load_raw, nin_cache_dir, resolve_source
 from .errors import DataError
+from .images import FileImages, IndexedImages
+
+log = logging.getLogger("pipeline")
+
+DATA_CACHES = ("auto", "memory", "disk", "none")
+DEFAULT_BUDGET_SHARE = 0.25  # of the machine's RAM, for the decoded images (the memory path holds ~1x of them)
 
 
 @dataclass(frozen=True)
@@ -24,6 +40,8 @@ class DataConfig:
     limit_train: int | None = None
     limit_test: int | None = None
     seed: int = 0
+    cache: str = "auto"  # auto | memory | disk | none: where decoded images live (image trees)
+    memory_budget_gb: float | None = None  # auto picks memory up to this; None: a quarter of the RAM
 
 
 @dataclass
@@ -34,6 +52,7 @@ class Splits(RawData):
     x_val: np.ndarray = field(kw_only=True)
     y_val: np.ndarray = field(kw_only=True)
     hflip: bool = field(default=True, kw_only=True)  # horizontal flips keep the meaning (not for digits)
+    cache: str = field(default="memory", kw_only=True)  # where the images are held (see DATA_CACHES)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -60,33 +79,98 @@ def stratified_indices(y: np.ndarray, n: int, rng: np.random.Generator) -> np.nd
     return rng.permutation(np.concatenate(picks))[:n]
 
 
+def memory_budget(cfg: DataConfig) -> float:
+    """Bytes of decoded images ``auto`` keeps in memory."""
+    if cfg.memory_budget_gb is not None:
+        return cfg.memory_budget_gb * 1e9
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 8e9
+    return DEFAULT_BUDGET_SHARE * ram
+
+
 def make_splits(cfg: DataConfig, progress: bool = True) -> Splits:
     """Load the dataset and carve train / validation (held out of train) / test."""
+    from .imagetree import is_image_tree_source
+
+    src = resolve_source(cfg.dataset, cfg.data_dir)
+    if src is not None and is_image_tree_source(src):
+        return _tree_splits(cfg, src, progress)
     raw = load_raw(cfg.dataset, cfg.data_dir, cfg.input_size)
     if raw.x_train.shape[1:] != raw.x_test.shape[1:]:
-        raise DataError(f"train images are {raw.x_train.shape[1:]} but test images {raw.x_test.shape[1:]}; "
+        raise DataError(f"train images are {raw.x_train.shape[1:]} but test images {raw.x_test.shape[1:]}",
                         "pass --input-size N to resize both")
-    rng = np.random.default_rng(cfg.seed)
-    xtr, ytr, xte, yte = raw.x_train, raw.y_train, raw.x_test, raw.y_test
+    if cfg.cache in ("disk", "none"):
+        log.warning("--data-cache %s applies to image trees; %s from %s is held in memory", cfg.cache, cfg.dataset, raw.source)
+    xtr, xte = raw.x_train, raw.x_test
     if cfg.input_size and xtr.shape[1:3] != (cfg.input_size, cfg.input_size):
         xtr, xte = _resize_all(xtr, cfg.input_size), _resize_all(xte, cfg.input_size)
-    if cfg.limit_train:
-        idx = stratified_indices(ytr, cfg.limit_train, rng)
-        xtr, ytr = xtr[idx], ytr[idx]
-    if cfg.limit_test:
-        idx = stratified_indices(yte, cfg.limit_test, rng)
-        xte, yte = xte[idx], yte[idx]
-    n_val = int(round(len(ytr) * cfg.val_fraction))
-    if n_val:
-        val_idx = stratified_indices(ytr, n_val, rng)
-        mask = np.ones(len(ytr), bool)
-        mask[val_idx] = False
-        xva, yva = xtr[val_idx], ytr[val_idx]
-        xtr, ytr = xtr[mask], ytr[mask]
+    train, test = IndexedImages(xtr), IndexedImages(xte)
+    return _carve(cfg, train.subset, raw.y_train, test.subset, raw.y_test, (), raw.labels, raw.source, raw.skipped, "memory")
+
+
+def _tree_splits(cfg: DataConfig, src, progress: bool) -> Splits:
+    from functools import partial
+
+    from .imagetree import decode, decode_to_store, find_unreadable, list_tree, probe
+
+    listing = list_tree(src)
+    hwc = probe(listing, cfg.input_size)
+    decoded = len(listing.names) * int(np.prod(hwc))
+    budget = memory_budget(cfg)
+    mode = cfg.cache if cfg.cache != "auto" else ("memory" if decoded <= budget else "disk")
+    if mode == "none" and listing.archive:
+        log.warning("--data-cache none reads image files as it goes, and %s is an archive (read only front to back): "
+                    "using the decoded-image cache on disk instead", src.name)
+        mode = "disk"
+    log.info("data: %d images of %s decoded are %.2f GB (memory budget %.2f GB): --data-cache %s -> %s",
+             len(listing.names), "x".join(map(str, hwc)), decoded / 1e9, budget / 1e9, cfg.cache, mode)
+    entries = np.arange(len(listing.names), dtype=np.int64)
+    if mode == "none":
+        bad = find_unreadable(listing, cfg.input_size, hwc, nin_cache_dir(), progress)
+        images: Callable = partial(FileImages, listing.read, partial(decode, size=cfg.input_size, gray=hwc[2] == 1), hwc)
     else:
-        xva, yva = xtr[:0], ytr[:0]
-    return Splits(xtr, ytr, xte, yte, raw.labels, raw.source, raw.skipped, x_val=xva, y_val=yva,
-                  hflip=cfg.dataset not in NO_FLIP)
+        store, info = decode_to_store(listing, cfg.input_size, nin_cache_dir(), in_memory=mode == "memory", progress=progress)
+        bad = info.unreadable
+        images = partial(IndexedImages, store)
+    if bad:
+        log.warning("skipped %d unreadable image(s), e.g. %s", len(bad), ", ".join(listing.names[i] for i in bad[:3]))
+    n = listing.n_train
+    return _carve(cfg, lambda idx: images(entries[:n][idx]), listing.y[:n], lambda idx: images(entries[n:][idx]),
+                  listing.y[n:], bad, listing.labels, str(src), len(bad), mode, bad_offset=n)
+
+
+def _carve(cfg: DataConfig, train: Callable, y_train: np.ndarray, test: Callable, y_test: np.ndarray, bad,
+           labels: tuple[str, ...], source: str, skipped: int, mode: str, bad_offset: int = 0) -> Splits:
+    """The stratified subsets and the validation hold-out, as positions into train and test (the
+    same random draws in every mode), then the unreadable entries (``bad``: listing entries; test
+    entries start at ``bad_offset``) dropped from each split."""
+    bad = np.asarray(bad, np.int64)
+    unreadable = {"train": bad[bad < bad_offset] if bad_offset else bad[:0], "test": bad[bad >= bad_offset] - bad_offset}
+    for split, y in (("train", y_train), ("test", y_test)):
+        readable = np.delete(y, unreadable[split])
+        empty = [labels[i] for i in np.flatnonzero(np.bincount(readable, minlength=len(labels)) == 0)]
+        if empty:
+            raise DataError(f"{source}: {split}/ has no readable images for class(es) {', '.join(empty)}",
+                            "add images or remove the class folder")
+    rng = np.random.default_rng(cfg.seed)
+    tr, te = np.arange(len(y_train)), np.arange(len(y_test))
+    if cfg.limit_train:
+        tr = tr[stratified_indices(y_train[tr], cfg.limit_train, rng)]
+    if cfg.limit_test:
+        te = te[stratified_indices(y_test[te], cfg.limit_test, rng)]
+    n_val = int(round(len(tr) * cfg.val_fraction))
+    va = tr[:0]
+    if n_val:
+        val_pos = stratified_indices(y_train[tr], n_val, rng)
+        mask = np.ones(len(tr), bool)
+        mask[val_pos] = False
+        va, tr = tr[val_pos], tr[mask]
+    tr, va = tr[~np.isin(tr, unreadable["train"])], va[~np.isin(va, unreadable["train"])]
+    te = te[~np.isin(te, unreadable["test"])]
+    return Splits(train(tr), y_train[tr], test(te), y_test[te], labels, source, skipped, x_val=train(va), y_val=y_train[va],
+                  hflip=cfg.dataset not in NO_FLIP, cache=mode)
 
 
 def _resize_all(x: np.ndarray, size: int) -> np.ndarray:
@@ -102,23 +186,35 @@ def _resize_all(x: np.ndarray, size: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- tf.data
 
-def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, training: bool, hflip: bool = True,
-                 translate: bool = True, seed: int = 0):
-    """uint8 arrays -> a batched, prefetched tf.data pipeline of float [0, 1] images.
+def make_dataset(x, y: np.ndarray, batch_size: int, *, training: bool, hflip: bool = True, translate: bool = True,
+                 seed: int = 0, chunk: int = 64):
+    """uint8 images (an array, :class:`IndexedImages` or :class:`FileImages`) -> a batched, prefetched
+    tf.data pipeline of float [0, 1] images.
 
-    The arrays are already decoded in memory (decode once), so the pipeline caches
-    the uint8 tensors, shuffles each epoch, and applies the paper's augmentation
-    (random horizontal flips and translations of up to 1/8 of the side, by
-    reflect-padding and a random crop) in parallel with training.
+    The pipeline shuffles positions (not pixels: a permutation of ``len(x)`` integers each epoch),
+    reads ``chunk`` images at a time from ``x`` — rows of the in-memory or memory-mapped store, or
+    files decoded on the spot — in parallel, and applies the paper's augmentation (random
+    horizontal flips and translations of up to 1/8 of the side, by reflect-padding and a random
+    crop) in parallel with training. Nothing holds a second copy of the dataset.
     """
     import tensorflow as tf
 
-    h, w, c = x.shape[1:]
+    images = x if isinstance(x, (IndexedImages, FileImages)) else IndexedImages(np.asarray(x))
+    n = len(images)
+    h, w, c = images.shape[1:]
     pad_h, pad_w = max(1, h // 8), max(1, w // 8)
-    ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32))).cache()
-    if training:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    labels = tf.constant(np.asarray(y, np.int32))
 
+    def read(pos):
+        imgs = tf.numpy_function(lambda p: images[p], [pos], tf.uint8, stateful=False)
+        imgs.set_shape([None, h, w, c])
+        return imgs, tf.gather(labels, pos)
+
+    ds = tf.data.Dataset.range(n)
+    if training:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(chunk).map(read, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+    if training:
         def augment(img, label):
             if hflip:
                 img = tf.image.random_flip_left_right(img)

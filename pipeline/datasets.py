@@ -14,8 +14,6 @@ All images are held as uint8 NHWC arrays (``RawData``); ``pipeline.data`` splits
 from __future__ import annotations
 
 import gzip
-import hashlib
-import io
 import logging
 import os
 import pickle
@@ -26,10 +24,8 @@ from typing import Iterator
 
 import numpy as np
 
-from edge_app.fsutil import atomic_write_bytes
-
 from .errors import DataError
-from .imagetree import is_image_tree_source, load_image_tree, looks_like_image_tree
+from .imagetree import decode_to_store, is_image_tree_source, list_tree, looks_like_image_tree
 
 log = logging.getLogger(__name__)
 
@@ -269,24 +265,19 @@ def _load_idx_dir(src: Path) -> RawData:
 
 
 def _load_image_tree_cached(src: Path, input_size: int | None) -> RawData:
-    """Decode an image tree once; later runs read a .npz from the cache."""
-    st = src.stat()
-    key = hashlib.sha256(f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}|{input_size}|v1".encode()).hexdigest()[:16]
-    cache = nin_cache_dir() / f"{src.name.split('.')[0]}-{key}.npz"
-    if cache.is_file():
-        try:
-            with np.load(cache, allow_pickle=False) as z:
-                return RawData(z["x_train"], z["y_train"], z["x_test"], z["y_test"],
-                               tuple(str(v) for v in z["labels"]), str(src), int(z["skipped"]))
-        except Exception:
-            log.warning("decoded-image cache %s is unreadable; decoding again", cache)
-    x_train, y_train, x_test, y_test, labels, skipped = load_image_tree(src, input_size)
-    raw = RawData(x_train, y_train, x_test, y_test, labels, str(src), skipped)
-    buf = io.BytesIO()
-    np.savez(buf, x_train=raw.x_train, y_train=raw.y_train, x_test=raw.x_test, y_test=raw.y_test,
-             labels=np.asarray(raw.labels), skipped=np.asarray(raw.skipped))
-    try:
-        atomic_write_bytes(cache, buf.getvalue())
-    except OSError as exc:
-        log.warning("could not write the decoded-image cache %s (%s); continuing without it", cache, exc)
-    return raw
+    """Decode an image tree once (the decoded-image cache, see ``imagetree.decode_to_store``);
+    later runs read it back. Unreadable files are left out and counted."""
+    listing = list_tree(src)
+    store, info = decode_to_store(listing, input_size, nin_cache_dir(), in_memory=False)
+    good = np.setdiff1d(np.arange(len(listing.names)), info.unreadable)
+    tr, te = good[good < listing.n_train], good[good >= listing.n_train]
+    if info.unreadable:
+        log.warning("skipped %d unreadable image(s), e.g. %s", len(info.unreadable),
+                    ", ".join(listing.names[i] for i in info.unreadable[:3]))
+    for split, idx in (("train", tr), ("test", te)):
+        empty = [listing.labels[i] for i in np.flatnonzero(np.bincount(listing.y[idx], minlength=len(listing.labels)) == 0)]
+        if empty:
+            raise DataError(f"{src}: {split}/ has no readable images for class(es) {', '.join(empty)}",
+                            "add images or remove the class folder")
+    return RawData(np.asarray(store[tr]), listing.y[tr], np.asarray(store[te]), listing.y[te], listing.labels, str(src),
+                   len(info.unreadable))

@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 
 
-def predict_keras(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    probs = model.predict(x.astype(np.float32) / 255.0, batch_size=batch_size, verbose=0)
-    return np.asarray(probs, np.float32)
+def predict_keras(model, x, batch_size: int = 256) -> np.ndarray:
+    """Scores of uint8 images ``x`` (an array or a pipeline.images collection), a batch at a time."""
+    out = [np.asarray(model.predict_on_batch(x[i:i + batch_size].astype(np.float32) / 255.0), np.float32)
+           for i in range(0, len(x), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, int(model.output_shape[-1])), np.float32)
 
 
 def predict_classifier(clf, x: np.ndarray, *, desc: str = "", progress: bool = True) -> np.ndarray:

@@ -1,15 +1,36 @@
 """Image trees: ``train/<class>/*`` and ``test/<class>/*`` in a folder or a tarball (one wrapper
-folder allowed), decoded to uint8 arrays. The class folders, sorted, are the labels."""
+folder allowed). The class folders, sorted, are the labels.
+
+A tree is first *listed* (``list_tree``: names and labels, and a fingerprint of the content —
+every file's path, size and mtime — that keys the caches), then decoded one of two ways:
+
+* into a *store*, one uint8 array ``[images, H, W, C]`` of every listed image (train, then
+  test), written once to the cache as a raw file (``decode_to_store``). ``--data-cache memory``
+  reads it into RAM (one copy of the pixels); ``--data-cache disk`` maps it (``np.memmap``) and
+  lets the OS page it in. Later runs reuse it.
+* not at all ahead of time (``--data-cache none``): each image is decoded when it is read
+  (``decode_file``); a quick pass first finds the unreadable files (``find_unreadable``).
+
+Unreadable files are skipped and counted in every mode; decoding is the same function
+everywhere, so every mode sees the same pixels.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
+import os
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
+from edge_app.fsutil import atomic_write_text
 
 from .errors import DataError
 
@@ -50,33 +71,8 @@ def _tree_parts(name: str) -> list[str] | None:
     return None
 
 
-def _iter_tree(src: Path) -> Iterator[tuple[str, str, str, bytes]]:
-    """(split, class, name, bytes) for every image-looking file."""
-    if src.is_dir():
-        for split in ("train", "test"):
-            root = src / split
-            for cls_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-                for f in sorted(cls_dir.iterdir()):
-                    if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
-                        yield split, cls_dir.name, f.name, f.read_bytes()
-        return
-    try:
-        with tarfile.open(src) as tf:
-            for m in tf:
-                parts = _tree_parts(m.name)
-                if not parts or len(parts) != 3:
-                    continue
-                if m.isdir() or Path(parts[2]).suffix.lower() not in IMAGE_EXTS:
-                    continue
-                fh = tf.extractfile(m)
-                if fh is not None:
-                    yield parts[0], parts[1], parts[2], fh.read()
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"{src} is corrupt or truncated ({exc}); re-pack or re-download it") from None
-
-
 def _tree_classes(src: Path) -> dict[str, set[str]]:
-    """Class folders per split, including empty ones (which _iter_tree cannot see)."""
+    """Class folders per split, including empty ones (which have no entries)."""
     out: dict[str, set[str]] = {"train": set(), "test": set()}
     if src.is_dir():
         for split in out:
@@ -93,13 +89,16 @@ def _tree_classes(src: Path) -> dict[str, set[str]]:
     return out
 
 
-def _decode(blob: bytes, size: int | None) -> np.ndarray:
-    """Decode an image to uint8 HWC (RGB, or 1 channel for grayscale); centre-crop and resize to size."""
+def decode(blob: bytes, size: int | None, gray: bool | None = None) -> np.ndarray:
+    """Decode an image to uint8 HWC: RGB, or one channel for grayscale (``gray=None``: as the file is);
+    centre-crop to a square and resize to ``size`` when given."""
     from PIL import Image
 
     with Image.open(io.BytesIO(blob)) as im:
         im.load()
-        im = im.convert("L" if im.mode in ("L", "I;16", "I", "1") else "RGB")
+        if gray is None:
+            gray = im.mode in ("L", "I;16", "I", "1")
+        im = im.convert("L" if gray else "RGB")
         if size is not None and im.size != (size, size):
             w, h = im.size
             s = min(w, h)
@@ -109,53 +108,233 @@ def _decode(blob: bytes, size: int | None) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def load_image_tree(src: Path, input_size: int | None = None, progress: bool = True):
-    """Decode every image: (x_train, y_train, x_test, y_test, labels, skipped count); labels are the
-    class folders in sorted order. Unreadable files are skipped and counted."""
+@dataclass(frozen=True)
+class TreeListing:
+    """Every image of a tree, train entries first: ``names`` are file paths (a folder) or member
+    names (an archive); ``y`` their labels; ``n_train`` how many are train."""
+
+    src: Path
+    labels: tuple[str, ...]
+    names: tuple[str, ...]
+    y: np.ndarray
+    n_train: int
+    fingerprint: str
+
+    @property
+    def archive(self) -> bool:
+        return not self.src.is_dir()
+
+    def read(self, i: int) -> bytes:
+        """The bytes of entry ``i`` (folders only: an archive is read in order, see ``blobs``)."""
+        return Path(self.names[i]).read_bytes()
+
+    def blobs(self) -> Iterator[tuple[int, bytes]]:
+        """(entry, bytes) for every entry; an archive is read once, front to back."""
+        if not self.archive:
+            for i in range(len(self.names)):
+                yield i, self.read(i)
+            return
+        where = {n: i for i, n in enumerate(self.names)}
+        try:
+            with tarfile.open(self.src) as tf:
+                for m in tf:
+                    i = where.get(m.name)
+                    fh = tf.extractfile(m) if i is not None else None
+                    if fh is not None:
+                        yield i, fh.read()
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise DataError(f"{self.src} is corrupt or truncated ({exc})", "re-pack or re-download it") from None
+
+
+def list_tree(src: Path) -> TreeListing:
+    """List an image tree (no decoding). Raises DataError for a tree without classes or whose train
+    and test class folders differ."""
     classes = _tree_classes(src)
     train_c, test_c = classes["train"], classes["test"]
     if not train_c:
-        raise DataError(f"{src}: train/ holds no class folders; it needs train/<class>/<image>")
+        raise DataError(f"{src}: train/ holds no class folders", "it needs train/<class>/<image>")
     if train_c != test_c:
-        only_train = sorted(train_c - test_c)
-        only_test = sorted(test_c - train_c)
-        raise DataError(
-            f"{src}: train and test class folders differ (only in train: {only_train or '-'}; "
-            f"only in test: {only_test or '-'}); every class needs a folder in both"
-        )
+        raise DataError(f"{src}: train and test class folders differ (only in train: {sorted(train_c - test_c) or '-'}; "
+                        f"only in test: {sorted(test_c - train_c) or '-'})", "every class needs a folder in both")
     labels = tuple(sorted(train_c))
     index = {c: i for i, c in enumerate(labels)}
-    xs: dict[str, list[np.ndarray]] = {"train": [], "test": []}
-    ys: dict[str, list[int]] = {"train": [], "test": []}
-    skipped: list[str] = []
-    shapes: set[tuple[int, ...]] = set()
+    entries: dict[str, list[tuple[str, int]]] = {"train": [], "test": []}
+    h = hashlib.sha256(f"{src.resolve()}|v2".encode())
+    for split, cls, name, size, mtime in _iter_entries(src):
+        entries[split].append((name, index[cls]))
+        h.update(f"|{name}|{size}|{mtime}".encode())
+    if not src.is_dir():
+        st = src.stat()
+        h.update(f"|{st.st_size}|{st.st_mtime_ns}".encode())
+    rows = entries["train"] + entries["test"]
+    return TreeListing(src, labels, tuple(n for n, _ in rows), np.asarray([c for _, c in rows], np.int64),
+                       len(entries["train"]), h.hexdigest()[:16])
+
+
+def _iter_entries(src: Path) -> Iterator[tuple[str, str, str, int, int]]:
+    """(split, class, name, size, mtime) of every image-looking file, without reading it."""
+    if src.is_dir():
+        for split in ("train", "test"):
+            for cls_dir in sorted(p for p in (src / split).iterdir() if p.is_dir()):
+                for f in sorted(cls_dir.iterdir()):
+                    if f.suffix.lower() in IMAGE_EXTS and f.is_file():
+                        st = f.stat()
+                        yield split, cls_dir.name, str(f), st.st_size, st.st_mtime_ns
+        return
+    try:
+        with tarfile.open(src) as tf:
+            for m in tf:
+                parts = _tree_parts(m.name)
+                if parts and len(parts) == 3 and m.isfile() and Path(parts[2]).suffix.lower() in IMAGE_EXTS:
+                    yield parts[0], parts[1], m.name, m.size, int(m.mtime)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DataError(f"{src} is corrupt or truncated ({exc})", "re-pack or re-download it") from None
+
+
+# --------------------------------------------------------------------------- the decoded store
+
+@dataclass(frozen=True)
+class StoreInfo:
+    shape: tuple[int, int, int, int]  # images, H, W, C
+    unreadable: tuple[int, ...]  # entries that could not be decoded (their slot is left black)
+
+
+def probe(listing: TreeListing, size: int | None) -> tuple[int, int, int]:
+    """The (H, W, C) every decoded image gets: ``size`` (or the first train image's own size), and
+    one channel if the first train image is grayscale, else three."""
+    for i, blob in listing.blobs():
+        try:
+            img = decode(blob, size)
+        except Exception:  # noqa: BLE001  (Pillow raises many kinds for a bad file)
+            continue
+        return img.shape  # type: ignore[return-value]
+    raise DataError(f"{listing.src}: no readable image", "check the files, or pass another --data-dir")
+
+
+def _decode_all(listing: TreeListing, size: int | None, hwc: tuple[int, int, int], out: np.ndarray,
+                progress: bool) -> list[int]:
+    """Decode every entry into ``out`` (an array or a memmap), in parallel threads (Pillow releases
+    the GIL while it decodes). Returns the unreadable entries."""
     from tqdm import tqdm
 
-    for split, cls, name, blob in tqdm(_iter_tree(src), desc=f"decoding {src.name}", unit="img",
-                                       disable=not progress, mininterval=1.0):
+    gray = hwc[2] == 1
+    bad: list[int] = []
+    mismatched: list[tuple[str, tuple]] = []
+
+    def work(item: tuple[int, bytes]) -> None:
+        i, blob = item
         try:
-            img = _decode(blob, input_size)
-        except Exception:  # Pillow raises many types for a bad file; all mean "skip it"
-            skipped.append(f"{split}/{cls}/{name}")
-            continue
-        xs[split].append(img)
-        ys[split].append(index[cls])
-        shapes.add(img.shape[:2])
-    if skipped:
-        log.warning("skipped %d unreadable image(s), e.g. %s", len(skipped), ", ".join(skipped[:3]))
-    for split in ("train", "test"):
-        counts = np.bincount(np.asarray(ys[split], np.int64), minlength=len(labels))
-        empty = [labels[i] for i in np.flatnonzero(counts == 0)]
-        if empty:
-            raise DataError(f"{src}: {split}/ has no readable images for class(es) {', '.join(empty)}")
-    if len(shapes) > 1:
-        raise DataError(
-            f"{src}: images have different sizes ({sorted(shapes)[:3]} ...); pass --input-size N to resize them"
-        )
-    # Mixed grayscale and colour: promote everything to RGB.
-    chans = {x.shape[-1] for s in xs for x in xs[s]}
-    if len(chans) > 1:
-        for s in xs:
-            xs[s] = [np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x for x in xs[s]]
-    return (np.stack(xs["train"]), np.asarray(ys["train"], np.int64), np.stack(xs["test"]),
-            np.asarray(ys["test"], np.int64), labels, len(skipped))
+            img = decode(blob, size, gray)
+        except Exception:  # noqa: BLE001  (a corrupt file: skip and count it)
+            bad.append(i)
+            return
+        if img.shape != hwc:
+            mismatched.append((listing.names[i], img.shape))
+            return
+        out[i] = img
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        window = []
+        for item in tqdm(listing.blobs(), total=len(listing.names), desc=f"decoding {listing.src.name}", unit="img",
+                         disable=not progress, mininterval=1.0):
+            window.append(pool.submit(work, item))
+            if len(window) >= 256:  # bounded: a tree larger than memory never piles up in the queue
+                for f in window:
+                    f.result()
+                window = []
+        for f in window:
+            f.result()
+    if mismatched:
+        name, shape = mismatched[0]
+        raise DataError(f"{listing.src}: images have different sizes ({Path(name).name} is {shape[1]}x{shape[0]}, "
+                        f"the first is {hwc[1]}x{hwc[0]})", "pass --input-size N to resize them")
+    return sorted(bad)
+
+
+def decode_to_store(listing: TreeListing, size: int | None, cache_dir: Path, *, in_memory: bool,
+                    progress: bool = True) -> tuple[np.ndarray, StoreInfo]:
+    """Every image of the tree decoded into one uint8 array, cached as ``cache_dir/<name>-<key>.u8``
+    (written under a temporary name, then renamed; its ``.json`` says what it holds). ``in_memory``:
+    read the whole array into RAM; else map it from disk. Without a writable cache folder the
+    images are decoded into RAM (memory) or a temporary file (disk)."""
+    key = hashlib.sha256(f"{listing.fingerprint}|{size}".encode()).hexdigest()[:16]
+    data = cache_dir / f"{listing.src.name.split('.')[0]}-{key}.u8"
+    meta = data.with_suffix(".json")
+    info = _read_meta(meta, data)
+    if info is None:
+        hwc = probe(listing, size)
+        shape = (len(listing.names), *hwc)
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = data.with_name(f".{data.name}.{os.getpid()}.tmp")
+            out = np.memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        except OSError as exc:
+            if not in_memory:
+                raise DataError(f"cannot write the decoded-image cache in {cache_dir} ({exc.strerror or exc})",
+                                "set NIN_CACHE_DIR to a writable folder with room, or use --data-cache memory") from None
+            log.warning("cannot write the decoded-image cache in %s (%s); decoding into memory", cache_dir, exc)
+            store = np.zeros(shape, np.uint8)
+            return store, StoreInfo(shape, tuple(_decode_all(listing, size, hwc, store, progress)))
+        try:
+            bad = _decode_all(listing, size, hwc, out, progress)
+            out.flush()
+            del out
+            os.replace(tmp, data)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        info = StoreInfo(shape, tuple(bad))
+        atomic_write_text(meta, json.dumps({"shape": list(shape), "unreadable": list(bad), "src": str(listing.src)}) + "\n")
+    if in_memory:
+        return np.fromfile(data, np.uint8).reshape(info.shape), info
+    return np.memmap(data, mode="r", dtype=np.uint8, shape=info.shape), info
+
+
+def _read_meta(meta: Path, data: Path) -> StoreInfo | None:
+    if not (meta.is_file() and data.is_file()):
+        return None
+    try:
+        d = json.loads(meta.read_text())
+        info = StoreInfo(tuple(int(v) for v in d["shape"]), tuple(int(v) for v in d["unreadable"]))  # type: ignore[arg-type]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if data.stat().st_size != int(np.prod(info.shape)):
+        log.warning("decoded-image cache %s is incomplete; decoding again", data)
+        return None
+    return info
+
+
+def find_unreadable(listing: TreeListing, size: int | None, hwc: tuple[int, int, int], cache_dir: Path,
+                    progress: bool = True) -> tuple[int, ...]:
+    """The entries that cannot be decoded, found by decoding each once (for --data-cache none, which
+    decodes while training); remembered in the cache by the tree's fingerprint. An image of another
+    size than ``hwc`` (without --input-size) is an error, as when decoding into the store."""
+    from tqdm import tqdm
+
+    memo = cache_dir / f"{listing.src.name.split('.')[0]}-{listing.fingerprint}-{size}-unreadable.json"
+    try:
+        return tuple(json.loads(memo.read_text()))
+    except (OSError, ValueError):
+        pass
+    gray = hwc[2] == 1
+
+    def check(i: int) -> tuple[int, tuple | None]:
+        try:
+            return i, decode(listing.read(i), size, gray).shape
+        except Exception:  # noqa: BLE001  (a corrupt file: skip and count it)
+            return i, None
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        shapes = list(tqdm(pool.map(check, range(len(listing.names))), total=len(listing.names),
+                           desc=f"checking {listing.src.name}", unit="img", disable=not progress, mininterval=1.0))
+    other = [(i, shape) for i, shape in shapes if shape is not None and shape != tuple(hwc)]
+    if other:
+        i, shape = other[0]
+        raise DataError(f"{listing.src}: images have different sizes ({Path(listing.names[i]).name} is "
+                        f"{shape[1]}x{shape[0]}, the first is {hwc[1]}x{hwc[0]})", "pass --input-size N to resize them")
+    bad = tuple(i for i, shape in shapes if shape is None)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(memo, json.dumps(list(bad)))
+    except OSError:
+        pass
+    return bad

@@ -74,10 +74,13 @@ class RunFolder:
         root = Path(root)
         run = cls(root)
         if run.path(CONFIG_JSON).exists():
-            diffs = diff_configs(run.load_config().to_dict(), cfg.to_dict())
+            saved = run.load_config()
+            diffs = diff_configs(saved.to_dict(), cfg.to_dict())
             if diffs:
                 raise RunError(f"{root} was started with other settings ({'; '.join(diffs[:4])})",
                                "resume it with the same options (or `--resume` alone), or choose a new --out")
+            if saved != cfg:  # only settings that change no result (e.g. --data-cache): take the new ones
+                run.save_config(cfg)
         else:
             root.mkdir(parents=True, exist_ok=True)
             run.save_config(cfg)

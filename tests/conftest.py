@@ -142,13 +142,13 @@ def fast_run(tmp_path_factory) -> Path:
     from pipeline.build import build
 
     base = tmp_path_factory.mktemp("fast")
-    tree = make_image_tree(base / "tree", classes=FAST_CLASSES, per_class=(8, 4), size=32, full_range=True)
+    tree = make_image_tree(base / "tree", classes=FAST_CLASSES, per_class=(8, 4), size=32, full_range=True, corrupt=1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NIN_CACHE_DIR", str(base / "cache"))
         mp.setenv("KERAS_HOME", str(base / "keras"))
         run = build(dataset="folder", data_dir=tree, out=base / "run", profile="quick", arch="nin-cifar",
                     overrides={"width": 0.125, "epochs": 1, "qat_epochs": 1, "batch_size": 32}, val_fraction=0.1,
-                    io_type=None, target="cpu", class_maps=True, seed=0, resume=False)
+                    io_type=None, target="cpu", class_maps=True, seed=0, resume=False, data_cache="none")
     return run.root
 
 

@@ -19,6 +19,8 @@ FAST_FLAGS = ["--dataset", "folder", "--width", "0.125", "--epochs", "1", "--qat
 
 
 def test_state_records_every_stage_once_with_its_seconds(fast_run):
+    log = (fast_run / "train.log").read_text()
+    assert "--data-cache none -> none" in log and "skipped 1 unreadable image(s)" in log  # streamed, the bad file counted
     state = json.loads((fast_run / "state.json").read_text())
     assert list(state) == list(STAGES)
     for stage in STAGES:

@@ -160,3 +160,92 @@ def test_fashion_mnist_idx_files(tmp_path):
     assert raw.x_train.shape == (12, 28, 28, 1) and list(raw.y_test) == [0, 1, 2, 3]
     np.testing.assert_array_equal(raw.x_test[..., 0], xte)
     assert raw.labels[9] == "ankle-boot"
+
+
+# --------------------------------------------------------------------------- how decoded images are held
+
+def _splits(tree, cache, **kw):
+    return make_splits(DataConfig(dataset="folder", data_dir=str(tree), val_fraction=0.2, seed=3, cache=cache, **kw),
+                       progress=False)
+
+
+def test_every_data_cache_mode_gives_the_same_splits_and_pixels(tmp_path):
+    tree = make_image_tree(tmp_path / "tree", per_class=(10, 4), corrupt=1)
+    got = {mode: _splits(tree, mode, limit_train=24) for mode in ("memory", "disk", "none")}
+    assert {m: s.cache for m, s in got.items()} == {"memory": "memory", "disk": "disk", "none": "none"}
+    ref = got["memory"]
+    assert ref.skipped == 1 and len(ref.y_train) + len(ref.y_val) <= 24
+    for mode, s in got.items():
+        assert s.skipped == 1, mode
+        for part in ("train", "val", "test"):
+            np.testing.assert_array_equal(getattr(s, f"y_{part}"), getattr(ref, f"y_{part}"), err_msg=f"{mode} {part}")
+            np.testing.assert_array_equal(np.asarray(getattr(s, f"x_{part}")), np.asarray(getattr(ref, f"x_{part}")),
+                                          err_msg=f"{mode} {part}")
+    assert type(got["disk"].x_train.store).__name__ == "memmap" and type(got["memory"].x_train.store) is np.ndarray
+
+
+def test_tf_data_pipeline_is_the_same_from_files_and_from_memory(tmp_path):
+    from pipeline.data import make_dataset
+
+    tree = make_image_tree(tmp_path / "tree", per_class=(10, 4))
+    for training in (False, True):
+        batches = {}
+        for mode in ("memory", "none"):
+            s = _splits(tree, mode)
+            ds = make_dataset(s.x_train, s.y_train, 8, training=training, seed=5, chunk=5)
+            batches[mode] = [(x.numpy(), y.numpy()) for x, y in ds]
+        assert sum(len(y) for _, y in batches["none"]) == 24
+        if not training:  # augmentation draws differ between two pipelines; the order and pixels must not
+            for (xa, ya), (xb, yb) in zip(batches["memory"], batches["none"]):
+                np.testing.assert_array_equal(ya, yb)
+                np.testing.assert_allclose(xa, xb)
+                assert xa.dtype == np.float32 and xa.max() <= 1.0
+
+
+def test_auto_holds_images_in_memory_within_the_budget_else_on_disk(tmp_path, caplog):
+    tree = make_image_tree(tmp_path / "tree")
+    assert _splits(tree, "auto").cache == "memory"
+    with caplog.at_level("INFO", logger="pipeline"):
+        assert _splits(tree, "auto", memory_budget_gb=1e-6).cache == "disk"
+    assert "--data-cache auto -> disk" in caplog.text
+    tgz = tar_tree(tree, tmp_path / "tree.tar.gz")
+    with caplog.at_level("WARNING", logger="pipeline"):
+        assert _splits(tgz, "none").cache == "disk"  # an archive cannot be read out of order
+    assert "is an archive" in caplog.text
+
+
+def test_decoded_cache_is_reused_and_follows_the_tree(tmp_path, monkeypatch):
+    from pipeline.datasets import nin_cache_dir
+
+    monkeypatch.setenv("NIN_CACHE_DIR", str(tmp_path / "cache"))
+    tree = make_image_tree(tmp_path / "tree")
+    _splits(tree, "disk")
+    (cache,) = nin_cache_dir().glob("tree-*.u8")
+    stamp = cache.stat().st_mtime_ns
+    _splits(tree, "disk")
+    assert cache.stat().st_mtime_ns == stamp  # read back, not decoded again
+    # a changed tree (an image added) is a new listing: the old cache is not used for it
+    extra = tree / "train" / "cat" / "999.png"
+    extra.write_bytes((tree / "train" / "cat" / "000.png").read_bytes())
+    s = make_splits(DataConfig(dataset="folder", data_dir=str(tree), val_fraction=0.0, cache="disk"), progress=False)
+    assert len(s.y_train) == 19 and len(list(nin_cache_dir().glob("tree-*.u8"))) == 2
+
+
+def test_streaming_trains_on_a_tree_with_a_corrupt_file(tmp_path):
+    """--data-cache none: the model trains on images decoded as they are read; the corrupt file is
+    counted and never reaches training."""
+    import tf_keras as keras
+
+    from pipeline.data import make_dataset
+    from pipeline.models import ModelConfig, build_model
+    from pipeline.train import TrainConfig, fit
+
+    tree = make_image_tree(tmp_path / "tree", per_class=(12, 3), corrupt=2)
+    s = _splits(tree, "none")
+    assert s.cache == "none" and s.skipped == 2 and len(s.y_train) + len(s.y_val) == 36
+    keras.utils.set_random_seed(0)
+    model = build_model(ModelConfig(width=0.125, num_classes=3, input_shape=(16, 16, 3)))
+    ds = make_dataset(s.x_train, s.y_train, 8, training=True, seed=0).repeat()
+    hist = fit(model, ds, None, TrainConfig(epochs=2, batch_size=8, lr=0.05, warmup_epochs=0), steps_per_epoch=4,
+               run_dir=tmp_path / "run", tag="t", verbose=0)
+    assert len(hist["loss"]) == 2 and all(np.isfinite(hist["loss"]))
