@@ -131,8 +131,9 @@ def edge_model_copy(edge_model, tmp_path) -> Path:
 
 
 # --------------------------------------------------------------------------- the fast run
-# A complete run folder in well under a minute: the real `build` stages (1 float epoch, 1 QAT
-# epoch, conversion with class maps, evaluation and report) on a synthetic 10-class image tree.
+# A complete run folder in about a minute: the real `build` stages (1 float epoch, 1 QAT epoch,
+# conversion with class maps, evaluation and report) on a synthetic 10-class image tree with one
+# corrupt file, streamed from the files (--data-cache none).
 # Its accuracy means nothing; its files are real. Session-scoped and shared: a test that changes
 # a run folder takes `fast_run_copy`.
 
