@@ -14,7 +14,7 @@ from conftest import REPO
 from pipeline.cli import cli
 from pipeline.run import STAGES
 
-FAST_FLAGS = ["--dataset", "folder", "--width", "0.125", "--epochs", "1", "--qat-epochs", "1", "--batch-size", "32",
+FAST_FLAGS = ["--dataset", "folder", "--data-cache", "none", "--width", "0.125", "--epochs", "1", "--qat-epochs", "1", "--batch-size", "32",
               "--seed", "0"]
 
 
