@@ -6,10 +6,10 @@ every file's path, size and mtime — that keys the caches), then decoded one of
 
 * into a *store*, one uint8 array ``[images, H, W, C]`` of every listed image (train, then
   test), written once to the cache as a raw file (``decode_to_store``). ``--data-cache memory``
-  reads it into RAM (one copy of the pixels); ``--data-cache disk`` maps it (``np.memmap``) and
-  lets the OS page it in. Later runs reuse it.
+  reads it into RAM (one copy of the pixels); ``--data-cache disk`` reads rows from it as they
+  are needed (``DiskStore``; the OS page cache keeps what it can). Later runs reuse it.
 * not at all ahead of time (``--data-cache none``): each image is decoded when it is read
-  (``decode_file``); a quick pass first finds the unreadable files (``find_unreadable``).
+  (``decode``, the same function); a checking pass first finds the unreadable files (``find_unreadable``).
 
 Unreadable files are skipped and counted in every mode; decoding is the same function
 everywhere, so every mode sees the same pixels.
@@ -213,7 +213,7 @@ def probe(listing: TreeListing, size: int | None) -> tuple[int, int, int]:
 
 def _decode_all(listing: TreeListing, size: int | None, hwc: tuple[int, int, int], out: np.ndarray,
                 progress: bool) -> list[int]:
-    """Decode every entry into ``out`` (an array or a memmap), in parallel threads (Pillow releases
+    """Decode every entry into ``out`` (an array or a writable DiskStore), in parallel threads (Pillow releases
     the GIL while it decodes). Returns the unreadable entries."""
     from tqdm import tqdm
 
@@ -252,41 +252,87 @@ def _decode_all(listing: TreeListing, size: int | None, hwc: tuple[int, int, int
 
 
 def decode_to_store(listing: TreeListing, size: int | None, cache_dir: Path, *, in_memory: bool,
-                    progress: bool = True) -> tuple[np.ndarray, StoreInfo]:
-    """Every image of the tree decoded into one uint8 array, cached as ``cache_dir/<name>-<key>.u8``
-    (written under a temporary name, then renamed; its ``.json`` says what it holds). ``in_memory``:
-    read the whole array into RAM; else map it from disk. Without a writable cache folder the
-    images are decoded into RAM (memory) or a temporary file (disk)."""
+                    progress: bool = True) -> tuple[np.ndarray | DiskStore, StoreInfo]:
+    """Every image of the tree decoded into one uint8 ``[images, H, W, C]`` store, cached as
+    ``cache_dir/<name>-<key>.u8`` (written under a temporary name, then renamed; its ``.json`` says
+    what it holds). ``in_memory``: the store is an array in RAM (decoded straight into it, or read
+    back from the cache); else a :class:`DiskStore` on the cache file, decoded into it with
+    ``pwrite`` — neither way maps the file, so this process's memory does not grow with the tree."""
     key = hashlib.sha256(f"{listing.fingerprint}|{size}".encode()).hexdigest()[:16]
     data = cache_dir / f"{listing.src.name.split('.')[0]}-{key}.u8"
     meta = data.with_suffix(".json")
     info = _read_meta(meta, data)
-    if info is None:
-        hwc = probe(listing, size)
-        shape = (len(listing.names), *hwc)
+    if info is not None:
+        return (np.fromfile(data, np.uint8).reshape(info.shape) if in_memory else DiskStore(data, info.shape)), info
+    hwc = probe(listing, size)
+    shape = (len(listing.names), *hwc)
+    tmp = data.with_name(f".{data.name}.{os.getpid()}.tmp")
+    if in_memory:
+        store = np.zeros(shape, np.uint8)
+        bad = _decode_all(listing, size, hwc, store, progress)
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = data.with_name(f".{data.name}.{os.getpid()}.tmp")
-            out = np.memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        except OSError as exc:
-            if not in_memory:
-                raise DataError(f"cannot write the decoded-image cache in {cache_dir} ({exc.strerror or exc})",
-                                "set NIN_CACHE_DIR to a writable folder with room, or use --data-cache memory") from None
-            log.warning("cannot write the decoded-image cache in %s (%s); decoding into memory", cache_dir, exc)
-            store = np.zeros(shape, np.uint8)
-            return store, StoreInfo(shape, tuple(_decode_all(listing, size, hwc, store, progress)))
-        try:
-            bad = _decode_all(listing, size, hwc, out, progress)
-            out.flush()
-            del out
+            store.tofile(tmp)
             os.replace(tmp, data)
+        except OSError as exc:
+            log.warning("could not write the decoded-image cache in %s (%s); continuing without it", cache_dir, exc)
+            return store, StoreInfo(shape, tuple(bad))
         finally:
             Path(tmp).unlink(missing_ok=True)
-        info = StoreInfo(shape, tuple(bad))
-        atomic_write_text(meta, json.dumps({"shape": list(shape), "unreadable": list(bad), "src": str(listing.src)}) + "\n")
-    if in_memory:
-        return np.fromfile(data, np.uint8).reshape(info.shape), info
-    return np.memmap(data, mode="r", dtype=np.uint8, shape=info.shape), info
+    else:
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                fh.truncate(int(np.prod(shape)))
+            writer = DiskStore(tmp, shape, writable=True)
+            try:
+                bad = _decode_all(listing, size, hwc, writer, progress)
+            finally:
+                writer.close()
+            os.replace(tmp, data)
+        except OSError as exc:
+            raise DataError(f"cannot write the decoded-image cache in {cache_dir} ({exc.strerror or exc})",
+                            "set NIN_CACHE_DIR to a writable folder with room, or use --data-cache memory") from None
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        store = DiskStore(data, shape)
+    info = StoreInfo(shape, tuple(bad))
+    atomic_write_text(meta, json.dumps({"shape": list(shape), "unreadable": list(bad), "src": str(listing.src)}) + "\n")
+    return store, info
+
+
+class DiskStore:
+    """The decoded-image cache file as a read-only ``[images, H, W, C]`` uint8 array-like: rows are
+    copied in with ``preadv`` (never mapped, so they do not count against this process's memory;
+    the OS page cache keeps what it can). ``writable``: rows are written with ``pwrite``."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], writable: bool = False) -> None:
+        self.path, self.shape = Path(path), tuple(int(v) for v in shape)
+        self.row = int(np.prod(self.shape[1:]))
+        self._fd = os.open(self.path, os.O_RDWR if writable else os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, np.int64)
+        flat = rows.reshape(-1)
+        out = np.empty((len(flat), *self.shape[1:]), np.uint8)
+        for k, r in enumerate(flat):
+            if os.preadv(self._fd, [memoryview(out[k]).cast("B")], int(r) * self.row) != self.row:
+                raise DataError(f"{self.path} is shorter than its index says", "delete it; it is decoded again")
+        return out.reshape(*rows.shape, *self.shape[1:])
+
+    def __setitem__(self, row: int, img: np.ndarray) -> None:
+        os.pwrite(self._fd, np.ascontiguousarray(img, np.uint8).tobytes(), int(row) * self.row)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def _read_meta(meta: Path, data: Path) -> StoreInfo | None:

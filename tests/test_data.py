@@ -181,7 +181,7 @@ def test_every_data_cache_mode_gives_the_same_splits_and_pixels(tmp_path):
             np.testing.assert_array_equal(getattr(s, f"y_{part}"), getattr(ref, f"y_{part}"), err_msg=f"{mode} {part}")
             np.testing.assert_array_equal(np.asarray(getattr(s, f"x_{part}")), np.asarray(getattr(ref, f"x_{part}")),
                                           err_msg=f"{mode} {part}")
-    assert type(got["disk"].x_train.store).__name__ == "memmap" and type(got["memory"].x_train.store) is np.ndarray
+    assert type(got["disk"].x_train.store).__name__ == "DiskStore" and type(got["memory"].x_train.store) is np.ndarray
 
 
 def test_tf_data_pipeline_is_the_same_from_files_and_from_memory(tmp_path):
