@@ -48,12 +48,9 @@ model = build_model(ModelConfig(arch=arch, width=float(width), num_classes=len(s
 ds = make_dataset(s.x_train, s.y_train, int(batch), training=True, hflip=True, seed=0).repeat()
 import tf_keras as keras
 model.compile(keras.optimizers.SGD(0.01), keras.losses.SparseCategoricalCrossentropy())
-it = iter(ds)
-for _ in range(3):  # warm-up (graph building, first reads)
-    model.train_on_batch(*next(it))
+model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0)  # warm-up: graph building, first reads
 t = time.time()
-for _ in range(int(steps)):
-    model.train_on_batch(*next(it))
+model.fit(ds, steps_per_epoch=int(steps), epochs=1, verbose=0)
 sec = time.time() - t
 import resource
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
