@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -66,23 +65,6 @@ def setup_logging(run_dir: Path) -> None:
     root.propagate = False
 
 
-def configure_devices() -> dict[str, Any]:
-    """Use every GPU TensorFlow sees (growing memory), else all CPU cores."""
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    for g in gpus:
-        try:
-            tf.config.experimental.set_memory_growth(g, True)
-        except RuntimeError:
-            pass
-    if gpus:
-        log.info("training on %d GPU(s) with mixed precision", len(gpus))
-    else:
-        log.info("no GPU visible to TensorFlow: training on the CPU (%d cores)", os.cpu_count() or 1)
-    return {"gpus": len(gpus), "cpus": os.cpu_count(), "tensorflow": tf.__version__}
-
-
 # --------------------------------------------------------------------------- stages
 
 def load_data(cfg: BuildConfig, run: RunFolder) -> Splits:
@@ -117,22 +99,25 @@ def stage_train(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
     import tensorflow as tf
     import tf_keras as keras
 
+    from .devices import mixed_precision_wanted
     from .models import build_model
     from .train import distribution_strategy, fit
 
     mcfg = _model_cfg(cfg, splits)
-    gpu = bool(tf.config.list_physical_devices("GPU"))
-    if gpu:
+    mixed = mixed_precision_wanted()
+    if mixed:
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        with distribution_strategy().scope():
+        strategy = distribution_strategy()
+        with strategy.scope():
             try:
                 model = build_model(mcfg)
             except ValueError as exc:  # e.g. nin-imagenet on 32x32 images
                 raise RunError(str(exc), "pass --input-size or choose another --arch") from None
-        log.info("model %s: %d parameters", model.name, model.count_params())
+        log.info("model %s: %d parameters; %d replica(s) (%s), policy %s", model.name, model.count_params(),
+                 strategy.num_replicas_in_sync, type(strategy).__name__, keras.mixed_precision.global_policy().name)
         train_ds, val_ds, steps = _datasets(splits, cfg.train.batch_size, cfg.train.seed)
-        if not gpu and cfg.profile == "paper":
+        if not tf.config.list_physical_devices("GPU") and cfg.profile == "paper":
             _warn_slow_on_cpu(cfg, model, train_ds, len(splits.y_train))
         fit(model, train_ds, val_ds, cfg.train, steps_per_epoch=steps, run_dir=run.root, tag="train")
     finally:
@@ -161,11 +146,14 @@ def _warn_slow_on_cpu(cfg: BuildConfig, model, train_ds, n_train: int) -> None:
 def stage_qat(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
     from .convert import calibrate_qat_ranges, freeze_batch_norm, quantize
     from .data import representative_images
-    from .train import fit
+    from .train import distribution_strategy, fit
 
-    float_model = run.load_float()
-    freeze_batch_norm(float_model)
-    qat_model = quantize(float_model)
+    strategy = distribution_strategy()
+    with strategy.scope():  # QAT runs in float32: tfmot's fake-quant ops take no float16
+        float_model = run.load_float()
+        freeze_batch_norm(float_model)
+        qat_model = quantize(float_model)
+    log.info("qat: %d replica(s) (%s)", strategy.num_replicas_in_sync, type(strategy).__name__)
     calib = representative_images(splits.x_train, splits.y_train, cfg.qat.calibration_samples, cfg.train.seed)
     ranges = calibrate_qat_ranges(qat_model, float_model, calib)
     log.info("qat: BatchNorm frozen; %d activation ranges calibrated on %d training images", len(ranges), len(calib))
@@ -304,6 +292,8 @@ STAGE_FUNCTIONS = {"train": stage_train, "qat": stage_qat, "convert": stage_conv
 def run_stages(run: RunFolder, stages: tuple[str, ...] = STAGES, force: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run ``stages`` in order, skipping those already done unless forced; each is marked done with its seconds."""
     cfg = run.load_config()
+    from .devices import configure_devices
+
     info = configure_devices()
     log.info("run folder %s (nin-pipeline %s, TensorFlow %s)", run.root, __version__, info["tensorflow"])
     if not [s for s in stages if s in force or not run.done(s)]:

@@ -67,12 +67,16 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
 
 
 def distribution_strategy():
-    """MirroredStrategy over several GPUs; the default strategy on one GPU or the CPU."""
+    """MirroredStrategy over several GPUs (or several logical CPU devices, which is how the GPU path
+    is exercised without a GPU); the default strategy on one device."""
     import tensorflow as tf
 
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy()
+    cpus = tf.config.list_logical_devices("CPU")
+    if not gpus and len(cpus) > 1:
+        return tf.distribute.MirroredStrategy([d.name for d in cpus])
     return tf.distribute.get_strategy()
 
 

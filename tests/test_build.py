@@ -5,11 +5,14 @@ test_edgetpu.test_convert_target_edgetpu)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
+import numpy as np
+import pytest
 from click.testing import CliRunner
-from conftest import REPO
+from conftest import FAST_CLASSES, REPO, make_image_tree
 
 from pipeline.cli import cli
 from pipeline.run import STAGES
@@ -50,3 +53,24 @@ def test_python_dash_m_pipeline_reaches_every_command():
     for args in (["-m", "pipeline", "edgetpu", "check", "--help"], ["-m", "pipeline.cli", "package", "--help"]):
         out = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0 and "Usage:" in out.stdout, out.stderr
+
+
+@pytest.mark.slow
+def test_the_gpu_paths_run_on_two_logical_cpus_with_mixed_precision(tmp_path):
+    """No GPU here: NIN_CPU_REPLICAS=2 splits the CPU into two devices, so training and QAT run under
+    MirroredStrategy as on two GPUs, and NIN_MIXED_PRECISION=1 trains with mixed_float16 as on a GPU.
+    The whole build — float training, QAT, conversion, report — must get through both."""
+    tree = make_image_tree(tmp_path / "tree", classes=FAST_CLASSES, per_class=(8, 2), size=32, full_range=True)
+    out = tmp_path / "run"
+    env = {**os.environ, "NIN_CPU_REPLICAS": "2", "NIN_MIXED_PRECISION": "1", "NIN_CACHE_DIR": str(tmp_path / "cache")}
+    res = subprocess.run([sys.executable, "-m", "pipeline", "build", *FAST_FLAGS, "--data-dir", str(tree), "--out", str(out),
+                          "--batch-size", "16"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    log = (out / "train.log").read_text()
+    assert "the CPU split into 2 logical devices" in log
+    assert "2 replica(s) (MirroredStrategy), policy mixed_float16" in log and "qat: 2 replica(s) (MirroredStrategy)" in log
+    from edge_app.runtime import load_interpreter
+
+    interp, _ = load_interpreter(out / "model_int8.tflite", num_threads=1)
+    assert interp.get_input_details()[0]["dtype"] == np.int8  # fully int8 after the float16 training
+    assert json.loads((out / "state.json").read_text())["evaluate"]["done"]
