@@ -146,14 +146,16 @@ def _warn_slow_on_cpu(cfg: BuildConfig, model, train_ds, n_train: int) -> None:
 def stage_qat(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
     from .convert import calibrate_qat_ranges, freeze_batch_norm, quantize
     from .data import representative_images
-    from .train import distribution_strategy, fit
+    from .train import fit
 
-    strategy = distribution_strategy()
-    with strategy.scope():  # QAT runs in float32: tfmot's fake-quant ops take no float16
-        float_model = run.load_float()
-        freeze_batch_norm(float_model)
-        qat_model = quantize(float_model)
-    log.info("qat: %d replica(s) (%s)", strategy.num_replicas_in_sync, type(strategy).__name__)
+    # QAT runs on one device, in float32 (tfmot's fake-quant ops take no float16). Under
+    # MirroredStrategy (two logical CPUs, tf_keras 2.21, tfmot 0.8.1) its first step failed with
+    # "Shape mismatch in the collective instance ... expected shape [16728] but another member
+    # ... expected shape [17092]": the replicas packed different gradients.
+    float_model = run.load_float()
+    freeze_batch_norm(float_model)
+    qat_model = quantize(float_model)
+    log.info("qat: on one device, float32")
     calib = representative_images(splits.x_train, splits.y_train, cfg.qat.calibration_samples, cfg.train.seed)
     ranges = calibrate_qat_ranges(qat_model, float_model, calib)
     log.info("qat: BatchNorm frozen; %d activation ranges calibrated on %d training images", len(ranges), len(calib))

@@ -111,11 +111,14 @@ def fit(model, train_ds, val_ds, cfg: TrainConfig, *, steps_per_epoch: int, run_
     import tf_keras as keras
 
     keras.utils.set_random_seed(cfg.seed)
-    optimizer = make_optimizer(cfg, steps_per_epoch)
-    loss = _smoothed_sparse_ce(cfg.label_smoothing) if cfg.label_smoothing else keras.losses.SparseCategoricalCrossentropy()
-    model.compile(optimizer=optimizer, loss=loss,
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-    ckpt = _EpochCheckpoint(model, optimizer, run_dir / "checkpoints" / tag)
+    # the optimizer, metrics and checkpoint variables belong to the strategy the model was built
+    # under (MirroredStrategy on several GPUs): made outside its scope, compile refuses them
+    with model.distribute_strategy.scope():
+        optimizer = make_optimizer(cfg, steps_per_epoch)
+        loss = _smoothed_sparse_ce(cfg.label_smoothing) if cfg.label_smoothing else keras.losses.SparseCategoricalCrossentropy()
+        model.compile(optimizer=optimizer, loss=loss,
+                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+        ckpt = _EpochCheckpoint(model, optimizer, run_dir / "checkpoints" / tag)
     initial_epoch = ckpt.restore()
     csv_path = run_dir / f"history_{tag}.csv"
     if initial_epoch == 0 and csv_path.exists():

@@ -57,9 +57,10 @@ def test_python_dash_m_pipeline_reaches_every_command():
 
 @pytest.mark.slow
 def test_the_gpu_paths_run_on_two_logical_cpus_with_mixed_precision(tmp_path):
-    """No GPU here: NIN_CPU_REPLICAS=2 splits the CPU into two devices, so training and QAT run under
+    """No GPU here: NIN_CPU_REPLICAS=2 splits the CPU into two devices, so float training runs under
     MirroredStrategy as on two GPUs, and NIN_MIXED_PRECISION=1 trains with mixed_float16 as on a GPU.
-    The whole build — float training, QAT, conversion, report — must get through both."""
+    The whole build — float training, QAT (one device, float32), conversion, report — must get
+    through both. (This test found the optimizer and metrics made outside the strategy's scope.)"""
     tree = make_image_tree(tmp_path / "tree", classes=FAST_CLASSES, per_class=(8, 2), size=32, full_range=True)
     out = tmp_path / "run"
     env = {**os.environ, "NIN_CPU_REPLICAS": "2", "NIN_MIXED_PRECISION": "1", "NIN_CACHE_DIR": str(tmp_path / "cache")}
@@ -68,7 +69,7 @@ def test_the_gpu_paths_run_on_two_logical_cpus_with_mixed_precision(tmp_path):
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     log = (out / "train.log").read_text()
     assert "the CPU split into 2 logical devices" in log
-    assert "2 replica(s) (MirroredStrategy), policy mixed_float16" in log and "qat: 2 replica(s) (MirroredStrategy)" in log
+    assert "2 replica(s) (MirroredStrategy), policy mixed_float16" in log and "qat: on one device, float32" in log
     from edge_app.runtime import load_interpreter
 
     interp, _ = load_interpreter(out / "model_int8.tflite", num_threads=1)
