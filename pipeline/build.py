@@ -318,7 +318,7 @@ def run_stages(run: RunFolder, stages: tuple[str, ...] = STAGES, force: tuple[st
 
 def build(*, dataset: str, data_dir: Path | None, out: Path | None, profile: str, arch: str,
           overrides: dict[str, Any], val_fraction: float, io_type: str | None, target: str, class_maps: bool,
-          seed: int, resume: bool, data_cache: str = "auto", memory_budget_gb: float | None = None) -> RunFolder:
+          seed: int, resume: bool, data_cache: str | None = None, memory_budget_gb: float | None = None) -> RunFolder:
     """`nin-pipeline build`: a new run folder (or the one at ``out``, resumed), every stage to the end.
     ``overrides``: the profile's settings the user set explicitly. ``resume`` without ``out``: the newest
     matching run in artifacts/."""
@@ -331,16 +331,16 @@ def build(*, dataset: str, data_dir: Path | None, out: Path | None, profile: str
         out = runs[-1]
     if resume and not overrides:
         run = RunFolder.open(out)
-        if data_cache != "auto" or memory_budget_gb is not None:  # how the data is held may change on resume
+        if data_cache is not None or memory_budget_gb is not None:  # how the data is held may change on resume
             cfg = run.load_config()
             run.save_config(dataclasses.replace(cfg, data=dataclasses.replace(
-                cfg.data, cache=data_cache, memory_budget_gb=memory_budget_gb)))
+                cfg.data, cache=data_cache or cfg.data.cache, memory_budget_gb=memory_budget_gb)))
     else:
         if resume and not (out / CONFIG_JSON).exists():
             raise RunError(f"--resume: {out} is not a run folder (no {CONFIG_JSON})", "leave out --resume to start it")
         resolve_source(dataset, data_dir)  # a wrong --data-dir fails before any folder is made
         cfg = make_build_config(dataset, data_dir, profile, arch, overrides, val_fraction, io_type, seed, class_maps, target,
-                                data_cache, memory_budget_gb)
+                                data_cache or "auto", memory_budget_gb)
         out = out or Path("artifacts") / f"{dataset}-{arch}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
         run = RunFolder.create(out, cfg)
     setup_logging(run.root)

@@ -115,9 +115,9 @@ RUN_DIR = click.Path(file_okay=False, path_type=Path)
               help="edgetpu: uint8 input/output, checked against the Edge TPU's rules, compiled if edgetpu_compiler is installed.")
 @click.option("--class-maps/--no-class-maps", default=True, show_default=True,
               help="Export the per-class confidence maps as a second model output (edge-app --heatmap uses them).")
-@click.option("--data-cache", type=click.Choice(DATA_CACHES), default="auto", show_default=True,
-              help="Where decoded images live: memory, disk (a decoded cache, mapped), none (decode every epoch); "
-                   "auto: memory if they fit --memory-budget, else disk.")
+@click.option("--data-cache", type=click.Choice(DATA_CACHES), default=None,
+              help="Where decoded images live: memory, disk (a decoded cache, read in chunks), none (decode every epoch); "
+                   "auto (default): memory if they fit --memory-budget, else disk.")
 @click.option("--memory-budget", "memory_budget_gb", type=POSITIVE_FLOAT, default=None, metavar="GB",
               help="Decoded images auto keeps in memory (default: a quarter of this machine's RAM).")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -5,7 +5,7 @@ validation split is held out of train; the test split is touched only by the fin
 evaluation) and feeds them to Keras. Images stay uint8 NHWC; the float conversion happens in tf.data.
 
 Image trees are held one of three ways (``--data-cache``): ``memory`` — the decoded pixels once
-in RAM; ``disk`` — the decoded-image cache mapped from disk; ``none`` — decoded from the files
+in RAM; ``disk`` — the decoded-image cache on disk, read in chunks; ``none`` — decoded from the files
 as they are read. ``auto`` (the default) takes ``memory`` when the decoded images fit the
 memory budget (``--memory-budget``, default a quarter of this machine's RAM), else ``disk``.
 The splits are computed on the tree's listing, before any decoding, so every mode gives the
@@ -87,6 +87,11 @@ def memory_budget(cfg: DataConfig) -> float:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         ram = 8e9
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):  # a container's share
+        try:
+            ram = min(ram, int(open(limit).read().strip()))
+        except (OSError, ValueError):  # absent, or "max"
+            pass
     return DEFAULT_BUDGET_SHARE * ram
 
 
@@ -143,9 +148,9 @@ def _tree_splits(cfg: DataConfig, src, progress: bool) -> Splits:
 
 def _carve(cfg: DataConfig, train: Callable, y_train: np.ndarray, test: Callable, y_test: np.ndarray, bad,
            labels: tuple[str, ...], source: str, skipped: int, mode: str, bad_offset: int = 0) -> Splits:
-    """The stratified subsets and the validation hold-out, as positions into train and test (the
-    same random draws in every mode), then the unreadable entries (``bad``: listing entries; test
-    entries start at ``bad_offset``) dropped from each split."""
+    """The stratified subsets and the validation hold-out, as positions into train and test, drawn
+    over the readable images (``bad``: the unreadable listing entries; test entries start at
+    ``bad_offset``) — the same draws in every mode."""
     bad = np.asarray(bad, np.int64)
     unreadable = {"train": bad[bad < bad_offset] if bad_offset else bad[:0], "test": bad[bad >= bad_offset] - bad_offset}
     for split, y in (("train", y_train), ("test", y_test)):
@@ -155,7 +160,9 @@ def _carve(cfg: DataConfig, train: Callable, y_train: np.ndarray, test: Callable
             raise DataError(f"{source}: {split}/ has no readable images for class(es) {', '.join(empty)}",
                             "add images or remove the class folder")
     rng = np.random.default_rng(cfg.seed)
-    tr, te = np.arange(len(y_train)), np.arange(len(y_test))
+    # draws over the readable images only: the unreadable ones are known in every mode before this
+    tr = np.setdiff1d(np.arange(len(y_train)), unreadable["train"])
+    te = np.setdiff1d(np.arange(len(y_test)), unreadable["test"])
     if cfg.limit_train:
         tr = tr[stratified_indices(y_train[tr], cfg.limit_train, rng)]
     if cfg.limit_test:
@@ -167,8 +174,6 @@ def _carve(cfg: DataConfig, train: Callable, y_train: np.ndarray, test: Callable
         mask = np.ones(len(tr), bool)
         mask[val_pos] = False
         va, tr = tr[val_pos], tr[mask]
-    tr, va = tr[~np.isin(tr, unreadable["train"])], va[~np.isin(va, unreadable["train"])]
-    te = te[~np.isin(te, unreadable["test"])]
     return Splits(train(tr), y_train[tr], test(te), y_test[te], labels, source, skipped, x_val=train(va), y_val=y_train[va],
                   hflip=cfg.dataset not in NO_FLIP, cache=mode)
 
@@ -192,7 +197,7 @@ def make_dataset(x, y: np.ndarray, batch_size: int, *, training: bool, hflip: bo
     tf.data pipeline of float [0, 1] images.
 
     The pipeline shuffles positions (not pixels: a permutation of ``len(x)`` integers each epoch),
-    reads ``chunk`` images at a time from ``x`` — rows of the in-memory or memory-mapped store, or
+    reads ``chunk`` images at a time from ``x`` — rows of the store in memory or on disk, or
     files decoded on the spot — in parallel, and applies the paper's augmentation (random
     horizontal flips and translations of up to 1/8 of the side, by reflect-padding and a random
     crop) in parallel with training. Nothing holds a second copy of the dataset.

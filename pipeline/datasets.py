@@ -268,7 +268,7 @@ def _load_image_tree_cached(src: Path, input_size: int | None) -> RawData:
     """Decode an image tree once (the decoded-image cache, see ``imagetree.decode_to_store``);
     later runs read it back. Unreadable files are left out and counted."""
     listing = list_tree(src)
-    store, info = decode_to_store(listing, input_size, nin_cache_dir(), in_memory=False)
+    store, info = decode_to_store(listing, input_size, nin_cache_dir(), in_memory=True)  # a cache it cannot write: a warning
     good = np.setdiff1d(np.arange(len(listing.names)), info.unreadable)
     tr, te = good[good < listing.n_train], good[good >= listing.n_train]
     if info.unreadable:

@@ -11,10 +11,13 @@ Both give ``len``, ``shape``, ``x[i]`` / ``x[a:b]`` / ``x[index array]`` (a real
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
+
+log = logging.getLogger("pipeline")
 
 
 class IndexedImages:
@@ -63,7 +66,12 @@ class FileImages:
     ndim = 4
 
     def _one(self, entry: int) -> np.ndarray:
-        return self.decode(self.read(int(entry)))
+        try:
+            return self.decode(self.read(int(entry)))
+        except Exception as exc:  # noqa: BLE001  (changed or removed since the checking pass)
+            log.warning("image %s became unreadable during training (%s); a black image stands in for it",
+                        entry, type(exc).__name__)
+            return np.zeros(self.hwc, np.uint8)
 
     def __getitem__(self, key) -> np.ndarray:
         if isinstance(key, (int, np.integer)):

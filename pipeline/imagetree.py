@@ -52,8 +52,8 @@ def is_image_tree_source(src: Path) -> bool:
         with tarfile.open(src) as tf:
             for m in tf:
                 parts = _tree_parts(m.name)
-                if parts and parts[0] in ("train", "test"):
-                    return True
+                if parts and len(parts) >= 2 and parts[0] in ("train", "test"):  # split/class/...: not
+                    return True  # cifar-100-python/train, a file
                 if m.name.count("/") > 3:
                     break
     except (tarfile.TarError, OSError, EOFError) as exc:
@@ -132,7 +132,10 @@ class TreeListing:
         """(entry, bytes) for every entry; an archive is read once, front to back."""
         if not self.archive:
             for i in range(len(self.names)):
-                yield i, self.read(i)
+                try:
+                    yield i, self.read(i)
+                except OSError:  # vanished, no permission, an I/O error: unreadable, like a corrupt file
+                    yield i, b""
             return
         where = {n: i for i, n in enumerate(self.names)}
         try:
@@ -200,15 +203,23 @@ class StoreInfo:
 
 
 def probe(listing: TreeListing, size: int | None) -> tuple[int, int, int]:
-    """The (H, W, C) every decoded image gets: ``size`` (or the first train image's own size), and
-    one channel if the first train image is grayscale, else three."""
+    """The (H, W, C) every decoded image gets: ``size`` (or the first readable image's own size), and
+    one channel only if the first readable image of every class is grayscale (a tree that mixes
+    colour in becomes RGB), else three."""
+    first: dict[int, np.ndarray] = {}
     for i, blob in listing.blobs():
+        if int(listing.y[i]) in first:
+            continue
         try:
-            img = decode(blob, size)
+            first[int(listing.y[i])] = decode(blob, size)
         except Exception:  # noqa: BLE001  (Pillow raises many kinds for a bad file)
             continue
-        return img.shape  # type: ignore[return-value]
-    raise DataError(f"{listing.src}: no readable image", "check the files, or pass another --data-dir")
+        if len(first) == len(listing.labels) or first[int(listing.y[i])].shape[-1] == 3:
+            break
+    if not first:
+        raise DataError(f"{listing.src}: no readable image", "check the files, or pass another --data-dir")
+    h, w, _ = next(iter(first.values())).shape
+    return h, w, (1 if all(img.shape[-1] == 1 for img in first.values()) else 3)
 
 
 def _decode_all(listing: TreeListing, size: int | None, hwc: tuple[int, int, int], out: np.ndarray,
@@ -242,6 +253,8 @@ def _decode_all(listing: TreeListing, size: int | None, hwc: tuple[int, int, int
                 for f in window:
                     f.result()
                 window = []
+                if mismatched:  # say so now, not after decoding the rest of a large tree
+                    break
         for f in window:
             f.result()
     if mismatched:
@@ -297,7 +310,10 @@ def decode_to_store(listing: TreeListing, size: int | None, cache_dir: Path, *, 
             Path(tmp).unlink(missing_ok=True)
         store = DiskStore(data, shape)
     info = StoreInfo(shape, tuple(bad))
-    atomic_write_text(meta, json.dumps({"shape": list(shape), "unreadable": list(bad), "src": str(listing.src)}) + "\n")
+    try:
+        atomic_write_text(meta, json.dumps({"shape": list(shape), "unreadable": list(bad), "src": str(listing.src)}) + "\n")
+    except OSError as exc:  # the images are decoded: go on; the next run decodes again
+        log.warning("could not record the decoded-image cache %s (%s); it will be decoded again next time", meta, exc)
     return store, info
 
 
@@ -309,6 +325,7 @@ class DiskStore:
     def __init__(self, path: Path, shape: tuple[int, ...], writable: bool = False) -> None:
         self.path, self.shape = Path(path), tuple(int(v) for v in shape)
         self.row = int(np.prod(self.shape[1:]))
+        self._fd = -1
         self._fd = os.open(self.path, os.O_RDWR if writable else os.O_RDONLY)
 
     def __len__(self) -> int:
@@ -369,9 +386,13 @@ def find_unreadable(listing: TreeListing, size: int | None, hwc: tuple[int, int,
         except Exception:  # noqa: BLE001  (a corrupt file: skip and count it)
             return i, None
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        shapes = list(tqdm(pool.map(check, range(len(listing.names))), total=len(listing.names),
-                           desc=f"checking {listing.src.name}", unit="img", disable=not progress, mininterval=1.0))
+    shapes: list[tuple[int, tuple | None]] = []
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, \
+            tqdm(total=len(listing.names), desc=f"checking {listing.src.name}", unit="img", disable=not progress,
+                 mininterval=1.0) as bar:
+        for start in range(0, len(listing.names), 1024):  # bounded, as in _decode_all
+            shapes += pool.map(check, range(start, min(start + 1024, len(listing.names))))
+            bar.update(len(shapes) - bar.n)
     other = [(i, shape) for i, shape in shapes if shape is not None and shape != tuple(hwc)]
     if other:
         i, shape = other[0]

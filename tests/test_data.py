@@ -138,6 +138,13 @@ def test_cifar100_official_layout(tmp_path):
     (d / "meta").write_bytes(pickle.dumps({b"fine_label_names": [f"k{i}".encode() for i in range(100)]}))
     raw = load_raw("cifar100", tmp_path)
     assert raw.x_train.shape == (30, 32, 32, 3) and len(raw.labels) == 100 and raw.labels[7] == "k7"
+    # the official archive itself: its member cifar-100-python/train is a file, not an image tree's split
+    import tarfile
+
+    with tarfile.open(tmp_path / "cifar-100-python.tar.gz", "w:gz") as tf:
+        tf.add(d, arcname="cifar-100-python")
+    raw = load_raw("cifar100", tmp_path / "cifar-100-python.tar.gz")
+    assert raw.x_train.shape == (30, 32, 32, 3) and len(raw.labels) == 100
 
 
 def test_fashion_mnist_idx_files(tmp_path):
@@ -249,3 +256,24 @@ def test_streaming_trains_on_a_tree_with_a_corrupt_file(tmp_path):
     hist = fit(model, ds, None, TrainConfig(epochs=2, batch_size=8, lr=0.05, warmup_epochs=0), steps_per_epoch=4,
                run_dir=tmp_path / "run", tag="t", verbose=0)
     assert len(hist["loss"]) == 2 and all(np.isfinite(hist["loss"]))
+
+
+def test_a_tree_that_mixes_grayscale_and_colour_is_rgb(tmp_path):
+    from PIL import Image
+
+    tree = make_image_tree(tmp_path / "tree")
+    for f in (tree / "train" / "cat").iterdir():  # the first class, and so the first image, grayscale
+        Image.open(f).convert("L").save(f)
+    s = _splits(tree, "memory")
+    assert s.input_shape == (16, 16, 3)
+    gray = make_image_tree(tmp_path / "gray")
+    for f in gray.rglob("*.png"):
+        Image.open(f).convert("L").save(f)
+    assert _splits(gray, "disk").input_shape == (16, 16, 1)
+
+
+def test_subsets_are_drawn_over_readable_images(tmp_path):
+    tree = make_image_tree(tmp_path / "tree", per_class=(10, 4), corrupt=3)
+    for mode in ("memory", "none"):
+        s = _splits(tree, mode, limit_train=20)
+        assert len(s.y_train) + len(s.y_val) == 20 and s.skipped == 3, mode
