@@ -71,24 +71,6 @@ def _tree_parts(name: str) -> list[str] | None:
     return None
 
 
-def _tree_classes(src: Path) -> dict[str, set[str]]:
-    """Class folders per split, including empty ones (which have no entries)."""
-    out: dict[str, set[str]] = {"train": set(), "test": set()}
-    if src.is_dir():
-        for split in out:
-            out[split] = {p.name for p in (src / split).iterdir() if p.is_dir()}
-        return out
-    try:
-        with tarfile.open(src) as tf:
-            for m in tf:
-                parts = _tree_parts(m.name)
-                if parts and len(parts) >= 2 and (m.isdir() or len(parts) == 3):
-                    out[parts[0]].add(parts[1])
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"{src} is corrupt or truncated ({exc}); re-pack or re-download it") from None
-    return out
-
-
 def decode(blob: bytes, size: int | None, gray: bool | None = None) -> np.ndarray:
     """Decode an image to uint8 HWC: RGB, or one channel for grayscale (``gray=None``: as the file is);
     centre-crop to a square and resize to ``size`` when given."""
@@ -141,7 +123,7 @@ class TreeListing:
         try:
             with tarfile.open(self.src) as tf:
                 for m in tf:
-                    i = where.get(m.name)
+                    i = where.pop(m.name, None)  # pop: a repeated name (left out of the listing) fills nothing
                     fh = tf.extractfile(m) if i is not None else None
                     if fh is not None:
                         yield i, fh.read()
@@ -150,9 +132,9 @@ class TreeListing:
 
 
 def list_tree(src: Path) -> TreeListing:
-    """List an image tree (no decoding). Raises DataError for a tree without classes or whose train
-    and test class folders differ."""
-    classes = _tree_classes(src)
+    """List an image tree (no decoding; an archive is read once). Raises DataError for a tree without
+    classes or whose train and test class folders differ."""
+    classes, found = _scan(src)
     train_c, test_c = classes["train"], classes["test"]
     if not train_c:
         raise DataError(f"{src}: train/ holds no class folders", "it needs train/<class>/<image>")
@@ -163,7 +145,7 @@ def list_tree(src: Path) -> TreeListing:
     index = {c: i for i, c in enumerate(labels)}
     entries: dict[str, list[tuple[str, int]]] = {"train": [], "test": []}
     h = hashlib.sha256(f"{src.resolve()}|v2".encode())
-    for split, cls, name, size, mtime in _iter_entries(src):
+    for split, cls, name, size, mtime in found:
         entries[split].append((name, index[cls]))
         h.update(f"|{name}|{size}|{mtime}".encode())
     if not src.is_dir():
@@ -174,24 +156,39 @@ def list_tree(src: Path) -> TreeListing:
                        len(entries["train"]), h.hexdigest()[:16])
 
 
-def _iter_entries(src: Path) -> Iterator[tuple[str, str, str, int, int]]:
-    """(split, class, name, size, mtime) of every image-looking file, without reading it."""
+def _scan(src: Path) -> tuple[dict[str, set[str]], list[tuple[str, str, str, int, int]]]:
+    """The class folders per split (empty ones included) and (split, class, name, size, mtime) of every
+    image-looking file, without reading any; an archive in one pass. An archive member that repeats
+    an earlier name (``tar -r``) is left out: names must say which image is which."""
+    classes: dict[str, set[str]] = {"train": set(), "test": set()}
+    found: list[tuple[str, str, str, int, int]] = []
     if src.is_dir():
         for split in ("train", "test"):
             for cls_dir in sorted(p for p in (src / split).iterdir() if p.is_dir()):
+                classes[split].add(cls_dir.name)
                 for f in sorted(cls_dir.iterdir()):
                     if f.suffix.lower() in IMAGE_EXTS and f.is_file():
                         st = f.stat()
-                        yield split, cls_dir.name, str(f), st.st_size, st.st_mtime_ns
-        return
+                        found.append((split, cls_dir.name, str(f), st.st_size, st.st_mtime_ns))
+        return classes, found
+    seen: set[str] = set()
     try:
         with tarfile.open(src) as tf:
             for m in tf:
                 parts = _tree_parts(m.name)
-                if parts and len(parts) == 3 and m.isfile() and Path(parts[2]).suffix.lower() in IMAGE_EXTS:
-                    yield parts[0], parts[1], m.name, m.size, int(m.mtime)
+                if not parts or len(parts) < 2:
+                    continue
+                if m.isdir() or len(parts) == 3:
+                    classes[parts[0]].add(parts[1])
+                if len(parts) == 3 and m.isfile() and Path(parts[2]).suffix.lower() in IMAGE_EXTS:
+                    if m.name in seen:
+                        log.warning("%s holds %s twice; using the first", src.name, m.name)
+                        continue
+                    seen.add(m.name)
+                    found.append((parts[0], parts[1], m.name, m.size, int(m.mtime)))
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(f"{src} is corrupt or truncated ({exc})", "re-pack or re-download it") from None
+    return classes, found
 
 
 # --------------------------------------------------------------------------- the decoded store
