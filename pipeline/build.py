@@ -206,6 +206,7 @@ def evaluate_and_report(cfg: BuildConfig, run: RunFolder, splits: Splits, *, rer
     from .report import VARIANTS, build_report, predict_variants
     from .train import read_history
 
+    float_model = run.load_float()  # once: the float predictions and the report's parameter count
     preds = None
     if not rerun and run.path(PREDICTIONS).exists():
         preds, y, _ = run.load_predictions(VARIANTS)
@@ -213,10 +214,11 @@ def evaluate_and_report(cfg: BuildConfig, run: RunFolder, splits: Splits, *, rer
             raise RunError(f"{run.root}/{PREDICTIONS} is for other test images than the data gives now", "pass --rerun")
     if preds is None:
         log.info("evaluate: %d test images through float Keras, float TFLite, PTQ int8 and QAT int8", len(splits.y_test))
-        preds = predict_variants(run, splits.x_test)
+        preds = predict_variants(run, splits.x_test, float_model=float_model)
         run.save_predictions(preds, splits.y_test, splits.labels)
     meta = {"dataset": cfg.data.dataset, "arch": cfg.model.arch, "width": cfg.model.width, "pipeline_version": __version__}
-    report = build_report(run, preds, splits.y_test, splits.labels, x=splits.x_test, meta=meta, latency=latency)
+    report = build_report(run, preds, splits.y_test, splits.labels, x=splits.x_test, meta=meta, latency=latency,
+                          float_model=float_model)
     history = {tag: read_history(run.path(history_csv(tag))) for tag in ("train", "qat")}
     pngs = make_plots(report, preds, splits.y_test, splits.labels, splits.x_test, history)
     write_report(run, report, pngs)

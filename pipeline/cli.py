@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -51,6 +52,19 @@ class _Cli(click.Group):
                     f"the training stack is not installed ({exc.name} is missing): pip install 'nin-pipeline[train]' "
                     "(from a clone: pip install '.[train]')") from None
             raise
+        except Exception as exc:  # noqa: BLE001  (narrowed below: only TensorFlow's runtime errors)
+            tf_errors = sys.modules.get("tensorflow.python.framework.errors_impl")
+            if tf_errors is None or not isinstance(exc, tf_errors.OpError):
+                raise
+            # a runtime error inside training (out of memory, an image file gone unreadable mid-epoch):
+            # one line, and the run resumes from its last finished epoch
+            lines = [ln.strip() for ln in (exc.message or str(exc)).splitlines() if ln.strip()]
+            said = [ln for ln in lines if not ln.startswith(("Graph execution error", "Detected at node", "File ", "[[",
+                                                             "The error could be"))]
+            first = (said or lines or [""])[0]
+            raise click.ClickException(f"TensorFlow stopped with {type(exc).__name__}: {first}; finished epochs are "
+                                       "checkpointed: fix the cause (e.g. a smaller --batch-size for out-of-memory) and "
+                                       "run the same command again") from None
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})

@@ -136,7 +136,8 @@ def _tree_splits(cfg: DataConfig, src, progress: bool) -> Splits:
         bad = find_unreadable(listing, cfg.input_size, hwc, nin_cache_dir(), progress)
         images: Callable = partial(FileImages, listing.read, partial(decode, size=cfg.input_size, gray=hwc[2] == 1), hwc)
     else:
-        store, info = decode_to_store(listing, cfg.input_size, nin_cache_dir(), in_memory=mode == "memory", progress=progress)
+        store, info = decode_to_store(listing, cfg.input_size, nin_cache_dir(), in_memory=mode == "memory",
+                                      progress=progress, hwc=hwc)
         bad = info.unreadable
         images = partial(IndexedImages, store)
     if bad:

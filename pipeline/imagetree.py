@@ -262,7 +262,7 @@ def _decode_all(listing: TreeListing, size: int | None, hwc: tuple[int, int, int
 
 
 def decode_to_store(listing: TreeListing, size: int | None, cache_dir: Path, *, in_memory: bool,
-                    progress: bool = True) -> tuple[np.ndarray | DiskStore, StoreInfo]:
+                    progress: bool = True, hwc: tuple[int, int, int] | None = None) -> tuple[np.ndarray | DiskStore, StoreInfo]:
     """Every image of the tree decoded into one uint8 ``[images, H, W, C]`` store, cached as
     ``cache_dir/<name>-<key>.u8`` (written under a temporary name, then renamed; its ``.json`` says
     what it holds). ``in_memory``: the store is an array in RAM (decoded straight into it, or read
@@ -274,7 +274,7 @@ def decode_to_store(listing: TreeListing, size: int | None, cache_dir: Path, *, 
     info = _read_meta(meta, data)
     if info is not None:
         return (np.fromfile(data, np.uint8).reshape(info.shape) if in_memory else DiskStore(data, info.shape)), info
-    hwc = probe(listing, size)
+    hwc = probe(listing, size) if hwc is None else hwc  # the caller may have probed already (it reads the tree)
     shape = (len(listing.names), *hwc)
     tmp = data.with_name(f".{data.name}.{os.getpid()}.tmp")
     if in_memory:

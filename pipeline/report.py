@@ -67,7 +67,7 @@ def latency_ms(model_path: os.PathLike, image: np.ndarray, threads: int, runs: i
 
 # --------------------------------------------------------------------------- predictions and the report
 
-def predict_variants(run: RunFolder, x: np.ndarray, progress: bool = True) -> dict[str, np.ndarray]:
+def predict_variants(run: RunFolder, x: np.ndarray, progress: bool = True, float_model=None) -> dict[str, np.ndarray]:
     """Every variant's scores on ``x``: the float Keras model, then each .tflite through the edge runtime."""
     from .errors import ReportError
     from .evaluate import predict_keras, predict_tflite
@@ -76,19 +76,20 @@ def predict_variants(run: RunFolder, x: np.ndarray, progress: bool = True) -> di
     if missing:
         raise ReportError(f"{run.root} lacks {', '.join(missing)}",
                           f"finish the run with `nin-pipeline build --resume --out {run.root}`")
-    preds = {"float_keras": predict_keras(run.load_float(), x)}
+    preds = {"float_keras": predict_keras(run.load_float() if float_model is None else float_model, x)}
     for key in VARIANTS[1:]:
         preds[key] = predict_tflite(run.path(VARIANT_FILES[key]), x, progress=progress, desc=TITLES[key])
     return preds
 
 
 def build_report(run: RunFolder, preds: dict[str, np.ndarray], y: np.ndarray, labels: tuple[str, ...],
-                 x: np.ndarray | None = None, meta: dict[str, Any] | None = None, latency: bool = True) -> dict[str, Any]:
+                 x: np.ndarray | None = None, meta: dict[str, Any] | None = None, latency: bool = True,
+                 float_model=None) -> dict[str, Any]:
     """Every figure of the report (report.json's content); nothing is written here."""
     from .models import count_macs
 
     float_probs = preds["float_keras"]
-    float_model = run.load_float()
+    float_model = run.load_float() if float_model is None else float_model
     params, macs = int(float_model.count_params()), count_macs(float_model)
     variants: dict[str, dict[str, Any]] = {}
     threads = os.cpu_count() or 1

@@ -113,3 +113,23 @@ def test_arch_that_does_not_fit_the_data_is_a_clear_error(runner, tmp_path):
                               "--input-size", "32", "--out", str(tmp_path / "run"), "--epochs", "1"])
     assert res.exit_code == 1, res.output
     assert "at least 67x67" in res.output and "--input-size" in res.output and "Traceback" not in res.output
+
+
+def test_a_tensorflow_runtime_error_in_training_is_one_line(runner, tmp_path, monkeypatch):
+    """Out of memory (or an image gone unreadable mid-epoch) surfaces from fit as a TensorFlow error:
+    one line that says what and that the run resumes, not a traceback."""
+    import tensorflow as tf
+
+    import pipeline.build
+
+    def oom(**kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, "Graph execution error:\n\nDetected at node x\n"
+                                               "  File \"a.py\", line 1\nOOM when allocating tensor with shape[128,96,32,32]")
+
+    monkeypatch.setattr(pipeline.build, "build", oom)
+    res = runner.invoke(cli, ["build", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "ResourceExhaustedError: OOM when allocating tensor" in res.output and "run the same command again" in res.output
+    monkeypatch.setattr(pipeline.build, "build", lambda **kw: 1 / 0)  # a bug stays a traceback, not a message
+    res = runner.invoke(cli, ["build", "--out", str(tmp_path / "r")])
+    assert isinstance(res.exception, ZeroDivisionError)
