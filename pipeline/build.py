@@ -18,10 +18,12 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .cluster import Cluster
 from .config import BuildConfig, make_build_config, with_target
 from .data import Splits
-from .errors import ReportError, RunError
+from .errors import RunError
 from .models import ModelConfig
+from .records import edgetpu_stage, write_report
 from .run import (
     CHECKPOINTS,
     CONFIG_JSON,
@@ -86,29 +88,35 @@ def _model_cfg(cfg: BuildConfig, splits: Splits) -> ModelConfig:
     return dataclasses.replace(cfg.model, input_shape=splits.input_shape, num_classes=splits.num_classes)
 
 
-def _datasets(splits: Splits, batch_size: int, seed: int):
-    from .data import make_dataset
+def _datasets(splits: Splits, batch_size: int, seed: int, strategy=None):
+    """Training (repeated) and validation pipelines and steps per epoch; ``batch_size`` is global.
+    Under MultiWorkerMirroredStrategy each worker reads only its shard of the training images."""
+    from .data import distributed_train_dataset, make_dataset
 
-    train = make_dataset(splits.x_train, splits.y_train, batch_size, training=True, hflip=splits.hflip, seed=seed)
+    if strategy is None:
+        train = make_dataset(splits.x_train, splits.y_train, batch_size, training=True, hflip=splits.hflip, seed=seed)
+    else:
+        train = distributed_train_dataset(strategy, splits.x_train, splits.y_train, batch_size, hflip=splits.hflip, seed=seed)
     val = make_dataset(splits.x_val, splits.y_val, 256, training=False) if len(splits.y_val) else None
     steps = int(np.ceil(len(splits.y_train) / batch_size))
-    return train.repeat(), val, steps
+    return (train.repeat() if strategy is None else train), val, steps
 
 
 def stage_train(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
     import tensorflow as tf
     import tf_keras as keras
 
+    from . import cluster
     from .devices import mixed_precision_wanted
     from .models import build_model
-    from .train import distribution_strategy, fit
+    from .train import distribution_strategy
 
     mcfg = _model_cfg(cfg, splits)
     mixed = mixed_precision_wanted()
     if mixed:
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        strategy = distribution_strategy()
+        strategy = cluster.strategy() or distribution_strategy()
         with strategy.scope():
             try:
                 model = build_model(mcfg)
@@ -116,16 +124,27 @@ def stage_train(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
                 raise RunError(str(exc), "pass --input-size or choose another --arch") from None
         log.info("model %s: %d parameters; %d replica(s) (%s), policy %s", model.name, model.count_params(),
                  strategy.num_replicas_in_sync, type(strategy).__name__, keras.mixed_precision.global_policy().name)
-        train_ds, val_ds, steps = _datasets(splits, cfg.train.batch_size, cfg.train.seed)
-        if not tf.config.list_physical_devices("GPU") and cfg.profile == "paper":
+        train_ds, val_ds, steps = _datasets(splits, cfg.train.batch_size, cfg.train.seed, cluster.strategy())
+        if not tf.config.list_physical_devices("GPU") and cfg.profile == "paper" and not cluster.strategy():
             _warn_slow_on_cpu(cfg, model, train_ds, len(splits.y_train))
-        fit(model, train_ds, val_ds, cfg.train, steps_per_epoch=steps, run_dir=run.root, tag="train")
+        _fit(run, model, train_ds, val_ds, cfg.train, steps, "train")
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    # Save a float32 copy (mixed precision only changes compute dtypes; weights are float32).
+    # Save a float32 copy (mixed precision only changes compute dtypes; weights are float32), built
+    # outside any strategy. Every worker reads the weights: BatchNorm's statistics are all-reduced.
     final = build_model(mcfg)
     final.set_weights(model.get_weights())
     run.save_float(final)
+
+
+def _fit(run: RunFolder, model, train_ds, val_ds, tcfg: TrainConfig, steps: int, tag: str) -> None:
+    """train.fit into the run folder; the backup lives in the chief's folder (``run.shared``) on every worker."""
+    from . import cluster
+    from .train import backed_up_epochs, fit
+
+    backup = run.shared / CHECKPOINTS / tag
+    cluster.agree([backed_up_epochs(backup)], f"the {tag} epochs already done (the backup in {backup})")
+    fit(model, train_ds, val_ds, tcfg, steps_per_epoch=steps, run_dir=run.root, tag=tag, backup_dir=backup)
 
 
 def _warn_slow_on_cpu(cfg: BuildConfig, model, train_ds, n_train: int) -> None:
@@ -144,18 +163,23 @@ def _warn_slow_on_cpu(cfg: BuildConfig, model, train_ds, n_train: int) -> None:
 
 
 def stage_qat(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
-    from .convert import calibrate_qat_ranges, freeze_batch_norm, quantize
-    from .data import representative_images
-    from .train import fit
-
     # QAT runs on one device, in float32 (tfmot's fake-quant ops take no float16). Under
     # MirroredStrategy (two logical CPUs, tf_keras 2.21, tfmot 0.8.1) its first step failed with
     # "Shape mismatch in the collective instance ... expected shape [16728] but another member
     # ... expected shape [17092]": the replicas packed different gradients.
+    # Under MultiWorkerMirroredStrategy it does run on every worker (float32): the model made
+    # there cannot be converted ('tf.CollectiveReduceV2' is not a TFLite op), so the trained
+    # weights go back into ``qat_model``, built outside the strategy, which is what is saved.
+    from . import cluster
+    from .convert import calibrate_qat_ranges, freeze_batch_norm, quantize
+    from .data import representative_images
+
     float_model = run.load_float()
     freeze_batch_norm(float_model)
     qat_model = quantize(float_model)
-    log.info("qat: on one device, float32")
+    strategy = cluster.strategy()
+    log.info("qat: %s, float32", f"on {strategy.num_replicas_in_sync} replicas (MultiWorkerMirroredStrategy)"
+             if strategy else "on one device")
     calib = representative_images(splits.x_train, splits.y_train, cfg.qat.calibration_samples, cfg.train.seed)
     ranges = calibrate_qat_ranges(qat_model, float_model, calib)
     log.info("qat: BatchNorm frozen; %d activation ranges calibrated on %d training images", len(ranges), len(calib))
@@ -164,8 +188,11 @@ def stage_qat(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
         weight_decay=0.0, schedule="cosine", warmup_epochs=0.0, seed=cfg.train.seed + 1,
     )
     if cfg.qat.epochs > 0:
-        train_ds, val_ds, steps = _datasets(splits, qcfg.batch_size, qcfg.seed)
-        fit(qat_model, train_ds, val_ds, qcfg, steps_per_epoch=steps, run_dir=run.root, tag="qat")
+        train_ds, val_ds, steps = _datasets(splits, qcfg.batch_size, qcfg.seed, strategy)
+        trained = qat_model if strategy is None else cluster.replicate(strategy, float_model, qat_model, quantize)
+        _fit(run, trained, train_ds, val_ds, qcfg, steps, "qat")
+        if trained is not qat_model:
+            qat_model.set_weights(trained.get_weights())  # every worker: the read all-reduces
     else:
         log.info("qat: --qat-epochs 0, converting the QAT-wrapped model without fine-tuning")
     run.save_qat(qat_model)
@@ -227,104 +254,78 @@ def evaluate_and_report(cfg: BuildConfig, run: RunFolder, splits: Splits, *, rer
     return report
 
 
-def write_report(run: RunFolder, report: dict[str, Any], pngs: dict[str, bytes] | None = None) -> None:
-    """The plots (when given), then report.json, report.md and report.html, each written atomically.
-    Without ``pngs`` the plots already in the folder are inlined into the HTML."""
-    from .render import render_html, render_markdown
-
-    if pngs is not None:
-        for name, data in pngs.items():
-            run.write_bytes(name, data)
-        report["plots"] = {name.removesuffix(".png"): name for name in pngs}
-    names = report.get("plots", {}).values()
-    images = {n: run.path(n).read_bytes() for n in names if run.path(n).is_file()}
-    run.write_json(REPORT_JSON, report)
-    run.write_text(REPORT_MD, render_markdown(report))
-    run.write_text(REPORT_HTML, render_html(report, images))
-
-
-# --------------------------------------------------------------------------- Edge TPU
-
-def edgetpu_stage(run: RunFolder) -> None:
-    """--target edgetpu: check model_int8.tflite against the Edge TPU's rules, then compile it when
-    edgetpu_compiler is installed (x86-64 Linux); without it, say how to finish elsewhere."""
-    from .edgetpu import EdgeTpuError, check_model, compile_model, verdict
-
-    result = check_model(run.path(INT8_TFLITE))
-    record_edgetpu(run, "check", result.to_dict())
-    log.info("edgetpu check: %s", verdict(result))
-    try:
-        compiled = compile_model(run.path(INT8_TFLITE))
-    except EdgeTpuError as exc:
-        log.warning("edgetpu: not compiled here (%s). Then: nin-pipeline edgetpu compile %s", exc, run.root)
-        return
-    record_compiled(run, compiled)
-
-
-def record_edgetpu(run: RunFolder, key: str, value: dict[str, Any]) -> None:
-    """Keep a check/compile summary in edgetpu.json and in the report files (when there is a report)."""
-    data = {**run.read_edgetpu(), key: value}
-    run.write_json(EDGETPU_JSON, data)
-    if run.path(REPORT_JSON).is_file():
-        try:
-            report = run.read_report()
-        except ReportError:
-            return  # a damaged report is rebuilt by `nin-pipeline report`, which reads edgetpu.json
-        report["edgetpu"] = data
-        write_report(run, report)
-
-
-def record_compiled(run: RunFolder, compiled) -> None:
-    """The compiler's summary into edgetpu.json and the report; the compiled model's hash into model.json."""
-    from edge_app.fsutil import sha256_file
-    from edge_app.sidecar import read_sidecar, write_sidecar
-
-    record_edgetpu(run, "compile", {k: v for k, v in compiled.to_dict().items() if k != "log"})
-    out = Path(compiled.output)
-    sidecar_path = run.path(SIDECAR_NAME)
-    if out.parent.resolve() == run.root.resolve() and sidecar_path.is_file():
-        sc = read_sidecar(sidecar_path)
-        write_sidecar(sidecar_path, dataclasses.replace(sc, files={**sc.files, out.name: sha256_file(out)}))
-    log.info("edgetpu: %s of %s operations mapped to the Edge TPU -> %s", compiled.ops_on_tpu, compiled.ops_total, out)
-
-
 # --------------------------------------------------------------------------- orchestration
 
 STAGE_FUNCTIONS = {"train": stage_train, "qat": stage_qat, "convert": stage_convert, "evaluate": evaluate_and_report}
 
 
-def run_stages(run: RunFolder, stages: tuple[str, ...] = STAGES, force: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Run ``stages`` in order, skipping those already done unless forced; each is marked done with its seconds."""
-    cfg = run.load_config()
+def run_stages(run: RunFolder, stages: tuple[str, ...] = STAGES, force: tuple[str, ...] = (), *,
+               workers: Cluster | None = None, worker_timeout: float = 600.0) -> dict[str, Any]:
+    """Run ``stages`` in order, skipping those already done unless forced; each is marked done with its seconds.
+    With ``workers`` (several machines) training and QAT run under MultiWorkerMirroredStrategy; only
+    the chief goes on to conversion and evaluation."""
+    from . import cluster
     from .devices import configure_devices
 
+    cfg = run.load_config()
+    if workers is not None:
+        strategy = cluster.start(workers, timeout_s=worker_timeout, startup_s=worker_timeout)  # TF's first call
+        cluster.check_batch_sizes(strategy, {"--batch-size": cfg.train.batch_size, "the QAT batch size": cfg.qat.batch_size})
+        if not workers.is_chief:
+            stages = tuple(s for s in stages if s in ("train", "qat"))
     info = configure_devices()
     log.info("run folder %s (nin-pipeline %s, TensorFlow %s)", run.root, __version__, info["tensorflow"])
-    if not [s for s in stages if s in force or not run.done(s)]:
-        log.info("every stage is already done; nothing to do")
-        return run.read_report_if_any()
-    splits = load_data(cfg, run)
-    t0 = time.time()
-    for stage in STAGES:
-        # re-checked each time: redoing a stage makes every later stage stale (RunFolder.mark)
-        if stage not in stages or not (stage in force or not run.done(stage)):
-            continue
-        t = time.time()
-        log.info("stage %s ...", stage)
-        STAGE_FUNCTIONS[stage](cfg, run, splits)
-        log.info("stage %s done in %.0f s", stage, time.time() - t)
-        run.mark(stage, seconds=time.time() - t)
+    todo = [s for s in stages if s in force or not run.done(s)]
+    cluster.agree([int(s in todo) for s in ("train", "qat")], "the training stages still to run")
+    ok, t0 = False, time.time()
+    try:
+        splits = load_data(cfg, run) if todo else None
+        if not todo:
+            log.info("every stage is already done; nothing to do")
+        for stage in STAGES if todo else ():
+            # re-checked each time: redoing a stage makes every later stage stale (RunFolder.mark)
+            if stage not in stages or not (stage in force or not run.done(stage)):
+                continue
+            t = time.time()
+            log.info("stage %s ...", stage)
+            STAGE_FUNCTIONS[stage](cfg, run, splits)
+            log.info("stage %s done in %.0f s", stage, time.time() - t)
+            run.mark(stage, seconds=time.time() - t)
+        ok = True
+    finally:
+        cluster.chief_finished(ok)
+    cluster.wait_for_chief()
     log.info("finished in %.0f s; run folder: %s", time.time() - t0, run.root)
     return run.read_report_if_any()
 
 
 def build(*, dataset: str, data_dir: Path | None, out: Path | None, profile: str, arch: str,
           overrides: dict[str, Any], val_fraction: float, io_type: str | None, target: str, class_maps: bool,
-          seed: int, resume: bool, data_cache: str | None = None, memory_budget_gb: float | None = None) -> RunFolder:
+          seed: int, resume: bool, data_cache: str | None = None, memory_budget_gb: float | None = None,
+          workers: Cluster | None = None, worker_timeout: float = 600.0) -> RunFolder:
     """`nin-pipeline build`: a new run folder (or the one at ``out``, resumed), every stage to the end.
     ``overrides``: the profile's settings the user set explicitly. ``resume`` without ``out``: the newest
-    matching run in artifacts/."""
+    matching run in artifacts/. ``workers``: one of several machines (TF_CONFIG / --workers); every
+    worker passes the same ``out``, which only the chief writes (see ``pipeline.cluster``)."""
     from .datasets import resolve_source
+
+    if workers is not None:
+        from .cluster import ClusterError, worker_folder
+
+        if out is None:
+            raise ClusterError("a multi-worker build needs --out", "give every worker the same --out, on storage they all see")
+        if not workers.is_chief:
+            if resume and not overrides:
+                cfg = RunFolder.open(out).load_config()
+            else:
+                resolve_source(dataset, data_dir)
+                cfg = make_build_config(dataset, data_dir, profile, arch, overrides, val_fraction, io_type, seed, class_maps,
+                                        target, data_cache or "auto", memory_budget_gb)
+            with worker_folder(out, cfg, workers) as run:
+                setup_logging(run.root)
+                run_stages(run, workers=workers, worker_timeout=worker_timeout)
+                log.info("%s: training and QAT done; the chief converts and reports into %s", workers.describe(), out)
+            return RunFolder(out)
 
     if resume and out is None:
         runs = sorted(p for p in Path("artifacts").glob(f"{dataset}-{arch}-*") if (p / CONFIG_JSON).exists())
@@ -346,7 +347,7 @@ def build(*, dataset: str, data_dir: Path | None, out: Path | None, profile: str
         out = out or Path("artifacts") / f"{dataset}-{arch}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
         run = RunFolder.create(out, cfg)
     setup_logging(run.root)
-    run_stages(run)
+    run_stages(run, workers=workers, worker_timeout=worker_timeout)
     return run
 
 
@@ -375,27 +376,3 @@ def rewrite_report(run_dir: Path, *, rerun: bool = False, latency: bool = True) 
     setup_logging(run.root)
     evaluate_and_report(cfg, run, load_data(cfg, run), rerun=rerun, latency=latency)
     return run.path(REPORT_HTML)
-
-
-def edgetpu_check(model: Path):
-    """`nin-pipeline edgetpu check`: a .tflite, or a run folder's int8 model (the run then records the result)."""
-    from edge_app.runfiles import resolve_model_path
-
-    from .edgetpu import check_model
-
-    result = check_model(resolve_model_path(model))
-    if Path(model).is_dir():
-        record_edgetpu(RunFolder(model), "check", result.to_dict())
-    return result
-
-
-def edgetpu_compile(model: Path, out_dir: Path | None = None, *, compiler: str | None = None, timeout: float = 600.0):
-    """`nin-pipeline edgetpu compile`: like :func:`edgetpu_check`, the run folder records the compiler's summary."""
-    from edge_app.runfiles import resolve_model_path
-
-    from .edgetpu import compile_model
-
-    result = compile_model(resolve_model_path(model), out_dir, compiler=compiler, timeout=timeout)
-    if Path(model).is_dir():
-        record_compiled(RunFolder(model), result)
-    return result

@@ -62,6 +62,17 @@ class _Cli(click.Group):
             said = [ln for ln in lines if not ln.startswith(("Graph execution error", "Detected at node", "File ", "[[",
                                                              "The error could be"))]
             first = (said or lines or [""])[0]
+            from .cluster import strategy
+
+            if strategy() is not None and type(exc).__name__ in ("UnavailableError", "DeadlineExceededError", "AbortedError",
+                                                                   "CancelledError", "InternalError"):
+                # a worker died or hangs; this process's collectives cannot recover: stop now (the
+                # strategy's threads would keep an ordinary exit waiting)
+                click.echo(f"Error: training stopped: a worker stopped responding ({type(exc).__name__}: {first}). "
+                           "Finished epochs are backed up in the chief's run folder: start the same command again on "
+                           "every worker and training resumes from the last one.", err=True)
+                sys.stderr.flush()
+                os._exit(1)
             raise click.ClickException(f"TensorFlow stopped with {type(exc).__name__}: {first}; finished epochs are "
                                        "checkpointed: fix the cause (e.g. a smaller --batch-size for out-of-memory) and "
                                        "run the same command again") from None
@@ -102,6 +113,23 @@ POSITIVE_FLOAT = _Bounded(float, 0, inclusive=False)
 RUN_DIR = click.Path(file_okay=False, path_type=Path)
 
 
+class _Workers(click.ParamType):
+    name = "workers"
+
+    def convert(self, value, param, ctx):
+        from .cluster import ClusterError, parse_workers
+
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_workers(value)
+        except ClusterError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+WORKERS = _Workers()
+
+
 @cli.command()
 @click.option("--dataset", type=click.Choice(DATASETS), default="cifar10", show_default=True)
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, envvar="NIN_DATA_DIR",
@@ -136,21 +164,39 @@ RUN_DIR = click.Path(file_okay=False, path_type=Path)
               help="Decoded images auto keeps in memory (default: a quarter of this machine's RAM).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (--out, or the newest matching one in artifacts/).")
+@click.option("--workers", type=WORKERS, default=None, metavar="HOST:PORT,HOST:PORT[,...]",
+              help="Train on several machines: run the same command on each, with its own --worker-index "
+                   "(0, the chief, writes --out). Sets TF_CONFIG, which a cluster manager may set instead.")
+@click.option("--worker-index", type=NON_NEGATIVE_INT, default=None, help="This machine's place in --workers (0 is the chief).")
+@click.option("--worker-timeout", type=click.FloatRange(10, 86400), default=600, show_default=True, metavar="SECONDS",
+              help="How long a worker waits for the others (at start-up, and at each step) before it stops.")
 def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_epochs, batch_size, lr, dropout,
           limit_train, limit_test, val_fraction, io_type, target, class_maps, data_cache, memory_budget_gb, seed,
-          resume) -> None:
-    """Train NiN, fine-tune it with QAT, convert to int8 TFLite and evaluate: one run folder."""
+          resume, workers, worker_index, worker_timeout) -> None:
+    """Train NiN, fine-tune it with QAT, convert to int8 TFLite and evaluate: one run folder.
+
+    On several machines the batch size is global (each of N workers takes batch / N per step, the
+    gradients are averaged), so the same --batch-size and --lr give the same training as on one."""
     from .build import build as build_run
+    from .cluster import from_env, tf_config
 
     if target == "edgetpu" and io_type == "int8":
         raise click.BadParameter("--target edgetpu takes uint8 input and output; leave out --io-type int8", param_hint="--io-type")
+    if (workers is None) != (worker_index is None):
+        raise click.UsageError("--workers and --worker-index go together: the same --workers on every machine, "
+                               "each with its own --worker-index (0 is the chief)")
+    if workers is not None:
+        os.environ["TF_CONFIG"] = tf_config(workers, worker_index)
+    cluster = from_env()
     overrides = {k: v for k, v in dict(width=width, input_size=input_size, epochs=epochs, qat_epochs=qat_epochs,
                                         batch_size=batch_size, lr=lr, dropout=dropout, limit_train=limit_train,
                                         limit_test=limit_test).items() if v is not None}
     run = build_run(dataset=dataset, data_dir=data_dir, out=out, profile=profile, arch=arch, overrides=overrides,
                     val_fraction=val_fraction, io_type=io_type, target=target, class_maps=class_maps, seed=seed,
-                    resume=resume, data_cache=data_cache, memory_budget_gb=memory_budget_gb)
-    click.echo(f"run folder: {run.root}")
+                    resume=resume, data_cache=data_cache, memory_budget_gb=memory_budget_gb, workers=cluster,
+                    worker_timeout=worker_timeout)
+    click.echo(f"run folder: {run.root}" if cluster is None or cluster.is_chief else
+               f"{cluster.describe()}: done; the chief writes the run folder {run.root}")
 
 
 STAGE_HELP = {
@@ -261,8 +307,8 @@ def edgetpu() -> None:
 @click.option("--strict", is_flag=True, help="Exit 1 unless every operation would run on the Edge TPU.")
 def edgetpu_check(model: Path, json_out: Path | None, strict: bool) -> None:
     """Say, op by op, what of MODEL (a .tflite or a run folder) would run on the Edge TPU. No compiler needed."""
-    from .build import edgetpu_check as check
     from .edgetpu import format_check
+    from .records import edgetpu_check as check
 
     result = check(model)
     click.echo("\n".join(format_check(result)))
@@ -281,7 +327,7 @@ def edgetpu_check(model: Path, json_out: Path | None, strict: bool) -> None:
 @click.option("--timeout", type=click.FloatRange(1, 36000), default=600, show_default=True, help="Seconds.")
 def edgetpu_compile(model: Path, out_dir: Path | None, compiler: Path | None, timeout: float) -> None:
     """Compile MODEL (a .tflite or a run folder's model_int8.tflite) with edgetpu_compiler (x86-64 Linux only)."""
-    from .build import edgetpu_compile as compile_
+    from .records import edgetpu_compile as compile_
 
     result = compile_(model, out_dir, compiler=str(compiler) if compiler else None, timeout=timeout)
     click.echo(f"edgetpu_compiler {result.compiler_version}: {result.ops_on_tpu} of {result.ops_total} operations mapped "

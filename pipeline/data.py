@@ -193,7 +193,7 @@ def _resize_all(x: np.ndarray, size: int) -> np.ndarray:
 # --------------------------------------------------------------------------- tf.data
 
 def make_dataset(x, y: np.ndarray, batch_size: int, *, training: bool, hflip: bool = True, translate: bool = True,
-                 seed: int = 0, chunk: int = 64):
+                 seed: int = 0, chunk: int = 64, shard: tuple[int, int] | None = None):
     """uint8 images (an array, :class:`IndexedImages` or :class:`FileImages`) -> a batched, prefetched
     tf.data pipeline of float [0, 1] images.
 
@@ -202,6 +202,8 @@ def make_dataset(x, y: np.ndarray, batch_size: int, *, training: bool, hflip: bo
     files decoded on the spot — in parallel, and applies the paper's augmentation (random
     horizontal flips and translations of up to 1/8 of the side, by reflect-padding and a random
     crop) in parallel with training. Nothing holds a second copy of the dataset.
+    ``shard=(i, n)`` keeps every n-th position from the i-th: worker i of n reads only its share
+    of the images (of the array in memory, or of the files of a streamed tree).
     """
     import tensorflow as tf
 
@@ -216,9 +218,10 @@ def make_dataset(x, y: np.ndarray, batch_size: int, *, training: bool, hflip: bo
         imgs.set_shape([None, h, w, c])
         return imgs, tf.gather(labels, pos)
 
-    ds = tf.data.Dataset.range(n)
+    positions = np.arange(n, dtype=np.int64) if shard is None else np.arange(shard[0], n, shard[1], dtype=np.int64)
+    ds = tf.data.Dataset.from_tensor_slices(positions)
     if training:
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(positions), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(chunk).map(read, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
     if training:
         def augment(img, label):
@@ -233,6 +236,17 @@ def make_dataset(x, y: np.ndarray, batch_size: int, *, training: bool, hflip: bo
     ds = ds.batch(batch_size)
     ds = ds.map(lambda a, b: (tf.cast(a, tf.float32) / 255.0, b), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def distributed_train_dataset(strategy, x, y: np.ndarray, global_batch: int, *, hflip: bool, seed: int):
+    """The training pipeline for MultiWorkerMirroredStrategy: each worker builds its own, over its
+    own shard of the images, batched per replica (``global_batch`` / replicas), repeated."""
+
+    def per_worker(ctx):
+        return make_dataset(x, y, ctx.get_per_replica_batch_size(global_batch), training=True, hflip=hflip, seed=seed,
+                            shard=(ctx.input_pipeline_id, ctx.num_input_pipelines)).repeat()
+
+    return strategy.distribute_datasets_from_function(per_worker)
 
 
 def representative_images(x: np.ndarray, y: np.ndarray, n: int = 256, seed: int = 0) -> np.ndarray:

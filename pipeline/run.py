@@ -63,6 +63,9 @@ class RunFolder:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.state: dict[str, Any] = {}
+        # where the training backups live: this folder, except on a multi-worker build's other
+        # workers, whose own folder is temporary and who restore from the chief's backups
+        self.shared = self.root
 
     # ---------------------------------------------------------------- opening
 

@@ -1,9 +1,10 @@
 """A small, generic Keras training loop driver: SGD with momentum and weight decay, an LR
-schedule, TensorBoard and CSV logs, a checkpoint every epoch and resume.
+schedule, TensorBoard and CSV logs, a backup every epoch (Keras BackupAndRestore) and resume.
 
 It knows nothing of NiN: it takes any compiled-able tf_keras model and tf.data pipelines.
 Resuming restores the model, the optimizer (momentum slots and step counter, so the LR
-schedule carries on where it stopped) and the epoch from the last checkpoint.
+schedule carries on where it stopped) and the epoch from the last backup — on one device,
+several GPUs, or several machines (MultiWorkerMirroredStrategy) alike.
 """
 
 from __future__ import annotations
@@ -80,36 +81,37 @@ def distribution_strategy():
     return tf.distribute.get_strategy()
 
 
-class _EpochCheckpoint:
-    """tf.train.Checkpoint of model + optimizer + epoch, written after every epoch."""
+def backed_up_epochs(backup_dir: Path) -> int:
+    """Epochs finished according to the BackupAndRestore backup in ``backup_dir`` (0 without one).
 
-    def __init__(self, model, optimizer, directory: Path):
-        import tensorflow as tf
+    Read from the checkpoint file, without restoring anything, so the caller knows before
+    training starts (to trim the CSV log, to say so, and for workers to agree on it)."""
+    import tensorflow as tf
 
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self.ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=self.epoch)
-        self.manager = tf.train.CheckpointManager(self.ckpt, str(directory), max_to_keep=2)
-
-    def restore(self) -> int:
-        latest = self.manager.latest_checkpoint
-        if not latest:
-            return 0
-        self.ckpt.restore(latest).expect_partial()
-        return int(self.epoch.numpy())
-
-    def save(self, epoch: int) -> None:
-        self.epoch.assign(epoch)
-        self.manager.save(checkpoint_number=epoch)
+    latest = tf.train.latest_checkpoint(str(Path(backup_dir) / "chief"))
+    if not latest:
+        return 0
+    try:
+        saved = int(tf.train.load_checkpoint(latest).get_tensor("ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+    except (tf.errors.OpError, ValueError):
+        return 0  # unreadable: BackupAndRestore fails on it too, with TensorFlow's message
+    return max(0, saved + 1)  # BackupAndRestore stores the 0-based epoch it finished
 
 
 def fit(model, train_ds, val_ds, cfg: TrainConfig, *, steps_per_epoch: int, run_dir: Path, tag: str,
-        verbose: int = 1, extra_callbacks: list | None = None) -> dict[str, list[float]]:
-    """Compile and train ``model``, resuming from ``run_dir/checkpoints/<tag>`` if present.
+        verbose: int = 1, extra_callbacks: list | None = None, backup_dir: Path | None = None) -> dict[str, list[float]]:
+    """Compile and train ``model``; an interrupted run resumes from its last finished epoch.
 
-    Returns the full history (earlier, resumed epochs included) read back from the CSV log.
+    Fault tolerance is Keras's ``BackupAndRestore`` (model, optimizer — momentum and step
+    counter, so the LR schedule carries on — and epoch, after every epoch) in ``backup_dir``
+    (default ``run_dir/checkpoints/<tag>``). Under MultiWorkerMirroredStrategy every worker
+    passes the same ``backup_dir``: all restore from the chief's backup, the others' writes go
+    to temporary folders. The per-epoch CSV log is trimmed to the restored epoch, so a resumed
+    run has no duplicated rows. Returns the full history read back from that log.
     """
     import tf_keras as keras
 
+    backup_dir = Path(backup_dir or run_dir / "checkpoints" / tag)
     keras.utils.set_random_seed(cfg.seed)
     # the optimizer, metrics and checkpoint variables belong to the strategy the model was built
     # under (MirroredStrategy on several GPUs): made outside its scope, compile refuses them
@@ -118,37 +120,42 @@ def fit(model, train_ds, val_ds, cfg: TrainConfig, *, steps_per_epoch: int, run_
         loss = _smoothed_sparse_ce(cfg.label_smoothing) if cfg.label_smoothing else keras.losses.SparseCategoricalCrossentropy()
         model.compile(optimizer=optimizer, loss=loss,
                       metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-        ckpt = _EpochCheckpoint(model, optimizer, run_dir / "checkpoints" / tag)
-    initial_epoch = ckpt.restore()
+    initial_epoch = backed_up_epochs(backup_dir)
     csv_path = run_dir / f"history_{tag}.csv"
     if initial_epoch == 0 and csv_path.exists():
-        csv_path.unlink()  # a stale log from a run that never checkpointed
+        csv_path.unlink()  # a stale log from a run that never finished an epoch
     if initial_epoch >= cfg.epochs:
-        log.info("%s: all %d epochs already done (checkpoint), skipping", tag, cfg.epochs)
-        return read_history(csv_path)
-    if initial_epoch:
+        log.info("%s: all %d epochs already done (backup), restoring the weights", tag, cfg.epochs)
+    elif initial_epoch:
         log.info("%s: resuming from the checkpoint after epoch %d of %d", tag, initial_epoch, cfg.epochs)
     _truncate_history(csv_path, initial_epoch)
 
-    class Saver(keras.callbacks.Callback):
+    class EpochLog(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t = time.perf_counter()
+
         def on_epoch_end(self, epoch, logs=None):
-            ckpt.save(epoch + 1)
             msg = " ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items())
-            log.info("%s epoch %d/%d: %s (lr=%.5f)", tag, epoch + 1, cfg.epochs, msg, _current_lr(optimizer))
+            log.info("%s epoch %d/%d: %s (lr=%.5f, %.1f s)", tag, epoch + 1, cfg.epochs, msg, _current_lr(optimizer),
+                     time.perf_counter() - self.t)
 
     callbacks = [
+        # first: it restores before the others start and backs up after every epoch
+        keras.callbacks.BackupAndRestore(str(backup_dir), save_freq="epoch", delete_checkpoint=False),
         keras.callbacks.CSVLogger(str(csv_path), append=True),
         keras.callbacks.TensorBoard(str(run_dir / "tensorboard" / tag), update_freq="epoch", profile_batch=0),
-        Saver(),
+        EpochLog(),
         keras.callbacks.TerminateOnNaN(),
         *(extra_callbacks or []),
     ]
     t0 = time.time()
+    # with every epoch backed up, fit restores the weights and trains no further epoch
     model.fit(
-        train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
-        steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose,
+        train_ds, validation_data=val_ds, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
+        verbose=verbose if initial_epoch < cfg.epochs else 0,
     )
-    log.info("%s: %d epoch(s) in %.0f s", tag, cfg.epochs - initial_epoch, time.time() - t0)
+    if initial_epoch < cfg.epochs:
+        log.info("%s: %d epoch(s) in %.0f s", tag, cfg.epochs - initial_epoch, time.time() - t0)
     if any(math.isnan(v) for v in read_history(csv_path).get("loss", [])):
         from .errors import TrainingError
 
@@ -192,7 +199,8 @@ def _smoothed_sparse_ce(eps: float):
 def _current_lr(optimizer) -> float:
     lr = optimizer.learning_rate
     try:
-        return float(lr(optimizer.iterations)) if callable(lr) else float(lr)
+        # the step as a plain int: under a distribution strategy the counter is a mirrored variable
+        return float(lr(int(optimizer.iterations.numpy()))) if callable(lr) else float(lr)
     except Exception:
         return float("nan")
 

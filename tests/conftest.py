@@ -186,7 +186,7 @@ def run_dir(cifar_jpg, tmp_path_factory):
     cmd = build_cmd(cifar_jpg, out)
     # 1. start, wait for the first epoch's checkpoint, then Ctrl-C
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ckpt_index = out / "checkpoints" / "train" / "checkpoint"
+    ckpt_index = out / "checkpoints" / "train" / "chief" / "checkpoint"  # Keras BackupAndRestore
     deadline = time.time() + 600
     while not ckpt_index.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.5)

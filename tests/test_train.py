@@ -51,8 +51,15 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
     assert int(m2.optimizer.iterations.numpy()) == 12  # the step counter (and LR schedule) carried on
     # a third call has nothing left to do
     seen.clear()
-    fit(_model(), _data(), None, cfg, steps_per_epoch=4, run_dir=tmp_path, tag="t", verbose=0, extra_callbacks=[Spy()])
+    m3 = _model()
+    fit(m3, _data(), None, cfg, steps_per_epoch=4, run_dir=tmp_path, tag="t", verbose=0, extra_callbacks=[Spy()])
     assert seen == []
+    for a, b in zip(m2.get_weights(), m3.get_weights()):  # ... but the trained weights are restored
+        np.testing.assert_array_equal(a, b)
+    from pipeline.train import backed_up_epochs
+
+    assert backed_up_epochs(tmp_path / "checkpoints" / "t") == 3
+    assert backed_up_epochs(tmp_path / "nowhere") == 0
 
 
 def test_schedules():

@@ -1,0 +1,98 @@
+"""What a run folder records once its models exist: the report files, and the Edge TPU check and
+compile summaries (in edgetpu.json, the report and the sidecar). Used by ``pipeline.build`` and by
+the `nin-pipeline edgetpu` commands."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from .errors import ReportError
+from .run import EDGETPU_JSON, INT8_TFLITE, REPORT_HTML, REPORT_JSON, REPORT_MD, SIDECAR_NAME, RunFolder
+
+log = logging.getLogger("pipeline")
+
+
+def write_report(run: RunFolder, report: dict[str, Any], pngs: dict[str, bytes] | None = None) -> None:
+    """The plots (when given), then report.json, report.md and report.html, each written atomically.
+    Without ``pngs`` the plots already in the folder are inlined into the HTML."""
+    from .render import render_html, render_markdown
+
+    if pngs is not None:
+        for name, data in pngs.items():
+            run.write_bytes(name, data)
+        report["plots"] = {name.removesuffix(".png"): name for name in pngs}
+    names = report.get("plots", {}).values()
+    images = {n: run.path(n).read_bytes() for n in names if run.path(n).is_file()}
+    run.write_json(REPORT_JSON, report)
+    run.write_text(REPORT_MD, render_markdown(report))
+    run.write_text(REPORT_HTML, render_html(report, images))
+
+
+def edgetpu_stage(run: RunFolder) -> None:
+    """--target edgetpu: check model_int8.tflite against the Edge TPU's rules, then compile it when
+    edgetpu_compiler is installed (x86-64 Linux); without it, say how to finish elsewhere."""
+    from .edgetpu import EdgeTpuError, check_model, compile_model, verdict
+
+    result = check_model(run.path(INT8_TFLITE))
+    record_edgetpu(run, "check", result.to_dict())
+    log.info("edgetpu check: %s", verdict(result))
+    try:
+        compiled = compile_model(run.path(INT8_TFLITE))
+    except EdgeTpuError as exc:
+        log.warning("edgetpu: not compiled here (%s). Then: nin-pipeline edgetpu compile %s", exc, run.root)
+        return
+    record_compiled(run, compiled)
+
+
+def record_edgetpu(run: RunFolder, key: str, value: dict[str, Any]) -> None:
+    """Keep a check/compile summary in edgetpu.json and in the report files (when there is a report)."""
+    data = {**run.read_edgetpu(), key: value}
+    run.write_json(EDGETPU_JSON, data)
+    if run.path(REPORT_JSON).is_file():
+        try:
+            report = run.read_report()
+        except ReportError:
+            return  # a damaged report is rebuilt by `nin-pipeline report`, which reads edgetpu.json
+        report["edgetpu"] = data
+        write_report(run, report)
+
+
+def record_compiled(run: RunFolder, compiled) -> None:
+    """The compiler's summary into edgetpu.json and the report; the compiled model's hash into model.json."""
+    from edge_app.fsutil import sha256_file
+    from edge_app.sidecar import read_sidecar, write_sidecar
+
+    record_edgetpu(run, "compile", {k: v for k, v in compiled.to_dict().items() if k != "log"})
+    out = Path(compiled.output)
+    sidecar_path = run.path(SIDECAR_NAME)
+    if out.parent.resolve() == run.root.resolve() and sidecar_path.is_file():
+        sc = read_sidecar(sidecar_path)
+        write_sidecar(sidecar_path, dataclasses.replace(sc, files={**sc.files, out.name: sha256_file(out)}))
+    log.info("edgetpu: %s of %s operations mapped to the Edge TPU -> %s", compiled.ops_on_tpu, compiled.ops_total, out)
+
+
+def edgetpu_check(model: Path):
+    """`nin-pipeline edgetpu check`: a .tflite, or a run folder's int8 model (the run then records the result)."""
+    from edge_app.runfiles import resolve_model_path
+
+    from .edgetpu import check_model
+
+    result = check_model(resolve_model_path(model))
+    if Path(model).is_dir():
+        record_edgetpu(RunFolder(model), "check", result.to_dict())
+    return result
+
+
+def edgetpu_compile(model: Path, out_dir: Path | None = None, *, compiler: str | None = None, timeout: float = 600.0):
+    """`nin-pipeline edgetpu compile`: like :func:`edgetpu_check`, the run folder records the compiler's summary."""
+    from edge_app.runfiles import resolve_model_path
+
+    from .edgetpu import compile_model
+
+    result = compile_model(resolve_model_path(model), out_dir, compiler=compiler, timeout=timeout)
+    if Path(model).is_dir():
+        record_compiled(RunFolder(model), result)
+    return result
