@@ -37,7 +37,7 @@ log = logging.getLogger("pipeline")
 #: a dead peer is noticed sooner, by the heartbeat (about 10 s measured here)
 DEFAULT_TIMEOUT_S = 600.0
 #: seconds the workers may take to find each other at start-up
-DEFAULT_STARTUP_S = 900.0
+DEFAULT_STARTUP_S = DEFAULT_TIMEOUT_S
 
 
 class ClusterError(PipelineError):
@@ -147,6 +147,10 @@ def start(cluster: Cluster, *, timeout_s: float = DEFAULT_TIMEOUT_S, startup_s: 
     try:
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout_s)
         _strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    except tf.errors.OpError as exc:  # e.g. "Could not start gRPC server": the port is taken
+        port = cluster.workers[cluster.index].rpartition(":")[2]
+        raise ClusterError(f"{cluster.describe()}: cannot start multi-worker training ({exc.message})",
+                           f"check that port {port} is free on this machine and that its HOST is this machine") from None
     except RuntimeError as exc:
         raise ClusterError(f"cannot start multi-worker training: {exc}",
                            "the strategy must be TensorFlow's first call in the process: run it through `nin-pipeline build`") from None

@@ -22,7 +22,11 @@ def configure_devices() -> dict[str, Any]:
     replicas = int(os.environ.get("NIN_CPU_REPLICAS", "0") or 0)
     if replicas > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+        try:
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+        except RuntimeError:  # the runtime already started (a multi-worker build starts it first)
+            log.warning("NIN_CPU_REPLICAS=%d ignored: TensorFlow's runtime had already started", replicas)
+            replicas = 0
     gpus = tf.config.list_physical_devices("GPU")
     for g in gpus:
         try:
