@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -61,7 +62,7 @@ class _Cli(click.Group):
             lines = [ln.strip() for ln in (exc.message or str(exc)).splitlines() if ln.strip()]
             said = [ln for ln in lines if not ln.startswith(("Graph execution error", "Detected at node", "File ", "[[",
                                                              "The error could be"))]
-            first = (said or lines or [""])[0]
+            first = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", (said or lines or [""])[0])  # TF's op-name prefix
             from .cluster import strategy
 
             if strategy() is not None and type(exc).__name__ in ("UnavailableError", "DeadlineExceededError", "AbortedError",

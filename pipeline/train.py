@@ -111,6 +111,8 @@ def fit(model, train_ds, val_ds, cfg: TrainConfig, *, steps_per_epoch: int, run_
     """
     import tf_keras as keras
 
+    import tensorflow as tf
+
     backup_dir = Path(backup_dir or run_dir / "checkpoints" / tag)
     keras.utils.set_random_seed(cfg.seed)
     # the optimizer, metrics and checkpoint variables belong to the strategy the model was built
@@ -120,6 +122,10 @@ def fit(model, train_ds, val_ds, cfg: TrainConfig, *, steps_per_epoch: int, run_
         loss = _smoothed_sparse_ce(cfg.label_smoothing) if cfg.label_smoothing else keras.losses.SparseCategoricalCrossentropy()
         model.compile(optimizer=optimizer, loss=loss,
                       metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        # the per-step figures of the progress bar: this worker's own (Keras's "auto" sums them over the
+        # workers, an all-reduce per step that showed 2x the loss with 2 workers); epoch-end figures are global
+        model.distribute_reduction_method = "first"
     initial_epoch = backed_up_epochs(backup_dir)
     csv_path = run_dir / f"history_{tag}.csv"
     if initial_epoch == 0 and csv_path.exists():
@@ -199,8 +205,9 @@ def _smoothed_sparse_ce(eps: float):
 def _current_lr(optimizer) -> float:
     lr = optimizer.learning_rate
     try:
-        # the step as a plain int: under a distribution strategy the counter is a mirrored variable
-        return float(lr(int(optimizer.iterations.numpy()))) if callable(lr) else float(lr)
+        # a schedule of the step; under a distribution strategy a mirrored variable holding the current rate
+        value = lr(int(optimizer.iterations.numpy())) if callable(lr) else lr
+        return float(value.numpy() if hasattr(value, "numpy") else value)
     except Exception:
         return float("nan")
 

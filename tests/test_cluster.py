@@ -235,7 +235,8 @@ def test_the_converted_qat_model_is_the_one_trained_under_the_strategy(two_worke
     run = RunFolder.open(out)
     splits = make_splits(run.load_config().data)
     qat = run.load_qat()
-    keras_pred = qat.predict(splits.x_val.astype(np.float32) / 255.0, verbose=0).argmax(-1)
+    x_val = np.asarray(splits.x_val[np.arange(len(splits.y_val))])  # uint8, out of the decoded store
+    keras_pred = qat.predict(x_val.astype(np.float32) / 255.0, verbose=0).argmax(-1)
     keras_acc = float(np.mean(keras_pred == splits.y_val))
     logged = read_history(out / "history_qat.csv")["val_accuracy"][-1]
     n = len(splits.y_val)
@@ -243,6 +244,6 @@ def test_the_converted_qat_model_is_the_one_trained_under_the_strategy(two_worke
 
     sc = read_sidecar(out)
     clf = Classifier(out / "model_int8.tflite", runtime="ai-edge-litert", num_threads=1, pixel_scale=sc.input.pixel_scale)
-    int8_pred = clf.predict_batch(splits.x_val).argmax(-1)
+    int8_pred = clf.predict_batch(x_val).argmax(-1)
     assert float(np.mean(int8_pred == keras_pred)) >= 0.95  # the int8 model decides as the fake-quant one
     assert abs(float(np.mean(int8_pred == splits.y_val)) - keras_acc) <= 0.03
