@@ -109,9 +109,8 @@ def fit(model, train_ds, val_ds, cfg: TrainConfig, *, steps_per_epoch: int, run_
     to temporary folders. The per-epoch CSV log is trimmed to the restored epoch, so a resumed
     run has no duplicated rows. Returns the full history read back from that log.
     """
-    import tf_keras as keras
-
     import tensorflow as tf
+    import tf_keras as keras
 
     backup_dir = Path(backup_dir or run_dir / "checkpoints" / tag)
     keras.utils.set_random_seed(cfg.seed)
