@@ -31,6 +31,17 @@ def _isolated_caches(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("NIN_DATA_DIR", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _no_cluster():
+    """No TF_CONFIG during a test, and none after it: an in-process `build --workers` writes one
+    (that is its job), and a leaked one would make every later build wait for peers."""
+    saved = os.environ.pop("TF_CONFIG", None)
+    yield
+    os.environ.pop("TF_CONFIG", None)
+    if saved is not None:
+        os.environ["TF_CONFIG"] = saved
+
+
 @pytest.fixture(scope="session")
 def cifar_jpg() -> Path:
     """The real CIFAR-10 copy in ../shared. In CI it must be there; on a user's clone the test skips."""

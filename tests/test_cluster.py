@@ -69,10 +69,10 @@ def test_from_env_reads_a_cluster_managers_tf_config():
     (["--workers", "127.0.0.1:1,127.0.0.1:2", "--worker-index", "2"], "--worker-index 2 is not one of the 2 workers"),
     (["--workers", "127.0.0.1:1,127.0.0.1:2", "--worker-index", "1"], "a multi-worker build needs --out"),
 ])
-def test_build_refuses_bad_worker_options_in_one_line(args, said, monkeypatch, tmp_path):
-    monkeypatch.delenv("TF_CONFIG", raising=False)  # restored afterwards: --workers sets it
+def test_build_refuses_bad_worker_options_in_one_line(args, said, tmp_path):
     res = CliRunner().invoke(cli, ["build", "--dataset", "folder", "--data-dir", str(tmp_path), *args])
     assert res.exit_code != 0 and said in res.output and "Traceback" not in res.output, res.output
+    # (conftest's _no_cluster removes the TF_CONFIG that --workers wrote into this process)
 
 
 def test_batch_sizes_must_split_over_the_replicas():
