@@ -143,6 +143,8 @@ def start(cluster: Cluster, *, timeout_s: float = DEFAULT_TIMEOUT_S, startup_s: 
             sys.stderr.flush()
             os._exit(1)
 
+    log.info("TF_CONFIG names %d workers (this is %s): waiting up to %.0f s for all of them to start",
+             cluster.size, cluster.describe(), startup_s)
     threading.Thread(target=watchdog, name="nin-cluster-startup", daemon=True).start()
     try:
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=None if os.environ.get("NIN_EXP_NOTIMEOUT") else timeout_s)
