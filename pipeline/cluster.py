@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -146,6 +147,12 @@ def start(cluster: Cluster, *, timeout_s: float = DEFAULT_TIMEOUT_S, startup_s: 
     log.info("TF_CONFIG names %d workers (this is %s): waiting up to %.0f s for all of them to start",
              cluster.size, cluster.describe(), startup_s)
     threading.Thread(target=watchdog, name="nin-cluster-startup", daemon=True).start()
+    # Python's Ctrl-C handler cannot run while the constructor blocks in C++: let Ctrl-C end the
+    # process at once instead (nothing is trained yet, nothing to save)
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_DFL)
+    except ValueError:  # not the main thread
+        previous = None
     try:
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=None if os.environ.get("NIN_EXP_NOTIMEOUT") else timeout_s)
         _strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
@@ -158,6 +165,8 @@ def start(cluster: Cluster, *, timeout_s: float = DEFAULT_TIMEOUT_S, startup_s: 
                            "the strategy must be TensorFlow's first call in the process: run it through `nin-pipeline build`") from None
     finally:
         done.set()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     _cluster = cluster
     log.info("multi-worker training: %s; %d workers, %d replica(s) in sync (MultiWorkerMirroredStrategy, "
              "collective timeout %.0f s)", cluster.describe(), cluster.size, _strategy.num_replicas_in_sync, timeout_s)
