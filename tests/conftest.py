@@ -190,10 +190,17 @@ def build_cmd(cifar_jpg, out):
 
 
 @pytest.fixture(scope="session")
-def run_dir(cifar_jpg, tmp_path_factory):
+def cifar_cache(tmp_path_factory) -> Path:
+    """One NIN_CACHE_DIR for the builds on the real CIFAR-10 copy (subprocesses): the archive's
+    60,000 JPEGs are decoded once per session, by whichever build comes first."""
+    return tmp_path_factory.mktemp("cifar_cache")
+
+
+@pytest.fixture(scope="session")
+def run_dir(cifar_jpg, cifar_cache, tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e")
     out = base / "run"
-    env = {**os.environ, "NIN_CACHE_DIR": str(base / "cache"), "KERAS_HOME": str(base / "keras")}
+    env = {**os.environ, "NIN_CACHE_DIR": str(cifar_cache), "KERAS_HOME": str(base / "keras")}
     cmd = build_cmd(cifar_jpg, out)
     # 1. start, wait for the first epoch's checkpoint, then Ctrl-C
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

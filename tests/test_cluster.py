@@ -140,12 +140,12 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _launch(cifar_jpg: Path, out: Path, tag: str) -> list[tuple[subprocess.Popen, Path]]:
+def _launch(cifar_jpg: Path, out: Path, tag: str, cache: Path) -> list[tuple[subprocess.Popen, Path]]:
     workers = ",".join(f"127.0.0.1:{p}" for p in _free_ports(2))
     tmp = out.parent / f"tmp-{tag}"  # each launch its own TMPDIR: a killed worker cannot clean up
     tmp.mkdir()
     env = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "TMPDIR": str(tmp),
-           "NIN_CACHE_DIR": str(out.parent / "cache"), "KERAS_HOME": str(out.parent / "keras")}
+           "NIN_CACHE_DIR": str(cache), "KERAS_HOME": str(out.parent / "keras")}
     env.pop("TF_CONFIG", None)
     procs = []
     for i in range(2):
@@ -159,12 +159,12 @@ def _launch(cifar_jpg: Path, out: Path, tag: str) -> list[tuple[subprocess.Popen
 
 
 @pytest.fixture(scope="session")
-def two_worker_run(cifar_jpg, tmp_path_factory):
+def two_worker_run(cifar_jpg, cifar_cache, tmp_path_factory):
     """Two workers on 127.0.0.1 build a tiny model; worker 1 is killed (SIGKILL) after the first
     epoch's backup, worker 0 must stop on its own; then both are started again and finish."""
     base = tmp_path_factory.mktemp("workers")
     out = base / "run"
-    first = _launch(cifar_jpg, out, "first")
+    first = _launch(cifar_jpg, out, "first", cifar_cache)
     backup = out / "checkpoints" / "train" / "chief" / "checkpoint"
     deadline = time.time() + 600
     while not backup.exists() and all(p.poll() is None for p, _ in first) and time.time() < deadline:
@@ -177,7 +177,7 @@ def two_worker_run(cifar_jpg, tmp_path_factory):
         first[0][0].kill()
         pytest.fail("worker 0 did not stop within 300 s of worker 1's death")
     first[1][0].wait()
-    second = _launch(cifar_jpg, out, "second")
+    second = _launch(cifar_jpg, out, "second", cifar_cache)
     for p, log in second:
         try:
             p.wait(timeout=900)
@@ -185,7 +185,7 @@ def two_worker_run(cifar_jpg, tmp_path_factory):
             for q, _ in second:
                 q.kill()
             pytest.fail(f"the relaunched workers did not finish: {log.read_text()[-3000:]}")
-    return {"out": out, "tmp": base / "tmp-second", "cache": base / "cache", "rc0_after_kill": rc0,
+    return {"out": out, "tmp": base / "tmp-second", "cache": cifar_cache, "rc0_after_kill": rc0,
             "first": [log.read_text() for _, log in first],
             "second": [log.read_text() for _, log in second], "rcs": [p.returncode for p, _ in second]}
 
