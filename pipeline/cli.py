@@ -63,10 +63,9 @@ class _Cli(click.Group):
             said = [ln for ln in lines if not ln.startswith(("Graph execution error", "Detected at node", "File ", "[[",
                                                              "The error could be"))]
             first = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", (said or lines or [""])[0])  # TF's op-name prefix
-            from .cluster import strategy
+            from .cluster import peer_failed
 
-            if strategy() is not None and type(exc).__name__ in ("UnavailableError", "DeadlineExceededError", "AbortedError",
-                                                                   "CancelledError", "InternalError"):
+            if peer_failed(exc):
                 # a worker died or hangs; this process's collectives cannot recover: stop now (the
                 # strategy's threads would keep an ordinary exit waiting)
                 click.echo(f"Error: training stopped: a worker stopped responding ({type(exc).__name__}: {first}). "

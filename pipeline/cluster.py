@@ -37,8 +37,6 @@ log = logging.getLogger("pipeline")
 #: seconds a collective (a gradient all-reduce) may wait for a stuck peer before failing;
 #: a dead peer is noticed sooner, by the heartbeat (about 10 s measured here)
 DEFAULT_TIMEOUT_S = 600.0
-#: seconds the workers may take to find each other at start-up
-DEFAULT_STARTUP_S = DEFAULT_TIMEOUT_S
 
 
 class ClusterError(PipelineError):
@@ -120,7 +118,7 @@ _strategy = None  # this process's MultiWorkerMirroredStrategy, once started
 _cluster: Cluster | None = None
 
 
-def start(cluster: Cluster, *, timeout_s: float = DEFAULT_TIMEOUT_S, startup_s: float = DEFAULT_STARTUP_S):
+def start(cluster: Cluster, *, timeout_s: float = DEFAULT_TIMEOUT_S, startup_s: float = DEFAULT_TIMEOUT_S):
     """Create the MultiWorkerMirroredStrategy: must come before any other TensorFlow call.
 
     Its constructor blocks until every worker has started; if that takes longer than
@@ -171,6 +169,15 @@ def start(cluster: Cluster, *, timeout_s: float = DEFAULT_TIMEOUT_S, startup_s: 
     log.info("multi-worker training: %s; %d workers, %d replica(s) in sync (MultiWorkerMirroredStrategy, "
              "collective timeout %.0f s)", cluster.describe(), cluster.size, _strategy.num_replicas_in_sync, timeout_s)
     return _strategy
+
+
+#: TensorFlow errors that mean a peer died or hangs: the collectives of this process cannot recover
+PEER_FAILURES = ("UnavailableError", "DeadlineExceededError", "AbortedError", "CancelledError", "InternalError")
+
+
+def peer_failed(exc: BaseException) -> bool:
+    """Did training stop because another worker died or stopped responding?"""
+    return _strategy is not None and type(exc).__name__ in PEER_FAILURES
 
 
 def strategy():
