@@ -250,6 +250,57 @@ def check_batch_sizes(strategy, batches: dict[str, int]) -> None:
                                f"use a multiple of {n} (the batch size is global: each replica takes batch / {n})")
 
 
+def per_worker_dataset(strategy, dataset_fn: Callable):
+    """The training input for ``fit`` under ``strategy``: each worker's own ``dataset_fn(ctx)``.
+
+    With one replica per worker (a CPU or a single GPU each, the usual case), the worker's dataset
+    is handed to Keras as it is, and each step's batch goes straight to the worker's only replica.
+    The standard route, ``distribute_datasets_from_function``, always puts a MultiDeviceIterator
+    in between, which cost 300 ms of CPU per step of ~650 ms here (quick model, batch 128, one
+    pinned core; Keras step 961-1,085 ms with it, 645-696 ms without; the multi-device-only
+    alternative, ``InputReplicationMode.PER_REPLICA``, is refused by this strategy). Workers with
+    several replicas take the standard route.
+    """
+    import tensorflow as tf
+
+    local = len(strategy.extended.worker_devices)
+    if local != 1 or _cluster is None:
+        return strategy.distribute_datasets_from_function(dataset_fn)
+    ctx = tf.distribute.InputContext(num_input_pipelines=_cluster.size, input_pipeline_id=_cluster.index,
+                                     num_replicas_in_sync=strategy.num_replicas_in_sync)
+    return _WorkerDataset(dataset_fn(ctx))
+
+
+def _worker_dataset_class():
+    import tensorflow as tf
+
+    class WorkerDataset(tf.distribute.DistributedDataset):
+        """One worker's tf.data pipeline, which Keras's ``fit`` iterates without redistributing it
+        (it takes any ``tf.distribute.DistributedDataset`` as already distributed)."""
+
+        def __init__(self, dataset):
+            self._dataset = dataset
+
+        def __iter__(self):
+            return iter(self._dataset)
+
+        @property
+        def element_spec(self):
+            return self._dataset.element_spec
+
+    return WorkerDataset
+
+
+def _WorkerDataset(dataset):  # noqa: N802 - a class made when TensorFlow is imported, not before
+    global _worker_dataset_cls
+    if _worker_dataset_cls is None:
+        _worker_dataset_cls = _worker_dataset_class()
+    return _worker_dataset_cls(dataset)
+
+
+_worker_dataset_cls = None
+
+
 @contextlib.contextmanager
 def worker_folder(out: Path, cfg, cluster: Cluster) -> Iterator[RunFolder]:
     """A non-chief worker's own temporary run folder, removed afterwards.

@@ -246,7 +246,9 @@ def distributed_train_dataset(strategy, x, y: np.ndarray, global_batch: int, *, 
         return make_dataset(x, y, ctx.get_per_replica_batch_size(global_batch), training=True, hflip=hflip, seed=seed,
                             shard=(ctx.input_pipeline_id, ctx.num_input_pipelines)).repeat()
 
-    return strategy.distribute_datasets_from_function(per_worker)
+    from .cluster import per_worker_dataset
+
+    return per_worker_dataset(strategy, per_worker)
 
 
 def representative_images(x: np.ndarray, y: np.ndarray, n: int = 256, seed: int = 0) -> np.ndarray:
