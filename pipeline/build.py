@@ -32,6 +32,7 @@ from .run import (
     EDGETPU_TFLITE,
     FLOAT_TFLITE,
     INT8_TFLITE,
+    LAYER_ERRORS_JSON,
     PREDICTIONS,
     PTQ_TFLITE,
     REPORT_HTML,
@@ -218,10 +219,31 @@ def stage_convert(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
     from edge_app.sidecar import write_sidecar
 
     write_sidecar(run.path(SIDECAR_NAME), sidecar)
+    run.write_json(LAYER_ERRORS_JSON, layer_error_tables({"qat_int8": (run.path(INT8_TFLITE), qat_model),
+                                                          "ptq_int8": (run.path(PTQ_TFLITE), float_model)}, rep))
     for stale in (EDGETPU_TFLITE, EDGETPU_LOG, EDGETPU_JSON):  # they described the old model
         run.path(stale).unlink(missing_ok=True)
     if cfg.convert.target == "edgetpu":
         edgetpu_stage(run)
+
+
+def layer_error_tables(variants: dict[str, tuple[Path, Any]], rep: np.ndarray, keep: int = 12) -> dict[str, Any]:
+    """Per int8 variant (its .tflite and the Keras model it came from), the layers that add the
+    most error first (:mod:`pipeline.quant_debug`), or why they could not be measured."""
+    from .quant_debug import ROUNDING_RMSE_STEPS, layer_errors, worst_first
+
+    t, out = time.time(), {}
+    for key, (path, model) in variants.items():
+        try:
+            rows = worst_first(layer_errors(path, model, rep))
+        except Exception as exc:  # noqa: BLE001 - a diagnostic: its failure must not fail the build
+            log.warning("per-layer int8 error of %s not measured: %s", key, str(exc).splitlines()[0][:200])
+            out[key] = {"error": str(exc).splitlines()[0][:500]}
+            continue
+        out[key] = {"layers": len(rows), "reference": "QAT model" if key == "qat_int8" else "float model",
+                    "rounding_rmse_steps": ROUNDING_RMSE_STEPS, "worst": [r.as_dict() for r in rows[:keep]]}
+    log.info("convert: per-layer int8 error measured on %d representative images (%.0f s)", min(32, len(rep)), time.time() - t)
+    return out
 
 
 def evaluate_and_report(cfg: BuildConfig, run: RunFolder, splits: Splits, *, rerun: bool = True,

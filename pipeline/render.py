@@ -25,6 +25,38 @@ def table_rows(report: dict) -> list[list[str]]:
     return rows
 
 
+def significance_lines(report: dict) -> list[str]:
+    """One sentence per tested pair: the change, the images behind it, McNemar's p and the verdict."""
+    out = []
+    for t in (report.get("significance") or {}).values():
+        a, b = TITLES.get(t["a"], t["a"]), TITLES.get(t["b"], t["b"])
+        verdict = "significant" if t["significant"] else "not significant: read it as noise"
+        out.append(f"{b} vs {a}: {t['difference_points']:+.2f} points ({t['b_only_correct']} images right only in {b}, "
+                   f"{t['a_only_correct']} only in {a}; McNemar p = {t['p_value']:.3g}): {verdict} at {t['alpha']:g}")
+    return out
+
+
+def layer_error_lines(report: dict, n: int = 5) -> list[str]:
+    """Markdown: per int8 variant, the layers that add the most error against the model it came from."""
+    from .quant_debug import short_name
+
+    out = []
+    for key, e in (report.get("int8_layer_errors") or {}).items():
+        title = f"## Which layers lose it: {TITLES.get(key, key)}"
+        if "error" in e:
+            out += [title, "", f"Not measured: {e['error']}", ""]
+            continue
+        out += [title, "",
+                f"Each int8 tensor against the same layer of the {e['reference']} on representative training images. "
+                f"RMSE / scale is in quantisation steps (rounding alone gives {e['rounding_rmse_steps']:.2f}); "
+                f"noise / signal is RMSE / the float activations' spread; *added* is what this layer adds to the worst "
+                f"before it. Largest additions first ({min(n, len(e['worst']))} of {e['layers']} layers):", "",
+                "| layer | int8 tensor | RMSE / scale | noise / signal | added |", "|---|---|---|---|---|",
+                *(f"| {r['layer']} | `{short_name(r['tensor'])}` | {r['rmse_steps']:.2f} | {r['nsr']:.3f} | {r['added_nsr']:+.3f} |"
+                  for r in e["worst"][:n]), ""]
+    return out
+
+
 HEADER = ["variant", "top-1", "top-5", "Δ vs float", "agreement", "bytes", "ms/image 1 thread / all"]
 
 
@@ -42,6 +74,8 @@ def print_table(report: dict) -> None:
     if not console.is_terminal:
         console.width = 120  # a log file: do not wrap the table at 80 columns
     console.print(t)
+    for line in significance_lines(report):
+        console.print(line, highlight=False, markup=False)
 
 
 def render_markdown(report: dict) -> str:
@@ -65,6 +99,10 @@ def render_markdown(report: dict) -> str:
         f"{report['int8_losses']['flipped_count']} test images changed their top-1 between float and QAT int8.",
         "",
     ]
+    sig = significance_lines(report)
+    if sig:
+        lines.extend(["## Is the difference real?", "", *(f"- {x}" for x in sig), ""])
+    lines.extend(layer_error_lines(report))
     lines.extend(edgetpu_lines(report))
     for name in report.get("plots", {}).values():
         lines.append(f"![{name}]({name})")
@@ -108,6 +146,8 @@ def render_html(report: dict, images: dict[str, bytes]) -> str:
     ]
     figs = "".join(f"<h2>{esc(t)}</h2>{img(plots[k])}" for t, k in sections if k in plots and plots[k] in images)
     title = f"Float vs int8: {report.get('dataset', '')} / {report.get('arch', '')} width {report.get('width', '')}"
+    sig = significance_lines(report)
+    significance = ("<h2>Is the difference real?</h2><ul>" + "".join(f"<li>{esc(x)}</li>" for x in sig) + "</ul>" if sig else "")
     tpu = edgetpu_lines(report)
     edgetpu = ("<h2>Edge TPU</h2><ul>" + "".join(f"<li>{esc(x[2:])}</li>" for x in tpu if x.startswith("- ")) + "</ul>"
                if tpu else "")
@@ -131,7 +171,7 @@ float .tflite's bytes. Latency is invoke-only through the edge runtime on the bu
 <table id="drops"><thead><tr><th>class</th><th>float</th><th>int8</th><th>change (pts)</th></tr></thead>
 <tbody>{drops}</tbody></table>
 <p>{report['int8_losses']['flipped_count']} test images changed their top-1 between float and QAT int8.</p>
-{edgetpu}{figs}
+{significance}{edgetpu}{figs}
 </body></html>
 """
 

@@ -8,6 +8,7 @@ orchestrator (``pipeline.build``) writes the files, ``pipeline.render`` formats 
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 from typing import Any
@@ -52,6 +53,38 @@ def variant_metrics(probs: np.ndarray, y: np.ndarray, float_probs: np.ndarray, l
         },
         "confusion_matrix": cm.tolist(),
     }
+
+
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray, alpha: float = 0.05) -> dict[str, Any]:
+    """Is the top-1 difference between two models on the same images more than chance?
+
+    McNemar's exact test: only the images that exactly one of the two gets right carry evidence
+    (``a_only``, ``b_only``); if the models were equally good, each such image would be A's with
+    probability 1/2, so the two-sided p-value is 2 * P(X <= min(a_only, b_only)), X ~ Binomial(n, 1/2),
+    n = a_only + b_only (computed in logs: n reaches thousands).
+    """
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    a_only, b_only = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    n, k = a_only + b_only, min(a_only, b_only)
+    if n == 0:
+        p = 1.0
+    else:
+        ks = np.arange(k + 1)
+        log_terms = np.array([math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in ks]) - n * math.log(2)
+        p = min(1.0, 2.0 * float(np.exp(log_terms).sum()))
+    return {"a_only_correct": a_only, "b_only_correct": b_only, "difference_points": 100.0 * (b.mean() - a.mean()) if len(a) else 0.0,
+            "p_value": p, "significant": bool(p < alpha), "alpha": alpha, "test": "McNemar exact (two-sided)"}
+
+
+#: the pairs a report tests: (A, B) -> the change from A to B
+SIGNIFICANCE_PAIRS = (("float_keras", "qat_int8"), ("float_keras", "ptq_int8"), ("ptq_int8", "qat_int8"))
+
+
+def significance(preds: dict[str, np.ndarray], y: np.ndarray) -> dict[str, dict[str, Any]]:
+    """McNemar's test for each of :data:`SIGNIFICANCE_PAIRS`, keyed "A_vs_B"."""
+    correct = {k: preds[k].argmax(1) == y for k in preds}
+    return {f"{a}_vs_{b}": {"a": a, "b": b, **mcnemar(correct[a], correct[b])}
+            for a, b in SIGNIFICANCE_PAIRS if a in correct and b in correct}
 
 
 def _nan_none(v: float) -> float | None:
@@ -116,6 +149,7 @@ def build_report(run: RunFolder, preds: dict[str, np.ndarray], y: np.ndarray, la
         "test_images": int(len(y)), "split": "test", "labels": list(labels),
         "variants": variants,
         "int8_bytes_ratio": variants["qat_int8"]["bytes"] / variants["float_tflite"]["bytes"],
+        "significance": significance(preds, y),
         "int8_losses": {
             "classes_by_accuracy_change": [{"class": c, "float": a, "int8": b, "change": b - a} for c, a, b in class_drop],
             "flipped": [
@@ -127,6 +161,9 @@ def build_report(run: RunFolder, preds: dict[str, np.ndarray], y: np.ndarray, la
         "machine": {"platform": platform.platform(), "cpus": threads},
         "created": now(),
     }
+    layer_errors = run.read_layer_errors()  # written by the convert stage
+    if layer_errors:
+        report["int8_layer_errors"] = layer_errors
     edgetpu = run.read_edgetpu()  # written by `nin-pipeline edgetpu check/compile` and --target edgetpu
     if edgetpu:
         report["edgetpu"] = edgetpu

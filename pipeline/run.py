@@ -36,6 +36,7 @@ FLOAT_TFLITE = "model_float32.tflite"
 PTQ_TFLITE = "model_int8_ptq.tflite"
 EDGETPU_LOG = "model_int8_edgetpu.log"
 EDGETPU_JSON = "edgetpu.json"
+LAYER_ERRORS_JSON = "layer_errors.json"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -166,6 +167,16 @@ class RunFolder:
 
     def read_report_if_any(self) -> dict[str, Any]:
         return self.read_report() if self.path(REPORT_JSON).exists() else {}
+
+    def read_layer_errors(self) -> dict[str, Any]:
+        """layer_errors.json (int8-vs-float error per layer, written by the convert stage); {} when absent or unreadable."""
+        p = self.path(LAYER_ERRORS_JSON)
+        try:
+            data = json.loads(p.read_text()) if p.is_file() else {}
+        except (ValueError, UnicodeDecodeError):
+            log.warning("%s is unreadable; the report leaves the per-layer errors out (re-run the convert stage)", p)
+            return {}
+        return data if isinstance(data, dict) else {}
 
     def read_edgetpu(self) -> dict[str, Any]:
         """edgetpu.json (the Edge TPU check and compile summaries), {} when absent or unreadable."""

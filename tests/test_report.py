@@ -14,7 +14,7 @@ from conftest import REPO, make_image_tree
 
 from pipeline.cli import cli
 from pipeline.evaluate import topk
-from pipeline.report import VARIANTS, confusion, variant_metrics
+from pipeline.report import VARIANTS, confusion, mcnemar, significance, variant_metrics
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -42,6 +42,47 @@ def test_top1_breaks_ties_like_argmax():
     probs[:, 7] = 0.05
     y = np.zeros(64, np.int64)
     assert topk(probs, y, 1) == 1.0 == np.mean(probs.argmax(1) == y)
+
+
+def _pairs(a_only: int, b_only: int, both: int = 50, neither: int = 10):
+    a = np.array([1] * a_only + [0] * b_only + [1] * both + [0] * neither, bool)
+    b = np.array([0] * a_only + [1] * b_only + [1] * both + [0] * neither, bool)
+    return a, b
+
+
+@pytest.mark.parametrize("a_only, b_only, p", [
+    (0, 6, 2 / 64),                      # 2 * P(X <= 0), X ~ Bin(6, 1/2)
+    (1, 5, 2 * 7 / 64),                  # 2 * (1 + 6) / 64
+    (10, 2, 2 * (1 + 12 + 66) / 4096),   # the textbook 10-vs-2 case, p = 0.0386
+    (3, 3, 1.0),                         # even split: capped at 1
+    (0, 0, 1.0),                         # the same answers: no evidence either way
+])
+def test_mcnemar_exact_on_hand_counted_cases(a_only, b_only, p):
+    a, b = _pairs(a_only, b_only)
+    t = mcnemar(a, b)
+    assert (t["a_only_correct"], t["b_only_correct"]) == (a_only, b_only)
+    assert t["p_value"] == pytest.approx(p, rel=1e-9)
+    assert t["significant"] == (p < 0.05)
+    assert t["difference_points"] == pytest.approx(100 * (b_only - a_only) / len(a))
+
+
+def test_mcnemar_many_flips_stays_finite_and_symmetric():
+    """10,000 test images: thousands of discordant pairs must not overflow."""
+    a, b = _pairs(1480, 1520, both=6000, neither=1000)
+    t, u = mcnemar(a, b), mcnemar(b, a)
+    assert t["p_value"] == pytest.approx(u["p_value"])
+    assert 0.4 < t["p_value"] <= 1.0 and not t["significant"]
+    assert mcnemar(*_pairs(1400, 1600, both=6000, neither=1000))["significant"]  # the same 3,000 flips, 200 apart
+
+
+def test_significance_names_each_pair():
+    y = np.array([0, 1, 0, 1])
+    onehot = np.eye(2)
+    preds = {"float_keras": onehot[[0, 1, 0, 1]], "qat_int8": onehot[[0, 1, 1, 1]], "ptq_int8": onehot[[1, 0, 1, 0]]}
+    s = significance(preds, y)
+    assert set(s) == {"float_keras_vs_qat_int8", "float_keras_vs_ptq_int8", "ptq_int8_vs_qat_int8"}
+    assert (s["float_keras_vs_ptq_int8"]["a_only_correct"], s["float_keras_vs_ptq_int8"]["b_only_correct"]) == (4, 0)
+    assert s["ptq_int8_vs_qat_int8"]["difference_points"] == pytest.approx(75.0)
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +118,9 @@ def test_report_json_is_complete_and_consistent(fast_run, report):
     n = report["test_images"]
     flips = n - round(report["variants"]["qat_int8"]["agreement_with_float"] * n)
     assert losses["flipped_count"] == flips
+    sig = report["significance"]["float_keras_vs_qat_int8"]
+    assert sig["a_only_correct"] + sig["b_only_correct"] <= flips and 0.0 <= sig["p_value"] <= 1.0
+    assert "Is the difference real?" in (fast_run / "report.md").read_text()
 
 
 def test_plots_are_png(fast_run, report):
