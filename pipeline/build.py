@@ -110,9 +110,10 @@ def stage_train(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
     from . import cluster
     from .devices import mixed_precision_wanted
     from .models import build_model
-    from .train import distribution_strategy
+    from .train import distribution_strategy, seed_everything
 
     mcfg = _model_cfg(cfg, splits)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)  # the initial weights
     mixed = mixed_precision_wanted()
     if mixed:
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -186,7 +187,7 @@ def stage_qat(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
     log.info("qat: BatchNorm frozen; %d activation ranges calibrated on %d training images", len(ranges), len(calib))
     qcfg = TrainConfig(
         epochs=cfg.qat.epochs, batch_size=cfg.qat.batch_size, lr=cfg.qat.lr, momentum=cfg.train.momentum,
-        weight_decay=0.0, schedule="cosine", warmup_epochs=0.0, seed=cfg.train.seed + 1,
+        weight_decay=0.0, schedule="cosine", warmup_epochs=0.0, seed=cfg.train.seed + 1, deterministic=cfg.train.deterministic,
     )
     if cfg.qat.epochs > 0:
         train_ds, val_ds, steps = _datasets(splits, qcfg.batch_size, qcfg.seed, strategy)

@@ -163,6 +163,9 @@ WORKERS = _Workers()
 @click.option("--memory-budget", "memory_budget_gb", type=POSITIVE_FLOAT, default=None, metavar="GB",
               help="Decoded images auto keeps in memory (default: a quarter of this machine's RAM).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--deterministic/--no-deterministic", default=None,
+              help="Same --seed, same machine -> the same report figures and byte-identical .tflite files "
+                   "(default: on; see the README for what it costs).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (--out, or the newest matching one in artifacts/).")
 @click.option("--workers", type=WORKERS, default=None, metavar="HOST:PORT,HOST:PORT[,...]",
               help="Train on several machines: run the same command on each, with its own --worker-index "
@@ -172,7 +175,7 @@ WORKERS = _Workers()
               help="How long a worker waits for the others (at start-up, and at each step) before it stops.")
 def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_epochs, batch_size, lr, dropout,
           limit_train, limit_test, val_fraction, io_type, target, class_maps, data_cache, memory_budget_gb, seed,
-          resume, workers, worker_index, worker_timeout) -> None:
+          deterministic, resume, workers, worker_index, worker_timeout) -> None:
     """Train NiN, fine-tune it with QAT, convert to int8 TFLite and evaluate: one run folder.
 
     On several machines the batch size is global (each of N workers takes batch / N per step, the
@@ -190,7 +193,7 @@ def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_
     cluster = from_env()
     overrides = {k: v for k, v in dict(width=width, input_size=input_size, epochs=epochs, qat_epochs=qat_epochs,
                                         batch_size=batch_size, lr=lr, dropout=dropout, limit_train=limit_train,
-                                        limit_test=limit_test).items() if v is not None}
+                                        limit_test=limit_test, deterministic=deterministic).items() if v is not None}
     run = build_run(dataset=dataset, data_dir=data_dir, out=out, profile=profile, arch=arch, overrides=overrides,
                     val_fraction=val_fraction, io_type=io_type, target=target, class_maps=class_maps, seed=seed,
                     resume=resume, data_cache=data_cache, memory_budget_gb=memory_budget_gb, workers=cluster,

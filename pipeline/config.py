@@ -69,7 +69,7 @@ def make_build_config(dataset: str, data_dir: Path | None, profile: str, arch: s
         model=ModelConfig(arch=arch, width=float(p["width"]), dropout=float(p["dropout"])),
         train=TrainConfig(epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]),
                           weight_decay=float(p["weight_decay"]), schedule=str(p["schedule"]),
-                          warmup_epochs=float(p["warmup_epochs"]), seed=seed),
+                          warmup_epochs=float(p["warmup_epochs"]), seed=seed, deterministic=bool(p.get("deterministic", True))),
         qat=QatConfig(epochs=int(p["qat_epochs"]), lr=float(p["qat_lr"]), batch_size=int(p["batch_size"])),
         convert=ConvertConfig(io_type=io_for_target(target, io_type), class_maps=class_maps, target=target),
         profile=profile,

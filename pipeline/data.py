@@ -224,15 +224,22 @@ def make_dataset(x, y: np.ndarray, batch_size: int, *, training: bool, hflip: bo
         ds = ds.shuffle(len(positions), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(chunk).map(read, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
     if training:
-        def augment(img, label):
+        # Stateless random ops, each image's seed drawn from a seeded stream that differs every
+        # epoch: the same augmentation for the same --seed however the parallel map schedules it
+        # (stateful random ops in a parallel map depend on the order the threads reach them).
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+        def augment(pair, s):
+            img, label = pair
+            flip_seed, crop_seed = s, tf.stack([s[1], s[0]])
             if hflip:
-                img = tf.image.random_flip_left_right(img)
+                img = tf.image.stateless_random_flip_left_right(img, flip_seed)
             if translate:
                 img = tf.pad(img, [[pad_h, pad_h], [pad_w, pad_w], [0, 0]], mode="REFLECT")
-                img = tf.image.random_crop(img, [h, w, c])
+                img = tf.image.stateless_random_crop(img, [h, w, c], crop_seed)
             return img, label
 
-        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size)
     ds = ds.map(lambda a, b: (tf.cast(a, tf.float32) / 255.0, b), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -31,6 +31,19 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
     seed: int = 0
+    deterministic: bool = True  # op determinism: the same seed gives the same model, bit for bit
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, numpy and TensorFlow (weight initialisation, dropout); with ``deterministic``,
+    also make TensorFlow pick deterministic kernels and tf.data keep its order
+    (``tf.config.experimental.enable_op_determinism``, which cannot be undone in the process)."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
 
 
 def make_schedule(cfg: TrainConfig, steps_per_epoch: int):
@@ -113,7 +126,7 @@ def fit(model, train_ds, val_ds, cfg: TrainConfig, *, steps_per_epoch: int, run_
     import tf_keras as keras
 
     backup_dir = Path(backup_dir or run_dir / "checkpoints" / tag)
-    keras.utils.set_random_seed(cfg.seed)
+    seed_everything(cfg.seed, cfg.deterministic)
     # the optimizer, metrics and checkpoint variables belong to the strategy the model was built
     # under (MirroredStrategy on several GPUs): made outside its scope, compile refuses them
     with model.distribute_strategy.scope():

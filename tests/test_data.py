@@ -202,11 +202,30 @@ def test_tf_data_pipeline_is_the_same_from_files_and_from_memory(tmp_path):
             ds = make_dataset(s.x_train, s.y_train, 8, training=training, seed=5, chunk=5)
             batches[mode] = [(x.numpy(), y.numpy()) for x, y in ds]
         assert sum(len(y) for _, y in batches["none"]) == 24
-        if not training:  # augmentation draws differ between two pipelines; the order and pixels must not
-            for (xa, ya), (xb, yb) in zip(batches["memory"], batches["none"]):
-                np.testing.assert_array_equal(ya, yb)
-                np.testing.assert_allclose(xa, xb)
-                assert xa.dtype == np.float32 and xa.max() <= 1.0
+        # the same seed: the same order, and (training) the same flips and crops, from either store
+        for (xa, ya), (xb, yb) in zip(batches["memory"], batches["none"]):
+            np.testing.assert_array_equal(ya, yb)
+            np.testing.assert_allclose(xa, xb)
+            assert xa.dtype == np.float32 and xa.max() <= 1.0
+
+
+def test_augmentation_is_seeded_and_differs_every_epoch(tmp_path):
+    from pipeline.data import make_dataset
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (48, 16, 16, 3), dtype=np.uint8), np.repeat(np.arange(3), 16)
+
+    def epochs(seed, n=2):
+        ds = make_dataset(x, y, 48, training=True, seed=seed).repeat(n)
+        return [(a.numpy(), b.numpy()) for a, b in ds]
+
+    first, again, other = epochs(1), epochs(1), epochs(2)
+    for (xa, ya), (xb, yb) in zip(first, again):
+        np.testing.assert_array_equal(ya, yb)
+        np.testing.assert_array_equal(xa, xb)  # bit for bit
+    (x1, y1), (x2, y2) = first
+    assert not np.array_equal(y1, y2) or not np.array_equal(x1, x2)  # epoch 2 is shuffled and augmented anew
+    assert not np.array_equal(x1, other[0][0])  # another seed, another epoch
 
 
 def test_auto_holds_images_in_memory_within_the_budget_else_on_disk(tmp_path, caplog):

@@ -1,0 +1,63 @@
+"""Reproducible builds: the same command and --seed on the same machine give the same figures and
+byte-identical .tflite files; another seed gives another model."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import FAST_CLASSES, REPO, make_image_tree
+
+FLAGS = ["--dataset", "folder", "--data-cache", "none", "--width", "0.125", "--epochs", "2", "--qat-epochs", "1",
+         "--batch-size", "16", "--dropout", "0.3"]
+MODELS = ("model_float32.tflite", "model_int8.tflite", "model_int8_ptq.tflite")
+
+
+def _figures(run):
+    """What a report says about accuracy (latency and dates change from run to run by nature)."""
+    rep = json.loads((run / "report.json").read_text())
+    keep = ("top1", "top5", "agreement_with_float", "mean_abs_top1_prob_change", "confusion_matrix")
+    return {k: {f: v[f] for f in keep} for k, v in rep["variants"].items()}, rep["significance"]
+
+
+@pytest.fixture(scope="module")
+def three_builds(tmp_path_factory):
+    base = tmp_path_factory.mktemp("repro")
+    tree = make_image_tree(base / "tree", classes=FAST_CLASSES[:4], per_class=(12, 4), size=32, full_range=True)
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        out = base / name
+        env = {**os.environ, "NIN_CACHE_DIR": str(base / f"cache-{name}")}
+        res = subprocess.run([sys.executable, "-m", "pipeline", "build", *FLAGS, "--seed", str(seed), "--data-dir", str(tree),
+                              "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+        runs[name] = out
+    return runs
+
+
+def test_the_same_seed_gives_the_same_figures_and_bytes(three_builds):
+    a, b = three_builds["a"], three_builds["b"]
+    assert _figures(a) == _figures(b)
+    for name in MODELS:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert (a / "history_train.csv").read_text() == (b / "history_train.csv").read_text()
+    ha, hb = (np.load(r / "predictions.npz") for r in (a, b))
+    for k in ha.files:
+        np.testing.assert_array_equal(ha[k], hb[k])
+
+
+def test_another_seed_gives_another_model(three_builds):
+    a, c = three_builds["a"], three_builds["c"]
+    assert (a / "model_int8.tflite").read_bytes() != (c / "model_int8.tflite").read_bytes()
+    assert (a / "history_train.csv").read_text() != (c / "history_train.csv").read_text()
+
+
+def test_the_flag_is_recorded(tmp_path):
+    from pipeline.config import make_build_config
+
+    on = make_build_config("cifar10", None, "quick", "nin-cifar", {}, 0.1, None, 0)
+    off = make_build_config("cifar10", None, "quick", "nin-cifar", {"deterministic": False}, 0.1, None, 0)
+    assert on.train.deterministic and not off.train.deterministic
+    assert type(on).from_dict(off.to_dict()).train.deterministic is False
