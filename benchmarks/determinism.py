@@ -16,7 +16,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -27,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from quick_build import machine  # noqa: E402
+from quick_build import machine, train_speed  # noqa: E402
 
 MODELS = ("model_float32.tflite", "model_int8.tflite", "model_int8_ptq.tflite")
 
@@ -43,11 +42,8 @@ def build(args, out: Path, deterministic: bool) -> dict:
                             stderr=subprocess.STDOUT).returncode
     if rc:
         sys.exit(f"{out}: build exited {rc}; see {out.parent / (out.name + '.log')}")
-    text = (out / "train.log").read_text()
-    n_train = int(re.search(r"data: \S+ from .*?: (\d+) train", text).group(1))
-    secs = [float(s) for s in re.findall(r" train epoch \d+/\d+: .*, ([\d.]+) s\)", text)]
     report = json.loads((out / "report.json").read_text())
-    return {"deterministic": deterministic, "epoch_seconds": secs, "images_per_second": n_train / statistics.median(secs[1:] or secs),
+    return {"deterministic": deterministic, **train_speed(out),
             "qat_int8_top1": report["variants"]["qat_int8"]["top1"], "float_top1": report["variants"]["float_keras"]["top1"],
             "sha256": {m: hashlib.sha256((out / m).read_bytes()).hexdigest() for m in MODELS}}
 

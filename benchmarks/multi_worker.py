@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from quick_build import machine  # noqa: E402
+from quick_build import machine, train_speed  # noqa: E402
 
 
 def free_port() -> int:
@@ -88,13 +88,9 @@ def launch(args, out: Path, workers: int) -> tuple[float, list[float]]:
 
 def figures(out: Path) -> dict:
     text = (out / "train.log").read_text()
-    n_train = int(re.search(r"data: \S+ from .*?: (\d+) train", text).group(1))
-    secs = [float(s) for s in re.findall(r" train epoch \d+/\d+: .*, ([\d.]+) s\)", text)]
     report = json.loads((out / "report.json").read_text())
-    top1 = report["variants"]["qat_int8"]["top1"]
-    steady = secs[1:] or secs
-    return {"train_images": n_train, "epoch_seconds": secs, "images_per_second": n_train / statistics.median(steady),
-            "qat_int8_top1": top1, "workers_in_log": re.findall(r"(\d+) workers, (\d+) replica", text)[:1]}
+    return {**train_speed(out), "qat_int8_top1": report["variants"]["qat_int8"]["top1"],
+            "workers_in_log": re.findall(r"(\d+) workers, (\d+) replica", text)[:1]}
 
 
 def main() -> None:

@@ -46,6 +46,18 @@ def machine() -> dict:
     return info
 
 
+def train_speed(run: Path) -> dict:
+    """Float-training images/s of a finished run folder, from train.log's per-epoch seconds (the
+    first epoch left out when there are more: it includes tracing)."""
+    import re
+    import statistics
+
+    text = (run / "train.log").read_text()
+    n_train = int(re.search(r"data: \S+ from .*?: (\d+) train", text).group(1))
+    secs = [float(s) for s in re.findall(r" train epoch \d+/\d+: .*, ([\d.]+) s\)", text)]
+    return {"train_images": n_train, "epoch_seconds": secs, "images_per_second": n_train / statistics.median(secs[1:] or secs)}
+
+
 def summarise(run: Path, wall: float | None, command: list[str] | None) -> dict:
     report = json.loads((run / "report.json").read_text())
     state = json.loads((run / "state.json").read_text())

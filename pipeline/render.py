@@ -30,9 +30,10 @@ def significance_lines(report: dict) -> list[str]:
     out = []
     for t in (report.get("significance") or {}).values():
         a, b = TITLES.get(t["a"], t["a"]), TITLES.get(t["b"], t["b"])
-        verdict = "significant" if t["significant"] else "not significant: read it as noise"
+        verdict = (f"significant at {t['alpha']:g}" if t["significant"] else
+                   f"not significant at {t['alpha']:g} (read it as noise)")
         out.append(f"{b} vs {a}: {t['difference_points']:+.2f} points ({t['b_only_correct']} images right only in {b}, "
-                   f"{t['a_only_correct']} only in {a}; McNemar p = {t['p_value']:.3g}): {verdict} at {t['alpha']:g}")
+                   f"{t['a_only_correct']} only in {a}; McNemar p = {t['p_value']:.3g}): {verdict}")
     return out
 
 

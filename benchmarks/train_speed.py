@@ -1,0 +1,154 @@
+"""Benchmark: where training speed goes — this machine's peak, bare `model.fit`, and the build.
+
+    python benchmarks/train_speed.py --data-dir ../shared/datasets/cifar10-jpg.tar.gz
+
+Measures, side by side in one run, each in its own process one after the other:
+  * float32 matmul peak of this machine (numpy, all cores, 2048 x 2048), GFLOP/s;
+  * bare tf_keras `model.fit` of the quick model (nin-cifar width 0.25, batch 128, SGD) on
+    in-memory tensors, and the same with each lever: XLA (`jit_compile=True`),
+    `steps_per_execution=8`, and one thread less / more inter-op parallelism;
+  * `nin-pipeline build`'s own training images/s on a CIFAR-10 subset (train.log's epoch seconds,
+    first epoch left out);
+and reports training FLOP/s / peak (a training step is taken as 3 forward passes: 6 x MACs per
+image) and build / bare. Writes benchmarks/results/train_speed-<date>.json with the machine block.
+Targets (issue 12): build / bare >= 0.95; training step >= 0.45 of peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from quick_build import machine, train_speed  # noqa: E402
+
+
+def matmul_peak(n: int = 2048, seconds: float = 5.0) -> float:
+    import numpy as np
+
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    a @ a
+    t, k = time.perf_counter(), 0
+    while time.perf_counter() - t < seconds:
+        a @ a
+        k += 1
+    return 2 * n**3 * k / (time.perf_counter() - t) / 1e9
+
+
+def bare_fit(jit: bool, spe: int, width: float, batch: int, n: int = 4096, epochs: int = 3) -> dict:
+    """One process's measurement: images/s of epochs 2.. of `fit` on in-memory tensors."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras as keras
+
+    sys.path.insert(0, str(REPO))
+    from pipeline.models import ModelConfig, build_model, count_macs
+
+    keras.utils.set_random_seed(0)
+    m = build_model(ModelConfig(arch="nin-cifar", num_classes=10, input_shape=(32, 32, 3), width=width, dropout=0.1))
+    m.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True), loss=keras.losses.SparseCategoricalCrossentropy(),
+              metrics=["accuracy"], jit_compile=jit, steps_per_execution=spe)
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.random((n, 32, 32, 3), dtype=np.float32))
+    y = tf.constant(rng.integers(0, 10, n), tf.int32)
+    times = []
+
+    class T(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.t)
+
+    m.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, callbacks=[T()], shuffle=False)
+    ips = (n // batch) * batch / statistics.median(times[1:])
+    return {"images_per_second": ips, "macs_per_image": count_macs(m), "epoch_seconds": times}
+
+
+def child(args) -> dict:
+    """Run one measurement in a fresh interpreter (thread settings are per process)."""
+    env = {**os.environ, **{k: str(v) for k, v in args.get("env", {}).items()}}
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(args)], env=env, cwd=REPO, capture_output=True, text=True)
+    if out.returncode:
+        return {"error": (out.stderr or out.stdout).strip().splitlines()[-1][:300]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def build_speed(args) -> dict:
+    out = args.work / "build"
+    if out.exists():
+        shutil.rmtree(out)
+    cmd = [sys.executable, "-m", "pipeline", "build", "--dataset", "cifar10", "--data-dir", str(args.data_dir), "--out", str(out),
+           "--epochs", "3", "--qat-epochs", "0", "--limit-train", str(args.limit_train), "--limit-test", "500", "--seed", "0",
+           "--width", str(args.width), "--batch-size", str(args.batch_size)]
+    with open(args.work / "build.log", "w") as log:
+        rc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "NIN_CACHE_DIR": str(args.cache_dir)}, stdout=log,
+                            stderr=subprocess.STDOUT).returncode
+    if rc:
+        return {"error": f"build exited {rc}; see {args.work / 'build.log'}"}
+    return train_speed(out)
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        a = json.loads(sys.argv[2])
+        print(json.dumps(matmul_peak() if a["what"] == "peak" else bare_fit(a["jit"], a["spe"], a["width"], a["batch"])))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", type=Path, required=True)
+    ap.add_argument("--work", type=Path, default=REPO / "artifacts" / "bench-train-speed")
+    ap.add_argument("--cache-dir", type=Path, default=REPO / "artifacts" / "bench-cache")
+    ap.add_argument("--limit-train", type=int, default=6000)
+    ap.add_argument("--width", type=float, default=0.25)
+    ap.add_argument("--batch-size", type=int, default=128)
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    base = {"what": "fit", "jit": False, "spe": 1, "width": args.width, "batch": args.batch_size}
+    cases = {
+        "bare fit": base,
+        "bare fit, XLA (jit_compile=True)": {**base, "jit": True},
+        "bare fit, steps_per_execution=8": {**base, "spe": 8},
+        "bare fit, TF_NUM_INTEROP_THREADS=1": {**base, "env": {"TF_NUM_INTEROP_THREADS": 1}},
+        "bare fit, batch 256": {**base, "batch": 256},
+    }
+    res = {"matmul peak GFLOP/s": child({"what": "peak"})}
+    print("peak", res["matmul peak GFLOP/s"], flush=True)
+    peak = res["matmul peak GFLOP/s"]
+    for name, a in cases.items():
+        r = child(a)
+        if "images_per_second" in r:
+            r["gflops"] = r["images_per_second"] * 6 * r["macs_per_image"] / 1e9
+            r["of_peak"] = r["gflops"] / peak
+        res[name] = r
+        print(name, json.dumps(r), flush=True)
+    res["build"] = build_speed(args)
+    print("build", json.dumps(res["build"]), flush=True)
+    bare = res["bare fit"]
+    summary = {}
+    if "images_per_second" in res["build"] and "images_per_second" in bare:
+        summary["build / bare"] = round(res["build"]["images_per_second"] / bare["images_per_second"], 3)
+        summary["bare of peak"] = round(bare["of_peak"], 3)
+    for name, r in res.items():
+        if name.startswith("bare fit,") and "images_per_second" in r:
+            summary[f"{name} / bare fit"] = round(r["images_per_second"] / bare["images_per_second"], 3)
+    out = {"date": dt.date.today().isoformat(), "machine": machine(), "settings": {k: str(v) for k, v in vars(args).items()},
+           "results": res, "summary": summary}
+    path = HERE / "results" / f"train_speed-{dt.date.today().isoformat()}.json"
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(summary, indent=1), "->", path)
+
+
+if __name__ == "__main__":
+    main()
