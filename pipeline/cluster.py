@@ -268,11 +268,6 @@ def per_worker_dataset(strategy, dataset_fn: Callable):
         return strategy.distribute_datasets_from_function(dataset_fn)
     ctx = tf.distribute.InputContext(num_input_pipelines=_cluster.size, input_pipeline_id=_cluster.index,
                                      num_replicas_in_sync=strategy.num_replicas_in_sync)
-    return _WorkerDataset(dataset_fn(ctx))
-
-
-def _worker_dataset_class():
-    import tensorflow as tf
 
     class WorkerDataset(tf.distribute.DistributedDataset):
         """One worker's tf.data pipeline, which Keras's ``fit`` iterates without redistributing it
@@ -288,17 +283,7 @@ def _worker_dataset_class():
         def element_spec(self):
             return self._dataset.element_spec
 
-    return WorkerDataset
-
-
-def _WorkerDataset(dataset):  # noqa: N802 - a class made when TensorFlow is imported, not before
-    global _worker_dataset_cls
-    if _worker_dataset_cls is None:
-        _worker_dataset_cls = _worker_dataset_class()
-    return _worker_dataset_cls(dataset)
-
-
-_worker_dataset_cls = None
+    return WorkerDataset(dataset_fn(ctx))
 
 
 @contextlib.contextmanager

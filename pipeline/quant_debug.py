@@ -102,11 +102,11 @@ def layer_errors(tflite: str | os.PathLike | bytes, float_model, images: np.ndar
     for i in range(len(x)):
         interp.set_tensor(inp["index"], quantize(x[i:i + 1], float(s_inp["scales"][0]), int(s_inp["zero_points"][0]), inp["dtype"]))
         interp.invoke()
-        for n in layers:
+        for n, ref in zip(layers, floats):
             t = candidates[n]
             p = t["quantization_parameters"]
             got = dequantize(interp.get_tensor(t["index"]), float(p["scales"][0]), int(p["zero_points"][0]))
-            sq[n] += float(np.sum((got - floats[layers.index(n)][i:i + 1]) ** 2))
+            sq[n] += float(np.sum((got - ref[i:i + 1]) ** 2))
             count[n] += got.size
     rows, worst = [], 0.0
     for j, n in enumerate(layers):
