@@ -203,6 +203,7 @@ def stage_qat(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
 def stage_convert(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
     from .convert import describe_tflite, to_tflite_float, to_tflite_int8
     from .data import representative_images
+    from .quant_debug import layer_error_tables
 
     float_model, qat_model = run.load_float(), run.load_qat()
     if cfg.convert.class_maps:
@@ -226,25 +227,6 @@ def stage_convert(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
         run.path(stale).unlink(missing_ok=True)
     if cfg.convert.target == "edgetpu":
         edgetpu_stage(run)
-
-
-def layer_error_tables(variants: dict[str, tuple[Path, Any]], rep: np.ndarray, keep: int = 12) -> dict[str, Any]:
-    """Per int8 variant (its .tflite and the Keras model it came from), the layers that add the
-    most error first (:mod:`pipeline.quant_debug`), or why they could not be measured."""
-    from .quant_debug import ROUNDING_RMSE_STEPS, layer_errors, worst_first
-
-    t, out = time.time(), {}
-    for key, (path, model) in variants.items():
-        try:
-            rows = worst_first(layer_errors(path, model, rep))
-        except Exception as exc:  # noqa: BLE001 - a diagnostic: its failure must not fail the build
-            log.warning("per-layer int8 error of %s not measured: %s", key, str(exc).splitlines()[0][:200])
-            out[key] = {"error": str(exc).splitlines()[0][:500]}
-            continue
-        out[key] = {"layers": len(rows), "reference": "QAT model" if key == "qat_int8" else "float model",
-                    "rounding_rmse_steps": ROUNDING_RMSE_STEPS, "worst": [r.as_dict() for r in rows[:keep]]}
-    log.info("convert: per-layer int8 error measured on %d representative images (%.0f s)", min(32, len(rep)), time.time() - t)
-    return out
 
 
 def evaluate_and_report(cfg: BuildConfig, run: RunFolder, splits: Splits, *, rerun: bool = True,

@@ -23,14 +23,18 @@ the quantized model is in debug mode", TF 2.21), so it cannot judge the model th
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger("pipeline")
 
 #: the RMSE, in steps, that rounding alone gives: a uniform error over one step
 ROUNDING_RMSE_STEPS = 1.0 / math.sqrt(12.0)
@@ -131,3 +135,21 @@ def short_name(tensor: str, width: int = 60) -> str:
     """A readable tensor name: TFLite joins fused ops' names with ';', the first is the op's own."""
     name = tensor.split(";")[0]
     return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
+def layer_error_tables(variants: dict[str, tuple[os.PathLike, Any]], rep: np.ndarray, keep: int = 12) -> dict[str, Any]:
+    """Per int8 variant (its .tflite and the Keras model it came from), the layers that add the
+    most error first (:func:`layer_errors`), or why they could not be measured."""
+    t, out = time.time(), {}
+    for key, (path, model) in variants.items():
+        try:
+            rows = worst_first(layer_errors(path, model, rep))
+        except Exception as exc:  # noqa: BLE001 - a diagnostic: its failure must not fail the build
+            why = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+            log.warning("per-layer int8 error of %s not measured: %s", key, why)
+            out[key] = {"error": why}
+            continue
+        out[key] = {"layers": len(rows), "reference": "QAT model" if key == "qat_int8" else "float model",
+                    "rounding_rmse_steps": ROUNDING_RMSE_STEPS, "worst": [r.as_dict() for r in rows[:keep]]}
+    log.info("convert: per-layer int8 error measured on %d representative images (%.0f s)", min(32, len(rep)), time.time() - t)
+    return out
