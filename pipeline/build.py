@@ -92,12 +92,14 @@ def _model_cfg(cfg: BuildConfig, splits: Splits) -> ModelConfig:
 def _datasets(splits: Splits, batch_size: int, seed: int, strategy=None):
     """Training (repeated) and validation pipelines and steps per epoch; ``batch_size`` is global.
     Under MultiWorkerMirroredStrategy each worker reads only its shard of the training images."""
-    from .data import distributed_train_dataset, make_dataset
+    from .cluster import per_worker_dataset
+    from .data import make_dataset, worker_train_dataset
 
     if strategy is None:
         train = make_dataset(splits.x_train, splits.y_train, batch_size, training=True, hflip=splits.hflip, seed=seed)
     else:
-        train = distributed_train_dataset(strategy, splits.x_train, splits.y_train, batch_size, hflip=splits.hflip, seed=seed)
+        train = per_worker_dataset(strategy, worker_train_dataset(splits.x_train, splits.y_train, batch_size,
+                                                                  hflip=splits.hflip, seed=seed))
     val = make_dataset(splits.x_val, splits.y_val, 256, training=False) if len(splits.y_val) else None
     steps = int(np.ceil(len(splits.y_train) / batch_size))
     return (train.repeat() if strategy is None else train), val, steps

@@ -245,17 +245,16 @@ def make_dataset(x, y: np.ndarray, batch_size: int, *, training: bool, hflip: bo
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def distributed_train_dataset(strategy, x, y: np.ndarray, global_batch: int, *, hflip: bool, seed: int):
-    """The training pipeline for MultiWorkerMirroredStrategy: each worker builds its own, over its
-    own shard of the images, batched per replica (``global_batch`` / replicas), repeated."""
+def worker_train_dataset(x, y: np.ndarray, global_batch: int, *, hflip: bool, seed: int):
+    """The training pipeline one worker of several builds (``fn(input_context)``, for
+    :func:`pipeline.cluster.per_worker_dataset`): its own shard of the images, batched per replica
+    (``global_batch`` / replicas), repeated."""
 
     def per_worker(ctx):
         return make_dataset(x, y, ctx.get_per_replica_batch_size(global_batch), training=True, hflip=hflip, seed=seed,
                             shard=(ctx.input_pipeline_id, ctx.num_input_pipelines)).repeat()
 
-    from .cluster import per_worker_dataset
-
-    return per_worker_dataset(strategy, per_worker)
+    return per_worker
 
 
 def representative_images(x: np.ndarray, y: np.ndarray, n: int = 256, seed: int = 0) -> np.ndarray:
