@@ -31,6 +31,17 @@ def _isolated_caches(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("NIN_DATA_DIR", raising=False)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _ctrl_c_reaches_children():
+    """The Ctrl-C tests send SIGINT to the commands they start. A shell that starts a job in the
+    background without job control (``cmd &`` in a script, some CI runners) starts it with SIGINT
+    ignored, and an ignored signal stays ignored across exec: those commands would never see it.
+    Found when this suite, so launched, saw builds ignore the test's SIGINT and run to the end."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _no_cluster():
     """No TF_CONFIG during a test, and none after it: an in-process `build --workers` writes one
