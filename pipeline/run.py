@@ -168,27 +168,25 @@ class RunFolder:
     def read_report_if_any(self) -> dict[str, Any]:
         return self.read_report() if self.path(REPORT_JSON).exists() else {}
 
-    def read_layer_errors(self) -> dict[str, Any]:
-        """layer_errors.json (int8-vs-float error per layer, written by the convert stage); {} when absent or unreadable."""
-        p = self.path(LAYER_ERRORS_JSON)
-        try:
-            data = json.loads(p.read_text()) if p.is_file() else {}
-        except (ValueError, UnicodeDecodeError):
-            log.warning("%s is unreadable; the report leaves the per-layer errors out (re-run the convert stage)", p)
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def read_edgetpu(self) -> dict[str, Any]:
-        """edgetpu.json (the Edge TPU check and compile summaries), {} when absent or unreadable."""
-        p = self.path(EDGETPU_JSON)
+    def _read_optional_json(self, name: str, if_unreadable: str) -> dict[str, Any]:
+        """A JSON object the run folder may hold; {} when it is absent or unreadable (said once)."""
+        p = self.path(name)
         if not p.is_file():
             return {}
         try:
             data = json.loads(p.read_text())
         except (ValueError, UnicodeDecodeError):
-            log.warning("%s is unreadable; starting it again", p)
+            log.warning("%s is unreadable; %s", p, if_unreadable)
             return {}
         return data if isinstance(data, dict) else {}
+
+    def read_layer_errors(self) -> dict[str, Any]:
+        """layer_errors.json (each int8 model's per-layer error, written by the convert stage)."""
+        return self._read_optional_json(LAYER_ERRORS_JSON, "the report leaves the per-layer errors out (re-run the convert stage)")
+
+    def read_edgetpu(self) -> dict[str, Any]:
+        """edgetpu.json (the Edge TPU check and compile summaries)."""
+        return self._read_optional_json(EDGETPU_JSON, "starting it again")
 
     def save_predictions(self, preds: dict[str, np.ndarray], y: np.ndarray, labels: tuple[str, ...]) -> None:
         buf = io.BytesIO()

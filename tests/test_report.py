@@ -216,3 +216,14 @@ def test_compare_and_bad_report_folders(fast_run, tmp_path):
     (empty / "config.json").write_text((fast_run / "config.json").read_text())
     res = CliRunner().invoke(cli, ["report", str(empty)])
     assert res.exit_code == 1 and "has no models yet" in res.output
+
+
+def test_unreadable_optional_records_are_left_out(tmp_path, caplog):
+    from pipeline.run import EDGETPU_JSON, LAYER_ERRORS_JSON, RunFolder
+
+    run = RunFolder(tmp_path)
+    assert run.read_layer_errors() == {} and run.read_edgetpu() == {}  # absent
+    (tmp_path / LAYER_ERRORS_JSON).write_bytes(b"\xff\xfe not json")
+    (tmp_path / EDGETPU_JSON).write_text("[1, 2]")  # JSON, but not an object
+    assert run.read_layer_errors() == {} and run.read_edgetpu() == {}
+    assert "re-run the convert stage" in caplog.text
