@@ -152,7 +152,7 @@ def start(cluster: Cluster, *, timeout_s: float = DEFAULT_TIMEOUT_S, startup_s: 
     except ValueError:  # not the main thread
         previous = None
     try:
-        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=None if os.environ.get("NIN_EXP_NOTIMEOUT") else timeout_s)
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout_s)
         _strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     except tf.errors.OpError as exc:  # e.g. "Could not start gRPC server": the port is taken
         port = cluster.workers[cluster.index].rpartition(":")[2]
