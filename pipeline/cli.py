@@ -147,6 +147,10 @@ WORKERS = _Workers()
 @click.option("--batch-size", type=POSITIVE_INT, default=None)
 @click.option("--lr", type=POSITIVE_FLOAT, default=None, help="Peak learning rate.")
 @click.option("--dropout", type=click.FloatRange(0, 0.95), default=None)
+@click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=None,
+              help="Label smoothing of the float training loss (e.g. 0.1).")
+@click.option("--qat-lr", type=POSITIVE_FLOAT, default=None,
+              help="Peak learning rate of QAT fine-tuning (lower keeps int8 closer to the float model).")
 @click.option("--limit-train", type=POSITIVE_INT, default=None, help="Stratified train subset (smoke runs).")
 @click.option("--limit-test", type=POSITIVE_INT, default=None, help="Stratified test subset.")
 @click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=0.1, show_default=True,
@@ -174,7 +178,7 @@ WORKERS = _Workers()
 @click.option("--worker-timeout", type=click.FloatRange(10, 86400), default=600, show_default=True, metavar="SECONDS",
               help="How long a worker waits for the others (at start-up, and at each step) before it stops.")
 def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_epochs, batch_size, lr, dropout,
-          limit_train, limit_test, val_fraction, io_type, target, class_maps, data_cache, memory_budget_gb, seed,
+          label_smoothing, qat_lr, limit_train, limit_test, val_fraction, io_type, target, class_maps, data_cache, memory_budget_gb, seed,
           deterministic, resume, workers, worker_index, worker_timeout) -> None:
     """Train NiN, fine-tune it with QAT, convert to int8 TFLite and evaluate: one run folder.
 
@@ -192,7 +196,8 @@ def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_
         os.environ["TF_CONFIG"] = tf_config(workers, worker_index)
     cluster = from_env()
     overrides = {k: v for k, v in dict(width=width, input_size=input_size, epochs=epochs, qat_epochs=qat_epochs,
-                                        batch_size=batch_size, lr=lr, dropout=dropout, limit_train=limit_train,
+                                        batch_size=batch_size, lr=lr, dropout=dropout, label_smoothing=label_smoothing,
+                                        qat_lr=qat_lr, limit_train=limit_train,
                                         limit_test=limit_test, deterministic=deterministic).items() if v is not None}
     run = build_run(dataset=dataset, data_dir=data_dir, out=out, profile=profile, arch=arch, overrides=overrides,
                     val_fraction=val_fraction, io_type=io_type, target=target, class_maps=class_maps, seed=seed,

@@ -23,6 +23,8 @@ def runner():
     (["build", "--profile", "slow"], "'slow' is not one of 'quick', 'paper'"),
     (["build", "--io-type", "fp16"], "'fp16' is not one of"),
     (["describe", "--arch", "vgg"], "'vgg' is not one of"),
+    (["build", "--label-smoothing", "0.9"], "0.9 is not in the range 0<=x<=0.5"),
+    (["build", "--qat-lr", "0"], "must be greater than 0"),
 ])
 def test_bad_option_values(runner, args, needle):
     res = runner.invoke(cli, args)
@@ -66,6 +68,24 @@ def test_rerun_with_other_settings_is_refused(runner, tmp_path):
     res = runner.invoke(cli, ["build", "--dataset", "folder", "--data-dir", str(tree), "--out", str(out), "--epochs", "2"])
     assert res.exit_code == 1
     assert "train.epochs: 1 then, 2 now" in res.output
+
+
+def test_training_flags_reach_the_stage_configs(runner, tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_build(**kw):
+        from pipeline.config import make_build_config
+
+        seen["cfg"] = make_build_config(kw["dataset"], None, kw["profile"], kw["arch"], kw["overrides"], 0.1, None, 0)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("pipeline.build.build", fake_build)
+    runner.invoke(cli, ["build", "--label-smoothing", "0.1", "--qat-lr", "0.0002", "--out", str(tmp_path / "r")])
+    cfg = seen["cfg"]
+    assert cfg.train.label_smoothing == 0.1 and cfg.qat.lr == 0.0002
+    from pipeline.profiles import PROFILES
+
+    assert cfg.train.lr == PROFILES["quick"]["lr"]  # the profile's own where no flag is given
 
 
 def test_describe_prints_layers(runner):
