@@ -286,6 +286,35 @@ def per_worker_dataset(strategy, dataset_fn: Callable):
     return WorkerDataset(dataset_fn(ctx))
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_worker_folders(tmpdir: Path) -> list[Path]:
+    """Remove the temporary folders of non-chief workers that were killed (SIGKILL, power loss) and
+    so could not remove their own: this user's ``nin-worker<I>-pid<PID>-*`` folders whose process
+    is gone. Returns what was removed."""
+    removed = []
+    for d in tmpdir.glob("nin-worker*-pid*-*"):
+        pid = d.name.split("-pid", 1)[1].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or _alive(int(pid)) or not d.is_dir() or d.stat().st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        if not d.exists():
+            removed.append(d)
+            log.info("removed %s, the temporary folder of a worker that is no longer running", d)
+    return removed
+
+
 @contextlib.contextmanager
 def worker_folder(out: Path, cfg, cluster: Cluster) -> Iterator[RunFolder]:
     """A non-chief worker's own temporary run folder, removed afterwards.
@@ -295,7 +324,8 @@ def worker_folder(out: Path, cfg, cluster: Cluster) -> Iterator[RunFolder]:
     resumed build runs the same stages on every worker."""
     from .run import FLOAT_KERAS, QAT_WEIGHTS, STATE_JSON, RunFolder
 
-    tmp = Path(tempfile.mkdtemp(prefix=f"nin-worker{cluster.index}-"))
+    remove_stale_worker_folders(Path(tempfile.gettempdir()))
+    tmp = Path(tempfile.mkdtemp(prefix=f"nin-worker{cluster.index}-pid{os.getpid()}-"))
     try:
         run = RunFolder.create(tmp, cfg)
         run.shared = Path(out)

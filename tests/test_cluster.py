@@ -100,6 +100,30 @@ def test_a_worker_starts_from_the_chiefs_finished_stages(fast_run):
     assert not temp.exists()
 
 
+def test_a_killed_workers_temporary_folder_is_removed_by_the_next_worker(tmp_path):
+    """A SIGKILLed worker cannot remove its own folder; the next worker started on that machine
+    removes this user's worker folders whose process is gone, and only those."""
+    import subprocess
+
+    from pipeline.cluster import remove_stale_worker_folders
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = tmp_path / f"nin-worker1-pid{dead.pid}-abc"
+        live = tmp_path / f"nin-worker1-pid{alive.pid}-def"
+        other = tmp_path / "nin-worker1-xyz"  # an older name without a PID: not ours to judge
+        for d in (stale, live, other):
+            (d / "checkpoints").mkdir(parents=True)
+            (d / "config.json").write_text("{}")
+        assert remove_stale_worker_folders(tmp_path) == [stale]
+        assert not stale.exists() and live.is_dir() and other.is_dir()
+    finally:
+        alive.kill()
+        alive.wait()
+
+
 def test_each_worker_reads_its_own_shard():
     from pipeline.data import make_dataset
 
