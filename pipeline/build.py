@@ -323,6 +323,11 @@ def build(*, dataset: str, data_dir: Path | None, out: Path | None, profile: str
             raise ClusterError("a multi-worker build needs --out", "give every worker the same --out, on storage they all see")
         if not workers.is_chief:
             if resume and not overrides:
+                if not (Path(out) / CONFIG_JSON).is_file():
+                    raise ClusterError(f"{workers.describe()}: --resume, but the chief's run folder {out} is not visible here "
+                                       f"(no {CONFIG_JSON})",
+                                       "every worker needs the chief's --out on storage they all see (NFS, a ReadWriteMany "
+                                       "volume); if the chief never started it, leave out --resume on every worker")
                 cfg = RunFolder.open(out).load_config()
             else:
                 resolve_source(dataset, data_dir)

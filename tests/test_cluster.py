@@ -271,3 +271,18 @@ def test_the_converted_qat_model_is_the_one_trained_under_the_strategy(two_worke
     int8_pred = clf.predict_batch(x_val).argmax(-1)
     assert float(np.mean(int8_pred == keras_pred)) >= 0.95  # the int8 model decides as the fake-quant one
     assert abs(float(np.mean(int8_pred == splits.y_val)) - keras_acc) <= 0.03
+
+
+def test_a_worker_resuming_without_the_chiefs_folder_says_so(tmp_path, monkeypatch):
+    """Non-chief `--resume` where the chief's --out is not visible (no shared storage): one message
+    about shared storage, not the single-machine hint."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    monkeypatch.setenv("TF_CONFIG", "")  # the command writes TF_CONFIG; monkeypatch restores it
+    res = CliRunner().invoke(cli, ["build", "--resume", "--out", str(tmp_path / "chief-run"),
+                                   "--workers", "127.0.0.1:1,127.0.0.1:2", "--worker-index", "1"])
+    assert res.exit_code == 1, res.output
+    assert "worker 1 of 2" in res.output and "is not visible here" in res.output and "storage they all see" in res.output
+    assert "Traceback" not in res.output
