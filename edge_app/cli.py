@@ -17,7 +17,7 @@ from typing import Callable
 import click
 
 from . import __version__
-from .errors import EdgeAppError, OutputError
+from .errors import EdgeAppError, OutputError, stop_on_sigterm
 from .geometry import RESIZE_MODES
 from .loop import LoopOptions
 from .runtime import DELEGATES, RUNTIMES
@@ -252,4 +252,5 @@ def bench_cmd(model: ModelChoice, runs: int, json_out: Path | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    stop_on_sigterm()
     cli.main(args=argv, prog_name="edge-app")

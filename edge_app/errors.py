@@ -49,3 +49,22 @@ class OutputError(EdgeAppError):
 
 class ServeError(EdgeAppError):
     """The preview server cannot start (a bad address, a port in use)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``systemctl stop``, ``docker stop``, Kubernetes), ended like Ctrl-C: the loop's summary,
+    the build's "finished epochs are checkpointed" message."""
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM raise :class:`Terminated` in the main thread. Entry points call it (a library
+    import must not change a process's signal handling); elsewhere than the main thread it does nothing."""
+    import signal
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: an embedding application keeps its own handling
+        pass

@@ -14,7 +14,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from .errors import SourceError
+from .errors import SourceError, Terminated
 from .geometry import RESIZE_MODES, fit_to_input, heatmap_peak, map_placement
 from .model import LoadedModel, require_class_maps
 from .runtime import median_p95
@@ -237,8 +237,8 @@ def run_loop(model: LoadedModel, source, options: LoopOptions = LoopOptions(), *
                 time.sleep(max(0.0, t0 + 1.0 / opt.max_fps - time.perf_counter()))
         else:
             summary.stopped_by = f"--max-frames {opt.max_frames}"
-    except KeyboardInterrupt:
-        summary.stopped_by = "Ctrl-C"
+    except KeyboardInterrupt as exc:
+        summary.stopped_by = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
     except SourceError as exc:  # e.g. a camera that stopped delivering frames, after retries
         summary.stopped_by, summary.error = "source failure", str(exc)
     finally:

@@ -38,10 +38,13 @@ class _Cli(click.Group):
 
         try:
             return super().invoke(ctx)
-        except KeyboardInterrupt:
-            click.echo("\ninterrupted: finished epochs are checkpointed; run the same command again "
+        except KeyboardInterrupt as exc:
+            from edge_app.errors import Terminated
+
+            by = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+            click.echo(f"\n{by}: finished epochs are checkpointed; run the same command again "
                        "(or `nin-pipeline build --resume --out RUN`) to continue.", err=True)
-            raise click.exceptions.Exit(130) from None
+            raise click.exceptions.Exit(143 if isinstance(exc, Terminated) else 130) from None
         except (PipelineError, EdgeAppError) as exc:
             raise click.ClickException(str(exc)) from None
         except OSError as exc:  # a folder that cannot be written, a full disk, ...
@@ -86,7 +89,10 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from edge_app.errors import stop_on_sigterm
+
     _legacy_keras_env()
+    stop_on_sigterm()
     cli.main(args=argv, prog_name="nin-pipeline")
 
 

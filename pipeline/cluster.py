@@ -145,10 +145,10 @@ def start(cluster: Cluster, *, timeout_s: float = DEFAULT_TIMEOUT_S, startup_s: 
     log.info("TF_CONFIG names %d workers (this is %s): waiting up to %.0f s for all of them to start",
              cluster.size, cluster.describe(), startup_s)
     threading.Thread(target=watchdog, name="nin-cluster-startup", daemon=True).start()
-    # Python's Ctrl-C handler cannot run while the constructor blocks in C++: let Ctrl-C end the
-    # process at once instead (nothing is trained yet, nothing to save)
+    # Python's Ctrl-C (and SIGTERM) handlers cannot run while the constructor blocks in C++: let
+    # either signal end the process at once instead (nothing is trained yet, nothing to save)
     try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_DFL)
+        previous = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread
         previous = None
     try:
@@ -163,8 +163,8 @@ def start(cluster: Cluster, *, timeout_s: float = DEFAULT_TIMEOUT_S, startup_s: 
                            "the strategy must be TensorFlow's first call in the process: run it through `nin-pipeline build`") from None
     finally:
         done.set()
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in (previous or {}).items():
+            signal.signal(sig, handler)
     _cluster = cluster
     log.info("multi-worker training: %s; %d workers, %d replica(s) in sync (MultiWorkerMirroredStrategy, "
              "collective timeout %.0f s)", cluster.describe(), cluster.size, _strategy.num_replicas_in_sync, timeout_s)

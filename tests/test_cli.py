@@ -88,6 +88,31 @@ def test_training_flags_reach_the_stage_configs(runner, tmp_path, monkeypatch):
     assert cfg.train.lr == PROFILES["quick"]["lr"]  # the profile's own where no flag is given
 
 
+def test_sigterm_stops_a_build_like_ctrl_c(runner, tmp_path, monkeypatch):
+    """SIGTERM (docker stop, a Kubernetes pod's end) becomes Terminated, which the CLI ends like
+    Ctrl-C: the resume hint and exit 143 (128 + SIGTERM), no traceback."""
+    import os
+    import signal
+
+    from edge_app.errors import Terminated, stop_on_sigterm
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        stop_on_sigterm()
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before the next bytecode
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+    def terminated(**kw):
+        raise Terminated()
+
+    monkeypatch.setattr("pipeline.build.build", terminated)
+    res = runner.invoke(cli, ["build", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 143
+    assert "stopped by SIGTERM: finished epochs are checkpointed" in res.output and "Traceback" not in res.output
+
+
 def test_describe_prints_layers(runner):
     res = runner.invoke(cli, ["describe", "--arch", "nin-cifar", "--input-size", "32"])
     assert res.exit_code == 0, res.output

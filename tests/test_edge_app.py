@@ -196,6 +196,17 @@ def test_headless_run_imports_no_tensorflow_and_stops_on_sigint(edge_model, vide
     assert "blocked:" not in err  # the meta-path finder would have refused any TensorFlow import
 
 
+def test_sigterm_ends_the_loop_like_ctrl_c(edge_model, video):
+    """systemctl stop / docker stop send SIGTERM: the loop ends with its summary and exit 0."""
+    cmd = [sys.executable, "-m", "edge_app", "run", "--model", str(edge_model), "--source", str(video), "--threads", "1"]
+    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert json.loads(p.stdout.readline())["frame"] == 0, p.stderr.read()
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+
+
 def test_python_dash_m_edge_app(edge_model, folder):
     out = subprocess.run([sys.executable, "-m", "edge_app", "run", "--model", str(edge_model), "--source", str(folder)],
                          cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ})
