@@ -138,6 +138,14 @@ def list_tree(src: Path) -> TreeListing:
     train_c, test_c = classes["train"], classes["test"]
     if not train_c:
         raise DataError(f"{src}: train/ holds no class folders", "it needs train/<class>/<image>")
+    if len(train_c) < 2:
+        raise DataError(f"{src}: only one class ({sorted(train_c)[0]}): a classifier needs at least 2 (it would score "
+                        "100% by answering that class every time)", "add a folder for each other class under train/ and test/, "
+                        "e.g. a 'background' class of images without the object")
+    odd = sorted(c for c in train_c | test_c if any(ch in c for ch in "\n\r\t") or not c.isprintable())
+    if odd:
+        raise DataError(f"{src}: class folder name(s) {odd!r} hold line breaks or control characters (labels.txt has "
+                        "one class per line)", "rename those folders")
     if train_c != test_c:
         raise DataError(f"{src}: train and test class folders differ (only in train: {sorted(train_c - test_c) or '-'}; "
                         f"only in test: {sorted(test_c - train_c) or '-'})", "every class needs a folder in both")

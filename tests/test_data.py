@@ -103,6 +103,15 @@ def test_class_mismatch_and_empty_class_are_errors(tmp_path):
         load_raw("folder", tree2)
 
 
+def test_one_class_and_a_line_break_in_a_class_name_are_refused(tmp_path):
+    """One class would train a model that scores 100% by always answering it; a class name with a
+    line break would break labels.txt (one class per line)."""
+    with pytest.raises(DataError, match="only one class \\(cat\\): a classifier needs at least 2"):
+        load_raw("folder", make_image_tree(tmp_path / "one", classes=("cat",)))
+    with pytest.raises(DataError, match="line breaks or control characters"):
+        load_raw("folder", make_image_tree(tmp_path / "nl", classes=("cat", "dog\nfox")))
+
+
 def test_truncated_archive_is_a_clear_error(tmp_path):
     tgz = tar_tree(make_image_tree(tmp_path / "tree"), tmp_path / "t.tar.gz")
     bad = tmp_path / "bad.tar.gz"
