@@ -224,6 +224,10 @@ def run(model: ModelChoice, options: LoopOptions, source: str, width: int | None
         _write_text(summary_path, json.dumps(d, indent=2) + "\n")
     if summary.error:
         raise click.ClickException(_one_line(summary.error))
+    if summary.frames == 0 and summary.stopped_by == "end of source":
+        why = f"its {summary.skipped} image(s) could not be read" if summary.skipped else "it gave no frames"
+        raise click.ClickException(f"no frame was processed: {why} ({source}); check the source (a readable image, "
+                                   "video or folder of images, or a working camera)")
 
 
 @cli.command(name="bench")

@@ -91,6 +91,14 @@ def test_folder_skips_and_counts_unreadable_images(edge_model, folder, tmp_path)
     assert glob_res.exit_code == 0 and glob_res.output.count('"frame"') == 4
 
 
+def test_a_source_that_gives_no_frame_is_an_error(edge_model, tmp_path):
+    only = tmp_path / "broken.jpg"
+    only.write_bytes(b"\xff\xd8 not a jpeg")
+    res = _run(["--model", str(edge_model), "--source", str(only)])
+    assert res.exit_code == 1, res.output
+    assert "no frame was processed: its 1 image(s) could not be read" in res.output and "Traceback" not in res.output
+
+
 @pytest.mark.parametrize("mode", ["crop", "letterbox", "stretch"])
 def test_fit_to_input(mode):
     frame = np.zeros((480, 640, 3), np.uint8)
