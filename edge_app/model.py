@@ -79,6 +79,16 @@ def require_class_maps(model: LoadedModel) -> None:
                              "rebuild it with `nin-pipeline convert RUN` (class maps are exported unless --no-class-maps)")
 
 
+def _output_role(shape: list[int], sidecar) -> str:
+    """Which output this is. The .tflite's output order is the converter's choice, so outputs are
+    told apart by shape (the sidecar's, where there is one): [1, classes] scores, [1, H, W, classes] maps."""
+    maps = "  <- class_maps (per-class confidence maps, before global average pooling)"
+    for out in (sidecar.outputs if sidecar is not None else ()):
+        if list(out.shape) == shape:
+            return maps if out.kind == "class_maps" else f"  <- {out.name} ({out.kind})"
+    return "  <- scores" if len(shape) == 2 else maps if len(shape) == 4 else ""
+
+
 def describe_model(model: str | os.PathLike, runtime: str = "auto") -> list[str]:
     """What `edge-app info` prints: the file and runtime, each input and output tensor, and the sidecar."""
     tflite = resolve_model_path(model)
@@ -89,7 +99,9 @@ def describe_model(model: str | os.PathLike, runtime: str = "auto") -> list[str]
     for kind, details in (("input", interp.get_input_details()), ("output", interp.get_output_details())):
         for d in details:
             scale, zp = d["quantization"]
-            lines.append(f"  {kind} {d['name']}: shape {list(d['shape'])} {d['dtype'].__name__} scale={scale:.6g} zero_point={zp}")
+            shape = [int(v) for v in d["shape"]]  # plain ints: numpy 2 would print np.int32(1)
+            lines.append(f"  {kind} {d['name']}: shape {shape} {d['dtype'].__name__} scale={float(scale):.6g} "
+                         f"zero_point={int(zp)}{_output_role(shape, sidecar) if kind == 'output' else ''}")
     if sidecar is None:
         lines.append("no model.json beside it: labels would be class indices")
     else:

@@ -91,6 +91,15 @@ def test_folder_skips_and_counts_unreadable_images(edge_model, folder, tmp_path)
     assert glob_res.exit_code == 0 and glob_res.output.count('"frame"') == 4
 
 
+def test_info_prints_plain_numbers_and_names_each_output(edge_model):
+    res = CliRunner().invoke(cli, ["info", str(edge_model)])
+    assert res.exit_code == 0, res.output
+    assert "np.int" not in res.output and "np.float" not in res.output
+    outputs = [ln for ln in res.output.splitlines() if ln.strip().startswith("output ")]
+    assert outputs and all("<- " in ln for ln in outputs)
+    assert any("<- scores" in ln and "shape [1, " in ln for ln in outputs)
+
+
 def test_a_source_that_gives_no_frame_is_an_error(edge_model, tmp_path):
     only = tmp_path / "broken.jpg"
     only.write_bytes(b"\xff\xd8 not a jpeg")
