@@ -43,6 +43,7 @@ from .run import (
     TRAIN_LOG,
     RunFolder,
     history_csv,
+    run_lock,
 )
 from .train import TrainConfig
 
@@ -344,22 +345,24 @@ def build(*, dataset: str, data_dir: Path | None, out: Path | None, profile: str
         if not runs:
             raise RunError(f"--resume: no run folder artifacts/{dataset}-{arch}-* to resume", "pass --out RUN")
         out = runs[-1]
-    if resume and not overrides:
-        run = RunFolder.open(out)
-        if data_cache is not None or memory_budget_gb is not None:  # how the data is held may change on resume
-            cfg = run.load_config()
-            run.save_config(dataclasses.replace(cfg, data=dataclasses.replace(
-                cfg.data, cache=data_cache or cfg.data.cache, memory_budget_gb=memory_budget_gb)))
-    else:
+    if not resume or overrides:
         if resume and not (out / CONFIG_JSON).exists():
             raise RunError(f"--resume: {out} is not a run folder (no {CONFIG_JSON})", "leave out --resume to start it")
         resolve_source(dataset, data_dir)  # a wrong --data-dir fails before any folder is made
         cfg = make_build_config(dataset, data_dir, profile, arch, overrides, val_fraction, io_type, seed, class_maps, target,
                                 data_cache or "auto", memory_budget_gb)
         out = out or Path("artifacts") / f"{dataset}-{arch}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-        run = RunFolder.create(out, cfg)
-    setup_logging(run.root)
-    run_stages(run, workers=workers, worker_timeout=worker_timeout)
+    with run_lock(out, "nin-pipeline build"):
+        if resume and not overrides:
+            run = RunFolder.open(out)
+            if data_cache is not None or memory_budget_gb is not None:  # how the data is held may change on resume
+                cfg = run.load_config()
+                run.save_config(dataclasses.replace(cfg, data=dataclasses.replace(
+                    cfg.data, cache=data_cache or cfg.data.cache, memory_budget_gb=memory_budget_gb)))
+        else:
+            run = RunFolder.create(out, cfg)
+        setup_logging(run.root)
+        run_stages(run, workers=workers, worker_timeout=worker_timeout)
     return run
 
 
@@ -369,13 +372,14 @@ def redo_stage(run_dir: Path, stage: str, target: str | None = None) -> RunFolde
     import shutil
 
     run = RunFolder.open(run_dir)
-    setup_logging(run.root)
-    if target is not None:
-        run.save_config(with_target(run.load_config(), target))
-    if run.done(stage) and stage in ("train", "qat"):
-        shutil.rmtree(run.path(CHECKPOINTS) / stage, ignore_errors=True)  # redo from scratch
-    # the stage itself is forced; the later ones run because redoing it made them stale
-    run_stages(run, STAGES[STAGES.index(stage):], force=(stage,))
+    with run_lock(run.root, f"nin-pipeline {stage}"):
+        setup_logging(run.root)
+        if target is not None:
+            run.save_config(with_target(run.load_config(), target))
+        if run.done(stage) and stage in ("train", "qat"):
+            shutil.rmtree(run.path(CHECKPOINTS) / stage, ignore_errors=True)  # redo from scratch
+        # the stage itself is forced; the later ones run because redoing it made them stale
+        run_stages(run, STAGES[STAGES.index(stage):], force=(stage,))
     return run
 
 
@@ -385,6 +389,7 @@ def rewrite_report(run_dir: Path, *, rerun: bool = False, latency: bool = True) 
     cfg = run.load_config()
     if not run.path(INT8_TFLITE).exists():
         raise RunError(f"{run_dir} has no models yet", f"finish it with `nin-pipeline build --resume --out {run_dir}`")
-    setup_logging(run.root)
-    evaluate_and_report(cfg, run, load_data(cfg, run), rerun=rerun, latency=latency)
+    with run_lock(run.root, "nin-pipeline report"):
+        setup_logging(run.root)
+        evaluate_and_report(cfg, run, load_data(cfg, run), rerun=rerun, latency=latency)
     return run.path(REPORT_HTML)

@@ -8,13 +8,15 @@ Every write is atomic (a temporary name, then a rename).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import io
 import json
 import logging
 import os
+import socket
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -44,6 +46,7 @@ PREDICTIONS = "predictions.npz"
 TRAIN_LOG = "train.log"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
+LOCK_FILE = ".lock"
 
 __all__ = ["EDGETPU_TFLITE", "INT8_TFLITE", "LABELS_TXT", "SIDECAR_NAME", "RunFolder", "RunError", "STAGES"]
 
@@ -55,6 +58,46 @@ def history_csv(tag: str) -> str:
 
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def run_lock(root: Path, command: str) -> Iterator[None]:
+    """Hold the run folder ``root`` for this process while ``command`` works in it.
+
+    Two commands writing one folder (two builds, a build and ``report``) corrupt each other's
+    history and checkpoints, so the second is refused with the holder's PID, host and command.
+    The lock is ``flock`` on ``root/.lock``: the kernel drops it when its process ends, however it
+    ends (kill -9 included), so a dead holder never blocks the next command. A folder this made
+    and that holds nothing else afterwards is removed again.
+    """
+    import fcntl
+
+    root = Path(root)
+    made = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # BlockingIOError: held; others (e.g. no locks on this file system) the same to the user
+            try:
+                h = json.loads(path.read_text())
+                holder = f"PID {h['pid']} on {h['host']}, `{h['command']}` since {h['since']}"
+            except (OSError, ValueError, KeyError, TypeError):
+                holder = "another process"
+            raise RunError(f"{root} is in use by {holder}",
+                           "wait for it to end, or stop it; two commands must not write one run folder") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                                 "since": now()}).encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+        if made and [p.name for p in root.iterdir()] == [LOCK_FILE]:
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                root.rmdir()
 
 
 class RunFolder:

@@ -75,3 +75,42 @@ def test_the_gpu_paths_run_on_two_logical_cpus_with_mixed_precision(tmp_path):
     interp, _ = load_interpreter(out / "model_int8.tflite", num_threads=1)
     assert interp.get_input_details()[0]["dtype"] == np.int8  # fully int8 after the float16 training
     assert json.loads((out / "state.json").read_text())["evaluate"]["done"]
+
+
+HOLD_LOCK = ("import sys, time\nfrom pathlib import Path\nfrom pipeline.run import run_lock\n"
+             "with run_lock(Path(sys.argv[1]), 'nin-pipeline build'):\n    print('held', flush=True)\n    time.sleep(120)\n")
+
+
+def test_a_run_folder_in_use_is_refused_and_a_dead_holders_lock_is_not(tmp_path):
+    """Two commands writing one run folder corrupt it: the second is refused with the holder's PID;
+    once the holder is gone (kill -9 included) the folder is free again."""
+    from pipeline.config import make_build_config
+    from pipeline.run import run_lock
+
+    tree = make_image_tree(tmp_path / "tree")
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = make_build_config("folder", tree, "quick", "nin-cifar", {"epochs": 1}, 0.1, "int8", 0)
+    (run / "config.json").write_text(json.dumps(cfg.to_dict()))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for args in (["build", "--resume", "--out", str(run)], ["convert", str(run)]):
+            res = CliRunner().invoke(cli, args)
+            assert res.exit_code == 1, res.output
+            assert f"is in use by PID {holder.pid} on " in res.output and "`nin-pipeline build`" in res.output
+            assert "Traceback" not in res.output
+    finally:
+        holder.kill()
+        holder.wait()
+    with run_lock(run, "test"):  # the kernel dropped the dead holder's lock
+        assert json.loads((run / ".lock").read_text())["pid"] == os.getpid()
+
+
+def test_a_lock_leaves_no_folder_behind_when_nothing_was_made(tmp_path):
+    from pipeline.run import run_lock
+
+    with pytest.raises(RuntimeError):
+        with run_lock(tmp_path / "new", "test"):
+            raise RuntimeError("failed before anything was written")
+    assert not (tmp_path / "new").exists()
