@@ -154,8 +154,9 @@ class RunFolder:
             raise RunError(f"{self.root} is not a run folder (no {CONFIG_JSON})", f"run `nin-pipeline build --out {self.root}`")
         try:
             return BuildConfig.from_dict(json.loads(p.read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RunError(f"{p} is corrupt ({exc})", "start a new run folder") from None
+        except (ValueError, UnicodeDecodeError, TypeError, KeyError, AttributeError) as exc:
+            # not JSON, binary bytes, or JSON of another shape (e.g. a list): all the same to the user
+            raise RunError(f"{p} is corrupt ({type(exc).__name__}: {exc})", "start a new run folder") from None
 
     def save_config(self, cfg: BuildConfig) -> None:
         self.write_json(CONFIG_JSON, cfg.to_dict())
@@ -165,8 +166,12 @@ class RunFolder:
         self.state = {}
         if p.exists():
             try:
-                self.state = json.loads(p.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError):
+                state = json.loads(p.read_text())
+            except (ValueError, UnicodeDecodeError):
+                state = None
+            if isinstance(state, dict) and all(isinstance(v, dict) for v in state.values()):
+                self.state = state
+            else:  # unreadable, or JSON of another shape (e.g. [1])
                 log.warning("%s is unreadable; treating every stage as not done", STATE_JSON)
 
     def done(self, stage: str) -> bool:

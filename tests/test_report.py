@@ -227,3 +227,20 @@ def test_unreadable_optional_records_are_left_out(tmp_path, caplog):
     (tmp_path / EDGETPU_JSON).write_text("[1, 2]")  # JSON, but not an object
     assert run.read_layer_errors() == {} and run.read_edgetpu() == {}
     assert "re-run the convert stage" in caplog.text
+
+
+@pytest.mark.parametrize("config", [b"\xff\xfe binary", b"[1]", b'{"data": 3}'])
+def test_a_damaged_config_or_state_is_one_clear_line(tmp_path, config):
+    """config.json of binary bytes or of another JSON shape ends in one message; a state.json of another
+    shape ([1]) is treated as 'no stage done' with a warning, not an AttributeError."""
+    from pipeline.run import RunFolder
+
+    (tmp_path / "config.json").write_bytes(config)
+    for args in (["report", str(tmp_path)], ["convert", str(tmp_path)]):
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 1 and "Traceback" not in res.output
+        assert "config.json is corrupt" in res.output or "config.json does not describe a build" in res.output
+    (tmp_path / "state.json").write_text("[1]")
+    run = RunFolder(tmp_path)
+    run.load_state()
+    assert run.state == {} and not run.done("train")
