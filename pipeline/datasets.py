@@ -14,6 +14,7 @@ All images are held as uint8 NHWC arrays (``RawData``); ``pipeline.data`` splits
 from __future__ import annotations
 
 import gzip
+import hashlib
 import logging
 import os
 import pickle
@@ -204,14 +205,57 @@ def _cifar_members(src: Path) -> Iterator[tuple[str, bytes]]:
         raise DataError(f"{src} is corrupt or truncated ({exc}); re-download it") from None
 
 
+# What a CIFAR batch may hold: dicts, lists, bytes, str, numbers and numpy arrays. A pickle can name
+# any importable callable and have it called (os.system, say), so everything else is refused.
+_PICKLE_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+}
+# md5 of the official archives, as published on https://www.cs.toronto.edu/~kriz/cifar.html
+_OFFICIAL_MD5 = {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
+                 "cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85"}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _PICKLE_ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it asks to run {module}.{name}, which a CIFAR batch never does")
+
+
+def safe_unpickle(blob: bytes):
+    """A CIFAR batch's dict, unpickled with only the types such a batch holds (see ``_PICKLE_ALLOWED``)."""
+    import io
+
+    return _CifarUnpickler(io.BytesIO(blob), encoding="bytes").load()
+
+
+def _check_official_checksum(src: Path) -> None:
+    want = _OFFICIAL_MD5.get(src.name)
+    if want is None or not src.is_file():
+        return
+    h = hashlib.md5(usedforsecurity=False)
+    with open(src, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() != want:
+        log.warning("%s differs from the published archive (md5 %s, expected %s): it was changed or is not the "
+                    "official file; re-download it if that is not what you meant", src, h.hexdigest(), want)
+
+
 def _load_cifar(src: Path, dataset: str) -> RawData:
     files = {}
+    _check_official_checksum(src)
     for name, blob in _cifar_members(src):
         if name.startswith(("data_batch_", "test_batch", "batches.meta")) or name in ("train", "test", "meta"):
             try:
-                files[name] = pickle.loads(blob, encoding="bytes")
+                files[name] = safe_unpickle(blob)
             except Exception as exc:
                 raise DataError(f"{src}: {name} is not a CIFAR pickle ({exc}); re-download the archive") from None
+            if not isinstance(files[name], dict):
+                raise DataError(f"{src}: {name} is not a CIFAR pickle (it holds a {type(files[name]).__name__}, not a dict); "
+                                "re-download the archive")
     key = b"labels" if dataset == "cifar10" else b"fine_labels"
     if dataset == "cifar10":
         train_parts = [files[k] for k in sorted(files) if k.startswith("data_batch_")]

@@ -1,3 +1,4 @@
+import os
 import pickle
 
 import numpy as np
@@ -56,6 +57,37 @@ def test_official_cifar_layout_in_a_data_dir(tmp_path):
     raw = load_raw("cifar10", tmp_path)
     assert raw.x_train.shape == (40, 32, 32, 3) and raw.x_test.shape == (20, 32, 32, 3)
     assert raw.labels[3] == "c3"
+
+
+class _RunsACommand:
+    """A pickle that, loaded with plain pickle.loads, runs a shell command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_cifar_pickle_is_refused_without_running_it(tmp_path, caplog):
+    d = tmp_path / "cifar-10-batches-py"
+    _write_cifar_batches(d)
+    marker = tmp_path / "pwned"
+    (d / "data_batch_1").write_bytes(pickle.dumps({b"data": _RunsACommand(marker)}))
+    with pytest.raises(DataError, match="data_batch_1 is not a CIFAR pickle .*asks to run (posix|os).system"):
+        load_raw("cifar10", tmp_path)
+    assert not marker.exists(), "the pickle's command ran"
+    # a file with the official archive's name but other bytes: loaded if it can be, with a warning
+    fake = tmp_path / "other" / "cifar-10-python.tar.gz"
+    fake.parent.mkdir()
+    import tarfile
+
+    with tarfile.open(fake, "w:gz") as tf:
+        tf.add(d, arcname="cifar-10-batches-py")
+    (d / "data_batch_1").unlink()
+    with pytest.raises(DataError):
+        load_raw("cifar10", fake)
+    assert "differs from the published archive" in caplog.text
 
 
 def test_keras_cache_layout(tmp_path, monkeypatch):
