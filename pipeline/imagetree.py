@@ -180,9 +180,15 @@ def _scan(src: Path) -> tuple[dict[str, set[str]], list[tuple[str, str, str, int
                         found.append((split, cls_dir.name, str(f), st.st_size, st.st_mtime_ns))
         return classes, found
     seen: set[str] = set()
+    unsafe: list[str] = []
     try:
         with tarfile.open(src) as tf:
             for m in tf:
+                # nothing is extracted (members are read in memory), but a link or a path that leaves the
+                # tree (absolute, ../) is no image of it: left out, and said
+                if m.issym() or m.islnk() or m.name.startswith("/") or ".." in Path(m.name).parts:
+                    unsafe.append(m.name)
+                    continue
                 parts = _tree_parts(m.name)
                 if not parts or len(parts) < 2:
                     continue
@@ -196,6 +202,9 @@ def _scan(src: Path) -> tuple[dict[str, set[str]], list[tuple[str, str, str, int
                     found.append((parts[0], parts[1], m.name, m.size, int(m.mtime)))
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(f"{src} is corrupt or truncated ({exc})", "re-pack or re-download it") from None
+    if unsafe:
+        log.warning("%s: left out %d member(s) that are links or paths outside the tree (e.g. %s): images must be "
+                    "regular files inside it", src.name, len(unsafe), ", ".join(repr(n) for n in unsafe[:3]))
     return classes, found
 
 

@@ -144,6 +144,30 @@ def test_one_class_and_a_line_break_in_a_class_name_are_refused(tmp_path):
         load_raw("folder", make_image_tree(tmp_path / "nl", classes=("cat", "dog\nfox")))
 
 
+def test_archive_links_and_paths_outside_the_tree_are_left_out_and_said(tmp_path, caplog):
+    import io
+    import tarfile
+
+    tree = make_image_tree(tmp_path / "tree")
+    tar = tmp_path / "t.tar.gz"
+    png = (tree / "train" / "cat" / "000.png").read_bytes()
+    with tarfile.open(tar, "w:gz") as tf:
+        tf.add(tree / "train", arcname="train")
+        tf.add(tree / "test", arcname="test")
+        for name, target in (("train/cat/abs.png", "/etc/passwd"), ("train/wolf/up.png", "../../x.png"),
+                             ("../evil/a.png", None), ("/abs/train/cat/b.png", None)):
+            ti = tarfile.TarInfo(name)
+            if target:
+                ti.type, ti.linkname = tarfile.SYMTYPE, target
+                tf.addfile(ti)
+            else:
+                ti.size = len(png)
+                tf.addfile(ti, io.BytesIO(png))
+    raw = load_raw("folder", tar)
+    assert raw.labels == ("cat", "dog", "fox") and len(raw.y_train) == 18  # no 'wolf', no extra image
+    assert "left out 4 member(s) that are links or paths outside the tree" in caplog.text
+
+
 def test_truncated_archive_is_a_clear_error(tmp_path):
     tgz = tar_tree(make_image_tree(tmp_path / "tree"), tmp_path / "t.tar.gz")
     bad = tmp_path / "bad.tar.gz"
