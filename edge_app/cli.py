@@ -115,10 +115,11 @@ def _open_text(path: Path):
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def _preview_server(address: str):
-    from .serve import PreviewServer  # nothing of the preview is imported unless it is on
+def _preview_server(address: str, token: str | None = None, insecure: bool = False):
+    from .serve import PreviewServer, access_token, parse_address  # nothing of the preview is imported unless it is on
 
-    return PreviewServer(address)
+    host, _ = parse_address(address)
+    return PreviewServer(address, access_token(host, token, insecure))
 
 
 def _summary_line(d: dict) -> str:
@@ -176,6 +177,10 @@ def info(model: Path, runtime: str) -> None:
 @click.option("--display", is_flag=True, help="Show annotated frames in a window (q or Esc quits). Default: headless.")
 @click.option("--serve", "serve_at", default=None, metavar="[HOST:]PORT",
               help="Serve a live preview page (MJPEG stream, top-k, FPS, /status JSON); binds 127.0.0.1 unless HOST is given.")
+@click.option("--serve-token", default=None, envvar="EDGE_APP_SERVE_TOKEN", metavar="TEXT",
+              help="Token the preview wants (env EDGE_APP_SERVE_TOKEN). Off loopback one is made up and printed if not given.")
+@click.option("--serve-insecure", is_flag=True,
+              help="Serve the preview on a non-loopback address without a token (anyone on the network sees the camera).")
 @click.option("--max-fps", type=click.FloatRange(0, 1000, min_open=True), default=None,
               help="Cap the frame rate (play a video file at its speed, or spare a device's CPU).")
 @click.option("--prefetch/--no-prefetch", default=True, show_default=True,
@@ -185,7 +190,8 @@ def info(model: Path, runtime: str) -> None:
 @_bundle("model", ModelChoice, MODEL_FIELDS)
 @_bundle("options", LoopOptions, LOOP_FIELDS)
 def run(model: ModelChoice, options: LoopOptions, source: str, width: int | None, height: int | None, fps: float | None,
-        output: Path | None, summary_path: Path | None, save_video: Path | None, display: bool, serve_at: str | None) -> None:
+        output: Path | None, summary_path: Path | None, save_video: Path | None, display: bool, serve_at: str | None,
+        serve_token: str | None, serve_insecure: bool) -> None:
     """Classify frames from a camera, video, stream or images; one JSON line per frame (headless)."""
     import json
     import logging
@@ -206,7 +212,9 @@ def run(model: ModelChoice, options: LoopOptions, source: str, width: int | None
         def opened(thing):
             return stack.enter_context(contextlib.closing(thing))
 
-        server = opened(_preview_server(serve_at)) if serve_at is not None else None
+        if serve_at is None and serve_insecure:
+            raise click.UsageError("--serve-insecure goes with --serve HOST:PORT")
+        server = opened(_preview_server(serve_at, serve_token, serve_insecure)) if serve_at is not None else None
         src = opened(open_source(source, width=width, height=height, fps=fps))
         window = opened(Window()) if display else None
         sink = opened(VideoSink(str(save_video), fps or 30.0)) if save_video else None

@@ -11,17 +11,27 @@ The camera loop only hands over the newest frame's data (a reference and a closu
 no drawing, no JPEG): drawing and encoding happen in the HTTP threads, once per frame however
 many viewers there are, and a client that reads slowly or vanishes only ever holds up its own
 thread. Each connection has a socket timeout, so a dead one ends.
+
+Access: on a loopback address only this machine can connect. On any other address the camera
+would stream to everyone on the network, so every route wants a token (``--serve-token``, or one
+made up and printed once in the URL): ``?token=`` in the URL (which also sets a cookie for the
+page's own requests), that cookie, or ``Authorization: Bearer``; compared in constant time.
+``--serve-insecure`` serves without one, with a warning.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 import logging
+import secrets
 import threading
 import time
+from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from .errors import ServeError
 
@@ -29,6 +39,30 @@ log = logging.getLogger("edge_app")
 
 BOUNDARY = "nin-frame"
 SOCKET_TIMEOUT = 10.0  # seconds a client may take to accept data before its connection is dropped
+TOKEN_COOKIE = "edge_app_token"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def access_token(host: str, token: str | None, insecure: bool) -> str | None:
+    """The token the preview on ``host`` will want (None: open), warning where it is reachable from
+    other machines. A given token is always used; off loopback one is made up unless ``insecure``."""
+    if is_loopback(host):
+        return token
+    if insecure and token is None:
+        log.warning("the preview on %s streams the camera to anyone who can reach this machine, without a token "
+                    "(--serve-insecure); leave that out to require one", host)
+        return None
+    log.warning("the preview on %s is reachable from other machines; it wants the token in the URL printed below "
+                "(keep it to people who may see the camera)", host)
+    return token or secrets.token_urlsafe(16)
 
 
 def parse_address(spec: str) -> tuple[str, int]:
@@ -141,7 +175,9 @@ setInterval(refresh, 1000); refresh();
 """
 
 
-def _handler(preview: Preview):
+def _handler(preview: Preview, token: str | None):
+    want = token.encode() if token else None
+
     class Handler(BaseHTTPRequestHandler):
         timeout = SOCKET_TIMEOUT
         server_version = "edge-app"
@@ -154,6 +190,8 @@ def _handler(preview: Preview):
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            if getattr(self, "_cookie", False):  # the page's own requests (stream, status) then carry it
+                self.send_header("Set-Cookie", f"{TOKEN_COOKIE}={quote(token or '')}; Path=/; HttpOnly; SameSite=Strict")
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
@@ -161,8 +199,33 @@ def _handler(preview: Preview):
         def do_HEAD(self) -> None:
             self.do_GET()
 
+        def _authorised(self) -> tuple[bool, bool]:
+            """(may see this, came with ?token= so set the cookie)"""
+            if want is None:
+                return True, False
+            url = urlsplit(self.path)
+            offered = parse_qs(url.query).get("token", [])
+            via_query = bool(offered)
+            auth = self.headers.get("Authorization", "")
+            if auth.startswith("Bearer "):
+                offered.append(auth[7:].strip())
+            cookie = SimpleCookie()
+            try:
+                cookie.load(self.headers.get("Cookie", ""))
+            except Exception:  # noqa: BLE001  (a malformed Cookie header is no token)
+                pass
+            if TOKEN_COOKIE in cookie:
+                offered.append(cookie[TOKEN_COOKIE].value)
+            ok = any(hmac.compare_digest(o.encode(), want) for o in offered)
+            return ok, ok and via_query
+
         def do_GET(self) -> None:
             path = urlsplit(self.path).path
+            ok, set_cookie = self._authorised()
+            if not ok:
+                self._send(401, b"a token is needed: open the URL edge-app printed at start (.../?token=...)\n", "text/plain")
+                return
+            self._cookie = set_cookie
             try:
                 if path in ("/", "/index.html"):
                     self._send(200, PAGE.encode(), "text/html; charset=utf-8")
@@ -217,11 +280,12 @@ def _handler(preview: Preview):
 class PreviewServer:
     """The HTTP server in a daemon thread; ``close()`` stops it and ends every stream."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, token: str | None = None) -> None:
         import socket
 
         host, port = parse_address(address)
         self.preview = Preview()
+        self.token = token
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
@@ -229,7 +293,7 @@ class PreviewServer:
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
         try:
-            self.httpd = Server((host, port), _handler(self.preview))
+            self.httpd = Server((host, port), _handler(self.preview, token))
         except OSError as exc:
             raise ServeError(f"cannot serve the preview on {host}:{port}: {exc.strerror or exc}",
                              "choose another port (--serve PORT) or address") from None
@@ -241,7 +305,7 @@ class PreviewServer:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/"
+        return f"http://{host}:{self.port}/" + (f"?token={quote(self.token)}" if self.token else "")
 
     def close(self) -> None:
         self.preview.close()

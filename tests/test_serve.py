@@ -206,3 +206,43 @@ def video_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def long_video(tmp_path_factory):
     return write_video(tmp_path_factory.mktemp("serve") / "long.avi", 600, step=3)
+
+
+def test_off_loopback_the_preview_wants_a_token(caplog):
+    """The decision (no socket off loopback is opened in tests): loopback is open unless a token is
+    given; any other address gets the given token or a made-up one; --serve-insecure none, with a warning."""
+    from edge_app.serve import access_token
+
+    assert access_token("127.0.0.1", None, False) is None and access_token("::1", None, False) is None
+    assert access_token("localhost", "abc", False) == "abc"
+    made = access_token("0.0.0.0", None, False)
+    assert made and len(made) >= 16 and made != access_token("0.0.0.0", None, False)
+    assert access_token("192.168.1.5", "given", False) == "given"
+    assert access_token("0.0.0.0", None, True) is None
+    assert "reachable from other machines" in caplog.text and "without a token" in caplog.text
+
+
+def test_every_route_checks_the_token_and_the_page_sets_a_cookie():
+    server = PreviewServer("127.0.0.1:0", token="s3cret")
+    try:
+        assert server.url.endswith("/?token=s3cret")
+
+        def get(path, headers=None):
+            c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            c.request("GET", path, headers=headers or {})
+            r = c.getresponse()
+            body = r.read()
+            c.close()
+            return r.status, r.getheader("Set-Cookie") or "", body
+
+        for path in ("/", "/status", "/frame.jpg", "/stream.mjpg", "/nope"):
+            assert get(path)[0] == 401
+            assert get(path + "?token=wrong")[0] == 401
+        status, cookie, body = get("/?token=s3cret")
+        assert status == 200 and b"edge-app preview" in body
+        assert cookie.startswith("edge_app_token=s3cret") and "HttpOnly" in cookie
+        assert get("/status", {"Cookie": "edge_app_token=s3cret"})[0] == 200
+        assert get("/status", {"Authorization": "Bearer s3cret"})[0] == 200
+        assert get("/status", {"Cookie": "edge_app_token=nope"})[0] == 401
+    finally:
+        server.close()
