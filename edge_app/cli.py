@@ -65,13 +65,15 @@ class ModelChoice:
     delegate_lib: str | None = None
     delegate_options: dict[str, str] = dataclasses.field(default_factory=dict)
     fallback_cpu: bool = False
+    ignore_checksum: bool = False
 
     def open(self):
         from .model import open_model
 
         options = dict(self.delegate_options, **({"device": self.device} if self.device else {}))
         return open_model(self.model, runtime=self.runtime, delegate=self.delegate, threads=self.threads,
-                          delegate_lib=self.delegate_lib, delegate_options=options, fallback_cpu=self.fallback_cpu)
+                          delegate_lib=self.delegate_lib, delegate_options=options, fallback_cpu=self.fallback_cpu,
+                          ignore_checksum=self.ignore_checksum)
 
 
 def _bundle(name: str, factory: Callable, fields: tuple[str, ...]):
@@ -160,6 +162,7 @@ def info(model: Path, runtime: str) -> None:
 @click.option("--delegate-lib", default=None, help="Path of any external delegate library.")
 @click.option("--delegate-option", "delegate_options", multiple=True, callback=_kv, help="key=value for the delegate.")
 @click.option("--fallback-cpu", is_flag=True, help="If the delegate fails to load, warn and run on the CPU.")
+@click.option("--ignore-checksum", is_flag=True, help="Run a model whose sha256 differs from its model.json (warns).")
 @click.option("--width", type=click.IntRange(1, 10000), default=None, help="Camera capture width.")
 @click.option("--height", type=click.IntRange(1, 10000), default=None, help="Camera capture height.")
 @click.option("--fps", type=click.FloatRange(0, 1000, min_open=True), default=None, help="Camera frame rate.")
@@ -246,6 +249,7 @@ def run(model: ModelChoice, options: LoopOptions, source: str, width: int | None
 @click.option("--device", default=None, help="Edge TPU device, e.g. usb:0.")
 @click.option("--delegate-lib", default=None)
 @click.option("--delegate-option", "delegate_options", multiple=True, callback=_kv)
+@click.option("--ignore-checksum", is_flag=True, help="Run a model whose sha256 differs from its model.json (warns).")
 @click.option("--runs", type=click.IntRange(10, 1_000_000), default=300, show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @_bundle("model", ModelChoice, MODEL_FIELDS)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DelegateError, ModelLoadError, SidecarError
+from .fsutil import sha256_file
 from .runfiles import SIDECAR_NAME, resolve_model_path
 from .runtime import Classifier, interpreter_class, load_interpreter, make_delegate
 from .sidecar import Sidecar, read_sidecar
@@ -28,8 +29,9 @@ class LoadedModel:
 
 def open_model(model: str | os.PathLike, *, runtime: str = "auto", delegate: str = "cpu", threads: int | None = None,
                delegate_lib: str | None = None, delegate_options: dict[str, str] | None = None,
-               fallback_cpu: bool = False) -> LoadedModel:
-    """Load the model with its sidecar (if any), on the delegate asked for; check they agree."""
+               fallback_cpu: bool = False, ignore_checksum: bool = False) -> LoadedModel:
+    """Load the model with its sidecar (if any), on the delegate asked for; check they agree (the
+    file's sha256 against the sidecar's record of it too, as the device bundle does)."""
     resolve_model_path(model, delegate)  # a wrong path is the first thing to say
     _, runtime_name = interpreter_class(runtime)
     used = "cpu" if delegate == "cpu" and not delegate_lib else (delegate if not delegate_lib else f"external:{delegate_lib}")
@@ -44,6 +46,8 @@ def open_model(model: str | os.PathLike, *, runtime: str = "auto", delegate: str
     path = resolve_model_path(model, delegate if dlg is not None else "cpu")
     sidecar_path = path.parent / SIDECAR_NAME
     sidecar = read_sidecar(sidecar_path) if sidecar_path.is_file() else None
+    if sidecar is not None:
+        _check_checksum(path, sidecar, ignore_checksum)
     kwargs: dict[str, Any] = {}
     if sidecar is not None:
         kwargs = {"pixel_scale": sidecar.input.pixel_scale, "mean": sidecar.input.mean, "std": sidecar.input.std,
@@ -57,6 +61,20 @@ def open_model(model: str | os.PathLike, *, runtime: str = "auto", delegate: str
                     path.name)
         labels = [str(i) for i in range(clf.num_classes)]
     return LoadedModel(clf, labels, sidecar, path, used)
+
+
+def _check_checksum(path: Path, sc: Sidecar, ignore: bool) -> None:
+    want = sc.files.get(path.name)
+    if not want:
+        return
+    got = sha256_file(path)
+    if got == want:
+        return
+    msg = f"{path.name} is not the model its model.json describes (sha256 {got[:12]}..., model.json says {want[:12]}...)"
+    if ignore:
+        log.warning("%s; running it anyway (--ignore-checksum)", msg)
+        return
+    raise SidecarError(msg, "copy the run folder again or re-run `nin-pipeline convert RUN`; --ignore-checksum runs it anyway")
 
 
 def _check_agrees(clf: Classifier, sc: Sidecar, path: Path) -> None:

@@ -91,6 +91,21 @@ def test_folder_skips_and_counts_unreadable_images(edge_model, folder, tmp_path)
     assert glob_res.exit_code == 0 and glob_res.output.count('"frame"') == 4
 
 
+def test_a_model_that_is_not_the_one_its_sidecar_describes_is_refused(edge_model_copy, tmp_path, caplog, video):
+    """The device bundle refuses a model whose sha256 differs from model.json; so does `run` (and
+    `bench`), unless --ignore-checksum, which warns."""
+    from conftest import make_edge_model
+
+    other = make_edge_model(tmp_path / "other", seed=1)
+    (edge_model_copy / "model_int8.tflite").write_bytes((other / "model_int8.tflite").read_bytes())
+    res = _run(["--model", str(edge_model_copy), "--source", str(video), "--max-frames", "1"])
+    assert res.exit_code == 1 and "is not the model its model.json describes" in res.output
+    assert "--ignore-checksum" in res.output and "Traceback" not in res.output
+    res = _run(["--model", str(edge_model_copy), "--source", str(video), "--max-frames", "1", "--ignore-checksum"])
+    assert res.exit_code == 0, res.output
+    assert "running it anyway (--ignore-checksum)" in caplog.text
+
+
 def test_info_prints_plain_numbers_and_names_each_output(edge_model):
     res = CliRunner().invoke(cli, ["info", str(edge_model)])
     assert res.exit_code == 0, res.output
