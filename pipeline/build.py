@@ -32,7 +32,9 @@ from .run import (
     EDGETPU_TFLITE,
     FLOAT_TFLITE,
     INT8_TFLITE,
+    LABELS_TXT,
     LAYER_ERRORS_JSON,
+    LOCK_FILE,
     PREDICTIONS,
     PTQ_TFLITE,
     REPORT_HTML,
@@ -40,6 +42,8 @@ from .run import (
     REPORT_MD,
     SIDECAR_NAME,
     STAGES,
+    STATE_JSON,
+    TENSORBOARD,
     TRAIN_LOG,
     RunFolder,
     history_csv,
@@ -82,8 +86,24 @@ def load_data(cfg: BuildConfig, run: RunFolder) -> Splits:
         splits.num_classes, "x".join(map(str, splits.input_shape)), time.time() - t,
         f"; skipped {splits.skipped} unreadable file(s)" if splits.skipped else "",
     )
+    run.check_data(data_fingerprint(splits), str(splits.source))
     run.write_labels(splits.labels)
     return splits
+
+
+def data_fingerprint(splits: Splits) -> str:
+    """What the data is, not where it lives: labels of every split in order, class names, image
+    shape, and the first test images' pixels (the same in every --data-cache mode)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for y in (splits.y_train, splits.y_val, splits.y_test):
+        h.update(np.ascontiguousarray(y, np.int64).tobytes())
+    h.update("\n".join(splits.labels).encode())
+    h.update(str(splits.input_shape).encode())
+    n = min(32, len(splits.y_test))
+    h.update(np.ascontiguousarray(splits.x_test[np.arange(n)]).tobytes())
+    return h.hexdigest()[:16]
 
 
 def _model_cfg(cfg: BuildConfig, splits: Splits) -> ModelConfig:
@@ -243,14 +263,23 @@ def evaluate_and_report(cfg: BuildConfig, run: RunFolder, splits: Splits, *, rer
 
     float_model = run.load_float()  # once: the float predictions and the report's parameter count
     preds = None
+    digests = run.model_digests()
     if not rerun and run.path(PREDICTIONS).exists():
-        preds, y, _ = run.load_predictions(VARIANTS)
-        if not np.array_equal(y, splits.y_test):
-            raise RunError(f"{run.root}/{PREDICTIONS} is for other test images than the data gives now", "pass --rerun")
+        # reused only when made by exactly the models now in the folder (a replaced model, or an
+        # evaluation cut off half-way, would give stale or broken figures)
+        made_by = run.predictions_made_by()
+        if made_by != digests:
+            changed = sorted(k for k in digests if made_by.get(k) != digests[k]) or ["no record of them"]
+            log.warning("%s was not made by the models now in the folder (%s): evaluating again", PREDICTIONS,
+                        ", ".join(changed))
+        else:
+            preds, y, _ = run.load_predictions(VARIANTS)
+            if not np.array_equal(y, splits.y_test):
+                raise RunError(f"{run.root}/{PREDICTIONS} is for other test images than the data gives now", "pass --rerun")
     if preds is None:
         log.info("evaluate: %d test images through float Keras, float TFLite, PTQ int8 and QAT int8", len(splits.y_test))
         preds = predict_variants(run, splits.x_test, float_model=float_model)
-        run.save_predictions(preds, splits.y_test, splits.labels)
+        run.save_predictions(preds, splits.y_test, splits.labels, digests)
     meta = {"dataset": cfg.data.dataset, "arch": cfg.model.arch, "width": cfg.model.width, "pipeline_version": __version__}
     report = build_report(run, preds, splits.y_test, splits.labels, x=splits.x_test, meta=meta, latency=latency,
                           float_model=float_model)
@@ -352,18 +381,48 @@ def build(*, dataset: str, data_dir: Path | None, out: Path | None, profile: str
         cfg = make_build_config(dataset, data_dir, profile, arch, overrides, val_fraction, io_type, seed, class_maps, target,
                                 data_cache or "auto", memory_budget_gb)
         out = out or Path("artifacts") / f"{dataset}-{arch}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    folder_was_there = out.exists()  # (the lock makes it)
     with run_lock(out, "nin-pipeline build"):
+        config_was_there = (out / CONFIG_JSON).exists()
         if resume and not overrides:
             run = RunFolder.open(out)
-            if data_cache is not None or memory_budget_gb is not None:  # how the data is held may change on resume
+            if data_cache is not None or memory_budget_gb is not None or data_dir is not None:
+                # where and how the data is held may change on resume (the data itself may not: its fingerprint)
                 cfg = run.load_config()
+                where = str(Path(data_dir).expanduser().resolve()) if data_dir is not None else cfg.data.data_dir
                 run.save_config(dataclasses.replace(cfg, data=dataclasses.replace(
-                    cfg.data, cache=data_cache or cfg.data.cache, memory_budget_gb=memory_budget_gb)))
+                    cfg.data, cache=data_cache or cfg.data.cache, memory_budget_gb=memory_budget_gb, data_dir=where)))
         else:
             run = RunFolder.create(out, cfg)
         setup_logging(run.root)
-        run_stages(run, workers=workers, worker_timeout=worker_timeout)
+        try:
+            run_stages(run, workers=workers, worker_timeout=worker_timeout)
+        except BaseException:
+            if not config_was_there:
+                _discard_unstarted(run, folder_was_there)
+            raise
     return run
+
+
+def _discard_unstarted(run: RunFolder, folder_was_there: bool) -> None:
+    """A new build that failed (or was stopped) before its first epoch was backed up leaves nothing
+    behind: the next attempt, with the problem fixed, starts clean instead of being refused."""
+    import shutil
+
+    if any(run.done(s) for s in STAGES) or (run.path(CHECKPOINTS) / "train").exists():
+        return
+    root = logging.getLogger("pipeline")
+    for h in list(root.handlers):  # stop writing train.log (the terminal keeps the messages)
+        if isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == run.root.resolve():
+            root.removeHandler(h)
+            h.close()
+    log.info("%s removed: the build stopped before its first epoch was saved, so there is nothing to resume", run.root)
+    if not folder_was_there:
+        shutil.rmtree(run.root, ignore_errors=True)
+        return
+    for name in (CONFIG_JSON, STATE_JSON, TRAIN_LOG, LABELS_TXT, TENSORBOARD, LOCK_FILE):
+        p = run.path(name)
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def redo_stage(run_dir: Path, stage: str, target: str | None = None) -> RunFolder:

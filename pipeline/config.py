@@ -84,8 +84,9 @@ def with_target(cfg: BuildConfig, target: str) -> BuildConfig:
 
 
 # How the decoded images are held changes no result (the splits and pixels are the same in every
-# mode): a run folder may be resumed with other values of these.
-NOT_TRAINING_SETTINGS = {"data.cache", "data.memory_budget_gb"}
+# mode), and where they live is not what they are (the run folder records the data's fingerprint):
+# a run folder may be resumed with other values of these.
+NOT_TRAINING_SETTINGS = {"data.cache", "data.memory_budget_gb", "data.data_dir"}  # where the data lives: its fingerprint is checked
 
 
 def diff_configs(a: dict, b: dict, prefix: str = "") -> list[str]:

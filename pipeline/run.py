@@ -94,9 +94,9 @@ def run_lock(root: Path, command: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
-        if made and [p.name for p in root.iterdir()] == [LOCK_FILE]:
-            path.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # the folder may be gone (a build that never started removes it)
+            if made and [p.name for p in root.iterdir()] == [LOCK_FILE]:
+                path.unlink(missing_ok=True)
                 root.rmdir()
 
 
@@ -184,6 +184,18 @@ class RunFolder:
             self.state.pop(later, None)
         self.write_json(STATE_JSON, self.state)
 
+    def check_data(self, fingerprint: str, source: str) -> None:
+        """Record the data's fingerprint on first load; later loads (a resume, ``report``) must give the
+        same data. Where the data lives may change (another --data-dir); what it is may not."""
+        saved = self.state.get("data", {}).get("fingerprint")
+        if saved is None:
+            self.state["data"] = {"fingerprint": fingerprint, "source": source}
+            self.write_json(STATE_JSON, self.state)
+        elif saved != fingerprint:
+            raise RunError(f"the data from {source} is not the data {self.root} was made with (its labels, splits or "
+                           f"images differ: fingerprint {fingerprint}, recorded {saved})",
+                           "point --data-dir at the same data, or start a new run folder")
+
     # ---------------------------------------------------------------- files
 
     def write_json(self, name: str, data: Any) -> Path:
@@ -236,10 +248,28 @@ class RunFolder:
         """edgetpu.json (the Edge TPU check and compile summaries)."""
         return self._read_optional_json(EDGETPU_JSON, "starting it again")
 
-    def save_predictions(self, preds: dict[str, np.ndarray], y: np.ndarray, labels: tuple[str, ...]) -> None:
+    def model_digests(self) -> dict[str, str]:
+        """sha256 of each model the evaluation runs (those present)."""
+        from edge_app.fsutil import sha256_file
+
+        return {n: sha256_file(self.path(n)) for n in (FLOAT_KERAS, FLOAT_TFLITE, PTQ_TFLITE, INT8_TFLITE)
+                if self.path(n).is_file()}
+
+    def save_predictions(self, preds: dict[str, np.ndarray], y: np.ndarray, labels: tuple[str, ...],
+                         models: dict[str, str] | None = None) -> None:
+        """The test predictions, with the sha256 of the models that made them (``models``)."""
         buf = io.BytesIO()
-        np.savez_compressed(buf, y=y, labels=np.asarray(labels), **preds)
+        np.savez_compressed(buf, y=y, labels=np.asarray(labels), _models=np.asarray(json.dumps(models or {})), **preds)
         self.write_bytes(PREDICTIONS, buf.getvalue())
+
+    def predictions_made_by(self) -> dict[str, str]:
+        """The model digests recorded with predictions.npz ({} when absent, unreadable or from before they were kept)."""
+        try:
+            with np.load(self.path(PREDICTIONS), allow_pickle=False) as z:
+                made_by = json.loads(str(z["_models"])) if "_models" in z.files else {}
+        except (KeyError, ValueError, OSError, EOFError):
+            return {}
+        return made_by if isinstance(made_by, dict) else {}
 
     def load_predictions(self, variants: tuple[str, ...]) -> tuple[dict[str, np.ndarray], np.ndarray, tuple[str, ...]]:
         p = self.path(PREDICTIONS)

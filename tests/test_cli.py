@@ -158,6 +158,31 @@ def test_arch_that_does_not_fit_the_data_is_a_clear_error(runner, tmp_path):
                               "--input-size", "32", "--out", str(tmp_path / "run"), "--epochs", "1"])
     assert res.exit_code == 1, res.output
     assert "at least 67x67" in res.output and "--input-size" in res.output and "Traceback" not in res.output
+    # nothing was trained: nothing is left behind, so the same --out with the fix is not refused
+    assert not (tmp_path / "run").exists()
+    kept = tmp_path / "mine"
+    (kept / "notes.txt").parent.mkdir()
+    (kept / "notes.txt").write_text("the user's")
+    res = runner.invoke(cli, ["build", "--dataset", "folder", "--data-dir", str(tree), "--arch", "nin-imagenet",
+                              "--input-size", "32", "--out", str(kept), "--epochs", "1"])
+    assert res.exit_code == 1 and sorted(p.name for p in kept.iterdir()) == ["notes.txt"]  # only ours removed
+
+
+def test_the_data_may_move_but_not_change(tmp_path):
+    """Where the data lives is not a training setting (a resumed run may get another --data-dir);
+    what the data is, is: a run folder records its fingerprint and refuses other data."""
+    from pipeline.config import diff_configs, make_build_config
+    from pipeline.errors import RunError
+    from pipeline.run import RunFolder
+
+    a = make_build_config("folder", tmp_path / "a", "quick", "nin-cifar", {}, 0.1, None, 0)
+    b = make_build_config("folder", tmp_path / "b", "quick", "nin-cifar", {}, 0.1, None, 0)
+    assert a.data.data_dir != b.data.data_dir and diff_configs(a.to_dict(), b.to_dict()) == []
+    run = RunFolder.create(tmp_path / "run", a)
+    run.check_data("f00d", "a")
+    run.check_data("f00d", "b")  # the same data somewhere else
+    with pytest.raises(RunError, match="is not the data .* was made with"):
+        RunFolder.open(tmp_path / "run").check_data("beef", "c")
 
 
 def test_a_tensorflow_runtime_error_in_training_is_one_line(runner, tmp_path, monkeypatch):

@@ -172,6 +172,15 @@ def test_report_command_rewrites_from_saved_predictions(fast_run_copy, report):
         assert again["variants"][key]["top1"] == report["variants"][key]["top1"]
         assert again["variants"][key]["confusion_matrix"] == report["variants"][key]["confusion_matrix"]
     assert "QAT int8" in out.stderr  # the terminal table
+    assert "evaluate: " not in out.stderr  # the saved predictions were reused
+    # a model replaced since: the saved predictions are not its own, so the report evaluates again
+    (fast_run_copy / "model_int8_ptq.tflite").write_bytes((fast_run_copy / "model_int8.tflite").read_bytes())
+    out = subprocess.run([sys.executable, "-m", "pipeline", "report", str(fast_run_copy), "--no-latency"], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "was not made by the models now in the folder (model_int8_ptq.tflite)" in out.stderr
+    again = json.loads((fast_run_copy / "report.json").read_text())
+    assert again["variants"]["ptq_int8"]["top1"] == again["variants"]["qat_int8"]["top1"]
 
 
 def test_evaluate_any_model(fast_run, fast_tree, report, tmp_path):
