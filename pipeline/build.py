@@ -312,6 +312,12 @@ def run_stages(run: RunFolder, stages: tuple[str, ...] = STAGES, force: tuple[st
             stages = tuple(s for s in stages if s in ("train", "qat"))
     info = configure_devices()
     log.info("run folder %s (nin-pipeline %s, TensorFlow %s)", run.root, __version__, info["tensorflow"])
+    for stage in STAGES:  # a done stage whose outputs are gone or changed (a truncated copy, an edit) is redone
+        bad = run.damaged_outputs(stage) if run.done(stage) else []
+        if bad:
+            log.warning("stage %s was done, but %s: doing it again, and the stages after it", stage, "; ".join(bad))
+            run.forget(stage)
+            break
     todo = [s for s in stages if s in force or not run.done(s)]
     cluster.agree([int(s in todo) for s in ("train", "qat")], "the training stages still to run")
     ok, t0 = False, time.time()
@@ -450,5 +456,8 @@ def rewrite_report(run_dir: Path, *, rerun: bool = False, latency: bool = True) 
         raise RunError(f"{run_dir} has no models yet", f"finish it with `nin-pipeline build --resume --out {run_dir}`")
     with run_lock(run.root, "nin-pipeline report"):
         setup_logging(run.root)
+        t = time.time()
         evaluate_and_report(cfg, run, load_data(cfg, run), rerun=rerun, latency=latency)
+        if run.done("convert"):
+            run.mark("evaluate", seconds=time.time() - t)  # its new outputs are the recorded ones
     return run.path(REPORT_HTML)

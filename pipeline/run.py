@@ -48,6 +48,15 @@ CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 LOCK_FILE = ".lock"
 
+# what each stage leaves that later stages and the device need; their sha256 is recorded when the
+# stage is marked done, and a resumed build redoes a stage whose outputs are gone or changed
+STAGE_OUTPUTS = {
+    "train": (FLOAT_KERAS,),
+    "qat": (QAT_WEIGHTS,),
+    "convert": (FLOAT_TFLITE, PTQ_TFLITE, INT8_TFLITE, SIDECAR_NAME),
+    "evaluate": (REPORT_JSON, PREDICTIONS),
+}
+
 __all__ = ["EDGETPU_TFLITE", "INT8_TFLITE", "LABELS_TXT", "SIDECAR_NAME", "RunFolder", "RunError", "STAGES"]
 
 
@@ -179,9 +188,34 @@ class RunFolder:
 
     def mark(self, stage: str, seconds: float | None = None, **info: Any) -> None:
         """Record a finished stage (with its seconds). A redone stage makes every later stage stale."""
-        self.state[stage] = {"done": True, "at": now(), **info, **({"seconds": round(seconds, 1)} if seconds is not None else {})}
+        from edge_app.fsutil import sha256_file
+
+        outputs = {n: sha256_file(self.path(n)) for n in STAGE_OUTPUTS.get(stage, ()) if self.path(n).is_file()}
+        self.state[stage] = {"done": True, "at": now(), **info, **({"seconds": round(seconds, 1)} if seconds is not None else {}),
+                             "outputs": outputs}
         for later in STAGES[STAGES.index(stage) + 1:]:
             self.state.pop(later, None)
+        self.write_json(STATE_JSON, self.state)
+
+    def damaged_outputs(self, stage: str) -> list[str]:
+        """The outputs of a done ``stage`` that are missing or not what the stage wrote (by sha256).
+        A stage recorded before outputs were kept is checked for missing files only."""
+        from edge_app.fsutil import sha256_file
+
+        recorded = self.state.get(stage, {}).get("outputs")
+        bad = []
+        for name in STAGE_OUTPUTS.get(stage, ()):
+            p = self.path(name)
+            if not p.is_file():
+                bad.append(f"{name} is missing")
+            elif isinstance(recorded, dict) and name in recorded and sha256_file(p) != recorded[name]:
+                bad.append(f"{name} changed")
+        return bad
+
+    def forget(self, stage: str) -> None:
+        """Mark ``stage`` and every later one not done."""
+        for s in STAGES[STAGES.index(stage):]:
+            self.state.pop(s, None)
         self.write_json(STATE_JSON, self.state)
 
     def check_data(self, fingerprint: str, source: str) -> None:

@@ -25,9 +25,10 @@ def test_state_records_every_stage_once_with_its_seconds(fast_run):
     log = (fast_run / "train.log").read_text()
     assert "--data-cache none -> none" in log and "skipped 1 unreadable image(s)" in log  # streamed, the bad file counted
     state = json.loads((fast_run / "state.json").read_text())
-    assert list(state) == list(STAGES)
+    assert [k for k in state if k != "data"] == list(STAGES) and len(state["data"]["fingerprint"]) == 16
     for stage in STAGES:
         assert state[stage]["done"] is True and state[stage]["seconds"] > 0, stage
+        assert state[stage]["outputs"], stage  # the sha256 of what it wrote
 
 
 def test_rerun_of_a_finished_run_does_nothing(fast_run_copy, fast_tree):
@@ -42,6 +43,14 @@ def test_rerun_of_a_finished_run_does_nothing(fast_run_copy, fast_tree):
     res = CliRunner().invoke(cli, ["build", *FAST_FLAGS, "--data-dir", str(fast_tree), "--out", str(fast_run_copy),
                                    "--epochs", "2"])
     assert res.exit_code == 1 and "was started with other settings (train.epochs: 1 then, 2 now)" in res.output
+    # a truncated int8 model (a cut-off copy): state.json is not trusted; convert and evaluate are redone
+    good = (fast_run_copy / "model_int8.tflite").read_bytes()
+    (fast_run_copy / "model_int8.tflite").write_bytes(good[: len(good) // 2])
+    res = CliRunner().invoke(cli, ["build", "--resume", "--out", str(fast_run_copy)])
+    assert res.exit_code == 0, res.output
+    log = (fast_run_copy / "train.log").read_text()
+    assert "stage convert was done, but model_int8.tflite changed: doing it again" in log
+    assert len((fast_run_copy / "model_int8.tflite").read_bytes()) == len(good)
 
 
 def test_python_dash_m_pipeline_reaches_every_command():
