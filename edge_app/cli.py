@@ -171,6 +171,7 @@ def info(model: Path, runtime: str) -> None:
 @click.option("--top-k", "top", type=click.IntRange(1, 1000), default=3, show_default=True)
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.0, show_default=True)
 @click.option("--max-frames", type=click.IntRange(1, None), default=None)
+@click.option("--loop", is_flag=True, help="Replay a video file, image, folder or glob source from the start when it ends.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the JSON lines here instead of stdout.")
 @click.option("--summary", "summary_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -194,7 +195,7 @@ def info(model: Path, runtime: str) -> None:
 @_bundle("options", LoopOptions, LOOP_FIELDS)
 def run(model: ModelChoice, options: LoopOptions, source: str, width: int | None, height: int | None, fps: float | None,
         output: Path | None, summary_path: Path | None, save_video: Path | None, display: bool, serve_at: str | None,
-        serve_token: str | None, serve_insecure: bool) -> None:
+        serve_token: str | None, serve_insecure: bool, loop: bool) -> None:
     """Classify frames from a camera, video, stream or images; one JSON line per frame (headless)."""
     import json
     import logging
@@ -218,7 +219,7 @@ def run(model: ModelChoice, options: LoopOptions, source: str, width: int | None
         if serve_at is None and serve_insecure:
             raise click.UsageError("--serve-insecure goes with --serve HOST:PORT")
         server = opened(_preview_server(serve_at, serve_token, serve_insecure)) if serve_at is not None else None
-        src = opened(open_source(source, width=width, height=height, fps=fps))
+        src = opened(open_source(source, width=width, height=height, fps=fps, loop=loop))
         window = opened(Window()) if display else None
         sink = opened(VideoSink(str(save_video), fps or 30.0)) if save_video else None
         clf = loaded.classifier

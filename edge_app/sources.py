@@ -38,19 +38,27 @@ def _cv2():
 class ImageSource:
     """An image file, a folder of images or a glob. Unreadable files are skipped and counted."""
 
-    def __init__(self, paths: list[Path], label: str):
-        self.paths, self.label, self.skipped = paths, label, 0
+    def __init__(self, paths: list[Path], label: str, loop: bool = False):
+        self.paths, self.label, self.skipped, self.loop = paths, label, 0, loop
         if not paths:
             raise SourceError(f"{label}: no images found", f"give images with one of the extensions {', '.join(sorted(IMAGE_EXTS))}")
 
     def frames(self) -> Iterator[Frame]:
+        """Each image once, or over and over with ``loop`` (its frame index keeps counting)."""
         cv2 = _cv2()
-        for i, p in enumerate(self.paths):
-            bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
-            if bgr is None:
-                self.skipped += 1
-                continue
-            yield Frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), str(p), i)
+        i, first = 0, True
+        while True:
+            shown = 0
+            for p in self.paths:
+                bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
+                if bgr is None:
+                    self.skipped += first  # counted once, not once per pass
+                    continue
+                yield Frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), str(p), i)
+                i, shown = i + 1, shown + 1
+            first = False
+            if not self.loop or not shown:
+                return
 
     def close(self) -> None:
         pass
@@ -64,9 +72,10 @@ class CaptureSource:
     """
 
     def __init__(self, target, label: str, *, live: bool, width: int | None = None, height: int | None = None,
-                 fps: float | None = None, max_wait: float = 5.0):
+                 fps: float | None = None, max_wait: float = 5.0, loop: bool = False):
         cv2 = _cv2()
         self.cv2, self.label, self.live, self.max_wait, self.skipped = cv2, label, live, max_wait, 0
+        self.loop = loop and not live  # a video file replays from its first frame
         self.cap = cv2.VideoCapture(target)
         if not self.cap.isOpened():
             camera = isinstance(target, int) or str(target).startswith("/dev/")
@@ -79,13 +88,17 @@ class CaptureSource:
         self.retries = 0
 
     def frames(self) -> Iterator[Frame]:
-        i = 0
+        i, since_start = 0, 0
         while True:
             ok, bgr = self.cap.read()
             if not ok or bgr is None:
                 if not self.live:
-                    return
+                    if not (self.loop and since_start and self.cap.set(self.cv2.CAP_PROP_POS_FRAMES, 0)):
+                        return
+                    since_start = 0
+                    continue
                 bgr = self._retry()
+            since_start += 1
             yield Frame(self.cv2.cvtColor(bgr, self.cv2.COLOR_BGR2RGB), self.label, i)
             i += 1
 
@@ -139,8 +152,9 @@ class PiCameraSource:
             cam.stop()
 
 
-def open_source(spec: str, *, width: int | None = None, height: int | None = None, fps: float | None = None):
-    """Pick the source kind from ``--source``."""
+def open_source(spec: str, *, width: int | None = None, height: int | None = None, fps: float | None = None,
+                loop: bool = False):
+    """Pick the source kind from ``--source``; ``loop`` replays a video file, image, folder or glob."""
     if spec == "picamera":
         return PiCameraSource(width, height)
     if spec.isdigit():
@@ -151,13 +165,13 @@ def open_source(spec: str, *, width: int | None = None, height: int | None = Non
         return CaptureSource(spec, spec, live=True)
     p = Path(spec).expanduser()
     if p.is_dir():
-        return ImageSource(sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS), str(p))
+        return ImageSource(sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS), str(p), loop)
     if p.is_file():
         if p.suffix.lower() in IMAGE_EXTS:
-            return ImageSource([p], str(p))
-        return CaptureSource(str(p), str(p), live=False)
+            return ImageSource([p], str(p), loop)
+        return CaptureSource(str(p), str(p), live=False, loop=loop)
     if any(c in spec for c in "*?["):
-        return ImageSource(sorted(Path(f) for f in _glob.glob(spec) if Path(f).suffix.lower() in IMAGE_EXTS), spec)
+        return ImageSource(sorted(Path(f) for f in _glob.glob(spec) if Path(f).suffix.lower() in IMAGE_EXTS), spec, loop)
     raise SourceError(f"--source {spec}: no such camera, file, folder, glob or URL")
 
 

@@ -115,6 +115,19 @@ def test_info_prints_plain_numbers_and_names_each_output(edge_model):
     assert any("<- scores" in ln and "shape [1, " in ln for ln in outputs)
 
 
+def test_loop_replays_file_sources(edge_model, folder, tmp_path):
+    short = write_video(tmp_path / "short.avi", 5)
+    for source, skipped in ((short, 0), (folder, 1)):
+        summ = tmp_path / "s.json"
+        res = _run(["--model", str(edge_model), "--source", str(source), "--loop", "--max-frames", "12",
+                    "--summary", str(summ)])
+        assert res.exit_code == 0, res.output
+        s = json.loads(summ.read_text())
+        assert s["frames"] == 12 and s["stopped_by"] == "--max-frames 12" and s["skipped"] == skipped
+        frames = [json.loads(ln)["frame"] for ln in res.output.splitlines() if ln.startswith("{")]
+        assert frames == list(range(12))  # the index keeps counting across passes
+
+
 def test_a_source_that_gives_no_frame_is_an_error(edge_model, tmp_path):
     only = tmp_path / "broken.jpg"
     only.write_bytes(b"\xff\xd8 not a jpeg")
