@@ -87,6 +87,21 @@ def _bundle(name: str, factory: Callable, fields: tuple[str, ...]):
     return decorate
 
 
+def _model_anywhere(command):
+    """The model as MODEL or as --model MODEL, the same for every command that takes one."""
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        given = kwargs.pop("model_arg", None)
+        if kwargs.get("model") is None:
+            kwargs["model"] = given
+        elif given is not None and Path(given) != Path(kwargs["model"]):
+            raise click.UsageError(f"two models given ({given} and --model {kwargs['model']}): give one")
+        if kwargs["model"] is None:
+            raise click.UsageError("which model? give a run folder or a .tflite as MODEL or --model MODEL")
+        return command(**kwargs)
+    return click.argument("model_arg", required=False, metavar="[MODEL]", type=click.Path(path_type=Path))(wrapper)
+
+
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelChoice))
 LOOP_FIELDS = tuple(f.name for f in dataclasses.fields(LoopOptions))
 
@@ -140,8 +155,9 @@ def _bench_text(r: dict) -> str:
 
 
 @cli.command()
-@click.argument("model", type=click.Path(exists=True, path_type=Path))
+@click.option("--model", default=None, type=click.Path(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
 @click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True)
+@_model_anywhere
 def info(model: Path, runtime: str) -> None:
     """Load MODEL (a run folder or a .tflite) and print its inputs, outputs and sidecar."""
     from .model import describe_model
@@ -151,7 +167,7 @@ def info(model: Path, runtime: str) -> None:
 
 
 @cli.command()
-@click.option("--model", required=True, type=click.Path(path_type=Path),
+@click.option("--model", default=None, type=click.Path(path_type=Path),
               help="A run folder (model_int8.tflite + model.json) or a .tflite file.")
 @click.option("--source", default="0", show_default=True,
               help="Camera index, /dev/videoN, picamera, a video file, an RTSP/HTTP URL, an image, a folder or a glob.")
@@ -191,6 +207,7 @@ def info(model: Path, runtime: str) -> None:
               help="Capture and pre-process the next frame in a second thread while this one is invoked.")
 @click.option("--heatmap", is_flag=True,
               help="Overlay the top class's confidence map (NiN's last block) on drawn frames; add its peak to the JSON.")
+@_model_anywhere
 @_bundle("model", ModelChoice, MODEL_FIELDS)
 @_bundle("options", LoopOptions, LOOP_FIELDS)
 def run(model: ModelChoice, options: LoopOptions, source: str, width: int | None, height: int | None, fps: float | None,
@@ -243,7 +260,7 @@ def run(model: ModelChoice, options: LoopOptions, source: str, width: int | None
 
 
 @cli.command(name="bench")
-@click.option("--model", required=True, type=click.Path(path_type=Path), help="A run folder or a .tflite file.")
+@click.option("--model", default=None, type=click.Path(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
 @click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True)
 @click.option("--delegate", type=click.Choice(DELEGATES), default="cpu", show_default=True)
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads (default: all cores).")
@@ -253,6 +270,7 @@ def run(model: ModelChoice, options: LoopOptions, source: str, width: int | None
 @click.option("--ignore-checksum", is_flag=True, help="Run a model whose sha256 differs from its model.json (warns).")
 @click.option("--runs", type=click.IntRange(10, 1_000_000), default=300, show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@_model_anywhere
 @_bundle("model", ModelChoice, MODEL_FIELDS)
 def bench_cmd(model: ModelChoice, runs: int, json_out: Path | None) -> None:
     """Invoke-only latency, and the whole loop on synthetic 640x480 frames, side by side."""

@@ -253,16 +253,27 @@ def report(run_dir: Path, rerun: bool, no_latency: bool) -> None:
 
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--dataset", type=click.Choice(DATASETS), default="cifar10", show_default=True)
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, envvar="NIN_DATA_DIR")
-@click.option("--limit-test", type=POSITIVE_INT, default=None, help="Stratified test subset.")
+@click.option("--dataset", type=click.Choice(DATASETS), default=None,
+              help="Default: a run folder's own dataset, else cifar10.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, envvar="NIN_DATA_DIR",
+              help="Default: a run folder's own data directory.")
+@click.option("--limit-test", type=POSITIVE_INT, default=None, help="Stratified test subset (the same images as `build --limit-test`).")
 @click.option("--threads", type=POSITIVE_INT, default=None, help="TFLite threads (default: all cores).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the figures to this JSON file.")
 def evaluate(model: Path, dataset: str, data_dir: Path | None, limit_test: int | None, threads: int | None,
              json_out: Path | None) -> None:
-    """Test-split accuracy of any classification MODEL (.tflite, .keras or .h5) on a dataset."""
+    """Test-split accuracy of any classification MODEL (.tflite, .keras, .h5, or a run folder's int8 model) on a dataset."""
     from .evaluate import evaluate_model
+
+    if model.is_dir() and (model / "config.json").is_file():  # a run folder: its own data unless told otherwise
+        from .run import RunFolder
+
+        cfg = RunFolder.open(model).load_config()
+        dataset = dataset or cfg.data.dataset
+        if data_dir is None and cfg.data.data_dir:
+            data_dir = Path(cfg.data.data_dir)
+    dataset = dataset or "cifar10"
 
     res = evaluate_model(model, dataset, data_dir, limit_test=limit_test, threads=threads)
     top5 = f", top-5 {100 * res['top5']:.2f}%" if res["top5"] is not None else ""
@@ -296,11 +307,14 @@ def compare(runs: tuple[Path, ...], markdown: Path | None) -> None:
 @click.option("--input-size", type=POSITIVE_INT, default=None, help="Default: the arch's own (32 or 224).")
 @click.option("--channels", type=click.IntRange(1, 4), default=3, show_default=True)
 @click.option("--classes", type=click.IntRange(2, 100_000), default=10, show_default=True)
-@click.option("--width", type=POSITIVE_FLOAT, default=1.0, show_default=True)
-def describe(arch: str, input_size: int | None, channels: int, classes: int, width: float) -> None:
+@click.option("--width", type=POSITIVE_FLOAT, default=None, help="Default: the quick profile's, as `build` uses.")
+def describe(arch: str, input_size: int | None, channels: int, classes: int, width: float | None) -> None:
     """Print each layer's output shape and parameter count."""
     from .models import ModelConfig, summary_lines
 
+    if width is None:
+        width = float(PROFILES["quick"]["width"])
+        click.echo(f"width {width:g} (the quick profile's, as `build` uses; --width to change)")
     size = input_size or ARCHS[arch].default_input_size
     try:
         lines = summary_lines(ModelConfig(arch=arch, num_classes=classes, input_shape=(size, size, channels), width=width))

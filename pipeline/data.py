@@ -65,6 +65,12 @@ class Splits(RawData):
 
 # --------------------------------------------------------------------------- splits
 
+def test_subset(y_test: np.ndarray, n: int) -> np.ndarray:
+    """The ``--limit-test N`` subset: the same rule for `build` and `evaluate` (stratified, drawn with a
+    fixed seed, independent of --seed and of any other draw), so both score the same images."""
+    return stratified_indices(y_test, n, np.random.default_rng(0))
+
+
 def stratified_indices(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` indices with every class represented in proportion (at least one each when n allows)."""
     if n >= len(y):
@@ -167,7 +173,7 @@ def _carve(cfg: DataConfig, train: Callable, y_train: np.ndarray, test: Callable
     if cfg.limit_train:
         tr = tr[stratified_indices(y_train[tr], cfg.limit_train, rng)]
     if cfg.limit_test:
-        te = te[stratified_indices(y_test[te], cfg.limit_test, rng)]
+        te = te[test_subset(y_test[te], cfg.limit_test)]
     n_val = int(round(len(tr) * cfg.val_fraction))
     va = tr[:0]
     if n_val:

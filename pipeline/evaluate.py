@@ -67,10 +67,14 @@ def evaluate_model(model_path: str | os.PathLike, dataset: str, data_dir: str | 
     from edge_app.errors import ModelLoadError
     from edge_app.runtime import Classifier
 
-    from .data import stratified_indices
+    from edge_app.runfiles import INT8_TFLITE
+
+    from .data import test_subset
     from .datasets import load_raw
 
     path = Path(model_path)
+    if path.is_dir() and (path / INT8_TFLITE).is_file():  # a run folder: its shipped int8 model
+        path = path / INT8_TFLITE
     if not path.is_file():
         raise ModelLoadError(f"no model file at {path}")
     suffix = path.suffix.lower()
@@ -93,7 +97,7 @@ def evaluate_model(model_path: str | os.PathLike, dataset: str, data_dir: str | 
     raw = load_raw(dataset, data_dir, input_size=shape[0] if dataset == "folder" else None)
     x, y = raw.x_test, raw.y_test
     if limit_test:
-        idx = stratified_indices(y, limit_test, np.random.default_rng(0))
+        idx = test_subset(y, limit_test)
         x, y = x[idx], y[idx]
     if tuple(x.shape[1:3]) != tuple(shape[:2]):
         raise ModelLoadError(f"{path.name} takes {shape[0]}x{shape[1]} images but {dataset} test images are "

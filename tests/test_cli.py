@@ -114,10 +114,12 @@ def test_sigterm_stops_a_build_like_ctrl_c(runner, tmp_path, monkeypatch):
 
 
 def test_describe_prints_layers(runner):
-    res = runner.invoke(cli, ["describe", "--arch", "nin-cifar", "--input-size", "32"])
+    res = runner.invoke(cli, ["describe", "--arch", "nin-cifar", "--input-size", "32", "--width", "1"])
     assert res.exit_code == 0, res.output
     assert "block1_1_conv" in res.output and "(32, 32, 192)" in res.output
     assert "total parameters: 971,240" in res.output
+    res = runner.invoke(cli, ["describe"])  # the width `build` uses by default, said in the header
+    assert res.exit_code == 0 and "width 0.25 (the quick profile's" in res.output and "(32, 32, 48)" in res.output
     res = runner.invoke(cli, ["describe", "--arch", "nin-imagenet", "--input-size", "32"])
     assert res.exit_code == 2 and "at least 67x67" in res.output
 

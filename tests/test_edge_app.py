@@ -106,6 +106,20 @@ def test_a_model_that_is_not_the_one_its_sidecar_describes_is_refused(edge_model
     assert "running it anyway (--ignore-checksum)" in caplog.text
 
 
+def test_every_command_takes_the_model_either_way(edge_model, folder):
+    r = CliRunner()
+    assert r.invoke(cli, ["info", "--model", str(edge_model)]).output == r.invoke(cli, ["info", str(edge_model)]).output
+    res = r.invoke(cli, ["bench", str(edge_model), "--runs", "10", "--threads", "1"])
+    assert res.exit_code == 0 and "invoke" in res.output, res.output
+    res = r.invoke(cli, ["run", str(edge_model), "--source", str(folder)])
+    assert res.exit_code == 0 and res.output.count('"frame"') == 4, res.output
+    for args in (["info"], ["bench"], ["run", "--source", str(folder)]):
+        res = r.invoke(cli, args)
+        assert res.exit_code == 2 and "which model?" in res.output
+    res = r.invoke(cli, ["run", str(edge_model), "--model", str(folder), "--source", str(folder)])
+    assert res.exit_code == 2 and "two models given" in res.output
+
+
 def test_info_prints_plain_numbers_and_names_each_output(edge_model):
     res = CliRunner().invoke(cli, ["info", str(edge_model)])
     assert res.exit_code == 0, res.output

@@ -194,6 +194,14 @@ def test_evaluate_any_model(fast_run, fast_tree, report, tmp_path):
     res = CliRunner().invoke(cli, ["evaluate", str(fast_run / "model_float.keras"), "--dataset", "folder",
                                    "--data-dir", str(fast_tree), "--limit-test", "20"])
     assert res.exit_code == 0 and "(20 images): top-1" in res.output, res.output
+    # a run folder: its int8 model, on its own data; --limit-test picks the images `build --limit-test` picks
+    res = CliRunner().invoke(cli, ["evaluate", str(fast_run), "--json", str(tmp_path / "run.json")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "run.json").read_text())["top1"] == report["variants"]["qat_int8"]["top1"]
+    from pipeline.data import test_subset
+
+    y = np.arange(40) % 4
+    assert np.array_equal(test_subset(y, 12), test_subset(y, 12)) and len(set(y[test_subset(y, 12)])) == 4
 
 
 def test_evaluate_refuses_models_that_do_not_fit_the_data(fast_run, tmp_path):
