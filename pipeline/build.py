@@ -13,7 +13,7 @@ import datetime as _dt
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -106,22 +106,36 @@ def data_fingerprint(splits: Splits) -> str:
     return h.hexdigest()[:16]
 
 
+def _distilled(teacher, weight: float, num_classes: int) -> Callable:
+    """Labels -> ``weight`` * the teacher's probabilities on the same (augmented) batch +
+    (1 - ``weight``) * one-hot labels: knowledge distillation from the float model."""
+    import tensorflow as tf
+
+    def soft(x, y):
+        p = tf.cast(teacher(x, training=False), tf.float32)
+        return x, weight * p + (1.0 - weight) * tf.one_hot(tf.cast(tf.reshape(y, [-1]), tf.int32), num_classes)
+
+    return lambda ds: ds.map(soft).prefetch(tf.data.AUTOTUNE)
+
+
 def _model_cfg(cfg: BuildConfig, splits: Splits) -> ModelConfig:
     return dataclasses.replace(cfg.model, input_shape=splits.input_shape, num_classes=splits.num_classes)
 
 
-def _datasets(splits: Splits, batch_size: int, seed: int, strategy=None):
+def _datasets(splits: Splits, batch_size: int, seed: int, strategy=None, targets: Callable | None = None):
     """Training (repeated) and validation pipelines and steps per epoch; ``batch_size`` is global.
-    Under MultiWorkerMirroredStrategy each worker reads only its shard of the training images."""
+    Under MultiWorkerMirroredStrategy each worker reads only its shard of the training images.
+    ``targets``: a function of a batched dataset that replaces its labels (e.g. :func:`_distilled`)."""
     from .cluster import per_worker_dataset
     from .data import make_dataset, worker_train_dataset
 
+    targets = targets or (lambda ds: ds)
     if strategy is None:
-        train = make_dataset(splits.x_train, splits.y_train, batch_size, training=True, hflip=splits.hflip, seed=seed)
+        train = targets(make_dataset(splits.x_train, splits.y_train, batch_size, training=True, hflip=splits.hflip, seed=seed))
     else:
-        train = per_worker_dataset(strategy, worker_train_dataset(splits.x_train, splits.y_train, batch_size,
-                                                                  hflip=splits.hflip, seed=seed))
-    val = make_dataset(splits.x_val, splits.y_val, 256, training=False) if len(splits.y_val) else None
+        per_worker = worker_train_dataset(splits.x_train, splits.y_train, batch_size, hflip=splits.hflip, seed=seed)
+        train = per_worker_dataset(strategy, lambda ctx: targets(per_worker(ctx)))
+    val = targets(make_dataset(splits.x_val, splits.y_val, 256, training=False)) if len(splits.y_val) else None
     steps = int(np.ceil(len(splits.y_train) / batch_size))
     return (train.repeat() if strategy is None else train), val, steps
 
@@ -162,14 +176,15 @@ def stage_train(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
     run.save_float(final)
 
 
-def _fit(run: RunFolder, model, train_ds, val_ds, tcfg: TrainConfig, steps: int, tag: str) -> None:
+def _fit(run: RunFolder, model, train_ds, val_ds, tcfg: TrainConfig, steps: int, tag: str, soft_targets: bool = False) -> None:
     """train.fit into the run folder; the backup lives in the chief's folder (``run.shared``) on every worker."""
     from . import cluster
     from .train import backed_up_epochs, fit
 
     backup = run.shared / CHECKPOINTS / tag
     cluster.agree([backed_up_epochs(backup)], f"the {tag} epochs already done (the backup in {backup})")
-    fit(model, train_ds, val_ds, tcfg, steps_per_epoch=steps, run_dir=run.root, tag=tag, backup_dir=backup)
+    fit(model, train_ds, val_ds, tcfg, steps_per_epoch=steps, run_dir=run.root, tag=tag, backup_dir=backup,
+        soft_targets=soft_targets)
 
 
 def _warn_slow_on_cpu(cfg: BuildConfig, model, train_ds, n_train: int) -> None:
@@ -213,9 +228,16 @@ def stage_qat(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
         weight_decay=0.0, schedule="cosine", warmup_epochs=0.0, seed=cfg.train.seed + 1, deterministic=cfg.train.deterministic,
     )
     if cfg.qat.epochs > 0:
-        train_ds, val_ds, steps = _datasets(splits, qcfg.batch_size, qcfg.seed, strategy)
+        targets = None
+        if cfg.qat.distill > 0:
+            teacher = run.load_float()  # the float model as trained (the one above is quantised in place)
+            teacher.trainable = False
+            targets = _distilled(teacher, cfg.qat.distill, splits.num_classes)
+            log.info("qat: distilling from the float model (targets %.2g x its probabilities + %.2g x the labels; "
+                     "'accuracy' is agreement with that target's top class)", cfg.qat.distill, 1 - cfg.qat.distill)
+        train_ds, val_ds, steps = _datasets(splits, qcfg.batch_size, qcfg.seed, strategy, targets)
         trained = qat_model if strategy is None else cluster.replicate(strategy, float_model, qat_model, quantize)
-        _fit(run, trained, train_ds, val_ds, qcfg, steps, "qat")
+        _fit(run, trained, train_ds, val_ds, qcfg, steps, "qat", soft_targets=targets is not None)
         if trained is not qat_model:
             qat_model.set_weights(trained.get_weights())  # every worker: the read all-reduces
     else:

@@ -155,8 +155,9 @@ WORKERS = _Workers()
 @click.option("--dropout", type=click.FloatRange(0, 0.95), default=None)
 @click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=None,
               help="Label smoothing of the float training loss (e.g. 0.1).")
-@click.option("--qat-lr", type=POSITIVE_FLOAT, default=None,
-              help="Peak learning rate of QAT fine-tuning (lower keeps int8 closer to the float model).")
+@click.option("--qat-lr", type=POSITIVE_FLOAT, default=None, help="Peak learning rate of QAT fine-tuning.")
+@click.option("--qat-distill", type=click.FloatRange(0, 1), default=None, metavar="W",
+              help="QAT learns W x the float model's answers + (1 - W) x the labels (keeps int8 closer to float; 0: labels only).")
 @click.option("--limit-train", type=POSITIVE_INT, default=None, help="Stratified train subset (smoke runs).")
 @click.option("--limit-test", type=POSITIVE_INT, default=None, help="Stratified test subset.")
 @click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=0.1, show_default=True,
@@ -184,8 +185,8 @@ WORKERS = _Workers()
 @click.option("--worker-timeout", type=click.FloatRange(10, 86400), default=600, show_default=True, metavar="SECONDS",
               help="How long a worker waits for the others (at start-up, and at each step) before it stops.")
 def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_epochs, batch_size, lr, dropout,
-          label_smoothing, qat_lr, limit_train, limit_test, val_fraction, io_type, target, class_maps, data_cache, memory_budget_gb, seed,
-          deterministic, resume, workers, worker_index, worker_timeout) -> None:
+          label_smoothing, qat_lr, qat_distill, limit_train, limit_test, val_fraction, io_type, target, class_maps,
+          data_cache, memory_budget_gb, seed, deterministic, resume, workers, worker_index, worker_timeout) -> None:
     """Train NiN, fine-tune it with QAT, convert to int8 TFLite and evaluate: one run folder.
 
     On several machines the batch size is global (each of N workers takes batch / N per step, the
@@ -203,7 +204,7 @@ def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_
     cluster = from_env()
     overrides = {k: v for k, v in dict(width=width, input_size=input_size, epochs=epochs, qat_epochs=qat_epochs,
                                         batch_size=batch_size, lr=lr, dropout=dropout, label_smoothing=label_smoothing,
-                                        qat_lr=qat_lr, limit_train=limit_train,
+                                        qat_lr=qat_lr, qat_distill=qat_distill, limit_train=limit_train,
                                         limit_test=limit_test, deterministic=deterministic).items() if v is not None}
     run = build_run(dataset=dataset, data_dir=data_dir, out=out, profile=profile, arch=arch, overrides=overrides,
                     val_fraction=val_fraction, io_type=io_type, target=target, class_maps=class_maps, seed=seed,

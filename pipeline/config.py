@@ -71,7 +71,8 @@ def make_build_config(dataset: str, data_dir: Path | None, profile: str, arch: s
                           weight_decay=float(p["weight_decay"]), schedule=str(p["schedule"]),
                           warmup_epochs=float(p["warmup_epochs"]), label_smoothing=float(p.get("label_smoothing", 0.0)), seed=seed,
                           deterministic=bool(p.get("deterministic", True))),
-        qat=QatConfig(epochs=int(p["qat_epochs"]), lr=float(p["qat_lr"]), batch_size=int(p["batch_size"])),
+        qat=QatConfig(epochs=int(p["qat_epochs"]), lr=float(p["qat_lr"]), batch_size=int(p["batch_size"]),
+                      distill=float(p.get("qat_distill", 0.0))),
         convert=ConvertConfig(io_type=io_for_target(target, io_type), class_maps=class_maps, target=target),
         profile=profile,
     )

@@ -35,6 +35,10 @@ class QatConfig:
     lr: float = 0.001  # a small fraction of the float run's peak rate; cosine decay, no warm-up
     batch_size: int = 128
     calibration_samples: int = 1024  # training images that set the starting activation ranges
+    # QAT's targets: distill * the float model's probabilities + (1 - distill) * the labels. Above 0,
+    # fine-tuning keeps the int8 model's answers close to the float model's (the agreement
+    # target) instead of only chasing the labels; 0 trains on the labels alone.
+    distill: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -65,9 +65,8 @@ def evaluate_model(model_path: str | os.PathLike, dataset: str, data_dir: str | 
     import time
 
     from edge_app.errors import ModelLoadError
-    from edge_app.runtime import Classifier
-
     from edge_app.runfiles import INT8_TFLITE
+    from edge_app.runtime import Classifier
 
     from .data import test_subset
     from .datasets import load_raw

@@ -112,7 +112,8 @@ def backed_up_epochs(backup_dir: Path) -> int:
 
 
 def fit(model, train_ds, val_ds, cfg: TrainConfig, *, steps_per_epoch: int, run_dir: Path, tag: str,
-        verbose: int = 1, extra_callbacks: list | None = None, backup_dir: Path | None = None) -> dict[str, list[float]]:
+        verbose: int = 1, extra_callbacks: list | None = None, backup_dir: Path | None = None,
+        soft_targets: bool = False) -> dict[str, list[float]]:
     """Compile and train ``model``; an interrupted run resumes from its last finished epoch.
 
     Fault tolerance is Keras's ``BackupAndRestore`` (model, optimizer — momentum and step
@@ -120,7 +121,9 @@ def fit(model, train_ds, val_ds, cfg: TrainConfig, *, steps_per_epoch: int, run_
     (default ``run_dir/checkpoints/<tag>``). Under MultiWorkerMirroredStrategy every worker
     passes the same ``backup_dir``: all restore from the chief's backup, the others' writes go
     to temporary folders. The per-epoch CSV log is trimmed to the restored epoch, so a resumed
-    run has no duplicated rows. Returns the full history read back from that log.
+    run has no duplicated rows. Returns the full history read back from that log. ``soft_targets``:
+    the datasets give class-probability vectors (e.g. a teacher's), not class indices; "accuracy" is
+    then agreement with their top class.
     """
     import tensorflow as tf
     import tf_keras as keras
@@ -131,9 +134,13 @@ def fit(model, train_ds, val_ds, cfg: TrainConfig, *, steps_per_epoch: int, run_
     # under (MirroredStrategy on several GPUs): made outside its scope, compile refuses them
     with model.distribute_strategy.scope():
         optimizer = make_optimizer(cfg, steps_per_epoch)
-        loss = _smoothed_sparse_ce(cfg.label_smoothing) if cfg.label_smoothing else keras.losses.SparseCategoricalCrossentropy()
-        model.compile(optimizer=optimizer, loss=loss,
-                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+        if soft_targets:
+            loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+            accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
+        else:
+            loss = _smoothed_sparse_ce(cfg.label_smoothing) if cfg.label_smoothing else keras.losses.SparseCategoricalCrossentropy()
+            accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        model.compile(optimizer=optimizer, loss=loss, metrics=[accuracy])
     if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
         # the per-step figures of the progress bar: this worker's own (Keras's "auto" sums them over the
         # workers, an all-reduce per step that showed 2x the loss with 2 workers); epoch-end figures are global

@@ -83,3 +83,22 @@ def test_measure_throughput_leaves_the_model_untouched():
     assert ips > 0
     for a, b in zip(before, m.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_distilled_targets_blend_the_teachers_answers_with_the_labels():
+    """QAT's distillation targets: w x the float model's probabilities on the same batch + (1 - w) x one-hot."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from pipeline.build import _distilled
+
+    keras.utils.set_random_seed(0)
+    teacher = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    x = np.random.default_rng(0).random((6, 4), dtype=np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2])
+    ds = _distilled(teacher, 0.7, 3)(tf.data.Dataset.from_tensor_slices((x, y)).batch(3))
+    xs, targets = zip(*[(a.numpy(), t.numpy()) for a, t in ds])
+    got = np.concatenate(targets)
+    want = 0.7 * teacher.predict(x, verbose=0) + 0.3 * np.eye(3)[y]
+    assert np.allclose(got, want, atol=1e-6) and np.allclose(got.sum(1), 1.0, atol=1e-6)
+    assert np.array_equal(np.concatenate(xs), x)  # the images are untouched
