@@ -112,7 +112,7 @@ def backed_up_epochs(backup_dir: Path) -> int:
 
 
 def fit(model, train_ds, val_ds, cfg: TrainConfig, *, steps_per_epoch: int, run_dir: Path, tag: str,
-        verbose: int = 1, extra_callbacks: list | None = None, backup_dir: Path | None = None,
+        verbose: int | None = None, extra_callbacks: list | None = None, backup_dir: Path | None = None,
         soft_targets: bool = False) -> dict[str, list[float]]:
     """Compile and train ``model``; an interrupted run resumes from its last finished epoch.
 
@@ -177,7 +177,7 @@ def fit(model, train_ds, val_ds, cfg: TrainConfig, *, steps_per_epoch: int, run_
     # with every epoch backed up, fit restores the weights and trains no further epoch
     model.fit(
         train_ds, validation_data=val_ds, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
-        verbose=verbose if initial_epoch < cfg.epochs else 0,
+        verbose=_progress_bar(verbose) if initial_epoch < cfg.epochs else 0,
     )
     if initial_epoch < cfg.epochs:
         log.info("%s: %d epoch(s) in %.0f s", tag, cfg.epochs - initial_epoch, time.time() - t0)
@@ -208,6 +208,16 @@ def measure_throughput(model, train_ds, steps: int = 5) -> float:
         probe.train_on_batch(x, y)
         n += int(x.shape[0])
     return n / (time.perf_counter() - t)
+
+
+def _progress_bar(verbose: int | None) -> int:
+    """Keras's bar on a terminal; in a log file or a pipe nothing from Keras (its bar would be written
+    there as thousands of carriage-return updates): the one line per epoch comes from the epoch log."""
+    import sys
+
+    if verbose is not None:
+        return verbose
+    return 1 if sys.stdout.isatty() else 0
 
 
 def _smoothed_sparse_ce(eps: float):
