@@ -13,7 +13,7 @@ import datetime as _dt
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from .cluster import Cluster
 from .config import BuildConfig, make_build_config, with_target
 from .data import Splits
 from .errors import RunError
+from .inputs import _datasets, _distilled, load_data
 from .models import ModelConfig
 from .records import edgetpu_stage, write_report
 from .run import (
@@ -32,9 +33,7 @@ from .run import (
     EDGETPU_TFLITE,
     FLOAT_TFLITE,
     INT8_TFLITE,
-    LABELS_TXT,
     LAYER_ERRORS_JSON,
-    LOCK_FILE,
     PREDICTIONS,
     PTQ_TFLITE,
     REPORT_HTML,
@@ -42,8 +41,6 @@ from .run import (
     REPORT_MD,
     SIDECAR_NAME,
     STAGES,
-    STATE_JSON,
-    TENSORBOARD,
     TRAIN_LOG,
     RunFolder,
     history_csv,
@@ -75,69 +72,8 @@ def setup_logging(run_dir: Path) -> None:
 
 # --------------------------------------------------------------------------- stages
 
-def load_data(cfg: BuildConfig, run: RunFolder) -> Splits:
-    from .data import make_splits
-
-    t = time.time()
-    splits = make_splits(cfg.data)
-    log.info(
-        "data: %s from %s: %d train, %d validation, %d test, %d classes, images %s (%.0f s)%s",
-        cfg.data.dataset, splits.source, len(splits.y_train), len(splits.y_val), len(splits.y_test),
-        splits.num_classes, "x".join(map(str, splits.input_shape)), time.time() - t,
-        f"; skipped {splits.skipped} unreadable file(s)" if splits.skipped else "",
-    )
-    run.check_data(data_fingerprint(splits), str(splits.source))
-    run.write_labels(splits.labels)
-    return splits
-
-
-def data_fingerprint(splits: Splits) -> str:
-    """What the data is, not where it lives: labels of every split in order, class names, image
-    shape, and the first test images' pixels (the same in every --data-cache mode)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for y in (splits.y_train, splits.y_val, splits.y_test):
-        h.update(np.ascontiguousarray(y, np.int64).tobytes())
-    h.update("\n".join(splits.labels).encode())
-    h.update(str(splits.input_shape).encode())
-    n = min(32, len(splits.y_test))
-    h.update(np.ascontiguousarray(splits.x_test[np.arange(n)]).tobytes())
-    return h.hexdigest()[:16]
-
-
-def _distilled(teacher, weight: float, num_classes: int) -> Callable:
-    """Labels -> ``weight`` * the teacher's probabilities on the same (augmented) batch +
-    (1 - ``weight``) * one-hot labels: knowledge distillation from the float model."""
-    import tensorflow as tf
-
-    def soft(x, y):
-        p = tf.cast(teacher(x, training=False), tf.float32)
-        return x, weight * p + (1.0 - weight) * tf.one_hot(tf.cast(tf.reshape(y, [-1]), tf.int32), num_classes)
-
-    return lambda ds: ds.map(soft).prefetch(tf.data.AUTOTUNE)
-
-
 def _model_cfg(cfg: BuildConfig, splits: Splits) -> ModelConfig:
     return dataclasses.replace(cfg.model, input_shape=splits.input_shape, num_classes=splits.num_classes)
-
-
-def _datasets(splits: Splits, batch_size: int, seed: int, strategy=None, targets: Callable | None = None):
-    """Training (repeated) and validation pipelines and steps per epoch; ``batch_size`` is global.
-    Under MultiWorkerMirroredStrategy each worker reads only its shard of the training images.
-    ``targets``: a function of a batched dataset that replaces its labels (e.g. :func:`_distilled`)."""
-    from .cluster import per_worker_dataset
-    from .data import make_dataset, worker_train_dataset
-
-    targets = targets or (lambda ds: ds)
-    if strategy is None:
-        train = targets(make_dataset(splits.x_train, splits.y_train, batch_size, training=True, hflip=splits.hflip, seed=seed))
-    else:
-        per_worker = worker_train_dataset(splits.x_train, splits.y_train, batch_size, hflip=splits.hflip, seed=seed)
-        train = per_worker_dataset(strategy, lambda ctx: targets(per_worker(ctx)))
-    val = targets(make_dataset(splits.x_val, splits.y_val, 256, training=False)) if len(splits.y_val) else None
-    steps = int(np.ceil(len(splits.y_train) / batch_size))
-    return (train.repeat() if strategy is None else train), val, steps
 
 
 def stage_train(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
@@ -427,30 +363,9 @@ def build(*, dataset: str, data_dir: Path | None, out: Path | None, profile: str
             run_stages(run, workers=workers, worker_timeout=worker_timeout)
         except BaseException:
             if not config_was_there:
-                _discard_unstarted(run, folder_was_there)
+                run.discard_unstarted(folder_was_there)
             raise
     return run
-
-
-def _discard_unstarted(run: RunFolder, folder_was_there: bool) -> None:
-    """A new build that failed (or was stopped) before its first epoch was backed up leaves nothing
-    behind: the next attempt, with the problem fixed, starts clean instead of being refused."""
-    import shutil
-
-    if any(run.done(s) for s in STAGES) or (run.path(CHECKPOINTS) / "train").exists():
-        return
-    root = logging.getLogger("pipeline")
-    for h in list(root.handlers):  # stop writing train.log (the terminal keeps the messages)
-        if isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == run.root.resolve():
-            root.removeHandler(h)
-            h.close()
-    log.info("%s removed: the build stopped before its first epoch was saved, so there is nothing to resume", run.root)
-    if not folder_was_there:
-        shutil.rmtree(run.root, ignore_errors=True)
-        return
-    for name in (CONFIG_JSON, STATE_JSON, TRAIN_LOG, LABELS_TXT, TENSORBOARD, LOCK_FILE):
-        p = run.path(name)
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def redo_stage(run_dir: Path, stage: str, target: str | None = None) -> RunFolder:

@@ -184,8 +184,7 @@ def _scan(src: Path) -> tuple[dict[str, set[str]], list[tuple[str, str, str, int
     try:
         with tarfile.open(src) as tf:
             for m in tf:
-                # nothing is extracted (members are read in memory), but a link or a path that leaves the
-                # tree (absolute, ../) is no image of it: left out, and said
+                # nothing is extracted, but a link or a path leaving the tree (/, ../) is no image of it
                 if m.issym() or m.islnk() or m.name.startswith("/") or ".." in Path(m.name).parts:
                     unsafe.append(m.name)
                     continue
@@ -204,7 +203,7 @@ def _scan(src: Path) -> tuple[dict[str, set[str]], list[tuple[str, str, str, int
         raise DataError(f"{src} is corrupt or truncated ({exc})", "re-pack or re-download it") from None
     if unsafe:
         log.warning("%s: left out %d member(s) that are links or paths outside the tree (e.g. %s): images must be "
-                    "regular files inside it", src.name, len(unsafe), ", ".join(repr(n) for n in unsafe[:3]))
+                    "regular files inside it", src.name, len(unsafe), ", ".join(map(repr, unsafe[:3])))
     return classes, found
 
 

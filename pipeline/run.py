@@ -218,6 +218,26 @@ class RunFolder:
             self.state.pop(s, None)
         self.write_json(STATE_JSON, self.state)
 
+    def discard_unstarted(self, folder_was_there: bool) -> None:
+        """A new build that failed (or was stopped) before its first epoch was backed up leaves nothing
+        behind: the next attempt, with the problem fixed, starts clean instead of being refused."""
+        import shutil
+
+        if any(self.done(s) for s in STAGES) or (self.path(CHECKPOINTS) / "train").exists():
+            return
+        root = logging.getLogger("pipeline")
+        for h in list(root.handlers):  # stop writing train.log (the terminal keeps the messages)
+            if isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == self.root.resolve():
+                root.removeHandler(h)
+                h.close()
+        log.info("%s removed: the build stopped before its first epoch was saved, so there is nothing to resume", self.root)
+        if not folder_was_there:
+            shutil.rmtree(self.root, ignore_errors=True)
+            return
+        for name in (CONFIG_JSON, STATE_JSON, TRAIN_LOG, LABELS_TXT, TENSORBOARD, LOCK_FILE):
+            p = self.path(name)
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
     def check_data(self, fingerprint: str, source: str) -> None:
         """Record the data's fingerprint on first load; later loads (a resume, ``report``) must give the
         same data. Where the data lives may change (another --data-dir); what it is may not."""

@@ -45,7 +45,8 @@ def test_the_same_seed_gives_the_same_figures_and_bytes(two_builds):
     assert (a / "history_train.csv").read_text() == (b / "history_train.csv").read_text()
     ha, hb = (np.load(r / "predictions.npz") for r in (a, b))
     for k in ha.files:
-        np.testing.assert_array_equal(ha[k], hb[k])
+        if k != "_models":  # provenance (the models' sha256): a .keras zip records when it was written
+            np.testing.assert_array_equal(ha[k], hb[k])
 
 
 def test_another_seed_gives_other_weights():

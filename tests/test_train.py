@@ -90,7 +90,7 @@ def test_distilled_targets_blend_the_teachers_answers_with_the_labels():
     import tensorflow as tf
     import tf_keras as keras
 
-    from pipeline.build import _distilled
+    from pipeline.inputs import _distilled
 
     keras.utils.set_random_seed(0)
     teacher = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
