@@ -212,6 +212,10 @@ def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_
                     worker_timeout=worker_timeout)
     click.echo(f"run folder: {run.root}" if cluster is None or cluster.is_chief else
                f"{cluster.describe()}: done; the chief writes the run folder {run.root}")
+    if (cluster is None or cluster.is_chief) and (run.root / "report.html").is_file():
+        click.echo(f"report: {run.root / 'report.html'}\n"
+                   f"next: edge-app run {run.root} --source 0     (on this machine's camera; --source FILE|FOLDER too)\n"
+                   f"      nin-pipeline package {run.root}     (a bundle to copy to the device)")
 
 
 STAGE_HELP = {

@@ -37,6 +37,7 @@ def test_rerun_of_a_finished_run_does_nothing(fast_run_copy, fast_tree):
     res = CliRunner().invoke(cli, ["build", *FAST_FLAGS, "--data-dir", str(fast_tree), "--out", str(fast_run_copy)])
     assert res.exit_code == 0, res.output
     assert "every stage is already done" in (fast_run_copy / "train.log").read_text()
+    assert f"report: {fast_run_copy / 'report.html'}" in res.output and f"edge-app run {fast_run_copy}" in res.output
     after = {p.name: p.stat().st_mtime_ns for p in fast_run_copy.iterdir() if p.is_file() and p.name not in mine}
     assert after == before
     res = CliRunner().invoke(cli, ["build", "--resume", "--out", str(fast_run_copy)])
