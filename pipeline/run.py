@@ -89,7 +89,7 @@ def run_lock(root: Path, command: str) -> Iterator[None]:
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # BlockingIOError: held; others (e.g. no locks on this file system) the same to the user
+        except BlockingIOError:  # held by another process
             try:
                 h = json.loads(path.read_text())
                 holder = f"PID {h['pid']} on {h['host']}, `{h['command']}` since {h['since']}"
@@ -97,6 +97,9 @@ def run_lock(root: Path, command: str) -> Iterator[None]:
                 holder = "another process"
             raise RunError(f"{root} is in use by {holder}",
                            "wait for it to end, or stop it; two commands must not write one run folder") from None
+        except OSError as exc:  # a file system without locks (some network mounts): go on, and say so
+            log.warning("cannot lock %s (%s): a second command on this run folder would not be noticed", path,
+                        exc.strerror or exc)
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command,
                                  "since": now()}).encode())
