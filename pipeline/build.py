@@ -22,7 +22,7 @@ from .cluster import Cluster
 from .config import BuildConfig, make_build_config, with_target
 from .data import Splits
 from .errors import RunError
-from .inputs import _datasets, _distilled, load_data
+from .inputs import distillation_targets, fit_datasets, load_data
 from .models import ModelConfig
 from .records import edgetpu_stage, write_report
 from .run import (
@@ -99,7 +99,7 @@ def stage_train(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
                 raise RunError(str(exc), "pass --input-size or choose another --arch") from None
         log.info("model %s: %d parameters; %d replica(s) (%s), policy %s", model.name, model.count_params(),
                  strategy.num_replicas_in_sync, type(strategy).__name__, keras.mixed_precision.global_policy().name)
-        train_ds, val_ds, steps = _datasets(splits, cfg.train.batch_size, cfg.train.seed, cluster.strategy())
+        train_ds, val_ds, steps = fit_datasets(splits, cfg.train.batch_size, cfg.train.seed, cluster.strategy())
         if not tf.config.list_physical_devices("GPU") and cfg.profile == "paper" and not cluster.strategy():
             _warn_slow_on_cpu(cfg, model, train_ds, len(splits.y_train))
         _fit(run, model, train_ds, val_ds, cfg.train, steps, "train")
@@ -168,10 +168,10 @@ def stage_qat(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
         if cfg.qat.distill > 0:
             teacher = run.load_float()  # the float model as trained (the one above is quantised in place)
             teacher.trainable = False
-            targets = _distilled(teacher, cfg.qat.distill, splits.num_classes)
+            targets = distillation_targets(teacher, cfg.qat.distill, splits.num_classes)
             log.info("qat: distilling from the float model (targets %.2g x its probabilities + %.2g x the labels; "
                      "'accuracy' is agreement with that target's top class)", cfg.qat.distill, 1 - cfg.qat.distill)
-        train_ds, val_ds, steps = _datasets(splits, qcfg.batch_size, qcfg.seed, strategy, targets)
+        train_ds, val_ds, steps = fit_datasets(splits, qcfg.batch_size, qcfg.seed, strategy, targets)
         trained = qat_model if strategy is None else cluster.replicate(strategy, float_model, qat_model, quantize)
         _fit(run, trained, train_ds, val_ds, qcfg, steps, "qat", soft_targets=targets is not None)
         if trained is not qat_model:

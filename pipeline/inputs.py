@@ -48,7 +48,7 @@ def data_fingerprint(splits: Splits) -> str:
     return h.hexdigest()[:16]
 
 
-def _distilled(teacher, weight: float, num_classes: int) -> Callable:
+def distillation_targets(teacher, weight: float, num_classes: int) -> Callable:
     """Labels -> ``weight`` * the teacher's probabilities on the same (augmented) batch +
     (1 - ``weight``) * one-hot labels: knowledge distillation from the float model."""
     import tensorflow as tf
@@ -60,10 +60,10 @@ def _distilled(teacher, weight: float, num_classes: int) -> Callable:
     return lambda ds: ds.map(soft).prefetch(tf.data.AUTOTUNE)
 
 
-def _datasets(splits: Splits, batch_size: int, seed: int, strategy=None, targets: Callable | None = None):
+def fit_datasets(splits: Splits, batch_size: int, seed: int, strategy=None, targets: Callable | None = None):
     """Training (repeated) and validation pipelines and steps per epoch; ``batch_size`` is global.
     Under MultiWorkerMirroredStrategy each worker reads only its shard of the training images.
-    ``targets``: a function of a batched dataset that replaces its labels (e.g. :func:`_distilled`)."""
+    ``targets``: a function of a batched dataset that replaces its labels (e.g. :func:`distillation_targets`)."""
     from .cluster import per_worker_dataset
     from .data import make_dataset, worker_train_dataset
 

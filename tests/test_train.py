@@ -90,13 +90,13 @@ def test_distilled_targets_blend_the_teachers_answers_with_the_labels():
     import tensorflow as tf
     import tf_keras as keras
 
-    from pipeline.inputs import _distilled
+    from pipeline.inputs import distillation_targets
 
     keras.utils.set_random_seed(0)
     teacher = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
     x = np.random.default_rng(0).random((6, 4), dtype=np.float32)
     y = np.array([0, 1, 2, 0, 1, 2])
-    ds = _distilled(teacher, 0.7, 3)(tf.data.Dataset.from_tensor_slices((x, y)).batch(3))
+    ds = distillation_targets(teacher, 0.7, 3)(tf.data.Dataset.from_tensor_slices((x, y)).batch(3))
     xs, targets = zip(*[(a.numpy(), t.numpy()) for a, t in ds])
     got = np.concatenate(targets)
     want = 0.7 * teacher.predict(x, verbose=0) + 0.3 * np.eye(3)[y]
