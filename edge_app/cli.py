@@ -66,6 +66,7 @@ class ModelChoice:
     delegate_options: dict[str, str] = dataclasses.field(default_factory=dict)
     fallback_cpu: bool = False
     ignore_checksum: bool = False
+    labels: Path | None = None
 
     def open(self):
         from .model import open_model
@@ -73,7 +74,7 @@ class ModelChoice:
         options = dict(self.delegate_options, **({"device": self.device} if self.device else {}))
         return open_model(self.model, runtime=self.runtime, delegate=self.delegate, threads=self.threads,
                           delegate_lib=self.delegate_lib, delegate_options=options, fallback_cpu=self.fallback_cpu,
-                          ignore_checksum=self.ignore_checksum)
+                          ignore_checksum=self.ignore_checksum, labels_file=self.labels)
 
 
 def _bundle(name: str, factory: Callable, fields: tuple[str, ...]):
@@ -179,6 +180,8 @@ def info(model: Path, runtime: str) -> None:
 @click.option("--delegate-option", "delegate_options", multiple=True, callback=_kv, help="key=value for the delegate.")
 @click.option("--fallback-cpu", is_flag=True, help="If the delegate fails to load, warn and run on the CPU.")
 @click.option("--ignore-checksum", is_flag=True, help="Run a model whose sha256 differs from its model.json (warns).")
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Class names, one per line (default: model.json's, or a labels.txt beside a bare .tflite).")
 @click.option("--width", type=click.IntRange(1, 10000), default=None, help="Camera capture width.")
 @click.option("--height", type=click.IntRange(1, 10000), default=None, help="Camera capture height.")
 @click.option("--fps", type=click.FloatRange(0, 1000, min_open=True), default=None, help="Camera frame rate.")

@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import DelegateError, ModelLoadError, SidecarError
 from .fsutil import sha256_file
-from .runfiles import SIDECAR_NAME, resolve_model_path
+from .runfiles import LABELS_TXT, SIDECAR_NAME, resolve_model_path
 from .runtime import Classifier, interpreter_class, load_interpreter, make_delegate
 from .sidecar import Sidecar, read_sidecar
 
@@ -29,7 +29,8 @@ class LoadedModel:
 
 def open_model(model: str | os.PathLike, *, runtime: str = "auto", delegate: str = "cpu", threads: int | None = None,
                delegate_lib: str | None = None, delegate_options: dict[str, str] | None = None,
-               fallback_cpu: bool = False, ignore_checksum: bool = False) -> LoadedModel:
+               fallback_cpu: bool = False, ignore_checksum: bool = False,
+               labels_file: str | os.PathLike | None = None) -> LoadedModel:
     """Load the model with its sidecar (if any), on the delegate asked for; check they agree (the
     file's sha256 against the sidecar's record of it too, as the device bundle does)."""
     resolve_model_path(model, delegate)  # a wrong path is the first thing to say
@@ -55,12 +56,29 @@ def open_model(model: str | os.PathLike, *, runtime: str = "auto", delegate: str
     clf = Classifier(path, runtime=runtime_name, num_threads=threads, delegates=[dlg] if dlg else None, **kwargs)
     if sidecar is not None:
         _check_agrees(clf, sidecar, path)
+    beside = path.parent / LABELS_TXT
+    if labels_file is not None or (sidecar is None and beside.is_file()):
+        labels = read_labels(Path(labels_file) if labels_file is not None else beside, clf.num_classes)
+    elif sidecar is not None:
         labels = list(sidecar.labels)
     else:
-        log.warning("no model.json beside %s: input settings come from the model itself and labels are class indices",
-                    path.name)
+        log.warning("no model.json or labels.txt beside %s: input settings come from the model itself and labels are "
+                    "class indices (--labels FILE names them)", path.name)
         labels = [str(i) for i in range(clf.num_classes)]
     return LoadedModel(clf, labels, sidecar, path, used)
+
+
+def read_labels(path: Path, num_classes: int) -> list[str]:
+    """One class name per line (blank lines at the end ignored), as many as the model has classes."""
+    try:
+        labels = path.read_text(encoding="utf-8").rstrip("\n").split("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"cannot read the labels file {path} ({exc})", "give a UTF-8 text file, one class per line") from None
+    labels = [ln.rstrip("\r") for ln in labels]
+    if len(labels) != num_classes:
+        raise ModelLoadError(f"{path} names {len(labels)} classes but the model has {num_classes}",
+                             "give one class name per line, in the model's class order")
+    return labels
 
 
 def _check_checksum(path: Path, sc: Sidecar, ignore: bool) -> None:

@@ -106,6 +106,21 @@ def test_a_model_that_is_not_the_one_its_sidecar_describes_is_refused(edge_model
     assert "running it anyway (--ignore-checksum)" in caplog.text
 
 
+def test_a_bare_tflite_takes_the_labels_beside_it_or_from_labels(edge_model, folder, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "m.tflite").write_bytes((edge_model / "model_int8.tflite").read_bytes())
+    names = [f"thing{i}" for i in range(10)]
+    (bare / "labels.txt").write_text("\n".join(names) + "\n")
+    res = _run(["--model", str(bare / "m.tflite"), "--source", str(folder), "--max-frames", "1"])
+    assert res.exit_code == 0, res.output
+    first = next(ln for ln in res.output.splitlines() if ln.startswith("{"))
+    assert json.loads(first)["top"][0]["label"] in names
+    (tmp_path / "three.txt").write_text("a\nb\nc\n")
+    res = _run(["--model", str(bare / "m.tflite"), "--source", str(folder), "--labels", str(tmp_path / "three.txt")])
+    assert res.exit_code == 1 and "names 3 classes but the model has 10" in res.output and "Traceback" not in res.output
+
+
 def test_every_command_takes_the_model_either_way(edge_model, folder):
     r = CliRunner()
     assert r.invoke(cli, ["info", "--model", str(edge_model)]).output == r.invoke(cli, ["info", str(edge_model)]).output
