@@ -188,7 +188,10 @@ def compare_runs(runs: list[Path]) -> list[list[str]]:
     """`nin-pipeline compare`: one table row per run folder, from its report.json."""
     from .run import RunFolder
 
-    return compare_rows([(str(r), RunFolder(r).read_report()) for r in runs])
+    names = [Path(r).name for r in runs]
+    if len(set(names)) < len(names):  # the folder names alone would not tell them apart
+        names = [str(r) for r in runs]
+    return compare_rows([(n, RunFolder(r).read_report()) for n, r in zip(names, runs)])
 
 
 def compare_rows(reports: list[tuple[str, dict]]) -> list[list[str]]:
@@ -213,15 +216,19 @@ def compare_markdown(rows: list[list[str]]) -> str:
 
 
 def print_compare(rows: list[list[str]]) -> None:
+    import sys
+
     from rich.console import Console
     from rich.table import Table
 
     t = Table()
     for i, h in enumerate(COMPARE_HEADER):
-        t.add_column(h, justify="left" if i == 0 else "right")
+        # a long cell wraps onto a second line (never cut to "…"); headers wrap at spaces
+        t.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
     for r in rows:
         t.add_row(*r)
-    Console().print(t)
+    # in a pipe or a file rich would assume 80 columns: give the table the width it needs instead
+    Console(width=None if sys.stdout.isatty() else 200).print(t)
 
 
 COMPARE_HEADER = ["run", "arch", "width", "float top-1", "QAT int8 top-1", "PTQ int8 top-1", "int8 bytes", "params",

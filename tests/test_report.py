@@ -221,6 +221,8 @@ def test_compare_and_bad_report_folders(fast_run, tmp_path):
     res = CliRunner().invoke(cli, ["compare", str(fast_run), str(fast_run), "--markdown", str(md)])
     assert res.exit_code == 0, res.output
     assert md.read_text().count("| 0.125 |") == 2
+    assert "…" not in res.output and "QAT int8 top-1" in res.output  # not cut to 80 columns in a pipe
+    assert str(fast_run) in res.output  # the same folder name twice: full paths tell them apart
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "report.json").write_text("{\"variants\": ")
