@@ -79,6 +79,11 @@ def print_table(report: dict) -> None:
         console.print(line, highlight=False, markup=False)
 
 
+def int8_losses(report: dict, most: int = 5) -> list[dict]:
+    """The classes int8 is less accurate on, worst first (gains and unchanged classes are not losses)."""
+    return [c for c in report["int8_losses"]["classes_by_accuracy_change"] if c["change"] < 0][:most]
+
+
 def render_markdown(report: dict) -> str:
     lines = [
         f"# Float vs int8: {report.get('dataset', '')} / {report.get('arch', '')} width {report.get('width', '')}",
@@ -95,7 +100,8 @@ def render_markdown(report: dict) -> str:
         "| class | float | int8 | change (pts) |",
         "|---|---|---|---|",
         *(f"| {c['class']} | {100 * c['float']:.1f}% | {100 * c['int8']:.1f}% | {100 * c['change']:+.1f} |"
-          for c in report["int8_losses"]["classes_by_accuracy_change"][:5]),
+          for c in int8_losses(report)),
+        *([] if int8_losses(report) else ["| (no class is less accurate in int8) | | | |"]),
         "",
         f"{report['int8_losses']['flipped_count']} test images changed their top-1 between float and QAT int8.",
         "",
@@ -139,7 +145,8 @@ def render_html(report: dict, images: dict[str, bytes]) -> str:
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in table_rows(report))
     drops = "".join(
         f"<tr><td>{esc(c['class'])}</td><td>{100 * c['float']:.1f}%</td><td>{100 * c['int8']:.1f}%</td>"
-        f"<td>{100 * c['change']:+.1f}</td></tr>" for c in report["int8_losses"]["classes_by_accuracy_change"][:5])
+        f"<td>{100 * c['change']:+.1f}</td></tr>" for c in int8_losses(report)) or (
+        '<tr><td colspan="4">no class is less accurate in int8</td></tr>')
     plots = report.get("plots", {})
     sections = [
         ("Training curves", "plot_training"), ("Confusion matrices", "plot_confusion"),

@@ -263,3 +263,12 @@ def test_a_damaged_config_or_state_is_one_clear_line(tmp_path, config):
     run = RunFolder(tmp_path)
     run.load_state()
     assert run.state == {} and not run.done("train")
+
+
+def test_where_int8_loses_lists_only_losses():
+    from pipeline.render import int8_losses
+
+    rows = [{"class": "a", "float": 0.8, "int8": 0.7, "change": -0.1}, {"class": "b", "float": 0.5, "int8": 0.5, "change": 0.0},
+            {"class": "c", "float": 0.5, "int8": 0.6, "change": 0.1}]
+    assert [c["class"] for c in int8_losses({"int8_losses": {"classes_by_accuracy_change": rows}})] == ["a"]
+    assert int8_losses({"int8_losses": {"classes_by_accuracy_change": rows[1:]}}) == []
