@@ -94,18 +94,25 @@ INSTALL_SH = r"""#!/bin/sh
 #   ./install.sh                      ai-edge-litert (default)
 #   ./install.sh --tflite-runtime     tflite-runtime 2.14 with numpy<2 (older Raspberry Pi OS)
 #   ./install.sh --picamera           also see the system's picamera2 (sudo apt install python3-picamera2)
+#   ./install.sh --display            OpenCV with its GUI (for edge-app run --display on a screen), not -headless
 set -eu
 DIR="$(cd "$(dirname "$0")" && pwd)"
 PYTHON="${PYTHON:-python3}"
 REQ="$DIR/requirements-edge.txt"
 VENV_OPTS=""
+DISPLAY_CV=""
 for arg in "$@"; do
   case "$arg" in
     --tflite-runtime) REQ="$DIR/requirements-tflite-runtime.txt" ;;
     --picamera) VENV_OPTS="--system-site-packages" ;;
-    *) echo "install.sh: unknown option $arg (use --tflite-runtime, --picamera)" >&2; exit 2 ;;
+    --display) DISPLAY_CV=1 ;;
+    *) echo "install.sh: unknown option $arg (use --tflite-runtime, --picamera, --display)" >&2; exit 2 ;;
   esac
 done
+if [ -n "$DISPLAY_CV" ]; then  # the same pins, the GUI build of OpenCV instead of the headless one
+  sed 's/^opencv-python-headless/opencv-python/' "$REQ" > "$DIR/.requirements-display.txt"
+  REQ="$DIR/.requirements-display.txt"
+fi
 "$PYTHON" -m venv $VENV_OPTS "$DIR/.venv"
 "$DIR/.venv/bin/python" -m pip install --quiet -r "$REQ"
 "$DIR/.venv/bin/python" -m pip install --quiet --no-deps "$DIR"/wheels/*.whl
@@ -169,6 +176,7 @@ DEVICE_README = """# {name}: the camera loop for a device
     ./install.sh                  # .venv with ai-edge-litert, numpy, OpenCV (no TensorFlow)
     ./install.sh --tflite-runtime # instead, on an older Raspberry Pi OS: tflite-runtime 2.14, numpy<2
     ./install.sh --picamera       # with a Pi camera module (first: sudo apt install python3-picamera2)
+    ./install.sh --display        # with a screen: OpenCV's GUI build, for run.sh --display
     ./run.sh --max-frames 10      # try it: JSON lines, one per frame
 
 Settings live in `edge-app.env` (source, delegate, other options); `run.sh` passes extra options on

@@ -114,3 +114,36 @@ def test_package_refuses_a_run_without_models_or_with_a_changed_model(edge_model
     res = CliRunner().invoke(cli, ["package", str(edge_model), "--out", str(dist), "--wheel", str(tmp_path / "no.whl")])
     assert res.exit_code == 1 and "no wheel at" in res.output
     assert list(dist.iterdir()) == []  # nothing half-made: no archive, no temporary file
+
+
+STUB_PYTHON = """#!/bin/sh
+# stands in for python3: `-m venv DIR` makes DIR/bin/python, a copy of this stub; `-m pip install -r F`
+# records F's lines; everything is logged to $STUB_LOG (nothing is installed)
+if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then
+  for a in "$@"; do d="$a"; done
+  mkdir -p "$d/bin" && cp "$0" "$d/bin/python" && exit 0
+fi
+prev=""
+for a in "$@"; do
+  if [ "$prev" = "-r" ]; then cat "$a" >> "$STUB_LOG"; fi
+  prev="$a"
+done
+echo "ARGS $*" >> "$STUB_LOG"
+"""
+
+
+@pytest.mark.parametrize("flags, cv", [([], "opencv-python-headless>="), (["--display"], "opencv-python>="),
+                                       (["--tflite-runtime", "--display"], "opencv-python>=4.8,<4.11")])
+def test_install_sh_display_installs_the_gui_opencv(bundle, tmp_path, flags, cv):
+    top = _extract(bundle, tmp_path)
+    stub, log = tmp_path / "python3", tmp_path / "pip.log"
+    stub.write_text(STUB_PYTHON)
+    stub.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(stub), "STUB_LOG": str(log)}
+    res = subprocess.run(["sh", str(top / "install.sh"), *flags], capture_output=True, text=True, timeout=60, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = log.read_text().splitlines()
+    assert any(ln.startswith(cv) for ln in lines), lines
+    assert ("opencv-python-headless" in "\n".join(lines)) == (not flags or "--display" not in flags)
+    bad = subprocess.run(["sh", str(top / "install.sh"), "--gui"], capture_output=True, text=True, timeout=60, env=env)
+    assert bad.returncode == 2 and "--display" in bad.stderr
