@@ -281,6 +281,16 @@ def test_sigterm_ends_the_loop_like_ctrl_c(edge_model, video):
     assert "stopped by SIGTERM" in err and "Traceback" not in err
 
 
+def test_the_readme_python_example_runs_without_tensorflow(edge_model, folder):
+    text = (REPO / "README.md").read_text()
+    code = text.split("## On the device", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace("artifacts/<run>", str(edge_model)).replace("photo.jpg", str(folder / "img0.png"))
+    out = subprocess.run([sys.executable, "-c", BLOCK_TF + code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    label, score = out.stdout.split()
+    assert label in (edge_model / "labels.txt").read_text().split() and 0 <= float(score) <= 1
+
+
 def test_python_dash_m_edge_app(edge_model, folder):
     out = subprocess.run([sys.executable, "-m", "edge_app", "run", "--model", str(edge_model), "--source", str(folder)],
                          cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ})
