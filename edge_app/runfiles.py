@@ -17,9 +17,16 @@ SIDECAR_NAME = "model.json"
 LABELS_TXT = "labels.txt"
 
 
+DEMO = "demo"
+DEMO_DIR = Path(__file__).resolve().parent / "demo"  # the quick CIFAR-10 model, shipped to try things before training
+
+
 def resolve_model_path(model: str | os.PathLike, delegate: str = "cpu") -> Path:
-    """A run folder means its model_int8.tflite (model_int8_edgetpu.tflite for the Edge TPU, when present)."""
+    """A run folder means its model_int8.tflite (model_int8_edgetpu.tflite for the Edge TPU, when present).
+    ``demo`` (when no such file or folder exists here) is the bundled quick CIFAR-10 model."""
     p = Path(model)
+    if str(model) == DEMO and not p.exists():
+        p = DEMO_DIR
     if p.is_dir():
         if delegate == "edgetpu" and (p / EDGETPU_TFLITE).is_file():
             return p / EDGETPU_TFLITE

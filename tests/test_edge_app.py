@@ -281,6 +281,18 @@ def test_sigterm_ends_the_loop_like_ctrl_c(edge_model, video):
     assert "stopped by SIGTERM" in err and "Traceback" not in err
 
 
+def test_the_demo_model_ships_with_the_package(folder, tmp_path, monkeypatch):
+    """`--model demo` is the bundled quick CIFAR-10 int8 model (a real build's), usable before any training."""
+    from edge_app.runfiles import DEMO_DIR
+
+    assert {"model_int8.tflite", "model.json", "labels.txt", "README.md"} <= {p.name for p in DEMO_DIR.iterdir()}
+    monkeypatch.chdir(tmp_path)  # no folder named demo here
+    res = CliRunner().invoke(cli, ["info", "demo"])
+    assert res.exit_code == 0 and "cifar10 / nin-cifar" in res.output and "airplane" in res.output, res.output
+    res = _run(["--model", "demo", "--source", str(folder), "--max-frames", "2"])
+    assert res.exit_code == 0 and res.output.count('"frame"') == 2, res.output
+
+
 def test_the_readme_python_example_runs_without_tensorflow(edge_model, folder):
     text = (REPO / "README.md").read_text()
     code = text.split("## On the device", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
