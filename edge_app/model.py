@@ -81,14 +81,16 @@ def read_labels(path: Path, num_classes: int) -> list[str]:
     return labels
 
 
+def changed_files(sc: Sidecar, folder: Path, names) -> list[str]:
+    """Those of ``names`` in ``folder`` whose sha256 differs from what model.json records for them (files
+    it records nothing for, or that are absent, are not judged). One rule for the device and the bundle."""
+    return [n for n in names if sc.files.get(n) and (folder / n).is_file() and sha256_file(folder / n) != sc.files[n]]
+
+
 def _check_checksum(path: Path, sc: Sidecar, ignore: bool) -> None:
-    want = sc.files.get(path.name)
-    if not want:
+    if not changed_files(sc, path.parent, [path.name]):
         return
-    got = sha256_file(path)
-    if got == want:
-        return
-    msg = f"{path.name} is not the model its model.json describes (sha256 {got[:12]}..., model.json says {want[:12]}...)"
+    msg = f"{path.name} is not the model its model.json describes (its sha256 differs from the one recorded there)"
     if ignore:
         log.warning("%s; running it anyway (--ignore-checksum)", msg)
         return

@@ -199,7 +199,7 @@ def _sha256(data: bytes) -> str:
 
 def package_run(run_dir: Path, out_dir: Path, *, wheel: Path | None = None, name: str | None = None) -> Path:
     """Write ``out_dir/nin-edge-<run>.tar.gz``; returns its path. Atomic: a temporary name, then rename."""
-    from edge_app.fsutil import sha256_file
+    from edge_app.model import changed_files
     from edge_app.sidecar import read_sidecar
 
     run_dir = Path(run_dir)
@@ -207,9 +207,9 @@ def package_run(run_dir: Path, out_dir: Path, *, wheel: Path | None = None, name
     if missing:
         raise PackageError(f"{run_dir} has no {', '.join(missing)}: finish it with `nin-pipeline build --resume --out {run_dir}`")
     sidecar = read_sidecar(run_dir)
-    for fname, digest in sidecar.files.items():  # a model changed since model.json was written: refuse
-        if (run_dir / fname).is_file() and fname in MODEL_FILES and sha256_file(run_dir / fname) != digest:
-            raise PackageError(f"{run_dir / fname} does not match the sha256 in model.json: re-run `nin-pipeline convert {run_dir}`")
+    changed = changed_files(sidecar, run_dir, MODEL_FILES)  # a model changed since model.json was written: refuse
+    if changed:
+        raise PackageError(f"{run_dir / changed[0]} does not match the sha256 in model.json: re-run `nin-pipeline convert {run_dir}`")
     if wheel is not None and not Path(wheel).is_file():
         raise PackageError(f"no wheel at {wheel}")
     name = name or f"nin-edge-{run_dir.resolve().name}"
