@@ -65,9 +65,13 @@ def launch(args, out: Path, workers: int) -> tuple[float, list[float]]:
         shutil.rmtree(out)
     env = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
            "NIN_CACHE_DIR": str(args.cache_dir)}
+    # --per-worker-batch: each worker keeps --batch-size images per step (global batch x workers, the
+    # learning rate scaled with it as README "Batch size and learning rate" says); else the global batch is fixed.
+    scale = workers if args.per_worker_batch else 1
     base = [sys.executable, "-m", "pipeline", "build", "--dataset", "cifar10", "--data-dir", str(args.data_dir),
             "--out", str(out), "--width", str(args.width), "--epochs", str(args.epochs), "--qat-epochs", str(args.qat_epochs),
-            "--batch-size", str(args.batch_size), "--limit-train", str(args.limit_train), "--seed", "0"]
+            "--batch-size", str(args.batch_size * scale), "--limit-train", str(args.limit_train), "--seed", "0",
+            *(["--lr", str(args.lr * scale)] if args.per_worker_batch else [])]
     addrs = ",".join(f"127.0.0.1:{free_port()}" for _ in range(workers))
     procs = []
     t = time.time()
@@ -103,6 +107,11 @@ def main() -> None:
     ap.add_argument("--qat-epochs", type=int, default=1)
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--per-worker-batch", action="store_true",
+                    help="weak scaling: each of N workers takes --batch-size per step (global batch and --lr x N); "
+                         "default: the same global batch for 1 and 2 workers (strong scaling)")
+    ap.add_argument("--lr", type=float, default=0.2, help="learning rate of the 1-worker build (with --per-worker-batch; "
+                    "default the quick profile's)")
     ap.add_argument("--rounds", type=int, default=1, help="pairs of builds (1 worker, then 2), each ratio reported")
     args = ap.parse_args()
     if not shutil.which("taskset"):
@@ -132,7 +141,8 @@ def main() -> None:
         "rounds": rounds, "images_per_second_ratio_median": round(ratio, 3), "qat_int8_top1_gap_points_largest": gap,
         "targets": {"ratio >= 1.7": ratio >= 1.7, "QAT int8 within 1 point": abs(gap) <= 1.0},
     }
-    path = HERE / "results" / f"multi_worker-{dt.date.today().isoformat()}.json"
+    kind = "-per-worker-batch" if args.per_worker_batch else ""
+    path = HERE / "results" / f"multi_worker{kind}-b{args.batch_size}-{dt.date.today().isoformat()}.json"
     path.write_text(json.dumps(out, indent=2, default=str) + "\n")
     print(f"median ratio {ratio:.2f}x over {len(rounds)} round(s); largest QAT int8 gap {gap:+.2f} points -> {path}")
 

@@ -32,6 +32,11 @@ def _one_line(text: str) -> str:
 class _Cli(click.Group):
     """The one error handler: a user's error from any command is one line, no traceback."""
 
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        from .quiet import verbose_option
+
+        super().add_command(verbose_option(cmd), name)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -46,11 +51,14 @@ class _Cli(click.Group):
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edge-app")
+@click.option("--verbose", is_flag=True, expose_value=False,
+              help="Also show the native libraries' log lines (LiteRT, OpenCV), hidden by default.")
 def cli() -> None:
     """Run nin-pipeline's int8 models on a device (no TensorFlow needed)."""
     import os
 
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # our own messages say what failed
+    if os.environ.get("NIN_VERBOSE", "") in ("", "0"):
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # our own messages say what failed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,5 +298,8 @@ def bench_cmd(model: ModelChoice, runs: int, json_out: Path | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .quiet import entry_point
+
+    entry_point(argv)
     stop_on_sigterm()
     cli.main(args=argv, prog_name="edge-app")

@@ -4,7 +4,9 @@ Routes (nothing else is served: no files, so no path traversal):
 
     /              the page: the annotated stream, top-k, FPS and stage latencies (refreshed from /status)
     /stream.mjpg   the annotated frames as MJPEG (multipart/x-mixed-replace)
-    /frame.jpg     the latest annotated frame
+    /frame.jpg     the latest annotated frame; its own numbers in the X-Frame-Status header (JSON), and with
+                   ``?after=N`` it waits (up to 1 s) for a frame newer than X-Frame-Seq N. The page shows
+                   these, so the picture and the side panel always show the same frame.
     /status        JSON: frame, FPS, top-k, per-stage ms, source, model, runtime, delegate
 
 The camera loop only hands over the newest frame's data (a reference and a closure, no copy,
@@ -86,10 +88,26 @@ class Preview:
         self._seq = 0
         self._render: Callable[[], Any] | None = None
         self._status: dict[str, Any] = {"frame": None}
-        self._jpeg: tuple[int, bytes] = (0, b"")
+        self._jpeg: tuple[int, bytes, dict[str, Any]] = (0, b"", {})
         self._encode_lock = threading.Lock()
         self.closed = False
-        self.viewers = 0
+        self.streams = 0  # open /stream.mjpg connections
+        self._pages: dict[str, float] = {}  # the pages polling /frame.jpg: their id -> when last seen
+
+    @property
+    def viewers(self) -> int:
+        now = time.monotonic()
+        with self._cond:
+            return self.streams + sum(now - t < 3.0 for t in self._pages.values())
+
+    def seen(self, page: str) -> None:
+        """A page's poll (its random id): it counts as a viewer for 3 s."""
+        now = time.monotonic()
+        with self._cond:
+            if len(self._pages) > 256:  # forget the pages that went away (bounded whatever clients send)
+                self._pages = {k: t for k, t in self._pages.items() if now - t < 3.0}
+            if len(self._pages) <= 256:
+                self._pages[page[:32]] = now
 
     def publish(self, render: Callable[[], Any], status: dict[str, Any]) -> None:
         """Called by the loop for every frame: ``render()`` draws the annotated BGR frame when asked."""
@@ -100,7 +118,8 @@ class Preview:
 
     def status(self) -> dict[str, Any]:
         with self._cond:
-            return dict(self._status, viewers=self.viewers)
+            status = dict(self._status)
+        return dict(status, viewers=self.viewers)
 
     def wait(self, after: int, timeout: float = 1.0) -> int:
         """The sequence number of a frame newer than ``after`` (or ``after`` on timeout/close)."""
@@ -108,18 +127,19 @@ class Preview:
             self._cond.wait_for(lambda: self._seq > after or self.closed, timeout)
             return self._seq
 
-    def jpeg(self, quality: int = 80) -> tuple[int, bytes]:
-        """The newest frame as JPEG, encoded at most once per frame."""
+    def jpeg(self, quality: int = 80) -> tuple[int, bytes, dict[str, Any]]:
+        """The newest frame as JPEG (encoded at most once per frame), with that frame's own status: the
+        numbers drawn on the picture and those beside it then come from one frame, not two."""
         import cv2
 
         with self._encode_lock:
             with self._cond:
-                seq, render = self._seq, self._render
+                seq, render, status = self._seq, self._render, self._status
             if render is None:
-                return 0, b""
+                return 0, b"", {}
             if self._jpeg[0] != seq:
                 ok, buf = cv2.imencode(".jpg", render(), [cv2.IMWRITE_JPEG_QUALITY, quality])
-                self._jpeg = (seq, buf.tobytes() if ok else b"")
+                self._jpeg = (seq, buf.tobytes() if ok else b"", status)
             return self._jpeg
 
     def close(self) -> None:
@@ -143,7 +163,7 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; }
 </style></head><body>
 <h1>edge-app preview</h1>
 <main>
-<img id="stream" src="/stream.mjpg" alt="annotated camera stream">
+<img id="stream" alt="annotated camera stream">
 <section>
 <h2>Top classes</h2><table id="top"><tbody><tr><td class="muted">waiting for the first frame</td></tr></tbody></table>
 <h2>Speed</h2><table id="speed"><tbody></tbody></table>
@@ -153,12 +173,12 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; }
 <script>
 function row(cells) {
   const tr = document.createElement("tr");
-  for (const [text, cls] of cells) { const td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; tr.appendChild(td); }
+  for (const [text, cls] of cells) {
+    const td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; tr.appendChild(td);
+  }
   return tr;
 }
-async function refresh() {
-  try {
-    const s = await (await fetch("/status", {cache: "no-store"})).json();
+function show(s) {
     const top = document.querySelector("#top tbody"), speed = document.querySelector("#speed tbody");
     if (s.frame !== null) {
       top.replaceChildren(...s.top.map(t => row([[t.label], [(100 * t.score).toFixed(1) + "%", "n"]])));
@@ -167,9 +187,28 @@ async function refresh() {
       document.getElementById("about").textContent =
         `frame ${s.frame} · ${s.source} · ${s.model} on ${s.runtime}, delegate ${s.delegate} · ${s.viewers} viewer(s)`;
     }
-  } catch (e) { document.getElementById("about").textContent = "the loop has stopped"; }
 }
-setInterval(refresh, 1000); refresh();
+// one request per frame: the picture and its numbers (X-Frame-Status) come from the same frame
+let seq = 0;
+const me = Math.random().toString(36).slice(2);
+async function next() {
+  try {
+    const r = await fetch(`/frame.jpg?after=${seq}&page=${me}`, {cache: "no-store"});
+    if (r.ok) {
+      seq = Number(r.headers.get("X-Frame-Seq"));
+      const s = JSON.parse(r.headers.get("X-Frame-Status")), url = URL.createObjectURL(await r.blob());
+      const img = document.getElementById("stream");
+      img.onload = () => URL.revokeObjectURL(url);
+      img.src = url;
+      show(s);
+    }
+    setTimeout(next, r.ok ? 0 : 500);
+  } catch (e) {
+    document.getElementById("about").textContent = "the loop has stopped";
+    setTimeout(next, 2000);
+  }
+}
+next();
 </script>
 </body></html>
 """
@@ -190,6 +229,8 @@ def _handler(preview: Preview, token: str | None):
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            for k, v in getattr(self, "_headers", {}).items():
+                self.send_header(k, v)
             if getattr(self, "_cookie", False):  # the page's own requests (stream, status) then carry it
                 self.send_header("Set-Cookie", f"{TOKEN_COOKIE}={quote(token or '')}; Path=/; HttpOnly; SameSite=Strict")
             self.end_headers()
@@ -232,8 +273,16 @@ def _handler(preview: Preview, token: str | None):
                 elif path == "/status":
                     self._send(200, json.dumps(preview.status()).encode(), "application/json")
                 elif path == "/frame.jpg":
-                    _, data = preview.jpeg()
+                    query = parse_qs(urlsplit(self.path).query)
+                    after = query.get("after", [""])[0]
+                    if query.get("page"):
+                        preview.seen(query["page"][0])
+                    if after.isdigit():
+                        preview.wait(int(after))  # at most 1 s: a stopped loop still gets an answer
+                    seq, data, status = preview.jpeg()
                     if data:
+                        self._headers = {"X-Frame-Seq": str(seq),
+                                         "X-Frame-Status": json.dumps(dict(status, viewers=preview.viewers))}
                         self._send(200, data, "image/jpeg")
                     else:
                         self._send(503, b"no frame yet\n", "text/plain")
@@ -252,14 +301,14 @@ def _handler(preview: Preview, token: str | None):
             if self.command == "HEAD":
                 return
             with preview._cond:
-                preview.viewers += 1
+                preview.streams += 1
             try:
                 seq = 0
                 while not preview.closed:
                     new = preview.wait(seq)
                     if new == seq:
                         continue
-                    seq, data = preview.jpeg()
+                    seq, data, _ = preview.jpeg()
                     if not data:
                         continue
                     self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n".encode())
@@ -267,7 +316,7 @@ def _handler(preview: Preview, token: str | None):
                     self.wfile.flush()
             finally:
                 with preview._cond:
-                    preview.viewers -= 1
+                    preview.streams -= 1
 
         def _refuse(self) -> None:
             self._send(405, b"method not allowed\n", "text/plain")

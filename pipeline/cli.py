@@ -25,11 +25,17 @@ TRAINING_STACK = ("tensorflow", "tf_keras", "tensorflow_model_optimization", "PI
 def _legacy_keras_env() -> None:
     """tfmot needs Keras 2 (tf_keras): this must be set before TensorFlow is first imported."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if os.environ.get("NIN_VERBOSE", "") in ("", "0"):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 class _Cli(click.Group):
     """The one place where a user's error becomes one clear line and a non-zero exit."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        from edge_app.quiet import verbose_option
+
+        super().add_command(verbose_option(cmd), name)
 
     def invoke(self, ctx: click.Context):
         from edge_app.errors import EdgeAppError
@@ -74,7 +80,9 @@ class _Cli(click.Group):
                 click.echo(f"Error: training stopped: a worker stopped responding ({type(exc).__name__}: {first}). "
                            "Finished epochs are backed up in the chief's run folder: start the same command again on "
                            "every worker and training resumes from the last one.", err=True)
-                sys.stderr.flush()
+                from edge_app.quiet import restore
+
+                restore()
                 os._exit(1)
             raise click.ClickException(f"TensorFlow stopped with {type(exc).__name__}: {first}; finished epochs are "
                                        "checkpointed: fix the cause (e.g. a smaller --batch-size for out-of-memory) and "
@@ -83,6 +91,8 @@ class _Cli(click.Group):
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="nin-pipeline")
+@click.option("--verbose", is_flag=True, expose_value=False,
+              help="Also show the native libraries' log lines (TensorFlow, absl, LiteRT), hidden by default.")
 def cli() -> None:
     """Train Network-in-Network, fine-tune it with QAT, and export a fully int8 TFLite model."""
     _legacy_keras_env()
@@ -90,7 +100,9 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     from edge_app.errors import stop_on_sigterm
+    from edge_app.quiet import entry_point
 
+    entry_point(argv)
     _legacy_keras_env()
     stop_on_sigterm()
     cli.main(args=argv, prog_name="nin-pipeline")

@@ -139,7 +139,9 @@ def start(cluster: Cluster, *, timeout_s: float = DEFAULT_TIMEOUT_S, startup_s: 
                 f"Error: {cluster.describe()}: the other workers ({', '.join(w for i, w in enumerate(cluster.workers) if i != cluster.index)}) "
                 f"did not all connect within {startup_s:.0f} s; start the same command on every worker with its own "
                 "--worker-index, and check that each HOST:PORT is reachable from every machine\n")
-            sys.stderr.flush()
+            from edge_app.quiet import restore
+
+            restore()
             os._exit(1)
 
     log.info("TF_CONFIG names %d workers (this is %s): waiting up to %.0f s for all of them to start",

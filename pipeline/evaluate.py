@@ -21,10 +21,10 @@ def predict_keras(model, x, batch_size: int = 256) -> np.ndarray:
 
 def predict_classifier(clf, x: np.ndarray, *, desc: str = "", progress: bool = True) -> np.ndarray:
     """Scores of every image in ``x`` (uint8 NHWC) through an edge_app Classifier, with a progress bar."""
-    from tqdm import tqdm
+    from .progress import progress as bar
 
     out = np.empty((len(x), clf.num_classes), np.float32)
-    for i in tqdm(range(len(x)), desc=desc, unit="img", disable=not progress, mininterval=1.0, leave=False):
+    for i in bar(range(len(x)), total=len(x), desc=desc, disable=not progress, leave=False):
         out[i] = clf.predict(x[i])
     return out
 

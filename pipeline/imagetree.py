@@ -239,7 +239,7 @@ def _decode_all(listing: TreeListing, size: int | None, hwc: tuple[int, int, int
                 progress: bool) -> list[int]:
     """Decode every entry into ``out`` (an array or a writable DiskStore), in parallel threads (Pillow releases
     the GIL while it decodes). Returns the unreadable entries."""
-    from tqdm import tqdm
+    from .progress import progress as bar
 
     gray = hwc[2] == 1
     bad: list[int] = []
@@ -259,8 +259,8 @@ def _decode_all(listing: TreeListing, size: int | None, hwc: tuple[int, int, int
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         window = []
-        for item in tqdm(listing.blobs(), total=len(listing.names), desc=f"decoding {listing.src.name}", unit="img",
-                         disable=not progress, mininterval=1.0):
+        for item in bar(listing.blobs(), total=len(listing.names), desc=f"decoding {listing.src.name}",
+                        disable=not progress):
             window.append(pool.submit(work, item))
             if len(window) >= 256:  # bounded: a tree larger than memory never piles up in the queue
                 for f in window:
@@ -384,7 +384,7 @@ def find_unreadable(listing: TreeListing, size: int | None, hwc: tuple[int, int,
     """The entries that cannot be decoded, found by decoding each once (for --data-cache none, which
     decodes while training); remembered in the cache by the tree's fingerprint. An image of another
     size than ``hwc`` (without --input-size) is an error, as when decoding into the store."""
-    from tqdm import tqdm
+    from .progress import progress as progress_bar
 
     memo = cache_dir / f"{listing.src.name.split('.')[0]}-{listing.fingerprint}-{size}-unreadable.json"
     try:
@@ -401,8 +401,7 @@ def find_unreadable(listing: TreeListing, size: int | None, hwc: tuple[int, int,
 
     shapes: list[tuple[int, tuple | None]] = []
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, \
-            tqdm(total=len(listing.names), desc=f"checking {listing.src.name}", unit="img", disable=not progress,
-                 mininterval=1.0) as bar:
+            progress_bar(total=len(listing.names), desc=f"checking {listing.src.name}", disable=not progress) as bar:
         for start in range(0, len(listing.names), 1024):  # bounded, as in _decode_all
             shapes += pool.map(check, range(start, min(start + 1024, len(listing.names))))
             bar.update(len(shapes) - bar.n)

@@ -164,9 +164,13 @@ def fit(model, train_ds, val_ds, cfg: TrainConfig, *, steps_per_epoch: int, run_
             log.info("%s epoch %d/%d: %s (lr=%.5f, %.1f s)", tag, epoch + 1, cfg.epochs, msg, _current_lr(optimizer),
                      time.perf_counter() - self.t)
 
+    bar = _progress_bar(verbose) if initial_epoch < cfg.epochs else 0
     callbacks = [
         # first: it restores before the others start and backs up after every epoch
         keras.callbacks.BackupAndRestore(str(backup_dir), save_freq="epoch", delete_checkpoint=False),
+        # given here, before EpochLog, so that the bar ends its epoch line before the epoch's log line
+        # (Keras's own bar would come last and the log line would be glued onto the unfinished bar)
+        *([keras.callbacks.ProgbarLogger(count_mode="steps")] if bar else []),
         keras.callbacks.CSVLogger(str(csv_path), append=True),
         keras.callbacks.TensorBoard(str(run_dir / "tensorboard" / tag), update_freq="epoch", profile_batch=0),
         EpochLog(),
@@ -177,7 +181,7 @@ def fit(model, train_ds, val_ds, cfg: TrainConfig, *, steps_per_epoch: int, run_
     # with every epoch backed up, fit restores the weights and trains no further epoch
     model.fit(
         train_ds, validation_data=val_ds, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
-        verbose=_progress_bar(verbose) if initial_epoch < cfg.epochs else 0,
+        verbose=bar,
     )
     if initial_epoch < cfg.epochs:
         log.info("%s: %d epoch(s) in %.0f s", tag, cfg.epochs - initial_epoch, time.time() - t0)

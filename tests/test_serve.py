@@ -95,7 +95,7 @@ def _get(server, path, method="GET"):
 def test_routes(live_video):
     server = live_video
     status, ctype, body = _get(server, "/")
-    assert status == 200 and ctype.startswith("text/html") and b"/stream.mjpg" in body
+    assert status == 200 and ctype.startswith("text/html") and b"/frame.jpg?after=" in body
     assert "http://" not in PAGE and "https://" not in PAGE  # nothing fetched from elsewhere
     status, ctype, body = _get(server, "/status")
     s = json.loads(body)
@@ -109,6 +109,55 @@ def test_routes(live_video):
         assert _get(server, path)[0] == 404, path
     assert _get(server, "/status", "POST")[0] == 405
     assert _get(server, "/status", "HEAD")[0] == 200
+
+
+def _frame(server, query=""):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("GET", "/frame.jpg" + query)
+    r = conn.getresponse()
+    body = r.read()
+    conn.close()
+    return r.status, int(r.getheader("X-Frame-Seq")), json.loads(r.getheader("X-Frame-Status")), body
+
+
+def test_the_frame_carries_its_own_numbers_and_waits_for_a_newer_one(live_video):
+    """The page shows /frame.jpg and the numbers in its X-Frame-Status: one frame, not two (the side
+    panel used to poll /status once a second while the picture streamed on)."""
+    server = live_video
+    status, seq, numbers, body = _frame(server, "?page=tab1")
+    assert status == 200 and numbers["frame"] >= 0 and len(numbers["top"]) == 3 and numbers["viewers"] == 1
+    status2, seq2, numbers2, body2 = _frame(server, f"?after={seq}&page=tab1")
+    assert seq2 > seq and numbers2["frame"] > numbers["frame"] and body2 != body
+    assert server.preview.status()["viewers"] == 1  # the same page, seen twice
+
+
+def test_the_jpeg_and_the_status_it_comes_with_are_the_same_frame():
+    """However the loop's publishes and the readers interleave, a JPEG is paired with its own status."""
+    from edge_app.serve import Preview
+
+    preview = Preview()
+    stop = threading.Event()
+
+    def loop():
+        k = 0
+        while not stop.is_set():
+            k = k % 20 + 1
+            preview.publish(lambda k=k: np.full((16, 16, 3), 10 * k, np.uint8), {"frame": k})
+
+    t = threading.Thread(target=loop)
+    t.start()
+    try:
+        checked = 0
+        while checked < 200:
+            seq, data, numbers = preview.jpeg()
+            if not data:
+                continue
+            pixel = int(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE).mean())
+            assert abs(pixel - 10 * numbers["frame"]) <= 3, (pixel, numbers)
+            checked += 1
+    finally:
+        stop.set()
+        t.join()
 
 
 def test_mjpeg_stream_delivers_new_frames(live_video):

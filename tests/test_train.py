@@ -102,3 +102,30 @@ def test_distilled_targets_blend_the_teachers_answers_with_the_labels():
     want = 0.7 * teacher.predict(x, verbose=0) + 0.3 * np.eye(3)[y]
     assert np.allclose(got, want, atol=1e-6) and np.allclose(got.sum(1), 1.0, atol=1e-6)
     assert np.array_equal(np.concatenate(xs), x)  # the images are untouched
+
+
+def test_the_epoch_log_line_comes_after_the_finished_progress_bar(tmp_path, capsys):
+    """On a terminal the Keras bar ends its epoch line before the epoch's log line is written (the log
+    line used to be glued onto the unfinished bar: ``5/5 [====] - ETA: 0s - loss: 2.27602:06:03 INFO``)."""
+    import logging
+    import sys
+
+    handler = logging.StreamHandler(sys.stdout)  # where a terminal shows both
+    handler.setFormatter(logging.Formatter("LOG %(message)s"))
+    logger = logging.getLogger("pipeline.train")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        fit(_model(), _data(), None, TrainConfig(epochs=2, lr=0.05, warmup_epochs=0), steps_per_epoch=4,
+            run_dir=tmp_path, tag="t", verbose=1)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    out = capsys.readouterr().out
+    epoch_lines = [i for i in range(len(out)) if out.startswith("LOG t epoch", i)]
+    assert len(epoch_lines) == 2
+    for i in epoch_lines:
+        before = out[:i]
+        assert before.endswith("\n"), out[max(0, i - 80):i + 20]
+        assert "/step - loss" in before.rstrip("\n").rsplit("\n", 1)[-1]  # the bar's finished line, just before
