@@ -113,8 +113,13 @@ def _check_agrees(clf: Classifier, sc: Sidecar, path: Path) -> None:
 def require_class_maps(model: LoadedModel) -> None:
     """--heatmap needs the class-maps output: say so before anything else is opened."""
     if not model.classifier.has_class_maps:
+        arch = model.sidecar.arch if model.sidecar else ""
+        if arch and not arch.startswith("nin-"):
+            raise ModelLoadError(f"{model.path.name} is a {arch}: it has no per-class maps, so --heatmap has nothing "
+                                 "to show", "leave out --heatmap; only NiN (its global average pooling head) has them")
         raise ModelLoadError(f"{model.path.name} has no class-maps output, so --heatmap has nothing to show",
-                             "rebuild it with `nin-pipeline convert RUN` (class maps are exported unless --no-class-maps)")
+                             "rebuild it with `nin-pipeline convert RUN` (class maps are exported unless --no-class-maps; "
+                             "a NiN built with --head fc or fc-dropout has none)")
 
 
 def _output_role(shape: list[int], sidecar) -> str:

@@ -23,7 +23,7 @@ from .config import BuildConfig, make_build_config, with_target
 from .data import Splits
 from .errors import RunError
 from .inputs import distillation_targets, fit_datasets, load_data
-from .models import ModelConfig
+from .models import ARCHS, ModelConfig
 from .records import edgetpu_stage, write_report
 from .run import (
     CHECKPOINTS,
@@ -96,7 +96,8 @@ def stage_train(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
             try:
                 model = build_model(mcfg)
             except ValueError as exc:  # e.g. nin-imagenet on 32x32 images
-                raise RunError(str(exc), "pass --input-size or choose another --arch") from None
+                raise RunError(str(exc), f"pass --input-size {ARCHS[mcfg.arch].min_input_size} (or more) to resize "
+                               "the images, or choose another --arch") from None
         log.info("model %s: %d parameters; %d replica(s) (%s), policy %s", model.name, model.count_params(),
                  strategy.num_replicas_in_sync, type(strategy).__name__, keras.mixed_precision.global_policy().name)
         train_ds, val_ds, steps = fit_datasets(splits, cfg.train.batch_size, cfg.train.seed, cluster.strategy())
@@ -301,7 +302,7 @@ def run_stages(run: RunFolder, stages: tuple[str, ...] = STAGES, force: tuple[st
 
 
 def build(*, dataset: str, data_dir: Path | None, out: Path | None, profile: str, arch: str,
-          overrides: dict[str, Any], val_fraction: float, io_type: str | None, target: str, class_maps: bool,
+          overrides: dict[str, Any], val_fraction: float, io_type: str | None, target: str, class_maps: bool | None,
           seed: int, resume: bool, data_cache: str | None = None, memory_budget_gb: float | None = None,
           workers: Cluster | None = None, worker_timeout: float = 600.0) -> RunFolder:
     """`nin-pipeline build`: a new run folder (or the one at ``out``, resumed), every stage to the end.

@@ -15,7 +15,7 @@ from . import __version__
 from .convert import IO_TYPES, TARGETS
 from .data import DATA_CACHES
 from .datasets import DATASETS
-from .models import ARCHS
+from .models import ARCHS, HEADS
 from .profiles import PROFILES
 from .run import STAGES
 
@@ -178,8 +178,11 @@ WORKERS = _Workers()
               help="int8 model input/output type: int8 (default), or uint8 for runtimes that want it.")
 @click.option("--target", type=click.Choice(TARGETS), default="cpu", show_default=True,
               help="edgetpu: uint8 input/output, checked against the Edge TPU's rules, compiled if edgetpu_compiler is installed.")
-@click.option("--class-maps/--no-class-maps", default=True, show_default=True,
-              help="Export the per-class confidence maps as a second model output (edge-app --heatmap uses them).")
+@click.option("--class-maps/--no-class-maps", default=None,
+              help="Export the per-class confidence maps as a second model output (edge-app --heatmap uses them). "
+                   "Default: where the architecture has them (NiN with its GAP head).")
+@click.option("--head", type=click.Choice(HEADS), default=None,
+              help="nin-cifar's classifier: gap (the paper's, default), fc or fc-dropout (its ablation, section 4.6).")
 @click.option("--data-cache", type=click.Choice(DATA_CACHES), default=None,
               help="Where decoded images live: memory, disk (a decoded cache, read in chunks), none (decode every epoch); "
                    "auto (default): memory if they fit --memory-budget, else disk.")
@@ -197,7 +200,7 @@ WORKERS = _Workers()
 @click.option("--worker-timeout", type=click.FloatRange(10, 86400), default=600, show_default=True, metavar="SECONDS",
               help="How long a worker waits for the others (at start-up, and at each step) before it stops.")
 def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_epochs, batch_size, lr, dropout,
-          label_smoothing, qat_lr, qat_distill, limit_train, limit_test, val_fraction, io_type, target, class_maps,
+          label_smoothing, qat_lr, qat_distill, limit_train, limit_test, val_fraction, io_type, target, class_maps, head,
           data_cache, memory_budget_gb, seed, deterministic, resume, workers, worker_index, worker_timeout) -> None:
     """Train NiN, fine-tune it with QAT, convert to int8 TFLite and evaluate: one run folder.
 
@@ -217,7 +220,7 @@ def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_
     overrides = {k: v for k, v in dict(width=width, input_size=input_size, epochs=epochs, qat_epochs=qat_epochs,
                                         batch_size=batch_size, lr=lr, dropout=dropout, label_smoothing=label_smoothing,
                                         qat_lr=qat_lr, qat_distill=qat_distill, limit_train=limit_train,
-                                        limit_test=limit_test, deterministic=deterministic).items() if v is not None}
+                                        limit_test=limit_test, deterministic=deterministic, head=head).items() if v is not None}
     run = build_run(dataset=dataset, data_dir=data_dir, out=out, profile=profile, arch=arch, overrides=overrides,
                     val_fraction=val_fraction, io_type=io_type, target=target, class_maps=class_maps, seed=seed,
                     resume=resume, data_cache=data_cache, memory_budget_gb=memory_budget_gb, workers=cluster,
@@ -321,11 +324,12 @@ def compare(runs: tuple[Path, ...], markdown: Path | None) -> None:
 
 @cli.command()
 @click.option("--arch", type=click.Choice(list(ARCHS)), default="nin-cifar", show_default=True)
-@click.option("--input-size", type=POSITIVE_INT, default=None, help="Default: the arch's own (32 or 224).")
+@click.option("--input-size", type=POSITIVE_INT, default=None, help="Default: the arch's own (e.g. 32, 96 or 224).")
 @click.option("--channels", type=click.IntRange(1, 4), default=3, show_default=True)
 @click.option("--classes", type=click.IntRange(2, 100_000), default=10, show_default=True)
 @click.option("--width", type=POSITIVE_FLOAT, default=None, help="Default: the quick profile's, as `build` uses.")
-def describe(arch: str, input_size: int | None, channels: int, classes: int, width: float | None) -> None:
+@click.option("--head", type=click.Choice(HEADS), default="gap", show_default=True, help="nin-cifar's classifier.")
+def describe(arch: str, input_size: int | None, channels: int, classes: int, width: float | None, head: str) -> None:
     """Print each layer's output shape and parameter count."""
     from .models import ModelConfig, summary_lines
 
@@ -334,9 +338,10 @@ def describe(arch: str, input_size: int | None, channels: int, classes: int, wid
         click.echo(f"width {width:g} (the quick profile's, as `build` uses; --width to change)")
     size = input_size or ARCHS[arch].default_input_size
     try:
-        lines = summary_lines(ModelConfig(arch=arch, num_classes=classes, input_shape=(size, size, channels), width=width))
+        lines = summary_lines(ModelConfig(arch=arch, num_classes=classes, input_shape=(size, size, channels), width=width,
+                                          head=head))
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--input-size") from None
+        raise click.BadParameter(str(exc), param_hint="--head" if "--head" in str(exc) else "--input-size") from None
     click.echo("\n".join(lines))
 
 

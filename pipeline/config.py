@@ -15,7 +15,7 @@ from typing import Any
 from .convert import ConvertConfig, QatConfig
 from .data import DataConfig
 from .errors import RunError
-from .models import ARCHS, ModelConfig
+from .models import ARCHS, ModelConfig, has_class_maps
 from .profiles import PROFILES
 from .train import TrainConfig
 
@@ -55,18 +55,29 @@ def io_for_target(target: str, io_type: str | None) -> str:
 
 
 def make_build_config(dataset: str, data_dir: Path | None, profile: str, arch: str, explicit: dict[str, Any],
-                      val_fraction: float, io_type: str | None, seed: int, class_maps: bool = True,
+                      val_fraction: float, io_type: str | None, seed: int, class_maps: bool | None = None,
                       target: str = "cpu", data_cache: str = "auto", memory_budget_gb: float | None = None) -> BuildConfig:
-    """A profile's settings, overridden by the flags the user gave (``explicit``)."""
+    """A profile's settings, overridden by the flags the user gave (``explicit``). ``class_maps``
+    None: export them where the architecture has them."""
     p = {**PROFILES[profile], **explicit}
     input_size = p.get("input_size")
-    if arch == "nin-imagenet" and input_size is None and dataset == "folder":
+    if arch != "nin-cifar" and input_size is None and dataset == "folder":
         input_size = ARCHS[arch].default_input_size
+    model = ModelConfig(arch=arch, width=float(p["width"]), dropout=float(p["dropout"]), head=str(p.get("head", "gap")))
+    info = ARCHS[arch]
+    if model.head not in info.heads:
+        raise RunError(f"--head {model.head}: {arch} has {' / '.join(info.heads)} only",
+                       "the fc heads are nin-cifar's ablation of its global average pooling; leave out --head")
+    if class_maps is None:
+        class_maps = has_class_maps(model)
+    elif class_maps and not has_class_maps(model):
+        raise RunError(f"--class-maps: {arch}{' with --head ' + model.head if model.head != 'gap' else ''} has no "
+                       "per-class maps (only NiN with its global average pooling head has)", "leave out --class-maps")
     return BuildConfig(
         data=DataConfig(dataset=dataset, data_dir=str(data_dir.expanduser().resolve()) if data_dir else None,
                         input_size=input_size, val_fraction=val_fraction, limit_train=p.get("limit_train"),
                         limit_test=p.get("limit_test"), seed=seed, cache=data_cache, memory_budget_gb=memory_budget_gb),
-        model=ModelConfig(arch=arch, width=float(p["width"]), dropout=float(p["dropout"])),
+        model=model,
         train=TrainConfig(epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]),
                           weight_decay=float(p["weight_decay"]), schedule=str(p["schedule"]),
                           warmup_epochs=float(p["warmup_epochs"]), label_smoothing=float(p.get("label_smoothing", 0.0)), seed=seed,

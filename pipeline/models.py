@@ -1,6 +1,7 @@
 """Network-in-Network architectures (Lin, Chen, Yan 2013), as flat tf_keras functional models.
 
-A registry of named architectures, timm-style: ``build_model("nin-cifar", ...)``.
+A registry of named architectures, timm-style: ``build_model(ModelConfig(arch="nin-cifar", ...))``;
+NiN is defined here, the seed architectures it is compared with (LeNet ... DenseNet) in ``zoo``.
 
 Every convolution is written Conv2D(activation=None) -> BatchNormalization -> ReLU so
 that quantisation-aware training folds the BatchNorm into the convolution. The model
@@ -18,52 +19,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from . import zoo
+from .blocks import HEADS, ModelConfig, conv_bn_relu, keras_module, scaled, softmax
+
+__all__ = ["ARCHS", "HEADS", "ModelConfig", "build_model", "count_macs", "describe", "has_class_maps", "scaled",
+           "summary_lines", "with_class_maps"]
+
 CLASS_MAPS_LAYER = "class_maps"
 CLASS_MAPS_OUTPUT = f"{CLASS_MAPS_LAYER}_relu"  # the layer whose output is the per-class maps
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    arch: str = "nin-cifar"
-    num_classes: int = 10
-    input_shape: tuple[int, int, int] = (32, 32, 3)
-    width: float = 1.0
-    batch_norm: bool = True
-    dropout: float = 0.5
-    weight_decay: float = 0.0  # L2 on kernels; the trainer prefers decoupled decay
-    float32_softmax: bool = True  # keep the softmax in float32 under mixed precision
-
-
-def _keras():
-    import tf_keras as keras
-
-    return keras
-
-
-def scaled(channels: int, width: float) -> int:
-    """Channel count after the width multiplier (at least 8, a multiple of 8 when >= 16)."""
-    c = channels * width
-    if c >= 16:
-        return int(max(16, round(c / 8) * 8))
-    return max(8, int(round(c)))
-
-
-def _conv_bn_relu(x, filters: int, kernel: int, name: str, cfg: ModelConfig, strides: int = 1,
-                  padding: str = "same", relu: bool = True):
-    keras = _keras()
-    layers = keras.layers
-    reg = keras.regularizers.l2(cfg.weight_decay) if cfg.weight_decay else None
-    x = layers.Conv2D(
-        filters, kernel, strides=strides, padding=padding, use_bias=not cfg.batch_norm,
-        kernel_initializer="he_normal", kernel_regularizer=reg, name=f"{name}_conv",
-    )(x)
-    if cfg.batch_norm:
-        # momentum 0.9 (Keras' default is 0.99): the moving statistics settle within a few
-        # hundred steps, so short fine-tunes and smoke runs evaluate correctly too.
-        x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
-    if relu:
-        x = layers.ReLU(name=f"{name}_relu")(x)
-    return x
 
 
 def mlpconv(x, spec: list[tuple[int, int]], name: str, cfg: ModelConfig, first_stride: int = 1,
@@ -74,7 +37,7 @@ def mlpconv(x, spec: list[tuple[int, int]], name: str, cfg: ModelConfig, first_s
     """
     for i, (kernel, filters) in enumerate(spec):
         layer_name = last_name if (last_name and i == len(spec) - 1) else f"{name}_{i + 1}"
-        x = _conv_bn_relu(
+        x = conv_bn_relu(
             x, filters, kernel, layer_name, cfg,
             strides=first_stride if i == 0 else 1,
             padding=first_padding if i == 0 else "same",
@@ -83,10 +46,17 @@ def mlpconv(x, spec: list[tuple[int, int]], name: str, cfg: ModelConfig, first_s
 
 
 def _head(x, cfg: ModelConfig):
-    """Global average pooling of the class maps, then softmax: no fully connected layer."""
-    layers = _keras().layers
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    return layers.Activation("softmax", dtype="float32" if cfg.float32_softmax else None, name="scores")(x)
+    """``gap``: global average pooling of the class maps, then softmax: no fully connected layer.
+    ``fc`` / ``fc-dropout`` (nin-cifar, the paper's section 4.6 ablation: "the other parts of the
+    model remaining the same"): the class maps flattened into one FC layer to the classes (after
+    dropout 0.5 for ``fc-dropout``)."""
+    layers = keras_module().layers
+    if cfg.head == "gap":
+        return softmax(layers.GlobalAveragePooling2D(name="gap")(x), cfg)
+    x = layers.Flatten(name="flatten")(x)
+    if cfg.head == "fc-dropout":
+        x = layers.Dropout(0.5, name="fc_drop")(x)
+    return softmax(layers.Dense(cfg.num_classes, kernel_initializer="he_normal", name="classifier")(x), cfg)
 
 
 def nin_cifar(cfg: ModelConfig):
@@ -95,7 +65,7 @@ def nin_cifar(cfg: ModelConfig):
     192-160-96 (5x5), 192-192-192 (5x5), 192-192-classes (3x3), as in the authors' Caffe model
     (max pooling after block 1, average pooling after block 2).
     """
-    keras = _keras()
+    keras = keras_module()
     layers = keras.layers
     w = cfg.width
     inputs = keras.Input(shape=cfg.input_shape, name="image")
@@ -118,7 +88,7 @@ def nin_imagenet(cfg: ModelConfig):
     """The larger NiN for camera-sized inputs (e.g. 224x224): 11x11/4-96, 5x5-256, 3x3-384,
     3x3-classes mlpconv blocks (each k x k conv followed by two 1x1 convs of the same width),
     3x3/2 max pooling, dropout before the last block, GAP (the d2l.ai / seed articles' layout)."""
-    keras = _keras()
+    keras = keras_module()
     layers = keras.layers
     w = cfg.width
     inputs = keras.Input(shape=cfg.input_shape, name="image")
@@ -144,12 +114,24 @@ class ArchInfo:
     default_input_size: int
     min_input_size: int
     description: str
+    changes: str = ""  # what differs from the original, and why (QAT-friendly forms)
+    class_maps: bool = False  # per-class confidence maps before a global average pooling (NiN's)
+    heads: tuple[str, ...] = ("gap",)  # --head values it takes; the first is its own
 
 
 ARCHS: dict[str, ArchInfo] = {
-    "nin-cifar": ArchInfo(nin_cifar, 32, 8, "the paper's CIFAR-10 NiN (3 mlpconv blocks, ~0.97M params at width 1)"),
-    "nin-imagenet": ArchInfo(nin_imagenet, 224, 67, "the larger NiN for camera-sized inputs (4 mlpconv blocks)"),
+    "nin-cifar": ArchInfo(nin_cifar, 32, 8, "the paper's CIFAR-10 NiN (3 mlpconv blocks, ~0.97M params at width 1)",
+                          "BatchNorm after each conv (folds into it at conversion)", class_maps=True, heads=HEADS),
+    "nin-imagenet": ArchInfo(nin_imagenet, 224, 67, "the larger NiN for camera-sized inputs (4 mlpconv blocks)",
+                             "BatchNorm after each conv (folds into it at conversion)", class_maps=True),
+    **{name: ArchInfo(*spec) for name, spec in zoo.SEEDS.items()},
 }
+
+
+def has_class_maps(cfg: ModelConfig) -> bool:
+    """Whether the model has per-class maps a device can show as a heatmap (NiN with its GAP head)."""
+    info = ARCHS.get(cfg.arch)
+    return bool(info and info.class_maps and cfg.head == "gap")
 
 
 def build_model(cfg: ModelConfig):
@@ -161,6 +143,9 @@ def build_model(cfg: ModelConfig):
     h, w, _ = cfg.input_shape
     if min(h, w) < info.min_input_size:
         raise ValueError(f"{cfg.arch} needs inputs of at least {info.min_input_size}x{info.min_input_size}; got {h}x{w}")
+    if cfg.head not in info.heads:
+        raise ValueError(f"--head {cfg.head} is not an option of {cfg.arch} (it has {', '.join(info.heads)}); "
+                         f"{', '.join(h for h in HEADS if h != 'gap')} are nin-cifar's ablation of its GAP head")
     return info.build(cfg)
 
 
@@ -172,7 +157,7 @@ def with_class_maps(model):
     frame each class is seen, at no extra compute (GAP reads the same tensor). The weights
     are shared with ``model``; nothing is copied.
     """
-    keras = _keras()
+    keras = keras_module()
     for name in (CLASS_MAPS_OUTPUT, f"quant_{CLASS_MAPS_OUTPUT}"):  # tfmot prefixes wrapped layers
         try:
             layer = model.get_layer(name)
@@ -183,15 +168,19 @@ def with_class_maps(model):
 
 
 def count_macs(model) -> int:
-    """Multiply-accumulates of one forward pass (convolutions only; they are > 99% of NiN's work)."""
-    keras = _keras()
+    """Multiply-accumulates of one forward pass: convolutions and fully connected layers (the rest,
+    pooling, BatchNorm folded at conversion, additions, is < 1% of any model here)."""
+    keras = keras_module()
     total = 0
     for layer in model.layers:
+        layer = getattr(layer, "layer", layer)  # a QAT wrapper
         if isinstance(layer, keras.layers.Conv2D):
             _, oh, ow, oc = layer.output_shape
             kh, kw = layer.kernel_size
             ic = layer.input_shape[-1]
             total += oh * ow * oc * kh * kw * ic
+        elif isinstance(layer, keras.layers.Dense):
+            total += int(layer.kernel.shape[0]) * int(layer.kernel.shape[1])
     return int(total)
 
 
@@ -215,7 +204,12 @@ def summary_lines(cfg: ModelConfig) -> list[str]:
     """`nin-pipeline describe`: a table of every layer's output shape and parameters, and the totals."""
     model = build_model(cfg)
     h, w, c = cfg.input_shape
-    lines = [f"{model.name}: input {h}x{w}x{c}, {cfg.num_classes} classes",
+    info = ARCHS[cfg.arch]
+    lines = [f"{model.name}: input {h}x{w}x{c}, {cfg.num_classes} classes" + (f", head {cfg.head}" if len(info.heads) > 1 else ""),
+             f"{cfg.arch}: {info.description}; smallest input {info.min_input_size}x{info.min_input_size}",
+             f"differs from the original: {info.changes}" if info.changes else "",
+             "class maps: " + ("yes (a heatmap on the device)" if has_class_maps(cfg) else "no (no heatmap)"),
              f"{'layer':<22}{'type':<24}{'output shape':<20}{'params':>10}", "-" * 76]
+    lines = [line for line in lines if line]
     lines += [f"{r['name']:<22}{r['type']:<24}{str(r['output_shape']):<20}{r['params']:>10,}" for r in describe(model)]
     return lines + ["-" * 76, f"total parameters: {model.count_params():,}   MACs per image: {count_macs(model):,}"]
