@@ -312,14 +312,24 @@ def _write_text(path: Path, text: str) -> None:
 @cli.command()
 @click.argument("runs", nargs=-1, required=True, type=RUN_DIR)
 @click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the table here.")
-def compare(runs: tuple[Path, ...], markdown: Path | None) -> None:
-    """Put several run folders side by side (e.g. to pick a width for a device)."""
-    from .render import compare_markdown, compare_runs, print_compare
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="The figures as JSON.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A PNG: QAT int8 top-1 vs int8 ms per image, marker area = bytes, Pareto front marked.")
+def compare(runs: tuple[Path, ...], markdown: Path | None, json_out: Path | None, plot: Path | None) -> None:
+    """Put run folders side by side: size, accuracy, int8 speed and Edge TPU ops (e.g. to pick a model)."""
+    from . import compare as cmp
 
-    rows = compare_runs(list(runs))
-    print_compare(rows)
+    recs = cmp.records(list(runs))
+    cmp.print_table(recs)
     if markdown:
-        _write_text(markdown, compare_markdown(rows))
+        _write_text(markdown, cmp.markdown(recs))
+    if json_out:
+        _write_text(json_out, json.dumps({"runs": recs, "pareto": [r["run"] for r in cmp.pareto(
+            [r for r in recs if r["qat_int8_top1"] is not None and r["int8_ms_1_thread"] is not None])]}, indent=2) + "\n")
+    if plot:
+        from edge_app.fsutil import atomic_write_bytes
+
+        atomic_write_bytes(plot, cmp.plot(recs))
 
 
 @cli.command()

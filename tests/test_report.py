@@ -223,6 +223,18 @@ def test_compare_and_bad_report_folders(fast_run, tmp_path):
     assert md.read_text().count("| 0.125 |") == 2
     assert "…" not in res.output and "QAT int8 top-1" in res.output  # not cut to 80 columns in a pipe
     assert str(fast_run) in res.output  # the same folder name twice: full paths tell them apart
+    js, png = tmp_path / "cmp.json", tmp_path / "cmp.png"
+    res = CliRunner().invoke(cli, ["compare", str(fast_run), "--json", str(js), "--plot", str(png)])
+    assert res.exit_code == 0, res.output
+    rec = json.loads(js.read_text())["runs"][0]
+    report = json.loads((fast_run / "report.json").read_text())
+    q = report["variants"]["qat_int8"]
+    assert (rec["params"], rec["macs"], rec["int8_bytes"]) == (q["params"], q["macs"], q["bytes"])
+    assert rec["agreement"] == q["agreement_with_float"] and rec["int8_ms_1_thread"] == q["latency_ms"]["1_thread"]["median"]
+    assert rec["head"] == "gap" and rec["edgetpu_ops"] == "-"  # no Edge TPU check made in this run folder
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for column in ("params", "MACs", "agreement", "int8 ms 1 thread / all", "Edge TPU ops"):
+        assert column in res.output
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "report.json").write_text("{\"variants\": ")
@@ -272,3 +284,11 @@ def test_where_int8_loses_lists_only_losses():
             {"class": "c", "float": 0.5, "int8": 0.6, "change": 0.1}]
     assert [c["class"] for c in int8_losses({"int8_losses": {"classes_by_accuracy_change": rows}})] == ["a"]
     assert int8_losses({"int8_losses": {"classes_by_accuracy_change": rows[1:]}}) == []
+
+
+def test_the_pareto_front_keeps_what_nothing_beats_on_both_axes():
+    from pipeline.compare import pareto
+
+    recs = [{"run": n, "int8_ms_1_thread": ms, "qat_int8_top1": acc} for n, ms, acc in
+            [("a", 1.0, 0.60), ("b", 2.0, 0.70), ("c", 3.0, 0.65), ("d", 0.5, 0.50), ("e", 2.0, 0.68), ("f", 4.0, 0.80)]]
+    assert [r["run"] for r in pareto(recs)] == ["d", "a", "b", "f"]  # c: b is faster and better; e: b ties it, better
