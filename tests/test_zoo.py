@@ -140,6 +140,12 @@ def test_a_seed_architecture_goes_through_the_unchanged_path(fast_tree, tmp_path
     image = next(p for p in sorted(fast_tree.rglob("*.png")))
     ok = CliRunner().invoke(edge_cli, ["run", str(run.root), "--source", str(image), "--max-frames", "1"])
     assert ok.exit_code == 0, ok.output
+    from pipeline.cli import cli as pipeline_cli
+
+    check = CliRunner().invoke(pipeline_cli, ["edgetpu", "check", str(run.root)])
+    assert check.exit_code == 0 and "FULLY_CONNECTED" in check.output, check.output
+    bundle = CliRunner().invoke(pipeline_cli, ["package", str(run.root), "--out", str(tmp_path / "dist")])
+    assert bundle.exit_code == 0 and len(list((tmp_path / "dist").glob("*.tar.gz"))) == 1, bundle.output
     refused = CliRunner().invoke(edge_cli, ["run", str(run.root), "--source", str(image), "--heatmap"])
     assert refused.exit_code != 0 and "Traceback" not in refused.output
     assert "is a lenet: it has no per-class maps" in refused.output and "leave out --heatmap" in refused.output
