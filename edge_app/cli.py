@@ -20,6 +20,7 @@ from . import __version__
 from .errors import EdgeAppError, OutputError, stop_on_sigterm
 from .geometry import RESIZE_MODES
 from .loop import LoopOptions
+from .quiet import VerboseGroup, is_verbose
 from .runtime import DELEGATES, RUNTIMES
 
 RUNTIME_CHOICES = ("auto", *RUNTIMES)
@@ -29,13 +30,9 @@ def _one_line(text: str) -> str:
     return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
-class _Cli(click.Group):
+class _Cli(VerboseGroup, click.Group):
     """The one error handler: a user's error from any command is one line, no traceback."""
 
-    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
-        from .quiet import verbose_option
-
-        super().add_command(verbose_option(cmd), name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -52,12 +49,12 @@ class _Cli(click.Group):
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edge-app")
 @click.option("--verbose", is_flag=True, expose_value=False,
-              help="Also show the native libraries' log lines (LiteRT, OpenCV), hidden by default.")
+              help="Also show the native libraries' own log lines (TensorFlow, LiteRT, OpenCV), hidden by default.")
 def cli() -> None:
     """Run nin-pipeline's int8 models on a device (no TensorFlow needed)."""
     import os
 
-    if os.environ.get("NIN_VERBOSE", "") in ("", "0"):
+    if not is_verbose():
         os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # our own messages say what failed
 
 

@@ -139,7 +139,9 @@ class Preview:
                 return 0, b"", {}
             if self._jpeg[0] != seq:
                 ok, buf = cv2.imencode(".jpg", render(), [cv2.IMWRITE_JPEG_QUALITY, quality])
-                self._jpeg = (seq, buf.tobytes() if ok else b"", status)
+                if not ok:
+                    return seq, b"", status  # not kept: the next request tries again
+                self._jpeg = (seq, buf.tobytes(), status)
             return self._jpeg
 
     def close(self) -> None:
@@ -189,7 +191,7 @@ function show(s) {
     }
 }
 // one request per frame: the picture and its numbers (X-Frame-Status) come from the same frame
-let seq = 0;
+let seq = 0, shown = null;
 const me = Math.random().toString(36).slice(2);
 async function next() {
   try {
@@ -197,9 +199,8 @@ async function next() {
     if (r.ok) {
       seq = Number(r.headers.get("X-Frame-Seq"));
       const s = JSON.parse(r.headers.get("X-Frame-Status")), url = URL.createObjectURL(await r.blob());
-      const img = document.getElementById("stream");
-      img.onload = () => URL.revokeObjectURL(url);
-      img.src = url;
+      if (shown) URL.revokeObjectURL(shown);  // one picture's memory at a time, however long the page is open
+      document.getElementById("stream").src = shown = url;
       show(s);
     }
     setTimeout(next, r.ok ? 0 : 500);
@@ -224,12 +225,12 @@ def _handler(preview: Preview, token: str | None):
         def log_message(self, fmt: str, *args: Any) -> None:  # keep stderr for the loop's own messages
             log.debug("preview %s: " + fmt, self.client_address[0], *args)
 
-        def _send(self, code: int, body: bytes, ctype: str) -> None:
+        def _send(self, code: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
             self.send_response(code)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
-            for k, v in getattr(self, "_headers", {}).items():
+            for k, v in (headers or {}).items():
                 self.send_header(k, v)
             if getattr(self, "_cookie", False):  # the page's own requests (stream, status) then carry it
                 self.send_header("Set-Cookie", f"{TOKEN_COOKIE}={quote(token or '')}; Path=/; HttpOnly; SameSite=Strict")
@@ -277,13 +278,12 @@ def _handler(preview: Preview, token: str | None):
                     after = query.get("after", [""])[0]
                     if query.get("page"):
                         preview.seen(query["page"][0])
-                    if after.isdigit():
+                    if after.isascii() and after.isdigit() and len(after) < 19:
                         preview.wait(int(after))  # at most 1 s: a stopped loop still gets an answer
                     seq, data, status = preview.jpeg()
                     if data:
-                        self._headers = {"X-Frame-Seq": str(seq),
-                                         "X-Frame-Status": json.dumps(dict(status, viewers=preview.viewers))}
-                        self._send(200, data, "image/jpeg")
+                        self._send(200, data, "image/jpeg", {"X-Frame-Seq": str(seq),
+                                                             "X-Frame-Status": json.dumps(dict(status, viewers=preview.viewers))})
                     else:
                         self._send(503, b"no frame yet\n", "text/plain")
                 elif path == "/stream.mjpg":

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from edge_app.quiet import VerboseGroup, is_verbose
+
 from . import __version__
 from .convert import IO_TYPES, TARGETS
 from .data import DATA_CACHES
@@ -25,17 +27,13 @@ TRAINING_STACK = ("tensorflow", "tf_keras", "tensorflow_model_optimization", "PI
 def _legacy_keras_env() -> None:
     """tfmot needs Keras 2 (tf_keras): this must be set before TensorFlow is first imported."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    if os.environ.get("NIN_VERBOSE", "") in ("", "0"):
+    if not is_verbose():
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-class _Cli(click.Group):
+class _Cli(VerboseGroup, click.Group):
     """The one place where a user's error becomes one clear line and a non-zero exit."""
 
-    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
-        from edge_app.quiet import verbose_option
-
-        super().add_command(verbose_option(cmd), name)
 
     def invoke(self, ctx: click.Context):
         from edge_app.errors import EdgeAppError
@@ -92,7 +90,7 @@ class _Cli(click.Group):
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="nin-pipeline")
 @click.option("--verbose", is_flag=True, expose_value=False,
-              help="Also show the native libraries' log lines (TensorFlow, absl, LiteRT), hidden by default.")
+              help="Also show the native libraries' own log lines (TensorFlow, LiteRT, OpenCV), hidden by default.")
 def cli() -> None:
     """Train Network-in-Network, fine-tune it with QAT, and export a fully int8 TFLite model."""
     _legacy_keras_env()

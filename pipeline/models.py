@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import zoo
-from .blocks import HEADS, ModelConfig, conv_bn_relu, keras_module, scaled, softmax
+from .blocks import HEADS, ModelConfig, conv_bn_relu, fc_classifier, keras_module, scaled, softmax
 
 __all__ = ["ARCHS", "HEADS", "ModelConfig", "build_model", "count_macs", "describe", "has_class_maps", "scaled",
            "summary_lines", "with_class_maps"]
@@ -50,13 +50,9 @@ def _head(x, cfg: ModelConfig):
     ``fc`` / ``fc-dropout`` (nin-cifar, the paper's section 4.6 ablation: "the other parts of the
     model remaining the same"): the class maps flattened into one FC layer to the classes (after
     dropout 0.5 for ``fc-dropout``)."""
-    layers = keras_module().layers
     if cfg.head == "gap":
-        return softmax(layers.GlobalAveragePooling2D(name="gap")(x), cfg)
-    x = layers.Flatten(name="flatten")(x)
-    if cfg.head == "fc-dropout":
-        x = layers.Dropout(0.5, name="fc_drop")(x)
-    return softmax(layers.Dense(cfg.num_classes, kernel_initializer="he_normal", name="classifier")(x), cfg)
+        return softmax(keras_module().layers.GlobalAveragePooling2D(name="gap")(x), cfg)
+    return fc_classifier(x, cfg, dropout=0.5 if cfg.head == "fc-dropout" else 0.0)
 
 
 def nin_cifar(cfg: ModelConfig):

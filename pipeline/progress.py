@@ -39,10 +39,12 @@ class PlainProgress:
             self._say()
 
     def __iter__(self) -> Iterator:
-        for item in self.iterable or ():
-            yield item
-            self.update(1)
-        self.close()
+        try:
+            for item in self.iterable or ():
+                yield item
+                self.update(1)
+        finally:
+            self.close()
 
     def close(self) -> None:
         if self.said and not self.closed:
@@ -61,6 +63,8 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, desc
     """tqdm on a terminal (or when disabled: nothing), :class:`PlainProgress` otherwise."""
     from tqdm import tqdm
 
-    if disable or sys.stderr.isatty():
+    from edge_app.quiet import stderr_is_tty
+
+    if disable or stderr_is_tty():  # (sys.stderr.isatty() says no while stderr runs through the quiet filter)
         return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, mininterval=1.0, leave=leave)
     return PlainProgress(iterable, total, desc, unit)

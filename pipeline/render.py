@@ -71,7 +71,10 @@ def print_table(report: dict) -> None:
         t.add_column(h, justify="left" if i == 0 else "right")
     for r in table_rows(report):
         t.add_row(*r)
-    console = Console(stderr=True)
+    from edge_app.quiet import stderr_is_tty
+
+    # stderr may be the quiet filter's pipe in front of a terminal: ask what it was
+    console = Console(stderr=True, force_terminal=stderr_is_tty() or None)
     if not console.is_terminal:
         console.width = 120  # a log file: do not wrap the table at 80 columns
     console.print(t)

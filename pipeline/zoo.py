@@ -189,7 +189,8 @@ SEEDS = {
     "vgg16": (vgg16, 224, 32, "VGG-16 (13 convs in 5 vgg_blocks, FC 4096-4096-classes)",
               "BatchNorm after each conv (VGG-BN: folds into the conv; the original has none)"),
     "googlenet": (googlenet, 96, 32, "GoogLeNet (9 Inception blocks of 4 concatenated branches, GAP, FC)",
-                  "BatchNorm after each conv (Inception-v2 style; folds into the conv)"),
+                  "BatchNorm after each conv (Inception-v2 style; folds into the conv); dropout before the "
+                  "classifier at the profile's rate (the paper's 0.4; d2l.ai's version has none)"),
     "resnet18": (resnet18, 96, 32, "ResNet-18 (8 residual blocks, GAP, FC)",
                  "as the original (BN after each conv, 1x1 conv + BN projection shortcuts)"),
     "resnet20": (resnet20, 32, 8, "ResNet-20 for CIFAR (9 residual blocks, 16-32-64 channels, GAP, FC)",

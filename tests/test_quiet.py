@@ -70,6 +70,44 @@ def test_what_is_written_just_before_os_exit_is_not_lost_after_restore():
     assert (r.returncode, r.stderr) == (1, b"last words\n")
 
 
+def test_a_crash_s_last_words_still_reach_the_terminal():
+    """The filter is another process: what a process writes just before it aborts is not lost with it."""
+    r = _run("os.write(2, b'F0000 00:00:1.5 7 op.cc:1] Check failed: x\\n')\nos.abort()")
+    assert r.returncode == -6 and b"Check failed: x" in r.stderr
+
+
+def test_ctrl_c_and_sigterm_leave_the_filter_running():
+    """The filter runs in its own session, so a terminal's Ctrl-C does not reach it, and it ignores
+    SIGINT and SIGTERM (systemd sends SIGTERM to every process of a service): they are meant for the
+    command, whose own last message must still get through."""
+    code = ("import signal, time\nfrom edge_app import quiet\ntime.sleep(0.5)\npid = quiet._active['child'].pid\n"
+            "os.kill(pid, signal.SIGINT)\nos.kill(pid, signal.SIGTERM)\ntime.sleep(0.3)\n"
+            "print('stopped by SIGTERM: bye', file=sys.stderr)\nassert os.getsid(pid) != os.getsid(0)")
+    r = _run(code)
+    assert r.returncode == 0 and r.stderr == b"stopped by SIGTERM: bye\n"
+
+
+def test_a_terminal_is_still_a_terminal_behind_the_filter():
+    """Progress bars and rich tables ask whether stderr is a terminal: behind the filter's pipe the answer
+    must stay the one the user's terminal gives (tqdm's bar on a terminal, plain lines in a log)."""
+    import os
+    import pty
+
+    code = ("from edge_app.quiet import stderr_is_tty\nfrom pipeline.progress import PlainProgress, progress\n"
+            "print(sys.stderr.isatty(), stderr_is_tty(), isinstance(progress(range(3), total=3), PlainProgress))")
+    master, slave = pty.openpty()
+    try:
+        prog = "import os, sys\nfrom edge_app.quiet import entry_point\nentry_point([])\n" + code
+        env = {k: v for k, v in os.environ.items() if k != "NIN_VERBOSE"}
+        r = subprocess.run([sys.executable, "-c", prog], stdout=subprocess.PIPE, stderr=slave, timeout=60, env=env)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert r.stdout.split() == [b"False", b"True", b"False"]  # a pipe now, a terminal to the user: tqdm's bar
+    logged = _run(code)
+    assert logged.stdout.split() == [b"False", b"False", b"True"]  # a log file: plain lines
+
+
 def test_verbose_is_read_from_the_command_line_or_the_environment(monkeypatch):
     monkeypatch.delenv("NIN_VERBOSE", raising=False)
     assert wants_verbose(["build", "--verbose"]) and wants_verbose(["--verbose", "info"])

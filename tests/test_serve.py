@@ -129,6 +129,8 @@ def test_the_frame_carries_its_own_numbers_and_waits_for_a_newer_one(live_video)
     status2, seq2, numbers2, body2 = _frame(server, f"?after={seq}&page=tab1")
     assert seq2 > seq and numbers2["frame"] > numbers["frame"] and body2 != body
     assert server.preview.status()["viewers"] == 1  # the same page, seen twice
+    for odd in ("%C2%B2", "9" * 5000, "-1", "x"):  # not a number it can wait for: the newest frame, no traceback
+        assert _frame(server, f"?after={odd}")[0] == 200
 
 
 def test_the_jpeg_and_the_status_it_comes_with_are_the_same_frame():
