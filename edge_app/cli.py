@@ -287,7 +287,7 @@ def bench_cmd(model: ModelChoice, runs: int, json_out: Path | None) -> None:
     from .bench import bench
 
     loaded = model.open()
-    r = bench(loaded, runs=runs)
+    r = bench(loaded, runs=runs, threads=model.threads)
     click.echo(f"{loaded.path.name} on {loaded.classifier.runtime}, delegate {loaded.delegate}, {runs} runs")
     click.echo(_bench_text(r))
     if json_out:

@@ -14,6 +14,8 @@ import click
 from edge_app.quiet import VerboseGroup, is_verbose
 
 from . import __version__
+from .clitypes import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, RUN_DIR, WORKERS
+from .clitypes import write_text as _write_text
 from .convert import IO_TYPES, TARGETS
 from .data import DATA_CACHES
 from .datasets import DATASETS
@@ -106,44 +108,6 @@ def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="nin-pipeline")
 
 
-class _Bounded(click.ParamType):
-    """An int or float above a lower bound, said in words ("must be greater than 0")."""
-
-    def __init__(self, base: type, minimum: float, inclusive: bool) -> None:
-        self.base, self.minimum, self.inclusive = base, minimum, inclusive
-        self.name = base.__name__
-
-    def convert(self, value, param, ctx):
-        try:
-            v = self.base(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a valid {self.name}", param, ctx)
-        if v < self.minimum or (v == self.minimum and not self.inclusive):
-            self.fail(f"must be {'0 or more' if self.inclusive else 'greater than 0'}, got {v}", param, ctx)
-        return v
-
-
-POSITIVE_INT = _Bounded(int, 0, inclusive=False)
-NON_NEGATIVE_INT = _Bounded(int, 0, inclusive=True)
-POSITIVE_FLOAT = _Bounded(float, 0, inclusive=False)
-RUN_DIR = click.Path(file_okay=False, path_type=Path)
-
-
-class _Workers(click.ParamType):
-    name = "workers"
-
-    def convert(self, value, param, ctx):
-        from .cluster import ClusterError, parse_workers
-
-        if isinstance(value, tuple):
-            return value
-        try:
-            return parse_workers(value)
-        except ClusterError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-WORKERS = _Workers()
 
 
 @cli.command()
@@ -301,58 +265,6 @@ def evaluate(model: Path, dataset: str, data_dir: Path | None, limit_test: int |
         _write_text(json_out, json.dumps(res, indent=2) + "\n")
 
 
-def _write_text(path: Path, text: str) -> None:
-    from edge_app.fsutil import atomic_write_text
-
-    atomic_write_text(path, text)
-
-
-@cli.command()
-@click.argument("runs", nargs=-1, required=True, type=RUN_DIR)
-@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the table here.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="The figures as JSON.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="A PNG: QAT int8 top-1 vs int8 ms per image, marker area = bytes, Pareto front marked.")
-def compare(runs: tuple[Path, ...], markdown: Path | None, json_out: Path | None, plot: Path | None) -> None:
-    """Put run folders side by side: size, accuracy, int8 speed and Edge TPU ops (e.g. to pick a model)."""
-    from . import compare as cmp
-
-    recs = cmp.records(list(runs))
-    cmp.print_table(recs)
-    if markdown:
-        _write_text(markdown, cmp.markdown(recs))
-    if json_out:
-        _write_text(json_out, json.dumps({"runs": recs, "pareto": [r["run"] for r in cmp.pareto(
-            [r for r in recs if r["qat_int8_top1"] is not None and r["int8_ms_1_thread"] is not None])]}, indent=2) + "\n")
-    if plot:
-        from edge_app.fsutil import atomic_write_bytes
-
-        atomic_write_bytes(plot, cmp.plot(recs))
-
-
-@cli.command()
-@click.option("--arch", type=click.Choice(list(ARCHS)), default="nin-cifar", show_default=True)
-@click.option("--input-size", type=POSITIVE_INT, default=None, help="Default: the arch's own (e.g. 32, 96 or 224).")
-@click.option("--channels", type=click.IntRange(1, 4), default=3, show_default=True)
-@click.option("--classes", type=click.IntRange(2, 100_000), default=10, show_default=True)
-@click.option("--width", type=POSITIVE_FLOAT, default=None, help="Default: the quick profile's, as `build` uses.")
-@click.option("--head", type=click.Choice(HEADS), default="gap", show_default=True, help="nin-cifar's classifier.")
-def describe(arch: str, input_size: int | None, channels: int, classes: int, width: float | None, head: str) -> None:
-    """Print each layer's output shape and parameter count."""
-    from .models import ModelConfig, summary_lines
-
-    if width is None:
-        width = float(PROFILES["quick"]["width"])
-        click.echo(f"width {width:g} (the quick profile's, as `build` uses; --width to change)")
-    size = input_size or ARCHS[arch].default_input_size
-    try:
-        lines = summary_lines(ModelConfig(arch=arch, num_classes=classes, input_shape=(size, size, channels), width=width,
-                                          head=head))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--head" if "--head" in str(exc) else "--input-size") from None
-    click.echo("\n".join(lines))
-
-
 @cli.group()
 def edgetpu() -> None:
     """Coral Edge TPU: check any .tflite against its rules; compile with edgetpu_compiler."""
@@ -408,3 +320,8 @@ def package(run_dir: Path, out_dir: Path, wheel: Path | None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+from . import choose  # noqa: E402  (the commands for choosing a model: compare, describe, sweep)
+
+choose.register(cli)

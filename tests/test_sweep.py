@@ -1,0 +1,94 @@
+"""`nin-pipeline sweep`: candidates as run folders, resume after an interruption, the Pareto front,
+device latency files and the budget pick."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+from pipeline.sweep import Candidate, candidates, pick
+
+
+def _rec(run, ms, acc, kb):
+    return {"run": run, "int8_ms_1_thread": ms, "qat_int8_top1": acc, "int8_bytes": kb * 1024}
+
+
+def test_candidates_and_their_folder_names():
+    cands = candidates(["nin-cifar", "lenet"], [0.125, 0.25], [24, 32])
+    assert len(cands) == 8 and cands[0] == Candidate("nin-cifar", 0.125, 24)
+    assert cands[0].name == "nin-cifar-w0.125-s24" and Candidate("lenet", 1.0).name == "lenet-w1"
+
+
+def test_the_budget_pick_says_why_and_what_more_accuracy_would_cost():
+    recs = [_rec("small", 0.5, 0.60, 40), _rec("mid", 1.0, 0.70, 80), _rec("big", 3.0, 0.75, 300)]
+    choice = pick(recs, latency_ms=2.0, size_kb=None)
+    assert choice["winner"] == "mid" and choice["next_better"] == "big"
+    assert "3.00 ms > 2 ms" in choice["why"] and "+5.00 points" in choice["why"]
+    assert pick(recs, latency_ms=None, size_kb=50)["winner"] == "small"
+    assert pick(recs, latency_ms=5, size_kb=1000)["next_better"] is None
+    none = pick(recs, latency_ms=0.1, size_kb=None)
+    assert none["winner"] is None and "no candidate meets the budget" in none["why"]
+
+
+def test_a_tiny_real_sweep_resumes_after_an_interruption_and_picks(cifar_jpg, cifar_cache, tmp_path, monkeypatch):
+    """Two candidates on a CIFAR-10 subset: the sweep is interrupted while building the second; run
+    again, it skips the first and builds the second; then a device latency file and a budget."""
+    import pipeline.build as build_module
+
+    monkeypatch.setenv("NIN_CACHE_DIR", str(cifar_cache))
+    out = tmp_path / "sweep"
+    args = ["sweep", "--out", str(out), "--archs", "lenet", "--widths", "0.25,0.5", "--data-dir", str(cifar_jpg),
+            "--epochs", "1", "--qat-epochs", "1", "--limit-train", "300", "--limit-test", "100"]
+    real_build, calls = build_module.build, []
+
+    def interrupted_second(**kw):
+        calls.append(kw["out"].name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_build(**kw)
+
+    monkeypatch.setattr(build_module, "build", interrupted_second)
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 130 and "interrupted" in res.output
+    assert calls == ["lenet-w0.25", "lenet-w0.5"] and (out / "lenet-w0.25" / "report.json").is_file()
+    monkeypatch.setattr(build_module, "build", lambda **kw: (calls.append(kw["out"].name), real_build(**kw))[1])
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert calls[2:] == ["lenet-w0.5"]  # the finished candidate was skipped
+    data = json.loads((out / "sweep.json").read_text())
+    assert [c["run"] for c in data["candidates"]] == ["lenet-w0.25", "lenet-w0.5"] and data["pareto"]
+    assert (out / "sweep.md").is_file() and b"data:image/png;base64," in (out / "sweep.html").read_bytes()
+    assert "Pareto front" in res.output
+
+    # the device's own latency (what `edge-app bench MODEL --json F` writes there) replaces this host's
+    from click.testing import CliRunner as Runner
+
+    from edge_app.cli import cli as edge_cli
+
+    bench = tmp_path / "device.json"
+    r = Runner().invoke(edge_cli, ["bench", str(out / "lenet-w0.5"), "--runs", "10", "--threads", "1", "--json", str(bench)])
+    assert r.exit_code == 0, r.output
+    measured = json.loads(bench.read_text())
+    assert {"model_sha256", "device", "runtime", "delegate", "threads"} <= set(measured) and measured["threads"] == 1
+    res = CliRunner().invoke(cli, [*args, "--device-latency", str(bench), "--latency-budget", "1000"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "sweep.json").read_text())
+    assert [c["run"] for c in data["candidates"]] == ["lenet-w0.5"]  # only what the device measured
+    assert data["candidates"][0]["int8_ms_1_thread"] == pytest.approx(measured["invoke_ms"]["median"])
+    assert data["pick"]["winner"] == "lenet-w0.5" and "pick: lenet-w0.5" in res.output
+
+    # a file measuring a model that is not one of this sweep's is one clear message
+    other = dict(measured, model_sha256="0" * 64)
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    res = CliRunner().invoke(cli, [*args, "--device-latency", str(tmp_path / "other.json")])
+    assert res.exit_code == 1 and "none of this sweep's" in res.output and "Traceback" not in res.output
+    (tmp_path / "junk.json").write_text("{}")
+    res = CliRunner().invoke(cli, [*args, "--device-latency", str(tmp_path / "junk.json")])
+    assert res.exit_code == 1 and "is not an `edge-app bench --json` file" in res.output
+
+
+def test_bad_sweep_arguments_are_one_clear_line(tmp_path):
+    for bad, said in ((["--archs", "nope"], "--archs"), (["--widths", "0,1"], "--widths"), (["--widths", ","], "--widths")):
+        res = CliRunner().invoke(cli, ["sweep", "--out", str(tmp_path / "s"), *bad])
+        assert res.exit_code == 2 and said in res.output and "Traceback" not in res.output, res.output
