@@ -231,3 +231,37 @@ def run_dir(cifar_jpg, cifar_cache, tmp_path_factory):
     return out
 
 
+
+
+# --------------------------------------------------------------------------- a tiny real sweep
+# `nin-pipeline sweep` over two LeNet widths on a CIFAR-10 subset, interrupted (Ctrl-C) while building
+# the second candidate and then run again: test_sweep checks the resume, test_zoo uses a candidate
+# as a seed architecture's run folder. Never changed by a test.
+
+@pytest.fixture(scope="session")
+def lenet_sweep(cifar_jpg, cifar_cache, tmp_path_factory):
+    from click.testing import CliRunner
+
+    import pipeline.build as build_module
+    from pipeline.cli import cli
+
+    out = tmp_path_factory.mktemp("sweep") / "sweep"
+    args = ["sweep", "--out", str(out), "--archs", "lenet", "--widths", "0.25,0.5", "--data-dir", str(cifar_jpg),
+            "--epochs", "1", "--qat-epochs", "1", "--limit-train", "300", "--limit-test", "100"]
+    real_build, calls = build_module.build, []
+
+    def counted(interrupt_at: int | None):
+        def build(**kw):
+            calls.append(kw["out"].name)
+            if len(calls) == interrupt_at:
+                raise KeyboardInterrupt
+            return real_build(**kw)
+        return build
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NIN_CACHE_DIR", str(cifar_cache))
+        mp.setattr(build_module, "build", counted(2))
+        first = CliRunner().invoke(cli, args)
+        mp.setattr(build_module, "build", counted(None))
+        second = CliRunner().invoke(cli, args)
+    return out, args, calls, first, second

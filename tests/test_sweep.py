@@ -31,31 +31,15 @@ def test_the_budget_pick_says_why_and_what_more_accuracy_would_cost():
     assert none["winner"] is None and "no candidate meets the budget" in none["why"]
 
 
-def test_a_tiny_real_sweep_resumes_after_an_interruption_and_picks(cifar_jpg, cifar_cache, tmp_path, monkeypatch):
-    """Two candidates on a CIFAR-10 subset: the sweep is interrupted while building the second; run
-    again, it skips the first and builds the second; then a device latency file and a budget."""
-    import pipeline.build as build_module
-
-    monkeypatch.setenv("NIN_CACHE_DIR", str(cifar_cache))
-    out = tmp_path / "sweep"
-    args = ["sweep", "--out", str(out), "--archs", "lenet", "--widths", "0.25,0.5", "--data-dir", str(cifar_jpg),
-            "--epochs", "1", "--qat-epochs", "1", "--limit-train", "300", "--limit-test", "100"]
-    real_build, calls = build_module.build, []
-
-    def interrupted_second(**kw):
-        calls.append(kw["out"].name)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_build(**kw)
-
-    monkeypatch.setattr(build_module, "build", interrupted_second)
-    res = CliRunner().invoke(cli, args)
-    assert res.exit_code == 130 and "interrupted" in res.output
-    assert calls == ["lenet-w0.25", "lenet-w0.5"] and (out / "lenet-w0.25" / "report.json").is_file()
-    monkeypatch.setattr(build_module, "build", lambda **kw: (calls.append(kw["out"].name), real_build(**kw))[1])
-    res = CliRunner().invoke(cli, args)
+def test_a_tiny_real_sweep_resumes_after_an_interruption_and_picks(lenet_sweep, tmp_path):
+    """Two candidates on a CIFAR-10 subset (conftest.lenet_sweep): the sweep was interrupted while
+    building the second; run again, it skipped the first and built the second. Then a device latency
+    file and a budget."""
+    out, args, calls, first, second = lenet_sweep
+    assert first.exit_code == 130 and "interrupted" in first.output
+    assert calls == ["lenet-w0.25", "lenet-w0.5", "lenet-w0.5"]  # the finished candidate was skipped the second time
+    res = second
     assert res.exit_code == 0, res.output
-    assert calls[2:] == ["lenet-w0.5"]  # the finished candidate was skipped
     data = json.loads((out / "sweep.json").read_text())
     assert [c["run"] for c in data["candidates"]] == ["lenet-w0.25", "lenet-w0.5"] and data["pareto"]
     assert (out / "sweep.md").is_file() and b"data:image/png;base64," in (out / "sweep.html").read_bytes()

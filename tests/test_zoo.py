@@ -119,33 +119,36 @@ def test_a_seed_architecture_has_no_class_maps_to_ask_for(tmp_path):
         make_build_config("cifar10", None, "quick", "densenet", {"head": "fc"}, 0.1, None, 0)
 
 
-def test_a_seed_architecture_goes_through_the_unchanged_path(fast_tree, tmp_path, monkeypatch):
-    """LeNet (FC head, no class maps) through float training, QAT, int8 conversion, the report and
-    edge-app: the sidecar has no class_maps output, so --heatmap is refused with one clear line."""
+def test_a_seed_architecture_goes_through_the_unchanged_path(lenet_sweep, cifar_jpg, tmp_path):
+    """LeNet (FC head, no class maps; a candidate of conftest.lenet_sweep) through float training, QAT,
+    int8 conversion, the report, the Edge TPU check, the bundle and edge-app: the sidecar has no
+    class_maps output, so --heatmap is refused with one clear line."""
     import json
+    import shutil
+    import tarfile
 
     from click.testing import CliRunner
 
     from edge_app.cli import cli as edge_cli
-    from pipeline.build import build
 
-    monkeypatch.setenv("NIN_CACHE_DIR", str(tmp_path / "cache"))
-    run = build(dataset="folder", data_dir=fast_tree, out=tmp_path / "lenet", profile="quick", arch="lenet",
-                overrides={"width": 0.5, "epochs": 1, "qat_epochs": 1, "batch_size": 32, "input_size": 32},
-                val_fraction=0.1, io_type=None, target="cpu", class_maps=None, seed=0, resume=False, data_cache="none")
-    sidecar = json.loads((run.root / "model.json").read_text())
+    root = tmp_path / "run"  # a copy: the Edge TPU check writes edgetpu.json into the folder
+    shutil.copytree(lenet_sweep[0] / "lenet-w0.25", root, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+    sidecar = json.loads((root / "model.json").read_text())
     assert [o["name"] for o in sidecar["outputs"]] == ["scores"] and sidecar["arch"] == "lenet"
-    report = json.loads((run.root / "report.json").read_text())
+    report = json.loads((root / "report.json").read_text())
     assert {"float_keras", "qat_int8", "ptq_int8"} <= set(report["variants"])
-    image = next(p for p in sorted(fast_tree.rglob("*.png")))
-    ok = CliRunner().invoke(edge_cli, ["run", str(run.root), "--source", str(image), "--max-frames", "1"])
+    image = tmp_path / "cat.jpg"
+    with tarfile.open(cifar_jpg) as tar:
+        member = next(m for m in tar if m.isfile() and m.name.endswith(".jpg"))
+        image.write_bytes(tar.extractfile(member).read())
+    ok = CliRunner().invoke(edge_cli, ["run", str(root), "--source", str(image), "--max-frames", "1"])
     assert ok.exit_code == 0, ok.output
     from pipeline.cli import cli as pipeline_cli
 
-    check = CliRunner().invoke(pipeline_cli, ["edgetpu", "check", str(run.root)])
+    check = CliRunner().invoke(pipeline_cli, ["edgetpu", "check", str(root)])
     assert check.exit_code == 0 and "FULLY_CONNECTED" in check.output, check.output
-    bundle = CliRunner().invoke(pipeline_cli, ["package", str(run.root), "--out", str(tmp_path / "dist")])
+    bundle = CliRunner().invoke(pipeline_cli, ["package", str(root), "--out", str(tmp_path / "dist")])
     assert bundle.exit_code == 0 and len(list((tmp_path / "dist").glob("*.tar.gz"))) == 1, bundle.output
-    refused = CliRunner().invoke(edge_cli, ["run", str(run.root), "--source", str(image), "--heatmap"])
+    refused = CliRunner().invoke(edge_cli, ["run", str(root), "--source", str(image), "--heatmap"])
     assert refused.exit_code != 0 and "Traceback" not in refused.output
     assert "is a lenet: it has no per-class maps" in refused.output and "leave out --heatmap" in refused.output
