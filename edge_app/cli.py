@@ -18,6 +18,7 @@ import click
 
 from . import __version__
 from .errors import EdgeAppError, OutputError, stop_on_sigterm
+from .evaluate import EVAL_JSON
 from .geometry import RESIZE_MODES
 from .loop import LoopOptions
 from .quiet import VerboseGroup, is_verbose
@@ -292,6 +293,46 @@ def bench_cmd(model: ModelChoice, runs: int, json_out: Path | None) -> None:
     click.echo(_bench_text(r))
     if json_out:
         _write_text(json_out, json.dumps(r, indent=2) + "\n")
+
+
+@cli.command(name="eval")
+@click.option("--model", default=None, type=click.Path(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
+@click.option("--source", type=click.Path(path_type=Path), required=True,
+              help="A labelled folder: DIR/<class>/*.jpg (class names as in labels.txt; found recursively).")
+@click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True)
+@click.option("--delegate", type=click.Choice(DELEGATES), default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads (default: all cores).")
+@click.option("--device", default=None, help="Edge TPU device, e.g. usb:0.")
+@click.option("--delegate-lib", default=None)
+@click.option("--delegate-option", "delegate_options", multiple=True, callback=_kv)
+@click.option("--ignore-checksum", is_flag=True, help="Run a model whose sha256 differs from its model.json (warns).")
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Class names, one per line (default: model.json's, or a labels.txt beside a bare .tflite).")
+@click.option("--resize", type=click.Choice(RESIZE_MODES), default="crop", show_default=True,
+              help="How an image becomes the model's input: as the camera loop does it.")
+@click.option("--limit", type=click.IntRange(1, None), default=None, help="At most N images, spread over the classes.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help=f"Where to write the result (default: {EVAL_JSON} in the run folder, else here).")
+@_model_anywhere
+@_bundle("model", ModelChoice, MODEL_FIELDS)
+def eval_cmd(model: ModelChoice, source: Path, resize: str, limit: int | None, json_out: Path | None) -> None:
+    """Accuracy on this device: a labelled folder through the real runtime, delegate and preprocessing."""
+    import json
+
+    from .bench import measured_on
+    from .evaluate import evaluate_folder
+
+    loaded = model.open()
+    r = {**measured_on(loaded, model.threads), **evaluate_folder(loaded, source, resize=resize, limit=limit)}
+    worst = sorted((v, k) for k, v in r["per_class_recall"].items() if v is not None)[:3]
+    click.echo(f"{loaded.path.name} on {r['runtime']}, delegate {r['delegate']}: {r['images']:,} images of "
+               f"{len(r['classes_found'])} classes: top-1 {100 * r['top1']:.2f}%, top-5 {100 * r['top5']:.2f}%; "
+               f"{r['latency_ms']['median']:.2f} ms/image median (p95 {r['latency_ms']['p95']:.2f})"
+               + (f"; skipped {r['skipped']} unreadable" if r["skipped"] else ""))
+    click.echo("lowest recall: " + ", ".join(f"{k} {100 * v:.1f}%" for v, k in worst))
+    out = json_out or (Path(model.model) / EVAL_JSON if Path(model.model).is_dir() else Path(EVAL_JSON))
+    _write_text(out, json.dumps(r, indent=2) + "\n")
+    click.echo(f"eval: {out}")
 
 
 def main(argv: list[str] | None = None) -> None:

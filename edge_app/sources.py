@@ -165,7 +165,8 @@ def open_source(spec: str, *, width: int | None = None, height: int | None = Non
         return CaptureSource(spec, spec, live=True)
     p = Path(spec).expanduser()
     if p.is_dir():
-        return ImageSource(sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS), str(p), loop)
+        # recursively: a labelled tree (DIR/<class>/*.jpg) is a folder of images too
+        return ImageSource(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS and f.is_file()), str(p), loop)
     if p.is_file():
         if p.suffix.lower() in IMAGE_EXTS:
             return ImageSource([p], str(p), loop)

@@ -48,7 +48,21 @@ def record(name: str, run_dir: Path) -> dict[str, Any]:
         "int8_ms_all": (lat[many[-1]] or {}).get("median") if many else None,
         "all_threads": many[-1].split("_")[0] if many else None,
         "edgetpu_ops": _edgetpu(run),
+        **_device_eval(run_dir, top1("qat_int8")),
     }
+
+
+def _device_eval(run_dir: Path, host_top1: float | None) -> dict[str, Any]:
+    """``edge-app eval``'s eval.json in the run folder (the model measured on a device): its top-1 beside the host's."""
+    import json
+
+    try:
+        d = json.loads((Path(run_dir) / "eval.json").read_text())
+        top1 = float(d["top1"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {"device_top1": top1, "device_images": d.get("images"), "device": (d.get("device") or {}).get("hostname"),
+            "device_vs_host_points": None if host_top1 is None else round(100 * (top1 - host_top1), 2)}
 
 
 def records(runs: list[Path]) -> list[dict[str, Any]]:
@@ -66,7 +80,12 @@ def _arch(r: dict) -> str:
     return r["arch"] + (f" ({r['head']})" if r.get("head") and r["head"] != "gap" else "")
 
 
+def header(recs: list[dict[str, Any]]) -> list[str]:
+    return HEADER + (["device int8 top-1 (Δ vs host)"] if any("device_top1" in r for r in recs) else [])
+
+
 def rows(recs: list[dict[str, Any]]) -> list[list[str]]:
+    device = any("device_top1" in r for r in recs)
     out = []
     for r in recs:
         ms = "-" if r["int8_ms_1_thread"] is None else f"{r['int8_ms_1_thread']:.2f}"
@@ -77,11 +96,13 @@ def rows(recs: list[dict[str, Any]]) -> list[list[str]]:
                     f"{r['macs'] / 1e6:.1f}M" if r["macs"] is not None else "-",
                     _pct(r["float_top1"]), _pct(r["qat_int8_top1"]), _pct(r["ptq_int8_top1"]), _pct(r["agreement"]),
                     f"{r['int8_bytes']:,}" if r["int8_bytes"] is not None else "-", ms, r["edgetpu_ops"]])
+        if device:
+            out[-1].append(f"{_pct(r['device_top1'])} ({r['device_vs_host_points']:+.2f})" if "device_top1" in r else "-")
     return out
 
 
 def markdown(recs: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines = ["| " + " | ".join(header(recs)) + " |", "|" + "---|" * len(header(recs))]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows(recs)]) + "\n"
 
 
@@ -92,7 +113,7 @@ def print_table(recs: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     t = Table()
-    for i, h in enumerate(HEADER):
+    for i, h in enumerate(header(recs)):
         # a long cell wraps onto a second line (never cut to "…"); headers wrap at spaces
         t.add_column(h, justify="left" if i < 2 else "right", overflow="fold")
     for r in rows(recs):

@@ -153,7 +153,7 @@ def write_outputs(out: Path, recs: list[dict], settings: dict[str, Any], choice:
         md += f"\nPick: {choice['why']}\n"
     atomic_write_text(out / SWEEP_MD, md)
     table = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in compare.rows(recs))
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in compare.HEADER)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in compare.header(recs))
     page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>sweep {html.escape(out.name)}</title>"
             "<style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
             "td,th{padding:3px 8px;border-bottom:1px solid #ccc;text-align:right}td:first-child{text-align:left}</style>"
