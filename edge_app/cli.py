@@ -279,14 +279,35 @@ def run(model: ModelChoice, options: LoopOptions, source: str, width: int | None
 @click.option("--ignore-checksum", is_flag=True, help="Run a model whose sha256 differs from its model.json (warns).")
 @click.option("--runs", type=click.IntRange(10, 1_000_000), default=300, show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--all", "all_models", is_flag=True,
+              help="One table: every model in the run folder x runtimes installed x threads 1..cores x delegates that load.")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="With --all: also top-1 on this labelled folder (DIR/<class>/*.jpg).")
+@click.option("--limit", type=click.IntRange(1, None), default=None, help="With --data: at most N images.")
 @_model_anywhere
 @_bundle("model", ModelChoice, MODEL_FIELDS)
-def bench_cmd(model: ModelChoice, runs: int, json_out: Path | None) -> None:
-    """Invoke-only latency, and the whole loop on synthetic 640x480 frames, side by side."""
+def bench_cmd(model: ModelChoice, runs: int, json_out: Path | None, all_models: bool, data: Path | None,
+              limit: int | None) -> None:
+    """Invoke-only latency, and the whole loop on synthetic 640x480 frames, side by side (--all: a table
+    over every model, runtime, thread count and delegate)."""
     import json
 
-    from .bench import bench
+    from .bench import bench, bench_all, bench_table
 
+    if all_models:
+        if not Path(model.model).is_dir():
+            raise click.BadParameter("--all takes a run folder (its float32, QAT int8, PTQ int8 and Edge TPU models)",
+                                     param_hint="MODEL")
+        if data is not None and not data.is_dir():
+            raise click.BadParameter(f"{data}: no such folder", param_hint="--data")
+        rows = bench_all(model.model, runs=runs, data=data, limit=limit, max_threads=model.threads)
+        for line in bench_table(rows):
+            click.echo(line)
+        if json_out:
+            _write_text(json_out, json.dumps({"folder": str(model.model), "runs": runs, "rows": rows}, indent=2) + "\n")
+        return
+    if data is not None or limit is not None:
+        raise click.UsageError("--data and --limit go with --all")
     loaded = model.open()
     r = bench(loaded, runs=runs, threads=model.threads)
     click.echo(f"{loaded.path.name} on {loaded.classifier.runtime}, delegate {loaded.delegate}, {runs} runs")

@@ -22,33 +22,35 @@ from .sources import IMAGE_EXTS
 EVAL_JSON = "eval.json"
 
 
-def labelled_images(root: Path, labels: list[str]) -> tuple[list[tuple[Path, int]], list[str]]:
-    """(image, class index) for every image below ``root/<class>/``, and the class folders found."""
+def labelled_images(root: Path, labels: list[str], option: str = "--source") -> tuple[list[tuple[Path, int]], list[str]]:
+    """(image, class index) for every image below ``root/<class>/``, and the class folders found
+    (``option``: the command-line option that named ``root``, for the messages)."""
     root = Path(root)
     if not root.is_dir():
-        raise SourceError(f"--source {root}: no such folder", "give a folder with one subfolder per class (DIR/<class>/*.jpg)")
+        raise SourceError(f"{option} {root}: no such folder", "give a folder with one subfolder per class (DIR/<class>/*.jpg)")
     folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not folders:
-        raise SourceError(f"--source {root} has no class subfolders", "lay it out as DIR/<class>/*.jpg, class names as in labels.txt")
+        raise SourceError(f"{option} {root} has no class subfolders", "lay it out as DIR/<class>/*.jpg, class names as in labels.txt")
     index = {name: i for i, name in enumerate(labels)}
     unknown = [d.name for d in folders if d.name not in index]
     if unknown:
-        raise SourceError(f"--source {root}: class folder(s) {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} "
+        raise SourceError(f"{option} {root}: class folder(s) {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} "
                           f"are none of the model's {len(labels)} labels ({', '.join(labels[:10])}{' ...' if len(labels) > 10 else ''})",
                           "rename or remove those folders (names must match labels.txt exactly)")
     items = [(f, index[d.name]) for d in folders for f in sorted(d.rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_EXTS]
     if not items:
-        raise SourceError(f"--source {root}: no images in its class folders",
+        raise SourceError(f"{option} {root}: no images in its class folders",
                           f"give images with one of the extensions {', '.join(sorted(IMAGE_EXTS))}")
     return items, [d.name for d in folders]
 
 
-def evaluate_folder(model: LoadedModel, root: Path, *, resize: str = "crop", limit: int | None = None) -> dict[str, Any]:
+def evaluate_folder(model: LoadedModel, root: Path, *, resize: str = "crop", limit: int | None = None,
+                    option: str = "--source") -> dict[str, Any]:
     """Top-1/top-5, per-class recall, the confusion matrix and per-image latency on a labelled folder."""
     import cv2
 
     labels = list(model.labels)
-    items, found = labelled_images(root, labels)
+    items, found = labelled_images(root, labels, option)
     if limit:
         items = items[:: max(1, len(items) // limit)][:limit]  # spread over the classes, not the first folder only
     clf = model.classifier
@@ -72,7 +74,7 @@ def evaluate_folder(model: LoadedModel, root: Path, *, resize: str = "crop", lim
         top5 += truth in np.argsort(scores)[::-1][:5]
     seen = int(confusion.sum())
     if not seen:
-        raise SourceError(f"--source {root}: none of its {len(items)} image(s) could be read", "check the files")
+        raise SourceError(f"{option} {root}: none of its {len(items)} image(s) could be read", "check the files")
     support = confusion.sum(1)
     recall = {labels[i]: (float(confusion[i, i] / support[i]) if support[i] else None) for i in range(n)}
     return {

@@ -83,3 +83,31 @@ def test_compare_shows_the_device_s_top1_beside_the_host_s(fast_run_copy, fast_t
 
 def host_images(run):
     return json.loads((run / "report.json").read_text())["test_images"]
+
+
+def test_bench_all_is_one_table_and_a_delegate_that_fails_is_a_row(fast_run_copy, fast_tree, tmp_path, monkeypatch):
+    import edge_app.runtime as runtime
+    from edge_app.errors import DelegateError
+
+    real = runtime.make_delegate
+
+    def fake(kind, runtime_name, **kw):
+        if kind == "gpu":
+            raise DelegateError("the gpu delegate (fake.so) failed to load: made up by the test")
+        return real(kind, runtime_name, **kw)
+
+    monkeypatch.setattr(runtime, "make_delegate", fake)
+    out = tmp_path / "all.json"
+    res = CliRunner().invoke(cli, ["bench", str(fast_run_copy), "--all", "--runs", "10", "--threads", "1",
+                                   "--data", str(fast_tree / "test"), "--limit", "20", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(out.read_text())["rows"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert {r["model"] for r in ok} == {"float32", "QAT int8", "PTQ int8"} and all(r["threads"] == 1 for r in ok)
+    assert all(r["ms_median"] > 0 and 0 <= r["top1"] <= 1 and r["bytes"] > 0 for r in ok)
+    gpu = [r for r in rows if r["delegate"] == "gpu"]
+    assert gpu and all("made up by the test" in r["status"] for r in gpu)
+    assert any("no model_int8_edgetpu.tflite" in r["status"] for r in rows if r["delegate"] == "edgetpu")
+    assert "skipped: the gpu delegate (fake.so)" in res.output and "ms median" in res.output
+    res = CliRunner().invoke(cli, ["bench", str(fast_run_copy / "model_int8.tflite"), "--all"])
+    assert res.exit_code == 2 and "--all takes a run folder" in res.output
