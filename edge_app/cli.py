@@ -123,6 +123,27 @@ def _kv(ctx, param, values):
     return out
 
 
+def _runtime_options(fallback: bool = False):
+    """The options that say how a model runs: the same for run, bench and eval (``--fallback-cpu``: run only)."""
+    options = [
+        click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True),
+        click.option("--delegate", type=click.Choice(DELEGATES), default="cpu", show_default=True),
+        click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads (default: all cores)."),
+        click.option("--device", default=None, help="Edge TPU device, e.g. usb:0 or pci:0."),
+        click.option("--delegate-lib", default=None, help="Path of any external delegate library."),
+        click.option("--delegate-option", "delegate_options", multiple=True, callback=_kv, help="key=value for the delegate."),
+        *([click.option("--fallback-cpu", is_flag=True, help="If the delegate fails to load, warn and run on the CPU.")]
+          if fallback else []),
+        click.option("--ignore-checksum", is_flag=True, help="Run a model whose sha256 differs from its model.json (warns)."),
+    ]
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return decorate
+
+
 def _write_text(path: Path, text: str) -> None:
     from .fsutil import atomic_write_text
 
@@ -178,14 +199,7 @@ def info(model: Path, runtime: str) -> None:
               help="A run folder (model_int8.tflite + model.json) or a .tflite file.")
 @click.option("--source", default="0", show_default=True,
               help="Camera index, /dev/videoN, picamera, a video file, an RTSP/HTTP URL, an image, a folder or a glob.")
-@click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True)
-@click.option("--delegate", type=click.Choice(DELEGATES), default="cpu", show_default=True)
-@click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads (default: all cores).")
-@click.option("--device", default=None, help="Edge TPU device, e.g. usb:0 or pci:0.")
-@click.option("--delegate-lib", default=None, help="Path of any external delegate library.")
-@click.option("--delegate-option", "delegate_options", multiple=True, callback=_kv, help="key=value for the delegate.")
-@click.option("--fallback-cpu", is_flag=True, help="If the delegate fails to load, warn and run on the CPU.")
-@click.option("--ignore-checksum", is_flag=True, help="Run a model whose sha256 differs from its model.json (warns).")
+@_runtime_options(fallback=True)
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Class names, one per line (default: model.json's, or a labels.txt beside a bare .tflite).")
 @click.option("--width", type=click.IntRange(1, 10000), default=None, help="Camera capture width.")
@@ -270,13 +284,7 @@ def run(model: ModelChoice, options: LoopOptions, source: str, width: int | None
 
 @cli.command(name="bench")
 @click.option("--model", default=None, type=click.Path(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
-@click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True)
-@click.option("--delegate", type=click.Choice(DELEGATES), default="cpu", show_default=True)
-@click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads (default: all cores).")
-@click.option("--device", default=None, help="Edge TPU device, e.g. usb:0.")
-@click.option("--delegate-lib", default=None)
-@click.option("--delegate-option", "delegate_options", multiple=True, callback=_kv)
-@click.option("--ignore-checksum", is_flag=True, help="Run a model whose sha256 differs from its model.json (warns).")
+@_runtime_options()
 @click.option("--runs", type=click.IntRange(10, 1_000_000), default=300, show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--all", "all_models", is_flag=True,
@@ -320,13 +328,7 @@ def bench_cmd(model: ModelChoice, runs: int, json_out: Path | None, all_models: 
 @click.option("--model", default=None, type=click.Path(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
 @click.option("--source", type=click.Path(path_type=Path), required=True,
               help="A labelled folder: DIR/<class>/*.jpg (class names as in labels.txt; found recursively).")
-@click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True)
-@click.option("--delegate", type=click.Choice(DELEGATES), default="cpu", show_default=True)
-@click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads (default: all cores).")
-@click.option("--device", default=None, help="Edge TPU device, e.g. usb:0.")
-@click.option("--delegate-lib", default=None)
-@click.option("--delegate-option", "delegate_options", multiple=True, callback=_kv)
-@click.option("--ignore-checksum", is_flag=True, help="Run a model whose sha256 differs from its model.json (warns).")
+@_runtime_options()
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Class names, one per line (default: model.json's, or a labels.txt beside a bare .tflite).")
 @click.option("--resize", type=click.Choice(RESIZE_MODES), default="crop", show_default=True,
