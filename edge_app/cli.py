@@ -169,8 +169,11 @@ def _preview_server(address: str, token: str | None = None, insecure: bool = Fal
 
 def _summary_line(d: dict) -> str:
     stages = ", ".join(f"{k} {v['median']:.2f}/{v['p95']:.2f}" for k, v in d["ms"].items())
+    lat = d.get("capture_to_result_ms") or {}
     return (f"summary: {d['frames']} frames in {d['seconds']:.1f} s ({d['fps']:.1f} FPS), stopped by {d['stopped_by']}; "
-            f"ms median/p95: {stages or '-'}" + (f"; skipped {d['skipped']} unreadable" if d["skipped"] else ""))
+            f"ms median/p95: {stages or '-'}"
+            + (f"; capture-to-result ms median/p95: {lat['median']:.2f}/{lat['p95']:.2f}" if lat else "")
+            + (f"; skipped {d['skipped']} unreadable" if d["skipped"] else ""))
 
 
 def _bench_text(r: dict) -> str:
@@ -241,6 +244,7 @@ def run(model: ModelChoice, options: LoopOptions, source: str, width: int | None
     import logging
     import sys
 
+    from . import health
     from .draw import VideoSink, Window
     from .loop import run_loop
     from .model import require_class_maps
@@ -268,10 +272,12 @@ def run(model: ModelChoice, options: LoopOptions, source: str, width: int | None
         if server is not None:
             click.echo(f"preview: {server.url}", err=True)
         out = stack.enter_context(_open_text(output)) if output else sys.stdout
+        health_start = health.read()
         summary = run_loop(loaded, src, options, out=out, sink=sink, window=window,
                            preview=server.preview if server else None)
-    d = summary.to_dict()
+    d = {**summary.to_dict(), "device_health": {"start": health_start, "end": health.read()}}
     click.echo(_summary_line(d), err=True)
+    click.echo(health.describe(health_start, d["device_health"]["end"]), err=True)
     if summary_path:
         _write_text(summary_path, json.dumps(d, indent=2) + "\n")
     if summary.error:

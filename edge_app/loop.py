@@ -64,6 +64,9 @@ class Summary:
     # The most recent TIMING_WINDOW frames per stage: a camera loop runs for days, so the lists
     # behind the median and p95 must not grow with it.
     ms: dict[str, deque] = field(default_factory=lambda: {s: deque(maxlen=TIMING_WINDOW) for s in STAGES})
+    # from the moment a frame was read to the moment its result was out (JSON line written, frame
+    # drawn, preview handed over): with prefetch it includes the wait in the queue, as a user sees it
+    latency: deque = field(default_factory=lambda: deque(maxlen=TIMING_WINDOW))
 
     def to_dict(self) -> dict[str, Any]:
         stats = {}
@@ -71,7 +74,11 @@ class Summary:
             if v:
                 median, p95 = median_p95(v)
                 stats[stage] = {"median": round(median, 3), "p95": round(p95, 3)}
-        return {"frames": self.frames, "seconds": round(self.seconds, 3),
+        latency = {}
+        if self.latency:
+            median, p95 = median_p95(self.latency)
+            latency = {"median": round(median, 3), "p95": round(p95, 3)}
+        return {"frames": self.frames, "seconds": round(self.seconds, 3), "capture_to_result_ms": latency,
                 "fps": round(self.frames / self.seconds, 2) if self.seconds else 0.0,
                 "stopped_by": self.stopped_by, "skipped": self.skipped, "source": self.source,
                 "runtime": self.runtime, "delegate": self.delegate, "error": self.error, "ms": stats}
@@ -90,7 +97,7 @@ class Prefetcher:
 
     OpenCV's decode and resize and the interpreter's invoke all release the GIL, so on two or
     more cores the loop runs at the speed of its slowest half instead of the sum of both.
-    Yields (frame, input tensor, capture ms, pre ms). At most one prepared frame waits, so
+    Yields (frame, input tensor, capture ms, pre ms, when it was read). At most one prepared frame waits, so
     nothing piles up; a source error is re-raised in the loop's thread."""
 
     def __init__(self, source, prepare) -> None:
@@ -150,7 +157,7 @@ class Prefetcher:
 
 
 def _prepared(source, prepare):
-    """(frame, input tensor, capture ms, pre ms) for each frame of ``source``, in this thread."""
+    """(frame, input tensor, capture ms, pre ms, when it was read) for each frame of ``source``, in this thread."""
     frames = source.frames()
     while True:
         t0 = time.perf_counter()
@@ -159,7 +166,7 @@ def _prepared(source, prepare):
             return
         t1 = time.perf_counter()
         x = prepare(frame.rgb)
-        yield frame, x, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
+        yield frame, x, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3, t1
 
 
 def run_loop(model: LoadedModel, source, options: LoopOptions = LoopOptions(), *, out: IO[str] | None = None,
@@ -198,7 +205,7 @@ def run_loop(model: LoadedModel, source, options: LoopOptions = LoopOptions(), *
             item = next(feed, None)
             if item is None:
                 break
-            frame, x, capture_ms, pre_ms = item
+            frame, x, capture_ms, pre_ms, read_at = item
             t2 = time.perf_counter()
             raw = clf.invoke(x)
             t3 = time.perf_counter()
@@ -233,6 +240,7 @@ def run_loop(model: LoadedModel, source, options: LoopOptions = LoopOptions(), *
             if preview is not None:
                 preview.publish(draw, frame_status(frame.index, frame.name, best, ms, fps, model.path.name, clf.runtime,
                                                    model.delegate, record.get("heatmap")))
+            summary.latency.append((time.perf_counter() - read_at) * 1e3)
             if opt.max_fps:
                 time.sleep(max(0.0, t0 + 1.0 / opt.max_fps - time.perf_counter()))
         else:
