@@ -95,6 +95,7 @@ def train_original(name: str, args) -> dict:
 
     from pipeline.config import make_build_config
     from pipeline.data import make_dataset, make_splits
+    from pipeline.errors import TrainingError
     from pipeline.evaluate import predict_keras
     from pipeline.train import fit, seed_everything
 
@@ -115,7 +116,7 @@ def train_original(name: str, args) -> dict:
         try:
             fit(model, train, val, dataclasses.replace(cfg.train, lr=lr), steps_per_epoch=steps, run_dir=out, tag="train",
                 backup_dir=out / "checkpoints")
-        except Exception as exc:  # noqa: BLE001  (the loss became NaN: say so and try a tenth of the rate)
+        except TrainingError as exc:  # the loss became NaN: say so and try a tenth of the rate
             tries.append({"lr": lr, "failed": str(exc), "seconds": round(time.time() - t, 1)})
             lr /= 10
             continue

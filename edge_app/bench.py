@@ -54,7 +54,8 @@ RUN_MODELS = (("float32", "model_float32.tflite"), ("QAT int8", "model_int8.tfli
 
 
 def bench_all(folder, *, runs: int = 100, delegates: tuple[str, ...] = ("cpu", "edgetpu", "gpu", "nnapi"),
-              data=None, limit: int | None = None, max_threads: int | None = None) -> list[dict[str, Any]]:
+              data=None, limit: int | None = None, max_threads: int | None = None, runtime: str = "auto",
+              ignore_checksum: bool = False) -> list[dict[str, Any]]:
     """Every model of a run folder x every runtime installed x threads 1..cores (CPU) x every delegate
     that loads: bytes, invoke ms median/p95, FPS, and top-1 on a labelled folder (``data``) when given.
     A delegate or model that does not load is a row with the reason, not an error."""
@@ -62,20 +63,32 @@ def bench_all(folder, *, runs: int = 100, delegates: tuple[str, ...] = ("cpu", "
     from pathlib import Path
 
     from .errors import EdgeAppError
+    from .evaluate import labelled_images
     from .geometry import fit_to_input
-    from .model import LoadedModel
-    from .runfiles import LABELS_TXT, SIDECAR_NAME
+    from .model import LoadedModel, check_checksum, read_labels
+    from .runfiles import INT8_TFLITE, LABELS_TXT, SIDECAR_NAME
     from .runtime import RUNTIMES, Classifier, interpreter_class, make_delegate
     from .sidecar import read_sidecar
     from .sources import SyntheticSource
 
     folder = Path(folder)
     sc = read_sidecar(folder / SIDECAR_NAME) if (folder / SIDECAR_NAME).is_file() else None
+    if sc is not None and (folder / INT8_TFLITE).is_file():
+        check_checksum(folder / INT8_TFLITE, sc, ignore_checksum)  # the same rule as run and bench
     settings = ({"pixel_scale": sc.input.pixel_scale, "mean": sc.input.mean, "std": sc.input.std,
                  "output_kind": sc.output("scores").kind} if sc else {})
-    labels = list(sc.labels) if sc else ((folder / LABELS_TXT).read_text().split("\n") if (folder / LABELS_TXT).is_file() else [])
+    labels: list[str] = []
+    if sc is not None:
+        labels = list(sc.labels)
+    elif data is not None:
+        if not (folder / LABELS_TXT).is_file():
+            raise EdgeAppError(f"--data: {folder} has no model.json or labels.txt, so its classes have no names",
+                               "give a run folder from `nin-pipeline build`")
+        labels = read_labels(folder / LABELS_TXT, len((folder / LABELS_TXT).read_text().split()))
+    if data is not None:
+        labelled_images(Path(data), labels, "--data")  # a wrong layout is said before anything is measured
     installed = []
-    for name in RUNTIMES:
+    for name in (RUNTIMES if runtime == "auto" else (runtime,)):
         try:
             interpreter_class(name)
             installed.append(name)
@@ -110,7 +123,7 @@ def bench_all(folder, *, runs: int = 100, delegates: tuple[str, ...] = ("cpu", "
                     h, w, c = clf.input_size
                     lat = clf.invoke_latency(fit_to_input(frame, h, w, c), runs, min(20, runs))
                     row.update(ms_median=lat["median"], ms_p95=lat["p95"], fps=lat["fps"], status="ok")
-                    if data is not None and labels:
+                    if data is not None and threads == (1 if delegate == "cpu" else cores):  # once per model x runtime x delegate
                         from .evaluate import evaluate_folder
 
                         loaded = LoadedModel(clf, labels, sc, path, delegate)

@@ -314,7 +314,11 @@ def bench_cmd(model: ModelChoice, runs: int, json_out: Path | None, all_models: 
                                      param_hint="MODEL")
         if data is not None and not data.is_dir():
             raise click.BadParameter(f"{data}: no such folder", param_hint="--data")
-        rows = bench_all(model.model, runs=runs, data=data, limit=limit, max_threads=model.threads)
+        if model.delegate != "cpu" or model.delegate_lib or model.device:
+            raise click.UsageError("--all tries every delegate itself (cpu, edgetpu, gpu, nnapi); leave out --delegate, "
+                                   "--delegate-lib and --device")
+        rows = bench_all(model.model, runs=runs, data=data, limit=limit, max_threads=model.threads, runtime=model.runtime,
+                         ignore_checksum=model.ignore_checksum)
         for line in bench_table(rows):
             click.echo(line)
         if json_out:

@@ -51,8 +51,8 @@ def evaluate_folder(model: LoadedModel, root: Path, *, resize: str = "crop", lim
 
     labels = list(model.labels)
     items, found = labelled_images(root, labels, option)
-    if limit:
-        items = items[:: max(1, len(items) // limit)][:limit]  # spread over the classes, not the first folder only
+    if limit and limit < len(items):  # evenly spread over the (class-sorted) list: every class, not the first folders
+        items = [items[int(i)] for i in np.linspace(0, len(items) - 1, limit)]
     clf = model.classifier
     h, w, c = clf.input_size
     n = len(labels)

@@ -48,7 +48,7 @@ def open_model(model: str | os.PathLike, *, runtime: str = "auto", delegate: str
     sidecar_path = path.parent / SIDECAR_NAME
     sidecar = read_sidecar(sidecar_path) if sidecar_path.is_file() else None
     if sidecar is not None:
-        _check_checksum(path, sidecar, ignore_checksum)
+        check_checksum(path, sidecar, ignore_checksum)
     kwargs: dict[str, Any] = {}
     if sidecar is not None:
         kwargs = {"pixel_scale": sidecar.input.pixel_scale, "mean": sidecar.input.mean, "std": sidecar.input.std,
@@ -87,7 +87,7 @@ def changed_files(sc: Sidecar, folder: Path, names) -> list[str]:
     return [n for n in names if sc.files.get(n) and (folder / n).is_file() and sha256_file(folder / n) != sc.files[n]]
 
 
-def _check_checksum(path: Path, sc: Sidecar, ignore: bool) -> None:
+def check_checksum(path: Path, sc: Sidecar, ignore: bool) -> None:
     if not changed_files(sc, path.parent, [path.name]):
         return
     msg = f"{path.name} is not the model its model.json describes (its sha256 differs from the one recorded there)"

@@ -31,8 +31,7 @@ def register(cli: click.Group) -> None:
         if markdown:
             _write_text(markdown, cmp.markdown(recs))
         if json_out:
-            _write_text(json_out, json.dumps({"runs": recs, "pareto": [r["run"] for r in cmp.pareto(
-                [r for r in recs if r["qat_int8_top1"] is not None and r["int8_ms_1_thread"] is not None])]}, indent=2) + "\n")
+            _write_text(json_out, json.dumps({"runs": recs, "pareto": [r["run"] for r in cmp.front(recs)]}, indent=2) + "\n")
         if plot:
             from edge_app.fsutil import atomic_write_bytes
 
@@ -78,8 +77,9 @@ def register(cli: click.Group) -> None:
     @click.option("--limit-train", type=POSITIVE_INT, default=None)
     @click.option("--limit-test", type=POSITIVE_INT, default=None)
     @click.option("--seed", type=int, default=0, show_default=True)
-    @click.option("--device-latency", "device_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
-                  help="`edge-app bench MODEL --json F` files from the device (repeat): its latency replaces this host's.")
+    @click.option("--device-latency", "device_files", multiple=True, type=click.Path(path_type=Path),
+                  help="An `edge-app bench MODEL --json F` file from the device, or a folder of them (repeat the option): "
+                       "the device's latency replaces this host's.")
     @click.option("--latency-budget", type=POSITIVE_FLOAT, default=None, metavar="MS", help="Pick within this int8 latency.")
     @click.option("--size-budget", type=POSITIVE_FLOAT, default=None, metavar="KB", help="Pick within this int8 file size.")
     def sweep(out, archs, widths, input_sizes, dataset, data_dir, profile, epochs, qat_epochs, batch_size, limit_train,
@@ -91,18 +91,28 @@ def register(cli: click.Group) -> None:
         from .datasets import resolve_source
 
         resolve_source(dataset, data_dir)  # a wrong --data-dir fails before anything is built
-        device = sw.device_latencies(list(device_files)) if device_files else {}
+        files = [f for p in device_files for f in (sorted(p.glob("*.json")) if p.is_dir() else [p])]
+        if device_files and not files:
+            raise click.BadParameter(f"no .json files in {', '.join(map(str, device_files))}", param_hint="--device-latency")
+        device = sw.device_latencies(files) if files else {}
         common = {k: v for k, v in dict(epochs=epochs, qat_epochs=qat_epochs, batch_size=batch_size, limit_train=limit_train,
                                         limit_test=limit_test).items() if v is not None}
 
+        def overrides(c):
+            return {**common, "width": c.width, **({"input_size": c.input_size} if c.input_size else {})}
+
         def build_one(c, folder):
-            build(dataset=dataset, data_dir=data_dir, out=folder, profile=profile, arch=c.arch,
-                  overrides={**common, "width": c.width, **({"input_size": c.input_size} if c.input_size else {})},
+            build(dataset=dataset, data_dir=data_dir, out=folder, profile=profile, arch=c.arch, overrides=overrides(c),
                   val_fraction=0.1, io_type=None, target="cpu", class_maps=None, seed=seed, resume=False)
+
+        def expected(c):
+            from .config import make_build_config
+
+            return make_build_config(dataset, data_dir, profile, c.arch, overrides(c), 0.1, None, seed)
 
         out.mkdir(parents=True, exist_ok=True)
         cands = sw.candidates(archs, widths, input_sizes or [])
-        folders = sw.run_sweep(out, cands, build_one)
+        folders = sw.run_sweep(out, cands, build_one, expected)
         recs = cmp.records(folders)
         if device:
             recs = sw.with_device_latency(recs, folders, device)
@@ -110,9 +120,8 @@ def register(cli: click.Group) -> None:
         settings = {"archs": archs, "widths": widths, "input_sizes": input_sizes, "dataset": dataset, "profile": profile,
                     **common, "seed": seed, "device_latency": [str(f) for f in device_files],
                     "latency_budget_ms": latency_budget, "size_budget_kb": size_budget}
-        sw.write_outputs(out, recs, settings, choice)
+        front = sw.write_outputs(out, recs, settings, choice)
         cmp.print_table(recs)
-        front = json.loads((out / sw.SWEEP_JSON).read_text())["pareto"]
         click.echo(f"Pareto front (fastest first): {', '.join(front) or '-'}"
                    + (" — latency from the device" if device else " — latency from this host's reports"))
         if choice:

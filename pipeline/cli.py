@@ -318,10 +318,9 @@ def package(run_dir: Path, out_dir: Path, wheel: Path | None) -> None:
                f"cd {archive.name[:-7]} && ./install.sh && ./run.sh --max-frames 10")
 
 
-if __name__ == "__main__":
-    main()
-
-
 from . import choose  # noqa: E402  (the commands for choosing a model: compare, describe, sweep)
 
 choose.register(cli)
+
+if __name__ == "__main__":
+    main()

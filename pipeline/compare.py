@@ -56,10 +56,16 @@ def _device_eval(run_dir: Path, host_top1: float | None) -> dict[str, Any]:
     """``edge-app eval``'s eval.json in the run folder (the model measured on a device): its top-1 beside the host's."""
     import json
 
+    from edge_app.fsutil import sha256_file
+
     try:
         d = json.loads((Path(run_dir) / "eval.json").read_text())
         top1 = float(d["top1"])
+        ours = {sha256_file(Path(run_dir) / n) for n in ("model_int8.tflite", "model_int8_edgetpu.tflite")
+                if (Path(run_dir) / n).is_file()}
     except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if d.get("model_sha256") not in ours:  # measured a model this folder no longer holds
         return {}
     return {"device_top1": top1, "device_images": d.get("images"), "device": (d.get("device") or {}).get("hostname"),
             "device_vs_host_points": None if host_top1 is None else round(100 * (top1 - host_top1), 2)}
@@ -97,7 +103,11 @@ def rows(recs: list[dict[str, Any]]) -> list[list[str]]:
                     _pct(r["float_top1"]), _pct(r["qat_int8_top1"]), _pct(r["ptq_int8_top1"]), _pct(r["agreement"]),
                     f"{r['int8_bytes']:,}" if r["int8_bytes"] is not None else "-", ms, r["edgetpu_ops"]])
         if device:
-            out[-1].append(f"{_pct(r['device_top1'])} ({r['device_vs_host_points']:+.2f})" if "device_top1" in r else "-")
+            if "device_top1" not in r:
+                out[-1].append("-")
+            else:
+                delta = "" if r["device_vs_host_points"] is None else f"{r['device_vs_host_points']:+.2f}, "
+                out[-1].append(f"{_pct(r['device_top1'])} ({delta}{r['device_images'] or 0:,} images)")
     return out
 
 
@@ -122,7 +132,7 @@ def print_table(recs: list[dict[str, Any]]) -> None:
     Console(width=None if sys.stdout.isatty() else 220).print(t)
 
 
-def plot(recs: list[dict[str, Any]]) -> bytes:
+def plot(recs: list[dict[str, Any]], xlabel: str | None = None) -> bytes:
     """QAT int8 top-1 against int8 ms per image (1 thread, this host), marker area proportional to the
     int8 file's bytes; the runs no other run beats on both axes (the Pareto front) joined by a line."""
     import io
@@ -141,12 +151,12 @@ def plot(recs: list[dict[str, Any]]) -> bytes:
             ax.scatter([x], [y], s=40 + 1500 * (r["int8_bytes"] or 0) / biggest, alpha=0.45)
             ax.annotate(f"{r['run']}\n{(r['int8_bytes'] or 0) / 1024:.0f} KB", (x, y), fontsize=8,
                         xytext=(6, 4), textcoords="offset points")
-        front = pareto(pts)
-        ax.plot([r["int8_ms_1_thread"] for r in front], [100 * r["qat_int8_top1"] for r in front], "k--", lw=1,
+        best = pareto(pts)
+        ax.plot([r["int8_ms_1_thread"] for r in best], [100 * r["qat_int8_top1"] for r in best], "k--", lw=1,
                 label="Pareto front (nothing else is both faster and more accurate)")
         ax.legend(loc="lower right", fontsize=8)
         ax.set_xscale("log")
-    ax.set_xlabel("QAT int8 ms per image, 1 thread, this host (log scale)")
+    ax.set_xlabel(xlabel or "QAT int8 ms per image, 1 thread, this host (log scale)")
     ax.set_ylabel("QAT int8 test top-1 (%)")
     ax.set_title("accuracy vs int8 latency (marker area: int8 bytes)")
     ax.grid(alpha=0.3)
@@ -155,6 +165,11 @@ def plot(recs: list[dict[str, Any]]) -> bytes:
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+def front(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Pareto front of the records that have both figures."""
+    return pareto([r for r in recs if r["qat_int8_top1"] is not None and r["int8_ms_1_thread"] is not None])
 
 
 def pareto(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:

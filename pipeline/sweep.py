@@ -44,26 +44,35 @@ def candidates(archs: list[str], widths: list[float], sizes: list[int | None]) -
     return [Candidate(a, w, s) for a in archs for w in widths for s in (sizes or [None])]
 
 
-def finished(folder: Path) -> bool:
+def finished(folder: Path, expected=None) -> bool:
+    """Every stage done and nothing changed since (a damaged output makes the build redo its stage).
+    ``expected`` (a BuildConfig): a finished folder built with other training settings is an error,
+    not a result to reuse."""
+    from .config import diff_configs
     from .run import STAGES, RunFolder
 
     if not (folder / "report.json").is_file() or not (folder / "config.json").is_file():
         return False
     try:
         run = RunFolder.open(folder)
+        diffs = diff_configs(run.load_config().to_dict(), expected.to_dict()) if expected is not None else []
     except RunError:
         return False
-    # done, and nothing changed since (a damaged output makes the build redo its stage)
+    if diffs:
+        raise RunError(f"{folder} was built with other settings ({'; '.join(diffs[:3])})",
+                       "run the sweep with the settings it was started with, or give a new --out")
     return all(run.done(s) and not run.damaged_outputs(s) for s in STAGES)
 
 
-def run_sweep(out: Path, cands: list[Candidate], build_one: Callable[[Candidate, Path], Any]) -> list[Path]:
-    """Build every candidate not finished yet (``build_one(candidate, folder)``); return their folders."""
+def run_sweep(out: Path, cands: list[Candidate], build_one: Callable[[Candidate, Path], Any],
+              expected: Callable[[Candidate], Any] | None = None) -> list[Path]:
+    """Build every candidate not finished yet (``build_one(candidate, folder)``); return their folders.
+    ``expected(candidate)``: the BuildConfig its folder must have been built with."""
     folders = []
     for i, c in enumerate(cands, 1):
         folder = out / c.name
         folders.append(folder)
-        if finished(folder):
+        if finished(folder, expected(c) if expected else None):
             log.info("sweep %d/%d: %s finished before, skipped", i, len(cands), c.name)
             continue
         log.info("sweep %d/%d: %s %s", i, len(cands), c.name, "(resuming)" if folder.exists() else "")
@@ -73,7 +82,7 @@ def run_sweep(out: Path, cands: list[Candidate], build_one: Callable[[Candidate,
 
 def device_latencies(files: list[Path]) -> dict[str, dict[str, Any]]:
     """sha256 of a model -> its figures, from `edge-app bench --json` files (one model each)."""
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for f in files:
         try:
             d = json.loads(Path(f).read_text())
@@ -83,6 +92,9 @@ def device_latencies(files: list[Path]) -> dict[str, dict[str, Any]]:
         except (ValueError, KeyError, TypeError):
             raise RunError(f"--device-latency {f} is not an `edge-app bench --json` file (no model_sha256 and invoke_ms)",
                            "on the device, run `edge-app bench MODEL --json F` with this version of edge-app") from None
+        if sha in out:
+            raise RunError(f"--device-latency {out[sha]['file']} and {f} measured the same model",
+                           "give one file per model (e.g. the thread count the device will run with)")
         out[sha] = {"ms": ms, "file": str(f), "device": d.get("device", {}), "runtime": d.get("runtime"),
                     "delegate": d.get("delegate"), "threads": d.get("threads")}
     return out
@@ -93,15 +105,18 @@ def with_device_latency(recs: list[dict], folders: list[Path], device: dict[str,
     measured none of them is an error (a model from another sweep, or rebuilt since)."""
     from edge_app.fsutil import sha256_file
 
-    sha_of = {r["run"]: sha256_file(f / "model_int8.tflite") for r, f in zip(recs, folders) if (f / "model_int8.tflite").is_file()}
-    unknown = [v["file"] for k, v in device.items() if k not in sha_of.values()]
+    # the int8 model, or its Edge TPU-compiled form (what `edge-app bench --delegate edgetpu` runs)
+    sha_of = {sha256_file(f / name): r["run"] for r, f in zip(recs, folders)
+              for name in ("model_int8.tflite", "model_int8_edgetpu.tflite") if (f / name).is_file()}
+    unknown = [v["file"] for k, v in device.items() if k not in sha_of]
     if unknown:
         raise RunError(f"--device-latency {', '.join(unknown)}: measured a model that is none of this sweep's "
                        f"{len(recs)} candidates (by sha256)", "bench the model_int8.tflite files of this sweep's run "
                        "folders on the device (a rebuilt model has another sha256)")
     out = []
+    by_run = {run: device[sha] for sha, run in sha_of.items() if sha in device}
     for r in recs:
-        v = device.get(sha_of.get(r["run"], ""))
+        v = by_run.get(r["run"])
         if v is None:
             log.warning("sweep: no device latency for %s: left out of the device's front", r["run"])
             continue
@@ -120,15 +135,20 @@ def pick(recs: list[dict], latency_ms: float | None, size_kb: float | None) -> d
             why.append(f"{r['int8_bytes'] / 1024:.0f} KB > {size_kb:g} KB")
         return why
 
-    ranked = sorted((r for r in recs if r["qat_int8_top1"] is not None), key=lambda r: -r["qat_int8_top1"])
+    # records without the figures a budget needs cannot be judged (e.g. a report written with --no-latency);
+    # equal accuracy: the faster, then the smaller, wins
+    needed = ["qat_int8_top1"] + (["int8_ms_1_thread"] if latency_ms is not None else []) + (["int8_bytes"] if size_kb is not None else [])
+    ranked = sorted((r for r in recs if all(r.get(k) is not None for k in needed)),
+                    key=lambda r: (-r["qat_int8_top1"], r.get("int8_ms_1_thread") or 0, r.get("int8_bytes") or 0))
     winner = next((r for r in ranked if not fits(r)), None)
     if winner is None:
         return {"winner": None, "why": "no candidate meets the budget: " + "; ".join(
             f"{r['run']} {', '.join(fits(r))}" for r in ranked[:3])}
     better = [r for r in ranked if r["qat_int8_top1"] > winner["qat_int8_top1"]]
     nxt = better[-1] if better else None
-    why = (f"{winner['run']}: QAT int8 top-1 {100 * winner['qat_int8_top1']:.2f}%, {winner['int8_ms_1_thread']:.2f} ms, "
-           f"{winner['int8_bytes'] / 1024:.0f} KB — the most accurate within the budget")
+    ms = "-" if winner.get("int8_ms_1_thread") is None else f"{winner['int8_ms_1_thread']:.2f}"
+    kb = "-" if winner.get("int8_bytes") is None else f"{winner['int8_bytes'] / 1024:.0f}"
+    why = f"{winner['run']}: QAT int8 top-1 {100 * winner['qat_int8_top1']:.2f}%, {ms} ms, {kb} KB — the most accurate within the budget"
     if nxt:
         why += (f"; the next more accurate, {nxt['run']} ({100 * nxt['qat_int8_top1']:.2f}%, +"
                 f"{100 * (nxt['qat_int8_top1'] - winner['qat_int8_top1']):.2f} points), would cost {', '.join(fits(nxt))}")
@@ -137,14 +157,15 @@ def pick(recs: list[dict], latency_ms: float | None, size_kb: float | None) -> d
     return {"winner": winner["run"], "why": why, "next_better": nxt["run"] if nxt else None}
 
 
-def write_outputs(out: Path, recs: list[dict], settings: dict[str, Any], choice: dict | None) -> None:
+def write_outputs(out: Path, recs: list[dict], settings: dict[str, Any], choice: dict | None) -> list[str]:
+    """sweep.json, sweep.md, sweep.png and sweep.html; returns the Pareto front (run names, fastest first)."""
     from edge_app.fsutil import atomic_write_bytes, atomic_write_text
 
     from . import compare
 
-    plot = compare.plot(recs)
-    front = [r["run"] for r in compare.pareto([r for r in recs if r["qat_int8_top1"] is not None
-                                                and r["int8_ms_1_thread"] is not None])]
+    device = next((r["latency_source"] for r in recs if r.get("latency_source", "host") != "host"), None)
+    plot = compare.plot(recs, xlabel=f"QAT int8 ms per image on {device} (log scale)" if device else None)
+    front = [r["run"] for r in compare.front(recs)]
     atomic_write_text(out / SWEEP_JSON, json.dumps({"settings": settings, "candidates": recs, "pareto": front,
                                                     "pick": choice}, indent=2, default=str) + "\n")
     atomic_write_bytes(out / SWEEP_PNG, plot)
@@ -163,3 +184,4 @@ def write_outputs(out: Path, recs: list[dict], settings: dict[str, Any], choice:
             + f"<img alt='accuracy vs latency' src='data:image/png;base64,{base64.b64encode(plot).decode()}'>"
             f"<table><tr>{head}</tr>{table}</table></body></html>\n")
     atomic_write_text(out / SWEEP_HTML, page)
+    return front

@@ -234,9 +234,10 @@ def run_dir(cifar_jpg, cifar_cache, tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- a tiny real sweep
-# `nin-pipeline sweep` over two LeNet widths on a CIFAR-10 subset, interrupted (Ctrl-C) while building
-# the second candidate and then run again: test_sweep checks the resume, test_zoo uses a candidate
-# as a seed architecture's run folder. Never changed by a test.
+# `nin-pipeline sweep` over two LeNet widths on a CIFAR-10 subset, interrupted (Ctrl-C) as the second
+# candidate's build starts and then run again: test_sweep checks that the finished candidate is
+# skipped (resuming inside one build is the build's own, tested with `run_dir`); test_zoo uses a
+# candidate as a seed architecture's run folder. Never changed by a test: they copy it.
 
 @pytest.fixture(scope="session")
 def lenet_sweep(cifar_jpg, cifar_cache, tmp_path_factory):

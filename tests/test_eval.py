@@ -76,7 +76,7 @@ def test_compare_shows_the_device_s_top1_beside_the_host_s(fast_run_copy, fast_t
     host = json.loads((fast_run_copy / "report.json").read_text())["variants"]["qat_int8"]["top1"]
     res = CliRunner().invoke(pipeline_cli, ["compare", str(fast_run_copy)])
     assert res.exit_code == 0 and "device int8 top-1" in res.output
-    assert f"{100 * device['top1']:.2f}% ({100 * (device['top1'] - host):+.2f})" in res.output
+    assert f"{100 * device['top1']:.2f}% ({100 * (device['top1'] - host):+.2f}, {device['images']} images)" in res.output
     # the same images, the same int8 model and preprocessing as the host's report: the same top-1
     assert device["images"] == host_images(fast_run_copy) and abs(device["top1"] - host) < 1e-9
 

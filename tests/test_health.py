@@ -43,7 +43,7 @@ def test_the_summary_gives_capture_to_result_latency_and_the_device_s_health(edg
     assert res.exit_code == 0, res.output
     d = json.loads(summary.read_text())
     lat, ms = d["capture_to_result_ms"], d["ms"]
-    # from the frame's read to its result: at least the invoke and post-processing it went through
-    assert lat["median"] >= ms["invoke"]["median"] + ms["post"]["median"] - 1e-3 and lat["p95"] >= lat["median"]
+    # from the frame's read to its result: each frame's is at least its own invoke, so the medians too
+    assert lat["median"] >= ms["invoke"]["median"] and lat["p95"] >= lat["median"]
     assert d["device_health"]["start"]["soc_temp_c"] == 50.0
     assert "capture-to-result ms median/p95" in res.output and "SoC 50.0 -> 50.0 °C" in res.output

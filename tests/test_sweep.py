@@ -35,11 +35,16 @@ def test_a_tiny_real_sweep_resumes_after_an_interruption_and_picks(lenet_sweep, 
     """Two candidates on a CIFAR-10 subset (conftest.lenet_sweep): the sweep was interrupted while
     building the second; run again, it skipped the first and built the second. Then a device latency
     file and a budget."""
-    out, args, calls, first, second = lenet_sweep
+    import shutil
+
+    shared, args, calls, first, second = lenet_sweep
     assert first.exit_code == 130 and "interrupted" in first.output
     assert calls == ["lenet-w0.25", "lenet-w0.5", "lenet-w0.5"]  # the finished candidate was skipped the second time
     res = second
     assert res.exit_code == 0, res.output
+    out = tmp_path / "sweep"  # a copy: the runs below rewrite sweep.json
+    shutil.copytree(shared, out)
+    args = [a if a != str(shared) else str(out) for a in args]
     data = json.loads((out / "sweep.json").read_text())
     assert [c["run"] for c in data["candidates"]] == ["lenet-w0.25", "lenet-w0.5"] and data["pareto"]
     assert (out / "sweep.md").is_file() and b"data:image/png;base64," in (out / "sweep.html").read_bytes()
@@ -61,6 +66,12 @@ def test_a_tiny_real_sweep_resumes_after_an_interruption_and_picks(lenet_sweep, 
     assert [c["run"] for c in data["candidates"]] == ["lenet-w0.5"]  # only what the device measured
     assert data["candidates"][0]["int8_ms_1_thread"] == pytest.approx(measured["invoke_ms"]["median"])
     assert data["pick"]["winner"] == "lenet-w0.5" and "pick: lenet-w0.5" in res.output
+    copy = tmp_path / "bench-copy.json"
+    copy.write_text(bench.read_text())
+    res = CliRunner().invoke(cli, [*args, "--device-latency", str(bench), "--device-latency", str(copy)])
+    assert res.exit_code == 1 and "measured the same model" in res.output
+    res = CliRunner().invoke(cli, [a if a != "1" else "2" for a in args])  # --epochs 2: not what the sweep was built with
+    assert res.exit_code == 1 and "was built with other settings" in res.output and "Traceback" not in res.output
 
     # a file measuring a model that is not one of this sweep's is one clear message
     other = dict(measured, model_sha256="0" * 64)
