@@ -162,8 +162,8 @@ def resnet20(cfg: ModelConfig):
 
 def densenet(cfg: ModelConfig, growth: int = 32, convs: tuple[int, ...] = (4, 4, 4, 4)):
     """DenseNet (d2l.ai's): stem (64 channels), four dense blocks of four 3x3 convs at growth rate 32,
-    each conv's output concatenated to its input; transition layers (1x1 conv halving the channels,
-    2x2/2 average pooling) between them; global average pooling, one FC layer."""
+    each conv's output concatenated to its input; transition layers (2x2/2 average pooling, 1x1 conv
+    halving the channels) between them; global average pooling, one FC layer."""
     layers = keras_module().layers
     inputs = _input(cfg)
     x = _stem(inputs, cfg, 64)
@@ -173,8 +173,13 @@ def densenet(cfg: ModelConfig, growth: int = 32, convs: tuple[int, ...] = (4, 4,
             y = conv_bn_relu(x, k, 3, f"dense{b}_{i + 1}", cfg)
             x = layers.Concatenate(name=f"dense{b}_{i + 1}_concat")([x, y])
         if b < len(convs):
-            x = conv_bn_relu(x, max(8, int(x.shape[-1]) // 2), 1, f"transition{b}", cfg)
+            # pool, then the 1x1 conv: in the original (BN-ReLU-conv-pool) the conv and the pooling are
+            # both linear and commute; in this order the next block's Concatenate gets a ReLU output, not
+            # a pooling output (a pooling op must keep its input's int8 scale, and tfmot gives a
+            # Concatenate's inputs the Concatenate's scale: the converter refused the other order,
+            # "average_pool_2d op quantization parameters violate the same scale constraint")
             x = layers.AveragePooling2D(2, strides=2, name=f"transition{b}_pool")(x)
+            x = conv_bn_relu(x, max(8, int(x.shape[-1]) // 2), 1, f"transition{b}", cfg)
     return _model(inputs, gap_classifier(x, cfg), cfg, "densenet")
 
 
@@ -198,5 +203,6 @@ SEEDS = {
                  "'option A' has no int8 builtin)"),
     "densenet": (densenet, 96, 32, "DenseNet (4 dense blocks of 4 convs, growth rate 32, transition layers, GAP, FC)",
                  "Conv -> BN -> ReLU instead of the pre-activation BN -> ReLU -> Conv (only a BN after a conv "
-                 "folds), and no BN-ReLU after the last block"),
+                 "folds); transitions pool before their 1x1 conv (int8 cannot feed a pooling output into a "
+                 "concatenation after QAT); no BN-ReLU after the last block"),
 }

@@ -152,3 +152,16 @@ def test_a_seed_architecture_goes_through_the_unchanged_path(lenet_sweep, cifar_
     refused = CliRunner().invoke(edge_cli, ["run", str(root), "--source", str(image), "--heatmap"])
     assert refused.exit_code != 0 and "Traceback" not in refused.output
     assert "is a lenet: it has no per-class maps" in refused.output and "leave out --heatmap" in refused.output
+
+
+def test_densenet_converts_to_a_fully_int8_model():
+    """A pooling output fed straight into a Concatenate cannot be converted after QAT (the pooling op
+    must keep its input's scale, the Concatenate imposes its own): the transition pools before its
+    1x1 conv, so the next dense block concatenates a ReLU output. Caught by the architectures benchmark."""
+    from pipeline.convert import calibrate_qat_ranges, quantize, to_tflite_int8
+
+    model = zoo.densenet(ModelConfig(arch="densenet", num_classes=5, input_shape=(32, 32, 3), width=0.125), convs=(1, 1))
+    rep = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    qat = quantize(model)
+    calibrate_qat_ranges(qat, model, rep)  # as the build does: every range its own (all [-6, 6] before)
+    assert to_tflite_int8(qat, rep)[4:8] == b"TFL3"
