@@ -79,7 +79,7 @@ def test_add_concatenate_and_fc_layers_quantise_to_a_fully_int8_model(tmp_path):
 
     from edge_app.runtime import Classifier, load_interpreter
     from pipeline.blocks import conv_bn_relu, fc_classifier
-    from pipeline.convert import quantize, to_tflite_int8
+    from pipeline.convert import calibrate_qat_ranges, quantize, to_tflite_int8
 
     cfg = ModelConfig(num_classes=5, width=0.125)
     inputs = keras.Input((16, 16, 3), name="image")
@@ -91,6 +91,7 @@ def test_add_concatenate_and_fc_layers_quantise_to_a_fully_int8_model(tmp_path):
     model = keras.Model(inputs, fc_classifier(x, cfg, hidden=(16,), dropout=0.5))
     qat = quantize(model)
     rep = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
+    calibrate_qat_ranges(qat, model, rep)  # as the build does: each range its own, not all [-6, 6]
     path = tmp_path / "m.tflite"
     path.write_bytes(to_tflite_int8(qat, rep))
     interp, _ = load_interpreter(path, num_threads=1)
