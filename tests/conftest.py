@@ -248,7 +248,7 @@ def lenet_sweep(cifar_jpg, cifar_cache, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("sweep") / "sweep"
     args = ["sweep", "--out", str(out), "--archs", "lenet", "--widths", "0.25,0.5", "--data-dir", str(cifar_jpg),
-            "--epochs", "1", "--qat-epochs", "1", "--limit-train", "300", "--limit-test", "100"]
+            "--epochs", "1", "--qat-epochs", "0", "--limit-train", "200", "--limit-test", "100"]
     real_build, calls = build_module.build, []
 
     def counted(interrupt_at: int | None):
