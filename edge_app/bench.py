@@ -84,7 +84,9 @@ def bench_all(folder, *, runs: int = 100, delegates: tuple[str, ...] = ("cpu", "
         if not (folder / LABELS_TXT).is_file():
             raise EdgeAppError(f"--data: {folder} has no model.json or labels.txt, so its classes have no names",
                                "give a run folder from `nin-pipeline build`")
-        labels = read_labels(folder / LABELS_TXT, len((folder / LABELS_TXT).read_text().split()))
+        # checked against the model's own class count (a word count would split "traffic light" in two)
+        first = next(folder / f for _, f in RUN_MODELS if (folder / f).is_file() and f != RUN_MODELS[3][1])
+        labels = read_labels(folder / LABELS_TXT, Classifier(first, num_threads=1).num_classes)
     if data is not None:
         labelled_images(Path(data), labels, "--data")  # a wrong layout is said before anything is measured
     installed = []

@@ -111,3 +111,21 @@ def test_bench_all_is_one_table_and_a_delegate_that_fails_is_a_row(fast_run_copy
     assert "skipped: the gpu delegate (fake.so)" in res.output and "ms median" in res.output
     res = CliRunner().invoke(cli, ["bench", str(fast_run_copy / "model_int8.tflite"), "--all"])
     assert res.exit_code == 2 and "--all takes a run folder" in res.output
+
+
+def test_bench_all_names_classes_from_labels_txt_lines_not_words(edge_model, tmp_path):
+    """A folder without model.json: labels.txt's lines are the classes, spaces and all."""
+    import shutil
+
+    from edge_app.bench import bench_all
+
+    folder = tmp_path / "bare"
+    folder.mkdir()
+    shutil.copy(edge_model / "model_int8.tflite", folder)
+    names = [f"class {i}" for i in range(10)]  # "class 0" is one class, not two words
+    (folder / "labels.txt").write_text("\n".join(names) + "\n")
+    data = tmp_path / "data" / "class 3"
+    data.mkdir(parents=True)
+    (data / "a.png").write_bytes(png_bytes(np.zeros((32, 32, 3), np.uint8)))
+    rows = bench_all(folder, runs=10, delegates=("cpu",), data=tmp_path / "data", max_threads=1)
+    assert [r["status"] for r in rows] == ["ok"] and 0 <= rows[0]["top1"] <= 1
