@@ -1,4 +1,4 @@
-"""`edge-app`: the device-side command: `run` (the camera loop), `bench` and `info`.
+"""`edge-app`: the device-side command: `run` (the camera loop), `bench`, `eval`, `check-input` and `info`.
 
 Each command validates its options with click types and calls the library; every error a user
 can fix (an :class:`~edge_app.errors.EdgeAppError`, or an OSError) is turned into one
@@ -173,7 +173,8 @@ def _summary_line(d: dict) -> str:
     return (f"summary: {d['frames']} frames in {d['seconds']:.1f} s ({d['fps']:.1f} FPS), stopped by {d['stopped_by']}; "
             f"ms median/p95: {stages or '-'}"
             + (f"; capture-to-result ms median/p95: {lat['median']:.2f}/{lat['p95']:.2f}" if lat else "")
-            + (f"; skipped {d['skipped']} unreadable" if d["skipped"] else ""))
+            + (f"; skipped {d['skipped']} unreadable" if d["skipped"] else "")
+            + (f"; input check found: {', '.join(d['input_check'])}" if d.get("input_check") else ""))
 
 
 def _bench_text(r: dict) -> str:
@@ -366,6 +367,42 @@ def eval_cmd(model: ModelChoice, source: Path, resize: str, limit: int | None, j
     out = json_out or (Path(model.model) / EVAL_JSON if Path(model.model).is_dir() else Path(EVAL_JSON))
     _write_text(out, json.dumps(r, indent=2) + "\n")
     click.echo(f"eval: {out}")
+
+
+@cli.command(name="check-input")
+@click.option("--model", default=None, type=click.Path(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
+@click.option("--source", default="0", show_default=True, help="The real source, as for `run`: a camera, picamera, a video, images.")
+@click.option("--frames", type=click.IntRange(1, 1000), default=8, show_default=True, help="How many frames to judge.")
+@click.option("--resize", type=click.Choice(RESIZE_MODES), default="crop", show_default=True)
+@click.option("--width", type=click.IntRange(1, 10000), default=None, help="Camera capture width.")
+@click.option("--height", type=click.IntRange(1, 10000), default=None, help="Camera capture height.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the pictures and check-input.json go (default: check-input/ in the run folder, else here).")
+@click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True)
+@_model_anywhere
+def check_input_cmd(model: Path, source: str, frames: int, resize: str, width: int | None, height: int | None,
+                    out: Path | None, runtime: str) -> None:
+    """Is the camera frame what the model expects? Saves the model's input as pictures and compares the
+    frames with the training images (channel order, scale, exposure). Exit status 3: a problem found."""
+    import json
+
+    from .inputcheck import check_source, table
+    from .model import open_model
+    from .sources import open_source
+
+    loaded = open_model(model, runtime=runtime)
+    out = out or (Path(model) / "check-input" if Path(model).is_dir() else Path("check-input"))
+    with contextlib.closing(open_source(source, width=width, height=height)) as src:
+        r = check_source(loaded, src, frames=frames, resize=resize, out_dir=out)
+    if not r["frames"]:
+        raise click.ClickException(f"no frame came from {source}" + (f" ({r['skipped']} unreadable)" if r["skipped"] else "")
+                                   + "; check the source")
+    for line in table(r):
+        click.echo(line)
+    _write_text(out / "check-input.json", json.dumps({"model": str(loaded.path), "source": source, **r}, indent=2) + "\n")
+    click.echo(f"the model's input as pictures: {out}/input_*.png (beside each frame_*.jpg)")
+    if r["findings"]:
+        raise SystemExit(3)
 
 
 def main(argv: list[str] | None = None) -> None:

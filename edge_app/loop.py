@@ -7,6 +7,7 @@ the loop's own cost is visible next to the model's.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -16,9 +17,11 @@ import numpy as np
 
 from .errors import SourceError, Terminated
 from .geometry import RESIZE_MODES, fit_to_input, heatmap_peak, map_placement
+from .inputcheck import StartCheck
 from .model import LoadedModel, require_class_maps
 from .runtime import median_p95
 
+log = logging.getLogger("edge_app")
 STAGES = ("capture", "pre", "invoke", "post")
 TIMING_WINDOW = 10_000  # frames kept for the summary's median and p95
 
@@ -67,6 +70,7 @@ class Summary:
     # from the moment a frame was read to the moment its result was out (JSON line written, frame
     # drawn, preview handed over): with prefetch it includes the wait in the queue, as a user sees it
     latency: deque = field(default_factory=lambda: deque(maxlen=TIMING_WINDOW))
+    input_check: list[str] | None = None  # the start-up input check's finding kinds (None: not run)
 
     def to_dict(self) -> dict[str, Any]:
         stats = {}
@@ -81,7 +85,8 @@ class Summary:
         return {"frames": self.frames, "seconds": round(self.seconds, 3), "capture_to_result_ms": latency,
                 "fps": round(self.frames / self.seconds, 2) if self.seconds else 0.0,
                 "stopped_by": self.stopped_by, "skipped": self.skipped, "source": self.source,
-                "runtime": self.runtime, "delegate": self.delegate, "error": self.error, "ms": stats}
+                "runtime": self.runtime, "delegate": self.delegate, "error": self.error, "ms": stats,
+                "input_check": self.input_check}
 
 
 class _Failed:
@@ -192,8 +197,22 @@ def run_loop(model: LoadedModel, source, options: LoopOptions = LoopOptions(), *
     placement, placed_for = None, None
     summary = Summary(source=getattr(source, "label", ""), runtime=clf.runtime, delegate=model.delegate)
 
+    def checked(found, live) -> None:  # once, after the first frames: does the input look like training's?
+        summary.input_check = [f.kind for f in found]
+        for f in found:
+            log.warning("input check: %s. %s (`edge-app check-input` saves the model's input as pictures)", f.message, f.hint)
+        if not found:
+            log.info("input check: the first %d frame(s) reach the model as the training images did", live.images)
+
+    sc = model.sidecar
+    check = StartCheck(sc.input_stats if sc else None, clf.input.scale, clf.input.zero_point,
+                       sc.input.color_order if sc else ("GRAY" if c == 1 else "RGB"), checked)
+
     def prepare(rgb: np.ndarray) -> np.ndarray:
-        return clf.preprocess(fit_to_input(rgb, h, w, c, opt.resize))
+        pixels = fit_to_input(rgb, h, w, c, opt.resize)
+        x = clf.preprocess(pixels)
+        check.add(pixels, x)
+        return x
 
     t_start = time.perf_counter()
     feed = Prefetcher(source, prepare) if opt.prefetch else _prepared(source, prepare)
@@ -253,6 +272,7 @@ def run_loop(model: LoadedModel, source, options: LoopOptions = LoopOptions(), *
         summary.seconds = time.perf_counter() - t_start
         if isinstance(feed, Prefetcher):
             feed.close()
+        check.finish()  # a source shorter than the check's frames
         summary.skipped = getattr(source, "skipped", 0)
         source.close()
         for closer in (sink, window):

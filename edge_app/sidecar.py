@@ -84,6 +84,25 @@ class OutputSpec:
 
 
 @dataclass(frozen=True)
+class InputStats:
+    """What the training images looked like at the model's input, for `edge-app check-input`.
+
+    ``pixel_*`` are uint8 pixel units (0..255) at the input size, in the input's colour order:
+    per-channel mean and std over every pixel; the 5th and 95th percentile of the images' mean
+    brightness; ``contrast`` the mean of each image's own std per channel (its spatial spread). ``value_*`` are the same images'
+    real-valued input tensor (after the training pipeline's scaling), per channel."""
+
+    images: int
+    pixel_mean: tuple[float, ...]
+    pixel_std: tuple[float, ...]
+    brightness_p5: float
+    brightness_p95: float
+    contrast: float
+    value_mean: tuple[float, ...]
+    value_std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class Sidecar:
     labels: tuple[str, ...]
     input: InputSpec
@@ -95,6 +114,7 @@ class Sidecar:
     pipeline_version: str = ""
     created: str = ""
     schema_version: int = SCHEMA_VERSION
+    input_stats: InputStats | None = None  # absent in run folders converted before it existed
 
     @property
     def num_classes(self) -> int:
@@ -117,6 +137,20 @@ class Sidecar:
 
 def _quant(d: dict[str, Any]) -> Quantization:
     return Quantization(scale=float(d["scale"]), zero_point=int(d["zero_point"]))
+
+
+def _stats(d: dict[str, Any] | None, channels: int) -> InputStats | None:
+    if d is None:
+        return None
+    st = InputStats(
+        images=int(d["images"]), pixel_mean=tuple(float(v) for v in d["pixel_mean"]),
+        pixel_std=tuple(float(v) for v in d["pixel_std"]), brightness_p5=float(d["brightness_p5"]),
+        brightness_p95=float(d["brightness_p95"]), contrast=float(d["contrast"]),
+        value_mean=tuple(float(v) for v in d["value_mean"]), value_std=tuple(float(v) for v in d["value_std"]),
+    )
+    if {len(st.pixel_mean), len(st.pixel_std), len(st.value_mean), len(st.value_std)} != {channels}:
+        raise SidecarError(f"input_stats must give one mean and std per input channel ({channels})")
+    return st
 
 
 def _check_choice(what: str, value: str, allowed: set[str]) -> str:
@@ -166,6 +200,7 @@ def sidecar_from_dict(d: dict[str, Any]) -> Sidecar:
             files={str(k): str(v) for k, v in d.get("files", {}).items()},
             pipeline_version=str(d.get("pipeline_version", "")),
             created=str(d.get("created", "")),
+            input_stats=_stats(d.get("input_stats"), inp.shape[-1] if len(inp.shape) == 4 else 0),
         )
     except KeyError as exc:
         raise SidecarError(f"model.json lacks the key {exc.args[0]!r}") from None

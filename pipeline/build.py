@@ -183,7 +183,7 @@ def stage_qat(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
 
 
 def stage_convert(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
-    from .convert import describe_tflite, to_tflite_float, to_tflite_int8
+    from .convert import describe_tflite, to_tflite_float, to_tflite_int8, training_input_stats
     from .data import representative_images
     from .quant_debug import layer_error_tables
 
@@ -199,7 +199,8 @@ def stage_convert(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
     run.write_bytes(PTQ_TFLITE, to_tflite_int8(float_model, rep, cfg.convert.io_type))
     log.info("convert: float32, QAT int8 and PTQ int8 .tflite written (%.0f s)", time.time() - t)
     sidecar = describe_tflite(run.path(INT8_TFLITE), splits.labels, dataset=cfg.data.dataset, arch=cfg.model.arch,
-                              width=cfg.model.width, hashed=[run.path(n) for n in (INT8_TFLITE, FLOAT_TFLITE, PTQ_TFLITE)])
+                              width=cfg.model.width, hashed=[run.path(n) for n in (INT8_TFLITE, FLOAT_TFLITE, PTQ_TFLITE)],
+                              input_stats=training_input_stats(rep))
     from edge_app.sidecar import write_sidecar
 
     write_sidecar(run.path(SIDECAR_NAME), sidecar)

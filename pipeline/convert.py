@@ -164,9 +164,10 @@ def _rep_gen(images: np.ndarray) -> Iterable[list[np.ndarray]]:
 
 
 def describe_tflite(path: Path, labels: tuple[str, ...], *, dataset: str, arch: str, width: float,
-                    hashed: Iterable[Path] = ()) -> "Sidecar":
+                    hashed: Iterable[Path] = (), input_stats=None) -> "Sidecar":
     """The ``model.json`` sidecar of an int8 .tflite, read from the model's own tensors so the two
-    never disagree; ``hashed``: the files whose sha256 it records (those that exist).
+    never disagree; ``hashed``: the files whose sha256 it records (those that exist); ``input_stats``:
+    the training images' statistics (see :func:`training_input_stats`).
 
     Outputs are told apart by rank: the scores are [1, classes]; the class maps, when
     exported, [1, H, W, classes]."""
@@ -201,4 +202,14 @@ def describe_tflite(path: Path, labels: tuple[str, ...], *, dataset: str, arch: 
         dataset=dataset, arch=arch, width=width,
         files={Path(p).name: sha256_file(p) for p in hashed if Path(p).exists()},
         pipeline_version=__version__, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        input_stats=input_stats,
     )
+
+
+def training_input_stats(images: np.ndarray):
+    """What `edge-app check-input` compares a camera's frames with: the training images (uint8, at the
+    input size, in the input's channel order) and the tensor values training fed the model (pixels / 255,
+    as in :func:`_rep_gen` and the training data pipeline)."""
+    from edge_app.inputcheck import measure
+
+    return measure(images, images.astype(np.float32) / 255.0)

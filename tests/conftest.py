@@ -123,7 +123,7 @@ def make_edge_model(folder: Path, seed: int = 0) -> Path:
 
     from edge_app.runfiles import INT8_TFLITE, LABELS_TXT, SIDECAR_NAME
     from edge_app.sidecar import write_sidecar
-    from pipeline.convert import describe_tflite, to_tflite_float, to_tflite_int8
+    from pipeline.convert import describe_tflite, to_tflite_float, to_tflite_int8, training_input_stats
     from pipeline.models import ModelConfig, build_model, with_class_maps
     from pipeline.run import FLOAT_TFLITE
 
@@ -135,7 +135,8 @@ def make_edge_model(folder: Path, seed: int = 0) -> Path:
     (folder / FLOAT_TFLITE).write_bytes(to_tflite_float(model))
     (folder / LABELS_TXT).write_text("\n".join(FAST_CLASSES) + "\n")
     write_sidecar(folder / SIDECAR_NAME, describe_tflite(folder / INT8_TFLITE, FAST_CLASSES, dataset="cifar10",
-                                                         arch="nin-cifar", width=0.125, hashed=[folder / INT8_TFLITE]))
+                                                         arch="nin-cifar", width=0.125, hashed=[folder / INT8_TFLITE],
+                                                         input_stats=training_input_stats(rep)))
     return folder
 
 

@@ -43,6 +43,9 @@ def test_every_file_of_the_run_folder(run_dir):
     assert sc.output("scores").dtype == "int8" and sc.output("scores").kind == "probabilities"
     for name, digest in sc.files.items():
         assert sha256_file(run_dir / name) == digest, name
+    st = sc.input_stats  # what `edge-app check-input` compares a camera with: CIFAR-10's training images
+    assert st.images == 256 and 100 < st.pixel_mean[0] < 140 and st.pixel_mean[0] > st.pixel_mean[2]
+    assert np.allclose(np.array(st.value_mean) * 255, st.pixel_mean, atol=0.01) and st.brightness_p5 < st.brightness_p95
 
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["train"]["epochs"] == 3 and cfg["model"]["width"] == 0.25 and cfg["data"]["limit_test"] == 500

@@ -50,3 +50,20 @@ def test_missing_and_corrupt_files(tmp_path):
     (tmp_path / "model.json").write_text("{not json")
     with pytest.raises(SidecarError, match="not valid JSON"):
         read_sidecar(tmp_path / "model.json")
+
+
+def test_input_stats_round_trip_and_are_checked(tmp_path):
+    import dataclasses
+
+    from edge_app.sidecar import InputStats
+
+    st = InputStats(images=4, pixel_mean=(1.0, 2.0, 3.0), pixel_std=(1.0, 1.0, 1.0), brightness_p5=1.0,
+                    brightness_p95=3.0, contrast=1.0, value_mean=(0.1, 0.2, 0.3), value_std=(0.1, 0.1, 0.1))
+    write_sidecar(tmp_path / "model.json", dataclasses.replace(_sidecar(), input_stats=st))
+    assert read_sidecar(tmp_path).input_stats == st
+    d = json.loads((tmp_path / "model.json").read_text())
+    d["input_stats"]["pixel_mean"] = [1.0]
+    with pytest.raises(SidecarError, match="one mean and std per input channel"):
+        sidecar_from_dict(d)
+    d.pop("input_stats")  # a model.json from before the statistics were kept still reads
+    assert sidecar_from_dict(d).input_stats is None
