@@ -1,4 +1,5 @@
-"""`edge-app`: the device-side command: `run` (the camera loop), `bench`, `eval`, `check-input` and `info`.
+"""`edge-app`: the device-side command: `run` (the camera loop), `bench`, `eval`, `info`,
+`check-input` and `check-target` (in checkcmds.py).
 
 Each command validates its options with click types and calls the library; every error a user
 can fix (an :class:`~edge_app.errors.EdgeAppError`, or an OSError) is turned into one
@@ -10,25 +11,30 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import functools
 from pathlib import Path
-from typing import Callable
 
 import click
 
 from . import __version__
-from .errors import EdgeAppError, OutputError, stop_on_sigterm
+from .checkcmds import check_input_cmd, check_target_cmd
+from .clikit import (
+    MODEL_FIELDS,
+    RUNTIME_CHOICES,
+    ModelChoice,
+    bundle,
+    model_anywhere,
+    one_line,
+    open_text,
+    runtime_options,
+    write_text,
+)
+from .errors import EdgeAppError, stop_on_sigterm
 from .evaluate import EVAL_JSON
 from .geometry import RESIZE_MODES
 from .loop import LoopOptions
 from .quiet import VerboseGroup, is_verbose
-from .runtime import DELEGATES, RUNTIMES
 
-RUNTIME_CHOICES = ("auto", *RUNTIMES)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+LOOP_FIELDS = tuple(f.name for f in dataclasses.fields(LoopOptions))
 
 
 class _Cli(VerboseGroup, click.Group):
@@ -39,12 +45,12 @@ class _Cli(VerboseGroup, click.Group):
         try:
             return super().invoke(ctx)
         except EdgeAppError as exc:
-            raise click.ClickException(_one_line(str(exc))) from None
+            raise click.ClickException(one_line(str(exc))) from None
         except OSError as exc:
             if exc.errno == errno.EPIPE:
                 raise  # the reader of stdout went away (e.g. `| head`): click ends quietly
             where = f"{exc.filename}: " if exc.filename else ""
-            raise click.ClickException(_one_line(f"{where}{exc.strerror or exc}")) from None
+            raise click.ClickException(one_line(f"{where}{exc.strerror or exc}")) from None
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,107 +63,6 @@ def cli() -> None:
 
     if not is_verbose():
         os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # our own messages say what failed
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelChoice:
-    """The model options of `run` and `bench`; :meth:`open` loads it (see model.open_model)."""
-
-    model: Path
-    runtime: str = "auto"
-    delegate: str = "cpu"
-    threads: int | None = None
-    device: str | None = None
-    delegate_lib: str | None = None
-    delegate_options: dict[str, str] = dataclasses.field(default_factory=dict)
-    fallback_cpu: bool = False
-    ignore_checksum: bool = False
-    labels: Path | None = None
-
-    def open(self):
-        from .model import open_model
-
-        options = dict(self.delegate_options, **({"device": self.device} if self.device else {}))
-        return open_model(self.model, runtime=self.runtime, delegate=self.delegate, threads=self.threads,
-                          delegate_lib=self.delegate_lib, delegate_options=options, fallback_cpu=self.fallback_cpu,
-                          ignore_checksum=self.ignore_checksum, labels_file=self.labels)
-
-
-def _bundle(name: str, factory: Callable, fields: tuple[str, ...]):
-    """Hand a command the options named ``fields`` as one object, ``factory(**options)``, in ``name``."""
-    def decorate(command):
-        @functools.wraps(command)
-        def wrapper(**kwargs):
-            kwargs[name] = factory(**{k: kwargs.pop(k) for k in fields if k in kwargs})
-            return command(**kwargs)
-        return wrapper
-    return decorate
-
-
-def _model_anywhere(command):
-    """The model as MODEL or as --model MODEL, the same for every command that takes one."""
-    @functools.wraps(command)
-    def wrapper(**kwargs):
-        given = kwargs.pop("model_arg", None)
-        if kwargs.get("model") is None:
-            kwargs["model"] = given
-        elif given is not None and Path(given) != Path(kwargs["model"]):
-            raise click.UsageError(f"two models given ({given} and --model {kwargs['model']}): give one")
-        if kwargs["model"] is None:
-            raise click.UsageError("which model? give a run folder or a .tflite as MODEL or --model MODEL")
-        return command(**kwargs)
-    return click.argument("model_arg", required=False, metavar="[MODEL]", type=click.Path(path_type=Path))(wrapper)
-
-
-MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelChoice))
-LOOP_FIELDS = tuple(f.name for f in dataclasses.fields(LoopOptions))
-
-
-def _kv(ctx, param, values):
-    out = {}
-    for v in values:
-        if "=" not in v:
-            raise click.BadParameter(f"{v!r} is not key=value")
-        k, _, val = v.partition("=")
-        out[k.strip()] = val.strip()
-    return out
-
-
-def _runtime_options(fallback: bool = False):
-    """The options that say how a model runs: the same for run, bench and eval (``--fallback-cpu``: run only)."""
-    options = [
-        click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True),
-        click.option("--delegate", type=click.Choice(DELEGATES), default="cpu", show_default=True),
-        click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads (default: all cores)."),
-        click.option("--device", default=None, help="Edge TPU device, e.g. usb:0 or pci:0."),
-        click.option("--delegate-lib", default=None, help="Path of any external delegate library."),
-        click.option("--delegate-option", "delegate_options", multiple=True, callback=_kv, help="key=value for the delegate."),
-        *([click.option("--fallback-cpu", is_flag=True, help="If the delegate fails to load, warn and run on the CPU.")]
-          if fallback else []),
-        click.option("--ignore-checksum", is_flag=True, help="Run a model whose sha256 differs from its model.json (warns)."),
-    ]
-
-    def decorate(command):
-        for option in reversed(options):
-            command = option(command)
-        return command
-    return decorate
-
-
-def _write_text(path: Path, text: str) -> None:
-    from .fsutil import atomic_write_text
-
-    try:
-        atomic_write_text(path, text)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
-def _open_text(path: Path):
-    try:
-        return open(path, "w", buffering=1)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _preview_server(address: str, token: str | None = None, insecure: bool = False):
@@ -189,7 +94,7 @@ def _bench_text(r: dict) -> str:
 @cli.command()
 @click.option("--model", default=None, type=click.Path(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
 @click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True)
-@_model_anywhere
+@model_anywhere
 def info(model: Path, runtime: str) -> None:
     """Load MODEL (a run folder or a .tflite) and print its inputs, outputs and sidecar."""
     from .model import describe_model
@@ -203,7 +108,7 @@ def info(model: Path, runtime: str) -> None:
               help="A run folder (model_int8.tflite + model.json) or a .tflite file.")
 @click.option("--source", default="0", show_default=True,
               help="Camera index, /dev/videoN, picamera, a video file, an RTSP/HTTP URL, an image, a folder or a glob.")
-@_runtime_options(fallback=True)
+@runtime_options(fallback=True)
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Class names, one per line (default: model.json's, or a labels.txt beside a bare .tflite).")
 @click.option("--width", type=click.IntRange(1, 10000), default=None, help="Camera capture width.")
@@ -234,9 +139,9 @@ def info(model: Path, runtime: str) -> None:
               help="Capture and pre-process the next frame in a second thread while this one is invoked.")
 @click.option("--heatmap", is_flag=True,
               help="Overlay the top class's confidence map (NiN's last block) on drawn frames; add its peak to the JSON.")
-@_model_anywhere
-@_bundle("model", ModelChoice, MODEL_FIELDS)
-@_bundle("options", LoopOptions, LOOP_FIELDS)
+@model_anywhere
+@bundle("model", ModelChoice, MODEL_FIELDS)
+@bundle("options", LoopOptions, LOOP_FIELDS)
 def run(model: ModelChoice, options: LoopOptions, source: str, width: int | None, height: int | None, fps: float | None,
         output: Path | None, summary_path: Path | None, save_video: Path | None, display: bool, serve_at: str | None,
         serve_token: str | None, serve_insecure: bool, loop: bool) -> None:
@@ -272,7 +177,7 @@ def run(model: ModelChoice, options: LoopOptions, source: str, width: int | None
                    f"{'x'.join(map(str, clf.input_size))} {clf.input.dtype.name}; source {source}", err=True)
         if server is not None:
             click.echo(f"preview: {server.url}", err=True)
-        out = stack.enter_context(_open_text(output)) if output else sys.stdout
+        out = stack.enter_context(open_text(output)) if output else sys.stdout
         health_start = health.read()
         summary = run_loop(loaded, src, options, out=out, sink=sink, window=window,
                            preview=server.preview if server else None)
@@ -280,9 +185,9 @@ def run(model: ModelChoice, options: LoopOptions, source: str, width: int | None
     click.echo(_summary_line(d), err=True)
     click.echo(health.describe(health_start, d["device_health"]["end"]), err=True)
     if summary_path:
-        _write_text(summary_path, json.dumps(d, indent=2) + "\n")
+        write_text(summary_path, json.dumps(d, indent=2) + "\n")
     if summary.error:
-        raise click.ClickException(_one_line(summary.error))
+        raise click.ClickException(one_line(summary.error))
     if summary.frames == 0 and summary.stopped_by == "end of source":
         why = f"its {summary.skipped} image(s) could not be read" if summary.skipped else "it gave no frames"
         raise click.ClickException(f"no frame was processed: {why} ({source}); check the source (a readable image, "
@@ -291,7 +196,7 @@ def run(model: ModelChoice, options: LoopOptions, source: str, width: int | None
 
 @cli.command(name="bench")
 @click.option("--model", default=None, type=click.Path(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
-@_runtime_options()
+@runtime_options()
 @click.option("--runs", type=click.IntRange(10, 1_000_000), default=300, show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--all", "all_models", is_flag=True,
@@ -299,8 +204,8 @@ def run(model: ModelChoice, options: LoopOptions, source: str, width: int | None
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="With --all: also top-1 on this labelled folder (DIR/<class>/*.jpg).")
 @click.option("--limit", type=click.IntRange(1, None), default=None, help="With --data: at most N images.")
-@_model_anywhere
-@_bundle("model", ModelChoice, MODEL_FIELDS)
+@model_anywhere
+@bundle("model", ModelChoice, MODEL_FIELDS)
 def bench_cmd(model: ModelChoice, runs: int, json_out: Path | None, all_models: bool, data: Path | None,
               limit: int | None) -> None:
     """Invoke-only latency, and the whole loop on synthetic 640x480 frames, side by side (--all: a table
@@ -323,7 +228,7 @@ def bench_cmd(model: ModelChoice, runs: int, json_out: Path | None, all_models: 
         for line in bench_table(rows):
             click.echo(line)
         if json_out:
-            _write_text(json_out, json.dumps({"folder": str(model.model), "runs": runs, "rows": rows}, indent=2) + "\n")
+            write_text(json_out, json.dumps({"folder": str(model.model), "runs": runs, "rows": rows}, indent=2) + "\n")
         return
     if data is not None or limit is not None:
         raise click.UsageError("--data and --limit go with --all")
@@ -332,14 +237,14 @@ def bench_cmd(model: ModelChoice, runs: int, json_out: Path | None, all_models: 
     click.echo(f"{loaded.path.name} on {loaded.classifier.runtime}, delegate {loaded.delegate}, {runs} runs")
     click.echo(_bench_text(r))
     if json_out:
-        _write_text(json_out, json.dumps(r, indent=2) + "\n")
+        write_text(json_out, json.dumps(r, indent=2) + "\n")
 
 
 @cli.command(name="eval")
 @click.option("--model", default=None, type=click.Path(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
 @click.option("--source", type=click.Path(path_type=Path), required=True,
               help="A labelled folder: DIR/<class>/*.jpg (class names as in labels.txt; found recursively).")
-@_runtime_options()
+@runtime_options()
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Class names, one per line (default: model.json's, or a labels.txt beside a bare .tflite).")
 @click.option("--resize", type=click.Choice(RESIZE_MODES), default="crop", show_default=True,
@@ -347,8 +252,8 @@ def bench_cmd(model: ModelChoice, runs: int, json_out: Path | None, all_models: 
 @click.option("--limit", type=click.IntRange(1, None), default=None, help="At most N images, spread over the classes.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help=f"Where to write the result (default: {EVAL_JSON} in the run folder, else here).")
-@_model_anywhere
-@_bundle("model", ModelChoice, MODEL_FIELDS)
+@model_anywhere
+@bundle("model", ModelChoice, MODEL_FIELDS)
 def eval_cmd(model: ModelChoice, source: Path, resize: str, limit: int | None, json_out: Path | None) -> None:
     """Accuracy on this device: a labelled folder through the real runtime, delegate and preprocessing."""
     import json
@@ -365,44 +270,12 @@ def eval_cmd(model: ModelChoice, source: Path, resize: str, limit: int | None, j
                + (f"; skipped {r['skipped']} unreadable" if r["skipped"] else ""))
     click.echo("lowest recall: " + ", ".join(f"{k} {100 * v:.1f}%" for v, k in worst))
     out = json_out or (Path(model.model) / EVAL_JSON if Path(model.model).is_dir() else Path(EVAL_JSON))
-    _write_text(out, json.dumps(r, indent=2) + "\n")
+    write_text(out, json.dumps(r, indent=2) + "\n")
     click.echo(f"eval: {out}")
 
 
-@cli.command(name="check-input")
-@click.option("--model", default=None, type=click.Path(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
-@click.option("--source", default="0", show_default=True, help="The real source, as for `run`: a camera, picamera, a video, images.")
-@click.option("--frames", type=click.IntRange(1, 1000), default=8, show_default=True, help="How many frames to judge.")
-@click.option("--resize", type=click.Choice(RESIZE_MODES), default="crop", show_default=True)
-@click.option("--width", type=click.IntRange(1, 10000), default=None, help="Camera capture width.")
-@click.option("--height", type=click.IntRange(1, 10000), default=None, help="Camera capture height.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where the pictures and check-input.json go (default: check-input/ in the run folder, else here).")
-@click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True)
-@_model_anywhere
-def check_input_cmd(model: Path, source: str, frames: int, resize: str, width: int | None, height: int | None,
-                    out: Path | None, runtime: str) -> None:
-    """Is the camera frame what the model expects? Saves the model's input as pictures and compares the
-    frames with the training images (channel order, scale, exposure). Exit status 3: a problem found."""
-    import json
-
-    from .inputcheck import check_source, table
-    from .model import open_model
-    from .sources import open_source
-
-    loaded = open_model(model, runtime=runtime)
-    out = out or (Path(model) / "check-input" if Path(model).is_dir() else Path("check-input"))
-    with contextlib.closing(open_source(source, width=width, height=height)) as src:
-        r = check_source(loaded, src, frames=frames, resize=resize, out_dir=out)
-    if not r["frames"]:
-        raise click.ClickException(f"no frame came from {source}" + (f" ({r['skipped']} unreadable)" if r["skipped"] else "")
-                                   + "; check the source")
-    for line in table(r):
-        click.echo(line)
-    _write_text(out / "check-input.json", json.dumps({"model": str(loaded.path), "source": source, **r}, indent=2) + "\n")
-    click.echo(f"the model's input as pictures: {out}/input_*.png (beside each frame_*.jpg)")
-    if r["findings"]:
-        raise SystemExit(3)
+cli.add_command(check_input_cmd)
+cli.add_command(check_target_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from edge_app.checkcmds import target_names
 from edge_app.quiet import VerboseGroup, is_verbose
 
 from . import __version__
@@ -302,6 +303,30 @@ def edgetpu_compile(model: Path, out_dir: Path | None, compiler: Path | None, ti
     result = compile_(model, out_dir, compiler=str(compiler) if compiler else None, timeout=timeout)
     click.echo(f"edgetpu_compiler {result.compiler_version}: {result.ops_on_tpu} of {result.ops_total} operations mapped "
                f"to the Edge TPU ({result.subgraphs} subgraph(s)) in {result.seconds:.1f} s -> {result.output}")
+
+
+@cli.command(name="check-target")
+@click.argument("model", type=click.Path(exists=True, path_type=Path))
+@click.option("--runtime", "runtimes", multiple=True, metavar="NAME", callback=target_names,
+              help="A target runtime, e.g. tflite-runtime==2.14.0 (repeatable; default: every one with an op table). "
+                   "The runtimes this Python has are always loaded.")
+@click.option("--python", "pythons", multiple=True, type=click.Path(exists=True, dir_okay=False), metavar="PY",
+              help="Also load the model in the runtimes another Python has (e.g. a venv with tflite-runtime 2.14).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def check_target(model: Path, runtimes: tuple[str, ...], pythons: tuple[str, ...], json_out: Path | None) -> None:
+    """Will MODEL (a run folder or a .tflite) load on the target runtimes? Every op with its version, per
+    runtime: loaded where installed, from the release's op table where not; and the Edge TPU's mapping.
+    A run folder records it (target.json, the report). Exit status 3: a target will not load it."""
+    from edge_app.targets import format_check
+
+    from .records import target_check
+
+    r = target_check(model, runtimes, pythons)
+    click.echo("\n".join([*format_check(r), f"Edge TPU (Coral's rules, no compiler): {r['edgetpu']['verdict']}"]))
+    if json_out:
+        _write_text(json_out, json.dumps(r, indent=2) + "\n")
+    if any(t["loads"] is False for t in r["targets"]):
+        raise SystemExit(3)
 
 
 @cli.command()

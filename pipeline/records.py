@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ReportError
-from .run import EDGETPU_JSON, INT8_TFLITE, REPORT_HTML, REPORT_JSON, REPORT_MD, SIDECAR_NAME, RunFolder
+from .run import EDGETPU_JSON, INT8_TFLITE, REPORT_HTML, REPORT_JSON, REPORT_MD, SIDECAR_NAME, TARGET_JSON, RunFolder
 
 log = logging.getLogger("pipeline")
 
@@ -95,4 +95,31 @@ def edgetpu_compile(model: Path, out_dir: Path | None = None, *, compiler: str |
     result = compile_model(resolve_model_path(model), out_dir, compiler=compiler, timeout=timeout)
     if Path(model).is_dir():
         record_compiled(RunFolder(model), result)
+    return result
+
+
+def target_check(model: Path, runtimes: tuple[str, ...] = (), pythons: tuple[str, ...] = (), *,
+                 here: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """`nin-pipeline check-target` and the build's own: will the int8 model load on each target runtime
+    (edge_app.targets), plus the Edge TPU's mapping (Coral's rules). A run folder records it in target.json
+    and its report."""
+    from edge_app.runfiles import resolve_model_path
+    from edge_app.targets import LOADABLE, check_target, table_runtimes
+
+    from .edgetpu import check_model, verdict
+
+    path = resolve_model_path(model)
+    result = check_target(path, runtimes or tuple(table_runtimes()), pythons, here=here or LOADABLE)
+    tpu = check_model(path)
+    result["edgetpu"] = {"on_tpu": tpu.on_tpu, "total": len(tpu.ops), "verdict": verdict(tpu)}
+    if Path(model).is_dir():
+        run = RunFolder(model)
+        run.write_json(TARGET_JSON, result)
+        if run.path(REPORT_JSON).is_file():
+            try:
+                report = run.read_report()
+            except ReportError:
+                return result
+            report["target"] = result
+            write_report(run, report)
     return result

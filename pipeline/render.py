@@ -114,6 +114,7 @@ def render_markdown(report: dict) -> str:
         lines.extend(["## Is the difference real?", "", *(f"- {x}" for x in sig), ""])
     lines.extend(layer_error_lines(report))
     lines.extend(edgetpu_lines(report))
+    lines.extend(target_lines(report))
     for name in report.get("plots", {}).values():
         lines.append(f"![{name}]({name})")
     return "\n".join(lines) + "\n"
@@ -133,6 +134,21 @@ def edgetpu_lines(report: dict) -> list[str]:
         c = e["compile"]
         out.append(f"- edgetpu_compiler {c['compiler_version']}: {c['ops_on_tpu']} of {c['ops_total']} operations mapped "
                    f"to the Edge TPU, {c['subgraphs']} subgraph(s) -> {Path(c['output']).name}")
+    return out + [""]
+
+
+def target_lines(report: dict) -> list[str]:
+    """Will it load on the device's runtime: one line per target (`check-target`, run by `build`)."""
+    t = report.get("target") or {}
+    if not t:
+        return []
+    out = ["## Target runtimes", "", "Ops: " + ", ".join(f"{o['name']} v{o['version']}" for o in t["ops"]), ""]
+    for x in t["targets"]:
+        state = {True: "loads", False: "**will not load**", None: "unknown"}[x["loads"]]
+        out.append(f"- {x['runtime']}: {state} ({x['how']})"
+                   + "".join(f"; {p['op']} v{p['version']}: {p['advice']}" for p in x["problems"]))
+    if t.get("edgetpu"):
+        out.append(f"- Edge TPU (Coral's rules, no compiler): {t['edgetpu']['verdict']}")
     return out + [""]
 
 
@@ -162,6 +178,9 @@ def render_html(report: dict, images: dict[str, bytes]) -> str:
     tpu = edgetpu_lines(report)
     edgetpu = ("<h2>Edge TPU</h2><ul>" + "".join(f"<li>{esc(x[2:])}</li>" for x in tpu if x.startswith("- ")) + "</ul>"
                if tpu else "")
+    tgt = target_lines(report)
+    edgetpu += ("<h2>Target runtimes</h2><ul>" + "".join(f"<li>{esc(x[2:].replace('**', ''))}</li>" for x in tgt
+                                                           if x.startswith("- ")) + "</ul>" if tgt else "")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>

@@ -167,6 +167,9 @@ def build_report(run: RunFolder, preds: dict[str, np.ndarray], y: np.ndarray, la
     edgetpu = run.read_edgetpu()  # written by `nin-pipeline edgetpu check/compile` and --target edgetpu
     if edgetpu:
         report["edgetpu"] = edgetpu
+    target = run.read_target()  # written by the convert stage and `nin-pipeline check-target`
+    if target:
+        report["target"] = target
     return report
 
 

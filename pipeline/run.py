@@ -38,6 +38,7 @@ FLOAT_TFLITE = "model_float32.tflite"
 PTQ_TFLITE = "model_int8_ptq.tflite"
 EDGETPU_LOG = "model_int8_edgetpu.log"
 EDGETPU_JSON = "edgetpu.json"
+TARGET_JSON = "target.json"  # will the int8 model load on the target runtimes (`check-target`)
 LAYER_ERRORS_JSON = "layer_errors.json"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -304,6 +305,10 @@ class RunFolder:
     def read_edgetpu(self) -> dict[str, Any]:
         """edgetpu.json (the Edge TPU check and compile summaries)."""
         return self._read_optional_json(EDGETPU_JSON, "starting it again")
+
+    def read_target(self) -> dict[str, Any]:
+        """target.json (will the int8 model load on the target runtimes)."""
+        return self._read_optional_json(TARGET_JSON, "re-run `nin-pipeline check-target RUN`")
 
     def model_digests(self) -> dict[str, str]:
         """sha256 of each model the evaluation runs (those present)."""

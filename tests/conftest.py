@@ -267,3 +267,23 @@ def lenet_sweep(cifar_jpg, cifar_cache, tmp_path_factory):
         mp.setattr(build_module, "build", counted(None))
         second = CliRunner().invoke(cli, args)
     return out, args, calls, first, second
+
+
+# --------------------------------------------------------------------------- tflite-runtime 2.14
+
+@pytest.fixture(scope="session")
+def tflite_runtime_214(tmp_path_factory):
+    """A venv with tflite-runtime 2.14 and numpy<2: what Raspberry Pi OS users have."""
+    if sys.version_info >= (3, 12):
+        pytest.skip("tflite-runtime 2.14 has wheels for Python <= 3.11 only")
+    venv = tmp_path_factory.mktemp("tfl214") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    pip = subprocess.run([str(py), "-m", "pip", "install", "-q", "tflite-runtime==2.14.0", "numpy<2"],
+                         capture_output=True, text=True, timeout=600)
+    if pip.returncode != 0:
+        msg = f"could not install tflite-runtime 2.14: {pip.stderr[-500:]}"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return py

@@ -90,24 +90,6 @@ print(clf.runtime, acc)
     assert float(acc) > 0.2, f"int8 accuracy {acc} is not above chance (0.10)"
 
 
-@pytest.fixture(scope="module")
-def tflite_runtime_214(tmp_path_factory):
-    """A venv with tflite-runtime 2.14 and numpy<2: what Raspberry Pi OS users have."""
-    if sys.version_info >= (3, 12):
-        pytest.skip("tflite-runtime 2.14 has wheels for Python <= 3.11 only")
-    venv = tmp_path_factory.mktemp("tfl214") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    py = venv / "bin" / "python"
-    pip = subprocess.run([str(py), "-m", "pip", "install", "-q", "tflite-runtime==2.14.0", "numpy<2"],
-                         capture_output=True, text=True, timeout=600)
-    if pip.returncode != 0:
-        msg = f"could not install tflite-runtime 2.14: {pip.stderr[-500:]}"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return py
-
-
 def test_int8_model_loads_in_tflite_runtime_2_14(run_dir, tflite_runtime_214, tmp_path):
     from pipeline.config import BuildConfig
     from pipeline.data import make_splits

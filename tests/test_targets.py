@@ -1,0 +1,139 @@
+"""`check-target`: every op with its version, and whether each target runtime will load the model."""
+
+import importlib.util
+import json
+import struct
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edge_app.cli import cli as edge_cli
+from edge_app.errors import ModelLoadError
+from edge_app.targets import OP_TABLE, _Buf, check_target, load_with, model_ops
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "edge_app" / "demo" / "model_int8.tflite"
+
+
+def with_op_version(src: Path, dest: Path, op: str, version: int) -> Path:
+    """A copy of ``src`` whose operator code for ``op`` claims ``version`` (patched in place: the field
+    is there when the version is not the default 1)."""
+    data = bytearray(src.read_bytes())
+    b = _Buf(bytes(data))
+    (index,) = [i for i, o in enumerate(model_ops(src)) if o.name == op]
+    pos = b.field(b.tables(b.u32(0), 1)[index], 2)
+    assert pos is not None, f"{op} has the default version 1: nothing to patch"
+    struct.pack_into("<i", data, pos, version)
+    dest.write_bytes(bytes(data))
+    return dest
+
+
+def test_ops_are_read_from_the_flatbuffer_as_tensorflow_reads_them():
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    ops = model_ops(DEMO)
+    m = flatbuffer_utils.read_model(str(DEMO))
+    assert [(o.code, o.version) for o in ops] == [(max(c.builtinCode, c.deprecatedBuiltinCode), c.version)
+                                                  for c in m.operatorCodes]
+    assert sum(o.count for o in ops) == len(m.subgraphs[0].operators)
+    assert {o.name for o in ops} >= {"CONV_2D", "MEAN", "SOFTMAX"}
+
+
+def test_a_file_that_is_not_a_model_is_one_clear_error(tmp_path):
+    (tmp_path / "x.tflite").write_bytes(b"not a model at all")
+    with pytest.raises(ModelLoadError, match="not a TFLite model"):
+        model_ops(tmp_path / "x.tflite")
+    data = DEMO.read_bytes()
+    (tmp_path / "cut.tflite").write_bytes(data[:200])
+    with pytest.raises(ModelLoadError, match="truncated or corrupt"):
+        model_ops(tmp_path / "cut.tflite")
+
+
+def test_the_release_tables_agree_with_the_probed_runtimes():
+    t = json.loads(OP_TABLE.read_text())
+    assert t["builtin_names"]["3"] == "CONV_2D" and t["builtin_names"]["9"] == "FULLY_CONNECTED"
+    src, probed = t["runtimes"]["tflite-runtime==2.14.0"], t["probed"]["tflite-runtime==2.14.0"]
+    assert "4dacf3f368eb7965e9b5c3bbdd5193986081c3b2" in src["source"] and src["complete"]
+    assert len(probed["ops"]) >= 20
+    for op, versions in probed["ops"].items():  # the numbers read from the source are the runtime's own
+        assert src["ops"][op] == versions, op
+    assert "a4dfb8d1a71385bd6d122e4f27f86dcebb96712d" in t["runtimes"]["tflite-runtime==2.5.0.post1"]["source"]
+
+
+def test_the_generator_parses_every_form_of_addbuiltin():
+    spec = importlib.util.spec_from_file_location("op_versions", REPO / "scripts" / "op_versions.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    text = """
+  AddBuiltin(BuiltinOperator_ABS, Register_ABS(), /* min_version = */ 1,
+             /* max_version = */ 4);
+  AddBuiltin(BuiltinOperator_HARD_SWISH, Register_HARD_SWISH());
+  AddBuiltin(BuiltinOperator_FAKE_QUANT, Register_FAKE_QUANT(), 1, 2);
+  AddBuiltin(BuiltinOperator_AVERAGE_POOL_2D, Register_AVERAGE_POOL_2D(),
+             /* min_version */ 1,
+             /* max_version */ 3);
+  AddBuiltin(BuiltinOperator_IF, tflite::ops::builtin::Register_IF());
+  AddBuiltin(BuiltinOperator_BROADCAST_TO, Register_BROADCAST_TO(),
+             /* min_version = */ 2,
+             /* max_version = */ 3);
+""" + "\n".join(f"  AddBuiltin(BuiltinOperator_OP{i}, Register_OP{i}());" for i in range(50))
+    ops = gen.parse_register_cc(text)
+    assert ops["ABS"] == [1, 2, 3, 4] and ops["HARD_SWISH"] == [1] and ops["FAKE_QUANT"] == [1, 2]
+    assert ops["AVERAGE_POOL_2D"] == [1, 2, 3] and ops["IF"] == [1] and ops["BROADCAST_TO"] == [2, 3]
+    with pytest.raises(SystemExit, match="register.cc"):
+        gen.parse_register_cc("AddBuiltin(BuiltinOperator_ABS, Register_ABS());")
+
+
+def test_the_demo_model_loads_everywhere():
+    r = check_target(DEMO, ["tflite-runtime==2.14.0", "tflite-runtime==2.5.0.post1"], here=("ai-edge-litert",))
+    assert [(t["runtime"].split()[0], t["loads"]) for t in r["targets"]] == [
+        ("ai-edge-litert", True), ("tflite-runtime==2.14.0", True), ("tflite-runtime==2.5.0.post1", True)]
+
+
+def test_an_op_version_too_new_is_named_with_what_to_do(tmp_path):
+    # CONV_2D version 8: ai-edge-litert 2.3 has it, tflite-runtime 2.14 stops at 7, 2.5 at 5
+    model = with_op_version(DEMO, tmp_path / "v8.tflite", "CONV_2D", 8)
+    res = CliRunner().invoke(edge_cli, ["check-target", str(model), "--runtime", "tflite-runtime==2.14.0",
+                                        "--runtime", "tflite-runtime==2.5.0.post1", "--json", str(tmp_path / "t.json")])
+    assert res.exit_code == 3, res.output
+    assert "tflite-runtime==2.14.0: WILL NOT LOAD" in res.output and "NO (has <= 7)" in res.output
+    assert "CONV_2D version 8: tflite-runtime==2.14.0 has CONV_2D versions 1-7, the model uses 8: upgrade" in res.output
+    r = json.loads((tmp_path / "t.json").read_text())
+    loads = {t["runtime"].split()[0]: t["loads"] for t in r["targets"]}
+    assert loads["ai-edge-litert"] and not loads["tflite-runtime==2.14.0"] and not loads["tflite-runtime==2.5.0.post1"]
+    # version 9 is beyond the installed runtime too: the runtime's own refusal is read back
+    model = with_op_version(DEMO, tmp_path / "v9.tflite", "CONV_2D", 9)
+    (here,) = check_target(model, (), here=("ai-edge-litert",))["targets"]
+    assert here["loads"] is False and here["problems"][0]["op"] == "CONV_2D" and here["problems"][0]["version"] == 9
+    assert here["problems"][0]["runtime_versions"] == list(range(1, 9))  # the probed table names what it has
+
+
+def test_bad_runtime_names_and_models_are_one_clear_message(tmp_path):
+    res = CliRunner().invoke(edge_cli, ["check-target", str(DEMO), "--runtime", "tflite-runtime==1.0"])
+    assert res.exit_code == 2 and "neither a runtime with an op table" in res.output
+    res = CliRunner().invoke(edge_cli, ["check-target", str(tmp_path / "none.tflite")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_tflite_runtime_2_14_itself_agrees_with_its_table(tflite_runtime_214, tmp_path):
+    ok = with_op_version(DEMO, tmp_path / "v7.tflite", "CONV_2D", 7)
+    new = with_op_version(DEMO, tmp_path / "v8.tflite", "CONV_2D", 8)
+    (good,) = load_with(tflite_runtime_214, ok)
+    (bad,) = load_with(tflite_runtime_214, new)
+    assert good["runtime"] == "tflite-runtime 2.14.0" and good["loads"], good
+    assert not bad["loads"] and (bad["refused_op"], bad["refused_version"]) == ("CONV_2D", 8), bad
+
+
+def test_nin_pipeline_check_target_records_it_in_the_run_folder(fast_run_copy):
+    from pipeline.cli import cli
+
+    assert json.loads((fast_run_copy / "target.json").read_text())["targets"]  # the build's convert stage wrote it
+    (fast_run_copy / "target.json").unlink()
+    res = CliRunner().invoke(cli, ["check-target", str(fast_run_copy)])
+    assert res.exit_code == 0, res.output
+    assert "Edge TPU (Coral's rules, no compiler):" in res.output
+    assert json.loads((fast_run_copy / "target.json").read_text())["edgetpu"]["total"] > 0
+    report = json.loads((fast_run_copy / "report.json").read_text())
+    assert report["target"]["targets"] and "## Target runtimes" in (fast_run_copy / "report.md").read_text()
