@@ -19,7 +19,6 @@ from . import __version__
 from .checkcmds import check_input_cmd, check_target_cmd
 from .clikit import (
     MODEL_FIELDS,
-    RUNTIME_CHOICES,
     ModelChoice,
     bundle,
     model_anywhere,
@@ -93,14 +92,25 @@ def _bench_text(r: dict) -> str:
 
 @cli.command()
 @click.option("--model", default=None, type=click.Path(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
-@click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True)
+@runtime_options()
 @model_anywhere
-def info(model: Path, runtime: str) -> None:
-    """Load MODEL (a run folder or a .tflite) and print its inputs, outputs and sidecar."""
+@bundle("model", ModelChoice, MODEL_FIELDS)
+def info(model: ModelChoice) -> None:
+    """Load MODEL (a run folder or a .tflite) and print its inputs, outputs, sidecar, and which ops the
+    delegate (--delegate; XNNPACK on the CPU) took and which stayed on TFLite's built-in CPU kernels."""
     from .model import describe_model
+    from .placement import compiled_placement, describe, placement
+    from .runfiles import resolve_model_path
 
-    for line in describe_model(model, runtime):
-        click.echo(line)
+    compiled = compiled_placement(resolve_model_path(model.model, model.delegate))
+    if compiled is None or model.delegate == "edgetpu":
+        loaded = model.open()
+        for line in describe_model(loaded.path, model.runtime):
+            click.echo(line)
+    if compiled is not None:  # read from the file: the compiler's mapping
+        click.echo(describe(compiled, "edgetpu"))
+    else:
+        click.echo(describe(placement(loaded.classifier.interpreter, loaded.delegate), loaded.delegate))
 
 
 @cli.command()
@@ -154,6 +164,8 @@ def run(model: ModelChoice, options: LoopOptions, source: str, width: int | None
     from .draw import VideoSink, Window
     from .loop import run_loop
     from .model import require_class_maps
+    from .placement import describe as describe_placement
+    from .placement import placement
     from .sources import open_source
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
@@ -175,13 +187,15 @@ def run(model: ModelChoice, options: LoopOptions, source: str, width: int | None
         clf = loaded.classifier
         click.echo(f"edge-app: {loaded.path} on {clf.runtime}, delegate {loaded.delegate}, input "
                    f"{'x'.join(map(str, clf.input_size))} {clf.input.dtype.name}; source {source}", err=True)
+        placed = placement(clf.interpreter, loaded.delegate)
+        click.echo(describe_placement(placed, loaded.delegate), err=True)
         if server is not None:
             click.echo(f"preview: {server.url}", err=True)
         out = stack.enter_context(open_text(output)) if output else sys.stdout
         health_start = health.read()
         summary = run_loop(loaded, src, options, out=out, sink=sink, window=window,
                            preview=server.preview if server else None)
-    d = {**summary.to_dict(), "device_health": {"start": health_start, "end": health.read()}}
+    d = {**summary.to_dict(), "device_health": {"start": health_start, "end": health.read()}, "delegate_placement": placed}
     click.echo(_summary_line(d), err=True)
     click.echo(health.describe(health_start, d["device_health"]["end"]), err=True)
     if summary_path:

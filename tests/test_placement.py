@@ -1,0 +1,123 @@
+"""Delegate placement: which ops the delegate took, which stayed on TFLite's built-in CPU kernels."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edge_app.cli import cli
+from edge_app.placement import compiled_placement, describe, placement
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "edge_app" / "demo" / "model_int8.tflite"
+
+
+def _interpreter(**kw):
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(DEMO), num_threads=1, **kw)
+    it.allocate_tensors()
+    return it
+
+
+def test_xnnpack_placement_is_read_from_the_interpreter():
+    p = placement(_interpreter())
+    assert p["exposed"] and p["nodes"] == 14 and p["partitions"] >= 1
+    assert 0 < p["delegated"] < p["nodes"] and p["delegated"] + sum(p["cpu_ops"].values()) == p["nodes"]
+    # measured with ai-edge-litert 2.3.0: XNNPACK leaves NiN's int8 3x3/2 average pooling and the softmax out
+    assert "AVERAGE_POOL_2D" in p["cpu_ops"] and "CONV_2D" not in p["cpu_ops"]
+    assert "took %d of 14 nodes" % p["delegated"] in describe(p, "cpu")
+
+
+def test_no_delegate_at_all_is_a_warning():
+    from ai_edge_litert.interpreter import OpResolverType
+
+    p = placement(_interpreter(experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+    assert p["delegated"] == 0 and p["cpu_ops"]["CONV_2D"] == 9
+    assert p["warnings"][0].startswith("XNNPACK took no op: TFLite's built-in CPU kernels run everything")
+
+
+class _Fake:
+    """What a runtime reports after the Edge TPU delegate took the custom op of a compiled model whose
+    softmax the compiler left outside (tensors: 0 input, 1 custom op's output, 2 softmax output)."""
+
+    def __init__(self, with_details=True):
+        if with_details:
+            self._get_ops_details = lambda: [
+                {"index": 0, "op_name": "edgetpu-custom-op", "inputs": [0], "outputs": [1]},
+                {"index": 1, "op_name": "SOFTMAX", "inputs": [1], "outputs": [2]},
+                {"index": 2, "op_name": "DELEGATE", "inputs": [0], "outputs": [1]},
+            ]
+
+
+def test_an_edge_tpu_placement_names_the_ops_outside_it_and_a_runtime_that_says_nothing():
+    p = placement(_Fake(), "edgetpu")
+    assert (p["tpu_custom_ops"], p["delegated"], p["cpu_ops"]) == (1, 1, {"SOFTMAX": 1})
+    assert "crosses USB/PCIe" in p["warnings"][0]
+    assert describe(p, "edgetpu").startswith("delegate placement: compiled for the Edge TPU; 1 op(s) outside it")
+    quiet = placement(_Fake(with_details=False))
+    assert not quiet["exposed"] and "not exposed by this runtime" in describe(quiet, "cpu")
+
+
+def _fake_compiled(dest: Path) -> Path:
+    """The demo model with its CONV_2D operator code turned into Coral's custom op: the structure of an
+    Edge TPU-compiled model (mapped ops inside `edgetpu-custom-op`, the rest outside), no compiler needed."""
+    from tensorflow.lite.tools import flatbuffer_utils as fu
+
+    m = fu.read_model(str(DEMO))
+    for oc in m.operatorCodes:
+        if max(oc.builtinCode, oc.deprecatedBuiltinCode) == 3:
+            oc.builtinCode = oc.deprecatedBuiltinCode = 32
+            oc.customCode = b"edgetpu-custom-op"
+    fu.write_model(m, str(dest))
+    return dest
+
+
+def test_a_compiled_model_placement_is_read_from_the_file(tmp_path):
+    model = _fake_compiled(tmp_path / "model_int8_edgetpu.tflite")
+    p = compiled_placement(model)
+    assert p["tpu_custom_ops"] == 9 and p["cpu_ops"] == {"MAX_POOL_2D": 1, "AVERAGE_POOL_2D": 1, "QUANTIZE": 1,
+                                                          "MEAN": 1, "SOFTMAX": 1}
+    assert compiled_placement(DEMO) is None
+    res = CliRunner().invoke(cli, ["info", str(model)])
+    assert res.exit_code == 0, res.output
+    assert "compiled for the Edge TPU; 5 op(s) outside it" in res.output and "crosses USB/PCIe" in res.output
+
+
+def test_info_and_the_run_summary_say_where_the_ops_went(edge_model, tmp_path):
+    res = CliRunner().invoke(cli, ["info", str(edge_model), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert "delegate placement: XNNPACK (the CPU's default delegate) took" in res.output
+    src = tmp_path / "img.png"
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(src), np.full((40, 40, 3), 120, np.uint8))
+    res = CliRunner().invoke(cli, ["run", str(edge_model), "--source", str(src), "--threads", "1",
+                                   "--summary", str(tmp_path / "s.json"), "--output", str(tmp_path / "o.jsonl")])
+    assert res.exit_code == 0, res.output
+    placed = json.loads((tmp_path / "s.json").read_text())["delegate_placement"]
+    assert placed["exposed"] and placed["delegated"] > 0 and "delegate placement:" in res.output
+
+
+@pytest.mark.slow
+def test_tflite_runtime_2_14_exposes_placement_the_same_way(tflite_runtime_214, edge_model):
+    code = f"""
+from tflite_runtime.interpreter import Interpreter
+from edge_app.placement import placement
+for name in ("model_int8.tflite", "model_float32.tflite"):
+    it = Interpreter(model_path={str(edge_model)!r} + "/" + name, num_threads=1)
+    it.allocate_tensors()
+    p = placement(it)
+    print(name, p["exposed"], p["nodes"] == p["delegated"] + sum(p["cpu_ops"].values()), p["delegated"])
+"""
+    out = subprocess.run([str(tflite_runtime_214), "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {r.split()[0]: r.split()[1:] for r in out.stdout.strip().splitlines()}
+    # measured: tflite-runtime 2.14's XNNPACK takes the whole float model and no op of the int8 one
+    assert rows["model_int8.tflite"] == ["True", "True", "0"]
+    assert rows["model_float32.tflite"][:2] == ["True", "True"] and int(rows["model_float32.tflite"][2]) > 0
