@@ -41,7 +41,6 @@ from .run import (
     REPORT_MD,
     SIDECAR_NAME,
     STAGES,
-    TARGET_JSON,
     TRAIN_LOG,
     RunFolder,
     history_csv,
@@ -207,16 +206,13 @@ def stage_convert(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
     write_sidecar(run.path(SIDECAR_NAME), sidecar)
     run.write_json(LAYER_ERRORS_JSON, layer_error_tables({"qat_int8": (run.path(INT8_TFLITE), qat_model),
                                                           "ptq_int8": (run.path(PTQ_TFLITE), float_model)}, rep))
-    from .records import target_check
-
-    target = target_check(run.path(INT8_TFLITE), here=("ai-edge-litert", "tflite-runtime"))
-    run.write_json(TARGET_JSON, target)
-    log.info("target: %s", "; ".join(f"{t['runtime']} {({True: 'loads', False: 'WILL NOT LOAD', None: 'unknown'})[t['loads']]}"
-                                     for t in target["targets"]))
     for stale in (EDGETPU_TFLITE, EDGETPU_LOG, EDGETPU_JSON):  # they described the old model
         run.path(stale).unlink(missing_ok=True)
     if cfg.convert.target == "edgetpu":
         edgetpu_stage(run)
+    from .records import after_convert
+
+    after_convert(run)
 
 
 def evaluate_and_report(cfg: BuildConfig, run: RunFolder, splits: Splits, *, rerun: bool = True,

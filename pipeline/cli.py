@@ -331,6 +331,35 @@ def check_target(model: Path, runtimes: tuple[str, ...], pythons: tuple[str, ...
 
 @cli.command()
 @click.argument("run_dir", type=RUN_DIR)
+@click.option("--writer-python", type=click.Path(exists=True, dir_okay=False), default=None, envvar="NIN_METADATA_PYTHON",
+              help="A Python with mediapipe 0.10.21 (its metadata writer and ImageClassifier; env NIN_METADATA_PYTHON).")
+@click.option("--check", "check_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Classify these images (a folder, searched recursively) with MediaPipe and with edge_app, and compare.")
+@click.option("--task-python", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --check: also classify with the TFLite Task Library in this Python (tflite-support 0.4.4).")
+@click.option("--limit", type=POSITIVE_INT, default=50, show_default=True, help="At most this many check images.")
+def clients(run_dir: Path, writer_python: str | None, check_dir: Path | None, task_python: str | None, limit: int) -> None:
+    """The model for MediaPipe Tasks' ImageClassifier and the TFLite Task Library: scores only, uint8 I/O,
+    TFLite Metadata (labels, normalisation) -> model_uint8_metadata.tflite and clients.json in RUN_DIR."""
+    from .clients import CLIENTS_TFLITE, build_clients_model
+
+    images = sorted(p for p in check_dir.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:limit] if check_dir else []
+    if task_python and not check_dir:
+        raise click.UsageError("--task-python goes with --check DIR")
+    r = build_clients_model(run_dir, writer_python, images, task_python)
+    click.echo(f"{run_dir / CLIENTS_TFLITE} ({r['bytes']:,} bytes): uint8 input, scores only, metadata by {r['writer']}")
+    c = r.get("check")
+    if c:
+        same = {k.removesuffix("_same_top1"): v for k, v in c.items() if k.endswith("_same_top1")}
+        click.echo(f"same top-1 as edge_app on the same file, of {c['images']} image(s): "
+                   + ", ".join(f"{k} {v}" for k, v in same.items())
+                   + "".join(f"; edge_app on {k[len('same_top1_as_'):]}: {v}" for k, v in c.items() if k.startswith("same_top1_as_")))
+        if any(v != c["images"] for v in same.values()):
+            raise SystemExit(3)
+
+
+@cli.command()
+@click.argument("run_dir", type=RUN_DIR)
 @click.option("--out", "out_dir", type=RUN_DIR, default=Path("dist"), show_default=True, help="Folder for the .tar.gz.")
 @click.option("--wheel", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Use this nin_pipeline wheel instead of building one from the source tree.")

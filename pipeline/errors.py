@@ -37,3 +37,7 @@ class EdgeTpuError(PipelineError):
 
 class PackageError(PipelineError):
     """A device bundle that cannot be made."""
+
+
+class ClientsError(PipelineError):
+    """The model for MediaPipe / the Task Library cannot be made or checked (its writer's environment)."""

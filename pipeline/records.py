@@ -123,3 +123,19 @@ def target_check(model: Path, runtimes: tuple[str, ...] = (), pythons: tuple[str
             report["target"] = result
             write_report(run, report)
     return result
+
+
+def after_convert(run: RunFolder) -> None:
+    """What the convert stage records beside the models: target.json (will it load on the target
+    runtimes), and, when a metadata writer is configured (NIN_METADATA_PYTHON), the clients' model."""
+    import os
+
+    target = target_check(run.path(INT8_TFLITE), here=("ai-edge-litert", "tflite-runtime"))
+    run.write_json(TARGET_JSON, target)
+    log.info("target: %s", "; ".join(f"{t['runtime']} {({True: 'loads', False: 'WILL NOT LOAD', None: 'unknown'})[t['loads']]}"
+                                     for t in target["targets"]))
+    if os.environ.get("NIN_METADATA_PYTHON"):  # the model for MediaPipe / the Task Library (pipeline/clients.py)
+        from .clients import CLIENTS_TFLITE, build_clients_model
+
+        build_clients_model(run.root)
+        log.info("clients: %s written (uint8, scores only, TFLite Metadata)", CLIENTS_TFLITE)

@@ -271,19 +271,39 @@ def lenet_sweep(cifar_jpg, cifar_cache, tmp_path_factory):
 
 # --------------------------------------------------------------------------- tflite-runtime 2.14
 
+def tool_venv(tmp_path_factory, name: str, packages: list[str], why: str) -> Path:
+    """A venv of its own with ``packages`` from the package index (for runtimes and clients that cannot
+    share TensorFlow 2.21's environment); its python. Skipped with the reason where pip cannot get them,
+    but not in CI."""
+    venv = tmp_path_factory.mktemp(name) / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    pip = subprocess.run([str(py), "-m", "pip", "install", "-q", *packages], capture_output=True, text=True, timeout=900)
+    if pip.returncode != 0:
+        msg = f"could not install {' '.join(packages)} ({why}): {pip.stderr[-500:]}"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return py
+
+
 @pytest.fixture(scope="session")
 def tflite_runtime_214(tmp_path_factory):
     """A venv with tflite-runtime 2.14 and numpy<2: what Raspberry Pi OS users have."""
     if sys.version_info >= (3, 12):
         pytest.skip("tflite-runtime 2.14 has wheels for Python <= 3.11 only")
-    venv = tmp_path_factory.mktemp("tfl214") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    py = venv / "bin" / "python"
-    pip = subprocess.run([str(py), "-m", "pip", "install", "-q", "tflite-runtime==2.14.0", "numpy<2"],
-                         capture_output=True, text=True, timeout=600)
-    if pip.returncode != 0:
-        msg = f"could not install tflite-runtime 2.14: {pip.stderr[-500:]}"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return py
+    return tool_venv(tmp_path_factory, "tfl214", ["tflite-runtime==2.14.0", "numpy<2"], "Raspberry Pi OS's runtime")
+
+
+@pytest.fixture(scope="session")
+def mediapipe_python(tmp_path_factory):
+    """A venv with mediapipe 0.10.21: its metadata writer and ImageClassifier (protobuf 4: not beside TensorFlow)."""
+    from pipeline.clients import WRITER
+
+    return tool_venv(tmp_path_factory, "mediapipe", [WRITER], "MediaPipe Tasks")
+
+
+@pytest.fixture(scope="session")
+def task_library_python(tmp_path_factory):
+    """A venv with the TFLite Task Library (tflite-support 0.4.4) and a libusb for its native part."""
+    return tool_venv(tmp_path_factory, "tasklib", ["tflite-support==0.4.4", "libusb-package"], "the TFLite Task Library")
