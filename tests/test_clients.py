@@ -2,6 +2,7 @@
 
 import json
 import zipfile
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -9,19 +10,37 @@ from click.testing import CliRunner
 from pipeline.cli import cli
 
 
+def _cifar_test_jpgs(cifar_jpg, dest, n=40):
+    """The first ``n`` JPEGs of the real CIFAR-10 test split (32x32: no client resizes them)."""
+    import tarfile
+
+    dest.mkdir()
+    with tarfile.open(cifar_jpg) as tar:
+        for m in tar:
+            if m.isfile() and "/test/" in f"/{m.name}" and m.name.endswith(".jpg"):
+                (dest / f"{len(list(dest.iterdir())):03d}.jpg").write_bytes(tar.extractfile(m).read())
+                if len(list(dest.iterdir())) == n:
+                    break
+    return dest
+
+
 @pytest.mark.slow
-def test_mediapipe_and_the_task_library_give_the_top1_of_our_runtime(fast_run_copy, fast_tree, mediapipe_python,
+def test_mediapipe_and_the_task_library_give_the_top1_of_our_runtime(run_dir, cifar_jpg, tmp_path, mediapipe_python,
                                                                      task_library_python):
-    res = CliRunner().invoke(cli, ["clients", str(fast_run_copy), "--writer-python", str(mediapipe_python),
-                                   "--check", str(fast_tree / "test"), "--task-python", str(task_library_python)])
+    import shutil
+
+    run = Path(shutil.copytree(run_dir, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints", "tensorboard")))
+    images = _cifar_test_jpgs(cifar_jpg, tmp_path / "test")
+    res = CliRunner().invoke(cli, ["clients", str(run), "--writer-python", str(mediapipe_python),
+                                   "--check", str(images), "--task-python", str(task_library_python)])
     assert res.exit_code == 0, res.output
-    r = json.loads((fast_run_copy / "clients.json").read_text())
+    r = json.loads((run / "clients.json").read_text())
     c = r["check"]
     assert c["images"] == 40 and c["mediapipe_same_top1"] == 40 and c["task_library_same_top1"] == 40
     assert c["same_top1_as_model_int8.tflite"] == 40  # the same network as the run's own int8 model
-    labels = (fast_run_copy / "labels.txt").read_text().split()
-    assert {m[1] for m in c["mediapipe"]} <= set(labels)  # the labels come from the metadata
-    model = fast_run_copy / "model_uint8_metadata.tflite"
+    labels = (run / "labels.txt").read_text().split()
+    assert {m[1] for m in c["mediapipe"]} <= set(labels) and len({m[1] for m in c["mediapipe"]}) > 1  # labels from the metadata
+    model = run / "model_uint8_metadata.tflite"
     from edge_app.runtime import load_interpreter
 
     interp, _ = load_interpreter(model, num_threads=1)

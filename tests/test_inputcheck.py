@@ -53,6 +53,9 @@ def test_scale_flat_and_saturated_rules():
     assert _kinds(measure(px, px / 255.0), _trained(), saturated=0.9) == ["saturated"]
     flat = np.broadcast_to(np.array(WARM, np.uint8), px.shape)
     assert _kinds(measure(flat, flat / 255.0), _trained()) == ["flat"]
+    # pixels scaled to 0..1 before they reach the loop (a float image saved as uint8): a scale finding
+    tiny = (px / 255.0).round().astype(np.uint8)
+    assert "scale" in _kinds(measure(tiny, tiny / 255.0), _trained())
     # a cast that reversing does not explain is not called a swap (a greenish scene)
     green = _images(8, (100, 180, 90), seed=2)
     assert "channel_order" not in _kinds(measure(green, green / 255.0), _trained())
