@@ -143,7 +143,7 @@ def _verdicts(raw: dict[str, str], how: str) -> list[dict]:
     return rows
 
 
-LOADABLE = ("ai-edge-litert", "tflite-runtime", "tensorflow")
+LOADABLE = ("ai-edge-litert", "tflite-runtime")  # and "tensorflow" when named (its tf.lite.Interpreter is deprecated)
 
 
 def load_here(path: str | os.PathLike, runtimes: tuple[str, ...] = LOADABLE) -> list[dict]:
@@ -232,6 +232,7 @@ def check_target(path: str | os.PathLike, runtimes: list[str] | tuple[str, ...] 
     those is. Returns {"model", "ops", "targets": [{"runtime", "how", "loads", "problems": [...]}]}."""
     path = Path(path)
     ops = model_ops(path)
+    here = tuple(here) + (("tensorflow",) if "tensorflow" in runtimes else ())
     loaded = load_here(path, here) + [r for py in pythons for r in load_with(py, path)]
     targets = []
     for r in loaded:
