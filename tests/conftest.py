@@ -271,19 +271,20 @@ def lenet_sweep(cifar_jpg, cifar_cache, tmp_path_factory):
 
 # --------------------------------------------------------------------------- tflite-runtime 2.14
 
-def tool_venv(tmp_path_factory, name: str, packages: list[str], why: str) -> Path:
+def tool_venv(tmp_path_factory, name: str, packages: list[str], why: str, no_deps: tuple[str, ...] = ()) -> Path:
     """A venv of its own with ``packages`` from the package index (for runtimes and clients that cannot
-    share TensorFlow 2.21's environment); its python. Skipped with the reason where pip cannot get them,
-    but not in CI."""
+    share TensorFlow 2.21's environment), and ``no_deps`` without their dependencies; its python.
+    Skipped with the reason where pip cannot get them, but not in CI."""
     venv = tmp_path_factory.mktemp(name) / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
-    pip = subprocess.run([str(py), "-m", "pip", "install", "-q", *packages], capture_output=True, text=True, timeout=900)
-    if pip.returncode != 0:
-        msg = f"could not install {' '.join(packages)} ({why}): {pip.stderr[-500:]}"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+    for args in ([*packages], ["--no-deps", *no_deps]) if no_deps else ([*packages],):
+        pip = subprocess.run([str(py), "-m", "pip", "install", "-q", *args], capture_output=True, text=True, timeout=900)
+        if pip.returncode != 0:
+            msg = f"could not install {' '.join(args)} ({why}): {pip.stderr[-500:]}"
+            if os.environ.get("CI"):
+                pytest.fail(msg)
+            pytest.skip(msg)
     return py
 
 
@@ -297,10 +298,13 @@ def tflite_runtime_214(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def mediapipe_python(tmp_path_factory):
-    """A venv with mediapipe 0.10.21: its metadata writer and ImageClassifier (protobuf 4: not beside TensorFlow)."""
+    """A venv with mediapipe 0.10.21: its metadata writer and ImageClassifier (protobuf 4: not beside TensorFlow).
+    Without jax, jaxlib, sentencepiece and sounddevice, which these two never import (412 MB instead of 990)."""
     from pipeline.clients import WRITER
 
-    return tool_venv(tmp_path_factory, "mediapipe", [WRITER], "MediaPipe Tasks")
+    return tool_venv(tmp_path_factory, "mediapipe", ["absl-py", "attrs", "flatbuffers", "numpy<2", "protobuf>=4.25,<5",
+                                                     "opencv-python-headless<4.11", "matplotlib"], "MediaPipe Tasks",
+                     no_deps=(WRITER,))
 
 
 @pytest.fixture(scope="session")
