@@ -18,8 +18,8 @@ def bench(model: LoadedModel, runs: int = 300, warmup: int = 20, width: int = 64
     clf = model.classifier
     h, w, c = clf.input_size
     invoke = clf.invoke_latency(fit_to_input(SyntheticSource(width, height, 1).pool[0], h, w, c, resize), runs, warmup)
-    loop = run_loop(model, SyntheticSource(width, height, runs), LoopOptions(resize=resize)).to_dict()
-    seq = run_loop(model, SyntheticSource(width, height, runs), LoopOptions(resize=resize, prefetch=False)).to_dict()
+    loop = run_loop(model, SyntheticSource(width, height, runs), LoopOptions(resize=resize, input_check=False)).to_dict()
+    seq = run_loop(model, SyntheticSource(width, height, runs), LoopOptions(resize=resize, prefetch=False, input_check=False)).to_dict()
     def ratio(r: dict) -> float:
         return r["fps"] / invoke["fps"] if invoke["fps"] else float("nan")
 

@@ -21,9 +21,10 @@ from .geometry import RESIZE_MODES
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the pictures and check-input.json go (default: check-input/ in the run folder, else here).")
 @click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True)
+@click.option("--ignore-checksum", is_flag=True, help="Check a model whose sha256 differs from its model.json (warns).")
 @model_anywhere
 def check_input_cmd(model: Path, source: str, frames: int, resize: str, width: int | None, height: int | None,
-                    out: Path | None, runtime: str) -> None:
+                    out: Path | None, runtime: str, ignore_checksum: bool) -> None:
     """Is the camera frame what the model expects? Saves the model's input as pictures and compares the
     frames with the training images (channel order, scale, exposure). Exit status 3: a problem found."""
     import json
@@ -32,7 +33,7 @@ def check_input_cmd(model: Path, source: str, frames: int, resize: str, width: i
     from .model import open_model
     from .sources import open_source
 
-    loaded = open_model(model, runtime=runtime)
+    loaded = open_model(model, runtime=runtime, ignore_checksum=ignore_checksum)
     out = out or (Path(model) / "check-input" if Path(model).is_dir() else Path("check-input"))
     with contextlib.closing(open_source(source, width=width, height=height)) as src:
         r = check_source(loaded, src, frames=frames, resize=resize, out_dir=out)
@@ -45,8 +46,6 @@ def check_input_cmd(model: Path, source: str, frames: int, resize: str, width: i
     click.echo(f"the model's input as pictures: {out}/input_*.png (beside each frame_*.jpg)")
     if r["findings"]:
         raise SystemExit(3)
-
-
 
 
 def target_names(ctx, param, values):
@@ -64,7 +63,7 @@ def target_names(ctx, param, values):
 @click.option("--model", default=None, type=click.Path(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
 @click.option("--runtime", "runtimes", multiple=True, callback=target_names, metavar="NAME",
               help="A target runtime, e.g. tflite-runtime==2.14.0 (repeatable; default: every one with an op table). "
-                   "The runtimes this Python has are always loaded.")
+                   "ai-edge-litert and tflite-runtime are loaded wherever installed; TensorFlow's only when named.")
 @click.option("--python", "pythons", multiple=True, type=click.Path(exists=True, dir_okay=False), metavar="PY",
               help="Also load the model in the runtimes another Python has (e.g. a venv with tflite-runtime 2.14).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)

@@ -105,7 +105,7 @@ def info(model: ModelChoice) -> None:
     compiled = compiled_placement(resolve_model_path(model.model, model.delegate))
     if compiled is None or model.delegate == "edgetpu":
         loaded = model.open()
-        for line in describe_model(loaded.path, model.runtime):
+        for line in describe_model(loaded.path, loaded=loaded):
             click.echo(line)
     if compiled is not None:  # read from the file: the compiler's mapping
         click.echo(describe(compiled, "edgetpu"))

@@ -22,7 +22,7 @@ def one_line(text: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class ModelChoice:
-    """The model options of `run` and `bench`; :meth:`open` loads it (see model.open_model)."""
+    """The model options of `run`, `bench`, `eval` and `info`; :meth:`open` loads it (see model.open_model)."""
 
     model: Path
     runtime: str = "auto"

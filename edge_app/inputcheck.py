@@ -33,20 +33,30 @@ class Finding:
 def measure(pixels: np.ndarray, values: np.ndarray) -> InputStats:
     """Statistics of a batch: ``pixels`` uint8 [N, H, W, C] as fed, ``values`` the real-valued
     input tensor the same images make [N, H, W, C]."""
-    px = np.asarray(pixels, np.float64)
-    va = np.asarray(values, np.float64)
-    c = px.shape[-1]
-    per_image = px.reshape(len(px), -1)
-    bright = per_image.mean(axis=1)
+    n, c = len(pixels), pixels.shape[-1]
+    # image by image in float32 (sums in float64): 256 images at 224x224 stay a few MB, not a GB
+    psum, psq, vsum, vsq = (np.zeros(c) for _ in range(4))
+    bright, contrast = np.empty(n), np.empty(n)
+    for i in range(n):
+        px = np.asarray(pixels[i], np.float32).reshape(-1, c)
+        va = np.asarray(values[i], np.float32).reshape(-1, c)
+        psum += px.sum(axis=0, dtype=np.float64)
+        psq += np.square(px, dtype=np.float64).sum(axis=0)
+        vsum += va.sum(axis=0, dtype=np.float64)
+        vsq += np.square(va, dtype=np.float64).sum(axis=0)
+        bright[i], contrast[i] = px.mean(), px.std(axis=0).mean()  # contrast: spatial, per channel
+    count = n * (pixels.size // (n * c))
+    pm, vm = psum / count, vsum / count
+    ps, vs = np.sqrt(np.maximum(psq / count - pm**2, 0)), np.sqrt(np.maximum(vsq / count - vm**2, 0))
     return InputStats(
-        images=int(len(px)),
-        pixel_mean=tuple(round(float(v), 3) for v in px.reshape(-1, c).mean(axis=0)),
-        pixel_std=tuple(round(float(v), 3) for v in px.reshape(-1, c).std(axis=0)),
+        images=int(n),
+        pixel_mean=tuple(round(float(v), 3) for v in pm),
+        pixel_std=tuple(round(float(v), 3) for v in ps),
         brightness_p5=round(float(np.percentile(bright, 5)), 3),
         brightness_p95=round(float(np.percentile(bright, 95)), 3),
-        contrast=round(float(px.reshape(len(px), -1, c).std(axis=1).mean()), 3),  # spatial, per channel
-        value_mean=tuple(round(float(v), 6) for v in va.reshape(-1, c).mean(axis=0)),
-        value_std=tuple(round(float(v), 6) for v in va.reshape(-1, c).std(axis=0)),
+        contrast=round(float(contrast.mean()), 3),
+        value_mean=tuple(round(float(v), 6) for v in vm),
+        value_std=tuple(round(float(v), 6) for v in vs),
     )
 
 
@@ -67,7 +77,8 @@ def _fmt(values) -> str:
     return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
 
 
-def findings(live: InputStats, trained: InputStats | None, saturated: float, color_order: str = "RGB") -> list[Finding]:
+def findings(live: InputStats, trained: InputStats | None, saturated: float, color_order: str = "RGB",
+             value_range: tuple[float, float] = (0.0, 1.0)) -> list[Finding]:
     """What looks wrong in ``live`` (frames from the real source) against ``trained`` (model.json's).
 
     Rules (pixel units 0..255; ``trained`` None: only the rules that need no training data):
@@ -75,8 +86,9 @@ def findings(live: InputStats, trained: InputStats | None, saturated: float, col
     * channel order (3 channels): take each side's per-channel means minus their own average (the
       colour cast, without the brightness); if reversing the live channels brings the cast at least
       twice as close to the training one, and it was at least 6 levels off, the order looks swapped;
-    * scale: the live tensor's mean is more than 20x above or below the training tensor's mean; or
-      more than half of a quantised tensor's entries sit at the dtype's ends;
+    * scale: the live tensor's mean is more than 20x above or below the training tensor's mean
+      (without training data: above twice the top of model.json's value_range); or more than half of
+      a quantised tensor's entries sit at the dtype's ends;
     * dark / overexposed: mean brightness below min(training 5th percentile, 50) or above
       max(training 95th percentile, 205) (without training data: below 40, above 215);
     * flat: the frames' own contrast is under a third of the training images' (lens cap, focus, fog).
@@ -101,6 +113,10 @@ def findings(live: InputStats, trained: InputStats | None, saturated: float, col
             out.append(Finding("scale", f"the input tensor averages {lv:.4g} where training averaged {tv:.4g} "
                                         f"({ratio:.3g}x): the pixels are on another scale than in training",
                                "scale pixels as model.json says (pixel_scale, mean, std: 0..1 for these models, not 0..255)"))
+    elif float(np.mean(live.value_mean)) > 2 * max(value_range[1], 1e-6):
+        out.append(Finding("scale", f"the input tensor averages {float(np.mean(live.value_mean)):.4g}, above the range "
+                                    f"{list(value_range)} model.json gives for it: the pixels are on another scale",
+                           "scale pixels as model.json says (pixel_scale, mean, std)"))
     if saturated > 0.5:
         out.append(Finding("saturated", f"{100 * saturated:.0f}% of the int8 input tensor sits at its dtype's ends: "
                                         "the values are outside the range the model was quantised for",
@@ -128,12 +144,12 @@ class StartCheck:
     ``report`` is called once with the findings (a list, empty when nothing looks wrong)."""
 
     def __init__(self, trained: InputStats | None, scale: float, zero_point: int, color_order: str, report,
-                 frames: int = 8):
+                 frames: int = 8, value_range: tuple[float, float] = (0.0, 1.0)):
         self.trained, self.scale, self.zero_point, self.color_order = trained, scale, zero_point, color_order
-        self.report, self.frames = report, frames
+        self.report, self.frames, self.value_range = report, frames, value_range
         self.pixels: list[np.ndarray] = []
         self.tensors: list[np.ndarray] = []
-        self.done = False
+        self.done = frames <= 0  # 0: no check
 
     def add(self, pixels: np.ndarray, x: np.ndarray) -> None:
         if self.done:
@@ -150,7 +166,7 @@ class StartCheck:
         self.done = True
         tensors = np.stack(self.tensors)
         live = measure(np.stack(self.pixels), tensor_values(tensors, self.scale, self.zero_point))
-        found = findings(live, self.trained, saturated_fraction(tensors), self.color_order)
+        found = findings(live, self.trained, saturated_fraction(tensors), self.color_order, self.value_range)
         self.report(found, live)
         self.pixels, self.tensors = [], []
         return found
@@ -181,6 +197,9 @@ def check_source(model, source, *, frames: int = 8, resize: str = "crop", out_di
     h, w, c = clf.input_size
     order = model.sidecar.input.color_order if model.sidecar else ("GRAY" if c == 1 else "RGB")
     pixels, tensors, saved = [], [], []
+    if out_dir is not None:  # pictures of an earlier check would be taken for this one's
+        for old in [*Path(out_dir).glob("frame_*.jpg"), *Path(out_dir).glob("input_*.png")]:
+            old.unlink()
     for frame in source.frames():
         px = fit_to_input(frame.rgb, h, w, c, resize)
         pixels.append(px)
@@ -199,7 +218,8 @@ def check_source(model, source, *, frames: int = 8, resize: str = "crop", out_di
     tensors_a = np.stack(tensors)
     live = measure(np.stack(pixels), tensor_values(tensors_a, clf.input.scale, clf.input.zero_point))
     trained = model.sidecar.input_stats if model.sidecar else None
-    found = findings(live, trained, saturated_fraction(tensors_a), order)
+    vrange = model.sidecar.input.value_range if model.sidecar else (0.0, 1.0)
+    found = findings(live, trained, saturated_fraction(tensors_a), order, vrange)
     from dataclasses import asdict
 
     return {"frames": len(pixels), "skipped": getattr(source, "skipped", 0), "input": [h, w, c],
@@ -221,8 +241,9 @@ def table(r: dict) -> list[str]:
     widths = [max(len(row[i]) for row in (head, *rows)) for i in range(3)]
     lines = ["  ".join(cell.ljust(wd) for cell, wd in zip(row, widths)).rstrip() for row in (head, *rows)]
     if tr is None:
-        lines.append("model.json has no training statistics (converted before they were kept): only the scale and "
-                     "exposure rules ran; `nin-pipeline convert RUN` adds them")
+        lines.append("model.json has no training statistics (converted before they were kept): only the rules that "
+                     "need none ran (exposure; scale against model.json's value range and the int8 range); "
+                     "`nin-pipeline convert RUN` adds them")
     for f in r["findings"]:
         lines.append(f"PROBLEM ({f['kind']}): {f['message']}. {f['hint']}")
     if not r["findings"]:

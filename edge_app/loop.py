@@ -34,7 +34,8 @@ class LoopOptions:
     ``resize``: one of RESIZE_MODES (see geometry.layout). ``heatmap``: add the top class's map
     peak to each JSON line and overlay the map on drawn frames. ``max_fps``: cap the frame rate
     (a video file at its real speed, a Pi kept cool). ``prefetch``: capture and pre-process the
-    next frame in a second thread (see Prefetcher)."""
+    next frame in a second thread (see Prefetcher). ``input_check``: judge the first frames against the
+    training images' statistics once (inputcheck.StartCheck; `bench`'s noise frames skip it)."""
 
     top: int = 3
     threshold: float = 0.0
@@ -43,6 +44,7 @@ class LoopOptions:
     heatmap: bool = False
     max_fps: float | None = None
     prefetch: bool = True
+    input_check: bool = True
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
@@ -206,7 +208,8 @@ def run_loop(model: LoadedModel, source, options: LoopOptions = LoopOptions(), *
 
     sc = model.sidecar
     check = StartCheck(sc.input_stats if sc else None, clf.input.scale, clf.input.zero_point,
-                       sc.input.color_order if sc else ("GRAY" if c == 1 else "RGB"), checked)
+                       sc.input.color_order if sc else ("GRAY" if c == 1 else "RGB"), checked,
+                       value_range=sc.input.value_range if sc else (0.0, 1.0), frames=8 if opt.input_check else 0)
 
     def prepare(rgb: np.ndarray) -> np.ndarray:
         pixels = fit_to_input(rgb, h, w, c, opt.resize)
@@ -272,7 +275,10 @@ def run_loop(model: LoadedModel, source, options: LoopOptions = LoopOptions(), *
         summary.seconds = time.perf_counter() - t_start
         if isinstance(feed, Prefetcher):
             feed.close()
-        check.finish()  # a source shorter than the check's frames
+        try:
+            check.finish()  # a source shorter than the check's frames
+        except Exception as exc:  # a failing check must not hide how the loop ended
+            log.debug("input check failed: %s", exc)
         summary.skipped = getattr(source, "skipped", 0)
         source.close()
         for closer in (sink, window):

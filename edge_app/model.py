@@ -132,11 +132,15 @@ def _output_role(shape: list[int], sidecar) -> str:
     return "  <- scores" if len(shape) == 2 else maps if len(shape) == 4 else ""
 
 
-def describe_model(model: str | os.PathLike, runtime: str = "auto") -> list[str]:
-    """What `edge-app info` prints: the file and runtime, each input and output tensor, and the sidecar."""
-    tflite = resolve_model_path(model)
+def describe_model(model: str | os.PathLike, runtime: str = "auto", loaded: LoadedModel | None = None) -> list[str]:
+    """What `edge-app info` prints: the file and runtime, each input and output tensor, and the sidecar
+    (of ``loaded`` when given: the model as opened, delegate and all, not loaded again)."""
+    if loaded is not None:
+        tflite, interp, name = loaded.path, loaded.classifier.interpreter, loaded.classifier.runtime
+    else:
+        tflite = resolve_model_path(model)
+        interp, name = load_interpreter(tflite, runtime=runtime, num_threads=1)
     sidecar_path = tflite.parent / SIDECAR_NAME
-    interp, name = load_interpreter(tflite, runtime=runtime, num_threads=1)
     sidecar = read_sidecar(sidecar_path) if sidecar_path.exists() else None
     lines = [f"model: {tflite} ({tflite.stat().st_size:,} bytes), runtime: {name}"]
     for kind, details in (("input", interp.get_input_details()), ("output", interp.get_output_details())):

@@ -24,7 +24,10 @@ def placement(interpreter, delegate: str = "cpu") -> dict:
     details = getattr(interpreter, "_get_ops_details", None)
     if details is None:
         return {"exposed": False, "note": "not exposed by this runtime (no Interpreter._get_ops_details)", "warnings": []}
-    ops = details()
+    try:
+        ops = details()
+    except Exception as exc:  # a private API: a runtime may change or break it; never stop a run for it
+        return {"exposed": False, "note": f"not readable from this runtime ({type(exc).__name__}: {exc})", "warnings": []}
     original = [o for o in ops if o["op_name"] != "DELEGATE"]
     partitions = [o for o in ops if o["op_name"] == "DELEGATE"]
     producer = {int(t): o["index"] for o in original for t in o["outputs"]}

@@ -11,6 +11,7 @@ that release (it records where each number came from).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -103,7 +104,8 @@ def model_ops(model: bytes | str | os.PathLike) -> list[OpUse]:
             name = custom if code == 32 and custom else names.get(code, f"BUILTIN_{code}")
             out.append(OpUse(name, code, b.scalar(oc, 2, "i", 1), counts[i]))
     except (struct.error, IndexError) as exc:
-        raise ModelLoadError(f"{model} is a truncated or corrupt TFLite model ({exc})", "copy or convert it again") from None
+        what = "the data" if isinstance(model, bytes) else str(model)
+        raise ModelLoadError(f"{what} is a truncated or corrupt TFLite model ({exc})", "copy or convert it again") from None
     return out
 
 
@@ -165,18 +167,24 @@ def load_with(python: str | os.PathLike, path: str | os.PathLike, how: str | Non
         raise ModelLoadError(f"cannot run {python} ({' '.join(str(exc).split())})", "give the python of an environment "
                              "that has a TFLite runtime, e.g. /opt/venv/bin/python") from None
     line = next((ln for ln in p.stdout.splitlines() if ln.startswith("@@")), None)
-    if line is None:
+    if line is None:  # not a Python, or one that crashed before trying: nothing is known of the model
         why = " ".join((p.stderr or p.stdout).split())[-300:]
-        return [{"runtime": f"python {python}", "how": how or f"loaded ({python})", "loads": False,
-                 "error": f"the loader died (exit {p.returncode}): {why}", "refused_op": None, "refused_version": None}]
-    return _verdicts(json.loads(line[2:]), how or f"loaded ({python})")
+        return [{"runtime": f"python {python}", "how": how or f"loaded ({python})", "loads": None,
+                 "error": f"the loader did not run (exit {p.returncode}): {why}", "refused_op": None, "refused_version": None}]
+    rows = _verdicts(json.loads(line[2:]), how or f"loaded ({python})")
+    if not rows and how is None:  # --python PY without a runtime: say so rather than nothing
+        rows = [{"runtime": f"python {python}", "how": f"loaded ({python})", "loads": None, "refused_op": None,
+                 "refused_version": None, "error": f"no TFLite runtime ({', '.join(runtimes)}) in {python}"}]
+    return rows
 
 
+@functools.lru_cache(maxsize=1)
 def _table() -> dict:
     try:
         return json.loads(OP_TABLE.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"the op-version table {OP_TABLE} is unreadable ({exc})",
+                             "reinstall nin-pipeline, or remake it with scripts/op_versions.py") from None
 
 
 def table_runtimes() -> list[str]:
@@ -212,10 +220,12 @@ def _known(name: str) -> dict | None:
 
 def advice(op: str, version: int, runtime: str, have: list[int] | None) -> str:
     """What to do about an op version the runtime does not register."""
-    if op.startswith("edgetpu-custom-op") or (have is None and op == "edgetpu-custom-op"):
+    if op.startswith("edgetpu-custom-op"):
         return "an Edge TPU-compiled model: it runs only with the Edge TPU delegate (edge-app run --delegate edgetpu)"
     newer = [n for n in table_runtimes() if n != runtime.replace(" ", "==") and version in (_known(n) or {}).get("ops", {}).get(op, [])]
-    if not have:
+    if have is None:  # a runtime no table knows: only its refusal is known
+        what = f"{runtime} does not register {op} version {version}"
+    elif not have:
         what = f"{runtime} has no {op} at all"
     else:
         what = f"{runtime} has {op} versions {have[0]}-{have[-1]}, the model uses {version}"
@@ -233,7 +243,7 @@ def check_target(path: str | os.PathLike, runtimes: list[str] | tuple[str, ...] 
     path = Path(path)
     ops = model_ops(path)
     here = tuple(here) + (("tensorflow",) if "tensorflow" in runtimes else ())
-    loaded = load_here(path, here) + [r for py in pythons for r in load_with(py, path)]
+    loaded = load_here(path, here) + [r for py in pythons for r in load_with(py, path, runtimes=here)]
     targets = []
     for r in loaded:
         problems = []
@@ -265,17 +275,26 @@ def format_check(result: dict) -> list[str]:
     """The terminal table: one row per op, one column per target (ok, or the highest version it has)."""
     targets = result["targets"]
     cols = [t["runtime"] for t in targets]
-    marks = []
+    marks = []  # per target, one mark per op row (a builtin can appear at two versions)
     for t in targets:
-        bad = {p["op"]: p for p in t["problems"]}
+        bad = {(p["op"], p["version"]): p for p in t["problems"]}
         known = (_known(t["runtime"]) or {}).get("ops", {})
-        marks.append({o["name"]: ("NO (has " + (f"<= {bad[o['name']]['runtime_versions'][-1]})" if bad[o["name"]]["runtime_versions"]
-                                                 else "none)") if o["name"] in bad
-                                  else "ok" if t["loads"] else "?" if o["name"] not in known else
-                                  "ok" if o["version"] in known[o["name"]] else "NO")
-                      for o in result["ops"]})
+        row_marks = []
+        for o in result["ops"]:
+            p = bad.get((o["name"], o["version"]))
+            if p is not None:
+                have = p["runtime_versions"]
+                row_marks.append(f"NO (has <= {have[-1]})" if have else "NO (none)" if have is not None else "NO")
+            elif t["loads"]:
+                row_marks.append("ok")
+            elif o["name"] not in known:
+                row_marks.append("?")
+            else:
+                row_marks.append("ok" if o["version"] in known[o["name"]] else "NO")
+        marks.append(row_marks)
     head = ["op", "code", "version", "nodes", *cols]
-    rows = [[o["name"], str(o["code"]), str(o["version"]), str(o["count"]), *(m[o["name"]] for m in marks)] for o in result["ops"]]
+    rows = [[o["name"], str(o["code"]), str(o["version"]), str(o["count"]), *(m[i] for m in marks)]
+            for i, o in enumerate(result["ops"])]
     widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in (head, *rows)]
     for t in targets:

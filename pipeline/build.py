@@ -206,7 +206,9 @@ def stage_convert(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
     write_sidecar(run.path(SIDECAR_NAME), sidecar)
     run.write_json(LAYER_ERRORS_JSON, layer_error_tables({"qat_int8": (run.path(INT8_TFLITE), qat_model),
                                                           "ptq_int8": (run.path(PTQ_TFLITE), float_model)}, rep))
-    for stale in (EDGETPU_TFLITE, EDGETPU_LOG, EDGETPU_JSON):  # they described the old model
+    from .clients import CLIENTS_JSON, CLIENTS_TFLITE
+
+    for stale in (EDGETPU_TFLITE, EDGETPU_LOG, EDGETPU_JSON, CLIENTS_TFLITE, CLIENTS_JSON):  # they described the old model
         run.path(stale).unlink(missing_ok=True)
     if cfg.convert.target == "edgetpu":
         edgetpu_stage(run)

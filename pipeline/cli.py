@@ -309,7 +309,7 @@ def edgetpu_compile(model: Path, out_dir: Path | None, compiler: Path | None, ti
 @click.argument("model", type=click.Path(exists=True, path_type=Path))
 @click.option("--runtime", "runtimes", multiple=True, metavar="NAME", callback=target_names,
               help="A target runtime, e.g. tflite-runtime==2.14.0 (repeatable; default: every one with an op table). "
-                   "The runtimes this Python has are always loaded.")
+                   "ai-edge-litert and tflite-runtime are loaded wherever installed; TensorFlow's only when named.")
 @click.option("--python", "pythons", multiple=True, type=click.Path(exists=True, dir_okay=False), metavar="PY",
               help="Also load the model in the runtimes another Python has (e.g. a venv with tflite-runtime 2.14).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
@@ -344,6 +344,8 @@ def clients(run_dir: Path, writer_python: str | None, check_dir: Path | None, ta
     from .clients import CLIENTS_TFLITE, build_clients_model
 
     images = sorted(p for p in check_dir.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:limit] if check_dir else []
+    if check_dir and not images:
+        raise click.BadParameter(f"no .jpg or .png images in {check_dir}", param_hint="--check")
     if task_python and not check_dir:
         raise click.UsageError("--task-python goes with --check DIR")
     r = build_clients_model(run_dir, writer_python, images, task_python)

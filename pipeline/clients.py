@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from .errors import ClientsError
-from .run import LABELS_TXT, RunFolder
+from .run import INT8_TFLITE, LABELS_TXT, RunFolder
 
 CLIENTS_TFLITE = "model_uint8_metadata.tflite"
 CLIENTS_JSON = "clients.json"
@@ -90,17 +90,14 @@ def writer_python(given: str | None) -> str:
     return sys.executable
 
 
-def _libusb_dir(python: str) -> str | None:
+def _libusb_dir(python: str, folder: Path) -> str | None:
     """tflite-support's native part links libusb-1.0.so.0. Where the system has none, the `libusb-package`
-    wheel in that Python carries one (as libusb-1.0.so): a folder with the expected name points at it."""
-    import tempfile
-
+    wheel in that Python carries one (as libusb-1.0.so): a link with the expected name in ``folder``."""
     p = subprocess.run([python, "-c", "import libusb_package, os; print(os.path.dirname(libusb_package.__file__))"],
                        capture_output=True, text=True)
     lib = Path(p.stdout.strip()) / "libusb-1.0.so"
     if p.returncode != 0 or not lib.is_file():
         return None
-    folder = Path(tempfile.mkdtemp(prefix="nin-libusb-"))
     (folder / "libusb-1.0.so.0").symlink_to(lib)
     return str(folder)
 
@@ -152,7 +149,7 @@ def build_clients_model(run_dir: Path, python: str | None = None, check_images: 
               "outputs": "scores only", "normalisation": {"mean": [0.0], "std": [255.0]}}
     if check_images:
         result["check"] = check_in_clients(run.path(CLIENTS_TFLITE), list(check_images), py, task_python,
-                                           reference=run.path("model_int8.tflite"))
+                                           reference=run.path(INT8_TFLITE))
     run.write_json(CLIENTS_JSON, result)
     return result
 
@@ -162,31 +159,38 @@ def check_in_clients(model: Path, images: list[Path], python: str, task_python: 
     """The top-1 MediaPipe's ImageClassifier gives for each image (and the Task Library's, with
     ``task_python``, a Python with tflite-support 0.4.4) beside this project's runtime's on the same file
     and on ``reference`` (the run's own int8 model). Images are taken at the model's input size as
-    cv2 resizes them (INTER_AREA, as the camera loop does); the clients resize themselves, so give
-    images already at the input size for a like-for-like comparison."""
+    the camera loop's "stretch" resize does (INTER_AREA); the clients resize themselves, so give images
+    already at the input size for a like-for-like comparison."""
     import cv2
     import numpy as np
 
+    from edge_app.geometry import fit_to_input
     from edge_app.runtime import Classifier
+
+    pixels = []
+    for p in images:
+        bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ClientsError(f"{p} is not a readable image", "give --check a folder of JPEG or PNG images")
+        pixels.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
     def top1(path: Path) -> list[int]:
         clf = Classifier(path, num_threads=1)
-        h, w, _ = clf.input_size
-        out = []
-        for p in images:
-            rgb = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
-            out.append(int(np.argmax(clf.predict(cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)))))
-        return out
+        h, w, c = clf.input_size
+        return [int(np.argmax(clf.predict(fit_to_input(rgb, h, w, c, "stretch")))) for rgb in pixels]
 
     ours = top1(model)
     r = {"images": len(images), "edge_app": ours}
     clients = {"mediapipe": (python, _CLASSIFY, None)}
-    if task_python:
-        clients["task_library"] = (task_python, _CLASSIFY_TASKLIB, _libusb_dir(task_python))
-    for name, (py, code, libusb) in clients.items():
-        got = _run(py, code, [str(model), *map(str, images)], f"{name}'s ImageClassifier", libusb=libusb)
-        r[name] = got
-        r[f"{name}_same_top1"] = sum(int(g[0]) == o for g, o in zip(got, ours))
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="nin-libusb-") as libs:
+        if task_python:
+            clients["task_library"] = (task_python, _CLASSIFY_TASKLIB, _libusb_dir(task_python, Path(libs)))
+        for name, (py, code, libusb) in clients.items():
+            got = _run(py, code, [str(model), *map(str, images)], f"{name}'s ImageClassifier", libusb=libusb)
+            r[name] = got
+            r[f"{name}_same_top1"] = sum(int(g[0]) == o for g, o in zip(got, ours))
     if reference is not None and reference.is_file():
         r["same_top1_as_" + reference.name] = sum(a == b for a, b in zip(top1(reference), ours))
     return r

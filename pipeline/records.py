@@ -1,6 +1,7 @@
-"""What a run folder records once its models exist: the report files, and the Edge TPU check and
-compile summaries (in edgetpu.json, the report and the sidecar). Used by ``pipeline.build`` and by
-the `nin-pipeline edgetpu` commands."""
+"""What a run folder records once its models exist: the report files, the Edge TPU check and
+compile summaries (in edgetpu.json, the report and the sidecar), the target check (target.json)
+and the clients' model. Used by ``pipeline.build`` and by the `nin-pipeline edgetpu` and
+`check-target` commands."""
 
 from __future__ import annotations
 
@@ -130,12 +131,17 @@ def after_convert(run: RunFolder) -> None:
     runtimes), and, when a metadata writer is configured (NIN_METADATA_PYTHON), the clients' model."""
     import os
 
-    target = target_check(run.path(INT8_TFLITE), here=("ai-edge-litert", "tflite-runtime"))
+    target = target_check(run.path(INT8_TFLITE))
     run.write_json(TARGET_JSON, target)
     log.info("target: %s", "; ".join(f"{t['runtime']} {({True: 'loads', False: 'WILL NOT LOAD', None: 'unknown'})[t['loads']]}"
                                      for t in target["targets"]))
     if os.environ.get("NIN_METADATA_PYTHON"):  # the model for MediaPipe / the Task Library (pipeline/clients.py)
         from .clients import CLIENTS_TFLITE, build_clients_model
+        from .errors import ClientsError
 
-        build_clients_model(run.root)
+        try:
+            build_clients_model(run.root)
+        except ClientsError as exc:  # optional: the run's own models stand without it
+            log.warning("clients: %s not made (%s; %s)", CLIENTS_TFLITE, exc.message, exc.hint)
+            return
         log.info("clients: %s written (uint8, scores only, TFLite Metadata)", CLIENTS_TFLITE)

@@ -187,7 +187,9 @@ def main() -> None:
     table["builtin_names"] = builtin_names()
     # a runtime's release source is its whole table; a probe is kept apart, as a check on it
     table.setdefault("runtimes" if args.how == "source" else "probed", {})[args.runtime] = entry
-    TABLE.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    from edge_app.fsutil import atomic_write_text
+
+    atomic_write_text(TABLE, json.dumps(table, indent=1, sort_keys=True) + "\n")
     print(f"-> {TABLE} ({args.runtime}: {len(entry['ops'])} ops)")
 
 

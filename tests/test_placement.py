@@ -27,8 +27,11 @@ def test_xnnpack_placement_is_read_from_the_interpreter():
     p = placement(_interpreter())
     assert p["exposed"] and p["nodes"] == 14 and p["partitions"] >= 1
     assert 0 < p["delegated"] < p["nodes"] and p["delegated"] + sum(p["cpu_ops"].values()) == p["nodes"]
-    # measured with ai-edge-litert 2.3.0: XNNPACK leaves NiN's int8 3x3/2 average pooling and the softmax out
-    assert "AVERAGE_POOL_2D" in p["cpu_ops"] and "CONV_2D" not in p["cpu_ops"]
+    assert "CONV_2D" not in p["cpu_ops"]
+    from importlib.metadata import version
+
+    if version("ai-edge-litert") == "2.3.0":  # measured with it: NiN's int8 3x3/2 average pooling and the softmax stay out
+        assert p["cpu_ops"] == {"AVERAGE_POOL_2D": 1, "SOFTMAX": 1} and p["partitions"] == 2
     assert "took %d of 14 nodes" % p["delegated"] in describe(p, "cpu")
 
 

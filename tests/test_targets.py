@@ -106,7 +106,13 @@ def test_an_op_version_too_new_is_named_with_what_to_do(tmp_path):
     model = with_op_version(DEMO, tmp_path / "v9.tflite", "CONV_2D", 9)
     (here,) = check_target(model, (), here=("ai-edge-litert",))["targets"]
     assert here["loads"] is False and here["problems"][0]["op"] == "CONV_2D" and here["problems"][0]["version"] == 9
-    assert here["problems"][0]["runtime_versions"] == list(range(1, 9))  # the probed table names what it has
+    from importlib.metadata import version
+
+    from edge_app.targets import _known
+
+    probed = (_known(f"ai-edge-litert {version('ai-edge-litert')}") or {}).get("ops", {}).get("CONV_2D")
+    assert here["problems"][0]["runtime_versions"] == probed  # the probed table names what it has (2.3.0: 1..8)
+    assert ("versions 1-8" if probed else "does not register CONV_2D version 9") in here["problems"][0]["advice"]
 
 
 def test_bad_runtime_names_and_models_are_one_clear_message(tmp_path):
@@ -142,3 +148,19 @@ def test_nin_pipeline_check_target_records_it_in_the_run_folder(fast_run_copy):
     assert json.loads((fast_run_copy / "target.json").read_text())["edgetpu"]["total"] > 0
     report = json.loads((fast_run_copy / "report.json").read_text())
     assert report["target"]["targets"] and "## Target runtimes" in (fast_run_copy / "report.md").read_text()
+
+
+def test_one_builtin_at_two_versions_gets_a_mark_per_row():
+    from edge_app.targets import format_check
+
+    ops = [{"name": "CONV_2D", "code": 3, "version": 3, "count": 2}, {"name": "CONV_2D", "code": 3, "version": 8, "count": 1}]
+    target = {"runtime": "tflite-runtime==2.14.0", "how": "op table", "loads": False, "error": "",
+              "problems": [{"op": "CONV_2D", "version": 8, "runtime_versions": list(range(1, 8)), "advice": "upgrade"}]}
+    rows = format_check({"ops": ops, "targets": [target]})[1:3]
+    assert rows[0].split()[-1] == "ok" and rows[1].endswith("NO (has <= 7)")
+
+
+def test_a_python_without_a_runtime_is_said_not_blamed_on_the_model(tmp_path):
+    res = CliRunner().invoke(edge_cli, ["check-target", str(DEMO), "--python", "/bin/sh", "--runtime", "tflite-runtime==2.14.0"])
+    assert res.exit_code == 0, res.output  # nothing is known to refuse the model
+    assert "python /bin/sh: unknown" in res.output and "the loader did not run" in res.output
