@@ -91,12 +91,12 @@ ORIGINALS = {  # name: (builder, the zoo arch it stands beside, width, extra bui
 
 def train_original(name: str, args) -> dict:
     import dataclasses
-    import math
 
     from pipeline.config import make_build_config
-    from pipeline.data import make_dataset, make_splits
+    from pipeline.data import make_splits
     from pipeline.errors import TrainingError
     from pipeline.evaluate import predict_keras
+    from pipeline.inputs import fit_datasets
     from pipeline.train import fit, seed_everything
 
     builder, arch, width, extra = ORIGINALS[name]
@@ -108,9 +108,9 @@ def train_original(name: str, args) -> dict:
     for attempt in range(2):
         seed_everything(0, True)
         model = builder(mcfg)
-        train = make_dataset(splits.x_train, splits.y_train, cfg.train.batch_size, training=True, hflip=splits.hflip, seed=0)
-        val = make_dataset(splits.x_val, splits.y_val, cfg.train.batch_size, training=False)
-        steps = math.ceil(len(splits.y_train) / cfg.train.batch_size)
+        # the build's own pipelines (repeated; a one-pass dataset ran out after the first epoch: the first
+        # run of this script trained for one epoch only and is not reported)
+        train, val, steps = fit_datasets(splits, cfg.train.batch_size, 0)
         out = args.work / f"{name}-lr{lr:g}"
         t = time.time()
         try:
