@@ -7,7 +7,7 @@ budget (a stratified 10,000-image subset of the training split, 10% of it held o
 3 float epochs + 1 QAT epoch, the quick profile's recipe, seed 0), each evaluated on the full 10,000
 test images. The sweep folder (artifacts/sweep-cifar10 by default) resumes: running this again skips
 finished candidates. Then the sweep's table, plot page and JSON are copied to
-benchmarks/results/sweep-cifar10-<date>.{md,html,json} with the machine recorded, and a pick is made
+benchmarks/results/sweep-cifar10-<date>.{md,html,png,json} with the machine recorded, and a pick is made
 under a latency budget to show the reasoning it prints.
 """
 
@@ -51,8 +51,9 @@ def main() -> None:
         raise SystemExit(f"the sweep failed (exit {out.returncode})")
     stamp = dt.date.today().isoformat()
     dest = HERE / "results"
-    for ext in ("md", "html"):
-        shutil.copy(args.out / f"sweep.{ext}", dest / f"sweep-cifar10-{stamp}.{ext}")
+    for ext in ("md", "html", "png"):
+        if (args.out / f"sweep.{ext}").is_file():
+            shutil.copy(args.out / f"sweep.{ext}", dest / f"sweep-cifar10-{stamp}.{ext}")
     data = json.loads((args.out / "sweep.json").read_text())
     data.update(machine=machine(), command=" ".join(cmd[2:]), wall_seconds_this_call=round(time.time() - t, 1),
                 pick_output=out.stdout.strip().splitlines()[-12:])
