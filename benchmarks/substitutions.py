@@ -8,8 +8,8 @@ architectures: they would not convert to a fully int8 model), trained float-only
 own data pipeline and trainer under the budget of benchmarks/architectures.py (the same 20,000-image
 CIFAR-10 subset, 4 epochs, the quick recipe, seed 0, the same widths), and evaluated on the full
 test split. Their float top-1 against the float top-1 of the zoo's forms in the architectures
-benchmark's run folders is the cost. If the shared recipe's learning rate makes the loss NaN (a net
-without BatchNorm at lr 0.2), it is retried at a tenth of it, and said.
+benchmark's run folders is the cost. If the shared recipe's learning rate makes the loss NaN or leaves
+the model at chance level (a net without BatchNorm at lr 0.2), it is retried at a tenth of it, and said.
 
 Writes benchmarks/results/substitutions-<date>.json.
 """
@@ -122,7 +122,9 @@ def train_original(name: str, args) -> dict:
             continue
         top1 = float((predict_keras(model, splits.x_test).argmax(1) == splits.y_test).mean())
         tries.append({"lr": lr, "float_top1": top1, "seconds": round(time.time() - t, 1), "params": model.count_params()})
-        break
+        if top1 > 1.5 / splits.num_classes or attempt == 1:
+            break
+        lr /= 10  # learned nothing (chance level) at the shared rate: a tenth of it, said in "tries"
     return {"stands_beside": arch, "width": width, "input_size": splits.input_shape[0], "tries": tries}
 
 
@@ -134,9 +136,11 @@ def main() -> None:
                     help="the architectures benchmark's run folders (their float top-1 is the comparison)")
     ap.add_argument("--limit-train", type=int, default=20000)
     ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--only", nargs="*", default=None, help="a subset of: " + ", ".join(ORIGINALS))
+    ap.add_argument("--merge", type=Path, default=None, help="keep the other originals' results from this earlier JSON")
     args = ap.parse_args()
-    res = {}
-    for name in ORIGINALS:
+    res = json.loads(args.merge.read_text())["results"] if args.merge else {}
+    for name in args.only or ORIGINALS:
         res[name] = train_original(name, args)
         report = args.archs_work / res[name]["stands_beside"] / "report.json"
         if report.is_file():
