@@ -24,6 +24,15 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 
+def write_result(name: str, data: dict) -> Path:
+    """results/<name>-<date>.json with the date and this machine recorded; its path."""
+    stamp = dt.date.today().isoformat()
+    path = Path(__file__).resolve().parent / "results" / f"{name}-{stamp}.json"
+    path.write_text(json.dumps({"date": stamp, "machine": machine(), **data}, indent=2) + "\n")
+    print(f"-> {path}")
+    return path
+
+
 def machine() -> dict:
     info = {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
             "python": platform.python_version()}

@@ -12,7 +12,6 @@ benchmarks/results/runtime_placement-<date>.json.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import subprocess
 import sys
@@ -22,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from quick_build import machine  # noqa: E402
+from quick_build import write_result  # noqa: E402
 
 CODE = r"""
 import json, sys, time
@@ -75,11 +74,8 @@ def main() -> None:
         for name, r in rows.items():
             print(f"{runtime:<28} {name:<24} 1 thread {r['ms_median_1t']:.3f} ms, 2 threads {r['ms_median_2t']:.3f} ms; "
                   f"delegate took {r['delegated']}/{r['nodes']}; left: {r['cpu_ops']}")
-    out = {"date": dt.date.today().isoformat(), "machine": machine(), "run_dir": str(args.run_dir), "runs": args.runs,
-           "results": res}
-    path = HERE / "results" / f"runtime_placement-{dt.date.today().isoformat()}.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"-> {path}")
+    write_result("runtime_placement", {"run_dir": str(args.run_dir), "runs": args.runs,
+           "results": res})
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Writes benchmarks/results/substitutions-<date>.json.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import sys
@@ -31,7 +30,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from quick_build import machine  # noqa: E402
+from quick_build import write_result  # noqa: E402
 
 
 def densenet_preact(cfg, growth: int = 32, convs=(4, 4, 4, 4)):
@@ -150,11 +149,8 @@ def main() -> None:
             if "float_top1" in last:
                 res[name]["original_minus_zoo_form_points"] = round(100 * (last["float_top1"] - ours), 2)
         print(name, json.dumps(res[name]), flush=True)
-    out = {"date": dt.date.today().isoformat(), "machine": machine(), "settings": {k: str(v) for k, v in vars(args).items()},
-           "results": res}
-    path = HERE / "results" / f"substitutions-{dt.date.today().isoformat()}.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"-> {path}")
+    write_result("substitutions", {"settings": {k: str(v) for k, v in vars(args).items()},
+           "results": res})
 
 
 if __name__ == "__main__":
