@@ -179,6 +179,13 @@ DEVICE_README = """# {name}: the camera loop for a device
     ./install.sh --display        # with a screen: OpenCV's GUI build, for run.sh --display
     ./run.sh --max-frames 10      # try it: JSON lines, one per frame
 
+Before relying on it, ask the device itself:
+
+    .venv/bin/edge-app check-target model               # will this runtime load it (every op's version)?
+    .venv/bin/edge-app info model                       # which ops the delegate took, which stayed on the CPU
+    .venv/bin/edge-app check-input model --source 0     # is the camera frame what the model expects?
+                                                        # (pictures of the model's input in model/check-input/)
+
 Settings live in `edge-app.env` (source, delegate, other options); `run.sh` passes extra options on
 to `edge-app run` (see `.venv/bin/edge-app run --help`). To start it on boot and restart it when it fails:
 

@@ -62,6 +62,8 @@ def test_bundle_contents_and_manifest(bundle, tmp_path):
     whl = next(top.glob("wheels/*.whl"))
     inside = zipfile.ZipFile(whl).namelist()
     assert "edge_app/loop.py" in inside and not any(n.startswith("tests/") for n in inside)
+    assert "edge_app/op_versions.json" in inside  # check-target's tables travel with the device side
+    assert "edge-app check-target model" in (top / "README.md").read_text()
 
 
 def test_bundle_installs_without_tensorflow_and_predicts_like_the_repo(bundle, clip, edge_model, tmp_path):
@@ -80,6 +82,9 @@ def test_bundle_installs_without_tensorflow_and_predicts_like_the_repo(bundle, c
                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
     no_tf, location = probe.stdout.split()
     assert no_tf == "True" and str(top / ".venv") in location  # installed from the wheel, not this checkout
+    target = subprocess.run([str(top / ".venv" / "bin" / "edge-app"), "check-target", str(top / "model")],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert target.returncode == 0 and "tflite-runtime==2.14.0: loads" in target.stdout, target.stdout + target.stderr
     service = (top / "nin-edge.service").read_text()
     assert f"ExecStart={top}/run.sh" in service and "@DIR@" not in service and "@USER@" not in service
     if shutil.which("systemd-analyze"):
