@@ -12,8 +12,6 @@ benchmarks/results/runtime_placement-<date>.json.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -54,11 +52,12 @@ print("@@" + json.dumps(out))
 
 
 def measure(python: str, module: str, models: list[str], runs: int) -> dict:
-    p = subprocess.run([python, "-c", CODE, str(REPO), module, str(runs), *models], capture_output=True, text=True, timeout=900)
-    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("@@")), None)
-    if line is None:
-        raise SystemExit(p.stderr[-2000:])
-    return json.loads(line[2:])
+    from edge_app.subpython import ask
+
+    reply = ask(python, CODE, [REPO, module, runs, *models], timeout=900)
+    if not reply.ok:
+        raise SystemExit(f"{python}: {reply.why}")
+    return reply.answer
 
 
 def main() -> None:

@@ -85,10 +85,12 @@ def bench_all(folder, *, runs: int = 100, delegates: tuple[str, ...] = ("cpu", "
             raise EdgeAppError(f"--data: {folder} has no model.json or labels.txt, so its classes have no names",
                                "give a run folder from `nin-pipeline build`")
         # checked against the model's own class count (a word count would split "traffic light" in two)
-        first = next(folder / f for _, f in RUN_MODELS if (folder / f).is_file() and f != RUN_MODELS[3][1])
+        first = next((folder / f for _, f in RUN_MODELS if (folder / f).is_file() and f != RUN_MODELS[3][1]), None)
+        if first is None:
+            raise EdgeAppError(f"--data: {folder} has no model that runs on the CPU to count its classes",
+                               "give a run folder with model_int8.tflite (or model.json beside the Edge TPU model)")
         labels = read_labels(folder / LABELS_TXT, Classifier(first, num_threads=1).num_classes)
-    if data is not None:
-        labelled_images(Path(data), labels, "--data")  # a wrong layout is said before anything is measured
+    items = labelled_images(Path(data), labels, "--data")[0] if data is not None else None  # said before anything is measured
     installed = []
     for name in (RUNTIMES if runtime == "auto" else (runtime,)):
         try:
@@ -129,7 +131,7 @@ def bench_all(folder, *, runs: int = 100, delegates: tuple[str, ...] = ("cpu", "
                         from .evaluate import evaluate_folder
 
                         loaded = LoadedModel(clf, labels, sc, path, delegate)
-                        row["top1"] = evaluate_folder(loaded, Path(data), limit=limit, option="--data")["top1"]
+                        row["top1"] = evaluate_folder(loaded, Path(data), limit=limit, option="--data", items=items)["top1"]
                     rows.append(row)
     return rows
 

@@ -17,7 +17,8 @@ import numpy as np
 from .errors import SourceError
 from .geometry import fit_to_input
 from .model import LoadedModel
-from .sources import IMAGE_EXTS
+from .runtime import median_p95
+from .sources import IMAGE_EXTS, ImageSource
 
 EVAL_JSON = "eval.json"
 
@@ -45,33 +46,35 @@ def labelled_images(root: Path, labels: list[str], option: str = "--source") -> 
 
 
 def evaluate_folder(model: LoadedModel, root: Path, *, resize: str = "crop", limit: int | None = None,
-                    option: str = "--source") -> dict[str, Any]:
-    """Top-1/top-5, per-class recall, the confusion matrix and per-image latency on a labelled folder."""
-    import cv2
-
+                    option: str = "--source", items: list[tuple[Path, int]] | None = None) -> dict[str, Any]:
+    """Top-1/top-5, per-class recall, the confusion matrix and per-image latency on a labelled folder
+    (``items``: its :func:`labelled_images` list when the caller already has it)."""
     labels = list(model.labels)
-    items, found = labelled_images(root, labels, option)
+    found = None
+    if items is None:
+        items, found = labelled_images(root, labels, option)
+    found = found or sorted({labels[t] for _, t in items})
     if limit and limit < len(items):  # evenly spread over the (class-sorted) list: every class, not the first folders
         items = [items[int(i)] for i in np.linspace(0, len(items) - 1, limit)]
+    truth_of = {str(p): t for p, t in items}
     clf = model.classifier
     h, w, c = clf.input_size
     n = len(labels)
     confusion = np.zeros((n, n), np.int64)
     top5 = 0
-    skipped: list[str] = []
+    read: set[str] = set()
     ms: list[float] = []
     t0 = time.perf_counter()
-    for path, truth in items:
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            skipped.append(str(path))
-            continue
-        pixels = fit_to_input(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), h, w, c, resize)
+    for frame in ImageSource([p for p, _ in items], str(root)).frames():  # unreadable files skipped, as in `run`
+        truth = truth_of[frame.name]
+        read.add(frame.name)
+        pixels = fit_to_input(frame.rgb, h, w, c, resize)
         t = time.perf_counter()
         scores = clf.predict(pixels)
         ms.append(1000 * (time.perf_counter() - t))
         confusion[truth, int(np.argmax(scores))] += 1
-        top5 += truth in np.argsort(scores)[::-1][:5]
+        top5 += truth in np.argsort(-scores, kind="stable")[:5]  # ties broken as the loop's top-k does
+    skipped = [str(p) for p, _ in items if str(p) not in read]
     seen = int(confusion.sum())
     if not seen:
         raise SourceError(f"{option} {root}: none of its {len(items)} image(s) could be read", "check the files")
@@ -82,6 +85,6 @@ def evaluate_folder(model: LoadedModel, root: Path, *, resize: str = "crop", lim
         "classes_found": found, "labels": labels, "resize": resize,
         "top1": float(np.trace(confusion) / seen), "top5": float(top5 / seen), "per_class_recall": recall,
         "confusion_matrix": confusion.tolist(),
-        "latency_ms": {"median": float(np.median(ms)), "p95": float(np.percentile(ms, 95))},
+        "latency_ms": dict(zip(("median", "p95"), map(float, median_p95(ms)))),
         "seconds": round(time.perf_counter() - t0, 2),
     }

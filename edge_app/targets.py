@@ -16,11 +16,11 @@ import json
 import os
 import re
 import struct
-import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import ModelLoadError
+from .subpython import ask
 
 OP_TABLE = Path(__file__).with_name("op_versions.json")
 _REFUSED = re.compile(r"Didn't find (?:op for builtin opcode|custom op for name) '([^']+)'(?: version '(\d+)')?")
@@ -159,19 +159,12 @@ def load_here(path: str | os.PathLike, runtimes: tuple[str, ...] = LOADABLE) -> 
 def load_with(python: str | os.PathLike, path: str | os.PathLike, how: str | None = None, timeout: float = 120,
               runtimes: tuple[str, ...] = LOADABLE) -> list[dict]:
     """Load the model in every TFLite runtime another Python (e.g. a venv's bin/python) can import."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    try:
-        p = subprocess.run([str(python), "-c", _LOADER, str(path), ",".join(runtimes)], capture_output=True, text=True,
-                           timeout=timeout, env=env)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ModelLoadError(f"cannot run {python} ({' '.join(str(exc).split())})", "give the python of an environment "
-                             "that has a TFLite runtime, e.g. /opt/venv/bin/python") from None
-    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("@@")), None)
-    if line is None:  # not a Python, or one that crashed before trying: nothing is known of the model
-        why = " ".join((p.stderr or p.stdout).split())[-300:]
+    reply = ask(python, _LOADER, [path, ",".join(runtimes)], timeout=timeout, env={"TF_CPP_MIN_LOG_LEVEL": "3"})
+    if reply.answer is None:  # not a Python, or one that crashed before trying: nothing is known of the model
         return [{"runtime": f"python {python}", "how": how or f"loaded ({python})", "loads": None,
-                 "error": f"the loader did not run (exit {p.returncode}): {why}", "refused_op": None, "refused_version": None}]
-    rows = _verdicts(json.loads(line[2:]), how or f"loaded ({python})")
+                 "error": f"the loader did not run (exit {reply.returncode}): {reply.why}", "refused_op": None,
+                 "refused_version": None}]
+    rows = _verdicts(reply.answer, how or f"loaded ({python})")
     if not rows and how is None:  # --python PY without a runtime: say so rather than nothing
         rows = [{"runtime": f"python {python}", "how": f"loaded ({python})", "loads": None, "refused_op": None,
                  "refused_version": None, "error": f"no TFLite runtime ({', '.join(runtimes)}) in {python}"}]

@@ -18,11 +18,12 @@ MediaPipe's ImageClassifier, so the file is proven in the client before it is ca
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from edge_app.subpython import ask
 
 from .errors import ClientsError
 from .run import INT8_TFLITE, LABELS_TXT, RunFolder
@@ -103,15 +104,13 @@ def _libusb_dir(python: str, folder: Path) -> str | None:
 
 
 def _run(python: str, code: str, args: list[str], what: str, timeout: float = 600, libusb: str | None = None):
-    env = {**os.environ, "GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {"GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "3"}
     if libusb:
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [libusb, env.get("LD_LIBRARY_PATH")]))
-    p = subprocess.run([python, "-c", code, *args], capture_output=True, text=True, timeout=timeout, env=env)
-    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("@@")), None)
-    if p.returncode != 0 or line is None:
-        last = (p.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ClientsError(f"{what} failed in {python}: {last}", f"is {WRITER} installed there? {WRITER_RECIPE}")
-    return json.loads(line[2:])
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [libusb, os.environ.get("LD_LIBRARY_PATH")]))
+    reply = ask(python, code, args, timeout=timeout, env=env)
+    if not reply.ok:
+        raise ClientsError(f"{what} failed in {python}: {reply.why}", f"is {WRITER} installed there? {WRITER_RECIPE}")
+    return reply.answer
 
 
 def scores_model_uint8(run: RunFolder) -> bytes:

@@ -112,9 +112,15 @@ def with_device_latency(recs: list[dict], folders: list[Path], device: dict[str,
     if unknown:
         raise RunError(f"--device-latency {', '.join(unknown)}: measured a model that is none of this sweep's "
                        f"{len(recs)} candidates (by sha256)", "bench the model_int8.tflite files of this sweep's run "
-                       "folders on the device (a rebuilt model has another sha256)")
+                       "folders (or their Edge TPU models) on the device (a rebuilt model has another sha256)")
+    by_run: dict[str, dict] = {}
+    for sha, run in sha_of.items():
+        if sha in device:
+            if run in by_run:  # its int8 model and its Edge TPU model both measured: which is the figure?
+                raise RunError(f"--device-latency {by_run[run]['file']} and {device[sha]['file']} both measured {run}",
+                               "give one file per candidate: the model the device will run")
+            by_run[run] = device[sha]
     out = []
-    by_run = {run: device[sha] for sha, run in sha_of.items() if sha in device}
     for r in recs:
         v = by_run.get(r["run"])
         if v is None:

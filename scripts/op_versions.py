@@ -119,11 +119,12 @@ def probe(python: str, module: str, models: list[Path], max_version: int) -> dic
                 f = Path(tmp) / f"{name}_v{v}.tflite"
                 f.write_bytes(_with_version(data, code, v))
                 files[str(f)] = (name, v)
-        p = subprocess.run([python, "-c", _PROBE, module, *files], capture_output=True, text=True, timeout=600)
-        line = next((ln for ln in p.stdout.splitlines() if ln.startswith("@@")), None)
-        if line is None:
-            raise SystemExit(f"the probe died: {p.stderr[-1000:]}")
-        for path, error in json.loads(line[2:]).items():
+        from edge_app.subpython import ask
+
+        reply = ask(python, _PROBE, [module, *files], timeout=600)
+        if not reply.ok:
+            raise SystemExit(f"the probe died: {reply.why}")
+        for path, error in reply.answer.items():
             name, v = files[path]
             found.setdefault(name, [])
             if not error:
