@@ -34,6 +34,7 @@ from quick_build import machine  # noqa: E402
 CHILD = r"""
 import json, os, sys, time
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the CLI (pipeline/cli.py)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 from pipeline.data import DataConfig, make_dataset, make_splits

@@ -31,6 +31,8 @@ def mosaic_scores(run: Path, n: int, seed: int = 0, model_name: str = "model_int
     import numpy as np
 
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the CLI (pipeline/cli.py)
     from edge_app.geometry import fit_to_input
     from edge_app.runtime import Classifier
     from pipeline.config import BuildConfig

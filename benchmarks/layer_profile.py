@@ -101,6 +101,7 @@ def kind_of(model, layer_name: str) -> str:
 
 def profile(arch: str, width: float, batch: int, steps: int, warmup: int, n: int) -> dict:
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the CLI (pipeline/cli.py)
     import numpy as np
     import tensorflow as tf
     import tf_keras as keras

@@ -46,6 +46,13 @@ def machine() -> dict:
     except (OSError, StopIteration, ValueError):
         pass
     try:
+        flags = set(next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")).split())
+        info["cpu_features"] = sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "fma"})
+    except (OSError, StopIteration):
+        pass
+    # TensorFlow turns oneDNN on by itself only on AVX512_VNNI/BF16/AMX CPUs; the CLI sets it to 1
+    info["TF_ENABLE_ONEDNN_OPTS"] = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    try:
         from importlib.metadata import version
 
         info["tensorflow"] = version("tensorflow")

@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"))
     args = ap.parse_args()
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the CLI (pipeline/cli.py)
     from pipeline.evaluate import evaluate_model
 
     ev = evaluate_model(args.run / "model_int8.tflite", "cifar10", args.data_dir, progress=False)

@@ -28,6 +28,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the CLI (pipeline/cli.py)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from quick_build import write_result  # noqa: E402

@@ -5,7 +5,8 @@
 Measures, side by side in one run, each in its own process one after the other:
   * float32 matmul peak of this machine (numpy, all cores, 2048 x 2048), GFLOP/s;
   * bare tf_keras `model.fit` of the quick model (nin-cifar width 0.25, batch 128, SGD) on
-    in-memory tensors, and the same with each lever: XLA (`jit_compile=True`),
+    in-memory tensors, with oneDNN's kernels on as the CLI runs it, and the same with each lever:
+    oneDNN off (TensorFlow's own default on CPUs without AVX512_VNNI), XLA (`jit_compile=True`),
     `steps_per_execution=8`, and one thread less / more inter-op parallelism;
   * `nin-pipeline build`'s own training images/s on a CIFAR-10 subset (train.log's epoch seconds,
     first epoch left out);
@@ -49,6 +50,7 @@ def matmul_peak(n: int = 2048, seconds: float = 5.0) -> float:
 def bare_fit(jit: bool, spe: int, width: float, batch: int, n: int = 4096, epochs: int = 3) -> dict:
     """One process's measurement: images/s of epochs 2.. of `fit` on in-memory tensors."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the CLI (pipeline/cli.py)
     import numpy as np
     import tensorflow as tf
     import tf_keras as keras
@@ -114,10 +116,12 @@ def main() -> None:
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--batch-size", type=int, default=128)
     args = ap.parse_args()
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the CLI sets it (pipeline/cli.py); every case inherits it
     args.work.mkdir(parents=True, exist_ok=True)
     base = {"what": "fit", "jit": False, "spe": 1, "width": args.width, "batch": args.batch_size}
     cases = {
         "bare fit": base,
+        "bare fit, oneDNN off (TF_ENABLE_ONEDNN_OPTS=0)": {**base, "env": {"TF_ENABLE_ONEDNN_OPTS": 0}},
         "bare fit, XLA (jit_compile=True)": {**base, "jit": True},
         "bare fit, steps_per_execution=8": {**base, "spe": 8},
         "bare fit, TF_NUM_INTEROP_THREADS=1": {**base, "env": {"TF_NUM_INTEROP_THREADS": 1}},

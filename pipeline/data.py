@@ -199,17 +199,21 @@ def _resize_all(x: np.ndarray, size: int) -> np.ndarray:
 # --------------------------------------------------------------------------- tf.data
 
 def make_dataset(x, y: np.ndarray, batch_size: int, *, training: bool, hflip: bool = True, translate: bool = True,
-                 seed: int = 0, chunk: int = 64, shard: tuple[int, int] | None = None):
+                 seed: int = 0, shard: tuple[int, int] | None = None):
     """uint8 images (an array, :class:`IndexedImages` or :class:`FileImages`) -> a batched, prefetched
     tf.data pipeline of float [0, 1] images.
 
     The pipeline shuffles positions (not pixels: a permutation of ``len(x)`` integers each epoch),
-    reads ``chunk`` images at a time from ``x`` — rows of the store in memory or on disk, or
+    batches them, reads each batch's images from ``x`` — rows of the store in memory or on disk, or
     files decoded on the spot — in parallel, and applies the paper's augmentation (random
     horizontal flips and translations of up to 1/8 of the side, by reflect-padding and a random
-    crop) in parallel with training. Nothing holds a second copy of the dataset.
-    ``shard=(i, n)`` keeps every n-th position from the i-th: worker i of n reads only its share
-    of the images (of the array in memory, or of the files of a streamed tree).
+    crop) to the whole batch at once, in parallel with training. Nothing holds a second copy of the
+    dataset. ``shard=(i, n)`` keeps every n-th position from the i-th: worker i of n reads only its
+    share of the images (of the array in memory, or of the files of a streamed tree).
+
+    Per batch, not per image: tf.data's per-element map (unbatch, augment each image, batch again)
+    took a core's worth of time beside training once oneDNN made the training step twice as fast
+    (benchmarks/README.md, "Training speed").
     """
     import tensorflow as tf
 
@@ -224,30 +228,39 @@ def make_dataset(x, y: np.ndarray, batch_size: int, *, training: bool, hflip: bo
         imgs.set_shape([None, h, w, c])
         return imgs, tf.gather(labels, pos)
 
+    def to_float(imgs, lab):
+        return tf.cast(imgs, tf.float32) / 255.0, lab
+
     positions = np.arange(n, dtype=np.int64) if shard is None else np.arange(shard[0], n, shard[1], dtype=np.int64)
     ds = tf.data.Dataset.from_tensor_slices(positions)
     if training:
         ds = ds.shuffle(len(positions), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(chunk).map(read, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+    ds = ds.batch(batch_size).map(read, num_parallel_calls=tf.data.AUTOTUNE)
     if training:
-        # Stateless random ops, each image's seed drawn from a seeded stream that differs every
+        # Stateless random ops, each batch's seeds drawn from a seeded stream that differs every
         # epoch: the same augmentation for the same --seed however the parallel map schedules it
         # (stateful random ops in a parallel map depend on the order the threads reach them).
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
         def augment(pair, s):
-            img, label = pair
-            flip_seed, crop_seed = s, tf.stack([s[1], s[0]])
-            if hflip:
-                img = tf.image.stateless_random_flip_left_right(img, flip_seed)
-            if translate:
-                img = tf.pad(img, [[pad_h, pad_h], [pad_w, pad_w], [0, 0]], mode="REFLECT")
-                img = tf.image.stateless_random_crop(img, [h, w, c], crop_seed)
-            return img, label
+            imgs, lab = pair
+            b = tf.shape(imgs)[0]
+            flip_seed, row_seed, col_seed = tf.unstack(tf.random.experimental.stateless_split(s, 3))
+            if hflip:  # each image flipped or not, by its own coin
+                coin = tf.random.stateless_uniform([b], flip_seed) < 0.5
+                imgs = tf.where(coin[:, None, None, None], tf.reverse(imgs, axis=[2]), imgs)
+            if translate:  # each image's own offset into its reflect-padded copy: rows, then columns
+                oy = tf.random.stateless_uniform([b], row_seed, minval=0, maxval=2 * pad_h + 1, dtype=tf.int32)
+                ox = tf.random.stateless_uniform([b], col_seed, minval=0, maxval=2 * pad_w + 1, dtype=tf.int32)
+                padded = tf.pad(imgs, [[0, 0], [pad_h, pad_h], [pad_w, pad_w], [0, 0]], mode="REFLECT")
+                rows = oy[:, None] + tf.range(h)[None, :]
+                cols = ox[:, None] + tf.range(w)[None, :]
+                imgs = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
+            return to_float(imgs, lab)
 
         ds = tf.data.Dataset.zip((ds, seeds)).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size)
-    ds = ds.map(lambda a, b: (tf.cast(a, tf.float32) / 255.0, b), num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

@@ -36,11 +36,24 @@ def configure_devices() -> dict[str, Any]:
     if gpus:
         log.info("training on %d GPU(s) with mixed precision", len(gpus))
     else:
-        log.info("no GPU visible to TensorFlow: training on the CPU (%d cores)", os.cpu_count() or 1)
+        onednn = onednn_enabled()
+        log.info("no GPU visible to TensorFlow: training on the CPU (%d cores, oneDNN kernels %s)", os.cpu_count() or 1,
+                 {True: "on", False: "off: TF_ENABLE_ONEDNN_OPTS=1 is about 2x faster on AVX2 CPUs", None: "unknown"}[onednn])
     if replicas > 1:
         log.info("NIN_CPU_REPLICAS=%d: the CPU split into %d logical devices (MirroredStrategy, as on %d GPUs)",
                  replicas, len(tf.config.list_logical_devices("CPU")), replicas)
-    return {"gpus": len(gpus), "cpus": os.cpu_count(), "tensorflow": tf.__version__}
+    return {"gpus": len(gpus), "cpus": os.cpu_count(), "tensorflow": tf.__version__, "onednn": onednn_enabled()}
+
+
+def onednn_enabled() -> bool | None:
+    """Whether TensorFlow runs oneDNN's CPU kernels (TF_ENABLE_ONEDNN_OPTS, else TensorFlow's own choice by
+    CPU features); None where this TensorFlow cannot say (a private function, present in 2.21)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return None
 
 
 def mixed_precision_wanted() -> bool:

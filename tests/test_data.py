@@ -264,7 +264,7 @@ def test_tf_data_pipeline_is_the_same_from_files_and_from_memory(tmp_path):
         batches = {}
         for mode in ("memory", "none"):
             s = _splits(tree, mode)
-            ds = make_dataset(s.x_train, s.y_train, 8, training=training, seed=5, chunk=5)
+            ds = make_dataset(s.x_train, s.y_train, 8, training=training, seed=5)
             batches[mode] = [(x.numpy(), y.numpy()) for x, y in ds]
         assert sum(len(y) for _, y in batches["none"]) == 24
         # the same seed: the same order, and (training) the same flips and crops, from either store
@@ -291,6 +291,26 @@ def test_augmentation_is_seeded_and_differs_every_epoch(tmp_path):
     (x1, y1), (x2, y2) = first
     assert not np.array_equal(y1, y2) or not np.array_equal(x1, x2)  # epoch 2 is shuffled and augmented anew
     assert not np.array_equal(x1, other[0][0])  # another seed, another epoch
+
+
+def test_each_augmented_image_is_a_flip_and_translation_of_its_own_image():
+    """The batch-wise augmentation: image i of a batch is a crop of image i's own reflect-padded copy,
+    flipped or not, at its own offset — flips and offsets vary across the batch."""
+    from pipeline.data import make_dataset
+
+    rng = np.random.default_rng(0)
+    n, side, pad = 64, 16, 2  # 16 px: translations of up to 16 // 8 = 2 px
+    x = rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8)
+    (xb, yb), = [(a.numpy(), b.numpy()) for a, b in make_dataset(x, np.arange(n), n, training=True, seed=3)]
+    assert sorted(yb) == list(range(n))  # the labels name the source image
+    seen = set()
+    for img, i in zip(np.rint(xb * 255).astype(np.uint8), yb):
+        padded = np.pad(x[i], [(pad, pad), (pad, pad), (0, 0)], mode="reflect")
+        found = [(f, oy, ox) for f in (0, 1) for oy in range(2 * pad + 1) for ox in range(2 * pad + 1)
+                 if np.array_equal((padded[:, ::-1] if f else padded)[oy:oy + side, ox:ox + side], img)]
+        assert found, f"image {i} is no flip/translation of its source"
+        seen.add(found[0])
+    assert {f for f, _, _ in seen} == {0, 1} and len({(oy, ox) for _, oy, ox in seen}) > 10
 
 
 def test_auto_holds_images_in_memory_within_the_budget_else_on_disk(tmp_path, caplog):
