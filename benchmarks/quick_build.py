@@ -87,9 +87,29 @@ def summarise(run: Path, wall: float | None, command: list[str] | None) -> dict:
         "qat_minus_float_points": 100 * (v["qat_int8"]["top1"] - v["float_keras"]["top1"]),
         "qat_minus_ptq_points": 100 * (v["qat_int8"]["top1"] - v["ptq_int8"]["top1"]),
         "config": json.loads((run / "config.json").read_text()),
+        "agreement_with_float": {k: x.get("agreement_with_float") for k, x in v.items()},
+        "significance": report.get("significance"),
+        "validation_accuracy_last_epoch": _last_val(run),
+        "onednn_in_train_log": _onednn(run),
+        "train_speed": train_speed(run),
         "machine": machine(), "date": dt.date.today().isoformat(),
     }
     return res
+
+
+def _last_val(run: Path) -> float | None:
+    import re
+
+    found = re.findall(r" train epoch \d+/\d+: .*val_accuracy=([\d.]+)", (run / "train.log").read_text())
+    return float(found[-1]) if found else None
+
+
+def _onednn(run: Path) -> str | None:
+    """What the build said about oneDNN's kernels ("on", "off: ..."), from train.log."""
+    import re
+
+    m = re.search(r"oneDNN kernels ([^)]*)\)", (run / "train.log").read_text())
+    return m.group(1) if m else None
 
 
 def markdown(res: dict) -> str:
@@ -103,6 +123,8 @@ def markdown(res: dict) -> str:
         "|---|---|---|",
         *(f"| {k} | {100 * t[k]:.2f}% | {b[k]:,} |" for k in t),
         "",
+        "agreement with float: " + ", ".join(f"{k} {100 * a:.2f}%" for k, a in res["agreement_with_float"].items() if a),
+        "",
         f"QAT int8 - float: {res['qat_minus_float_points']:+.2f} points; QAT - PTQ: {res['qat_minus_ptq_points']:+.2f} points; "
         f"int8 / float32 .tflite bytes: {100 * res['int8_over_float_bytes']:.1f}%",
     ]
@@ -114,6 +136,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"))
     ap.add_argument("--run", type=Path, help="summarise this finished run folder instead of building")
     ap.add_argument("--wall", type=float, help="with --run: the wall time you measured, in seconds")
+    ap.add_argument("--name", default="quick_build", help="results/<name>-<date>.json")
     args = ap.parse_args()
     if args.run:
         run, wall, cmd = args.run, args.wall, None
@@ -125,7 +148,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "pipeline.cli", *cmd[1:]], cwd=REPO, check=True)
         wall = time.time() - t
     res = summarise(run, wall, cmd)
-    out = HERE / "results" / f"quick_build-{res['date']}.json"
+    out = HERE / "results" / f"{args.name}-{res['date']}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")
     print(markdown(res))
