@@ -33,16 +33,16 @@ def configure_devices() -> dict[str, Any]:
             tf.config.experimental.set_memory_growth(g, True)
         except RuntimeError:
             pass
+    onednn = onednn_enabled()
     if gpus:
         log.info("training on %d GPU(s) with mixed precision", len(gpus))
     else:
-        onednn = onednn_enabled()
         log.info("no GPU visible to TensorFlow: training on the CPU (%d cores, oneDNN kernels %s)", os.cpu_count() or 1,
                  {True: "on", False: "off: TF_ENABLE_ONEDNN_OPTS=1 is about 2x faster on AVX2 CPUs", None: "unknown"}[onednn])
     if replicas > 1:
         log.info("NIN_CPU_REPLICAS=%d: the CPU split into %d logical devices (MirroredStrategy, as on %d GPUs)",
                  replicas, len(tf.config.list_logical_devices("CPU")), replicas)
-    return {"gpus": len(gpus), "cpus": os.cpu_count(), "tensorflow": tf.__version__, "onednn": onednn_enabled()}
+    return {"gpus": len(gpus), "cpus": os.cpu_count(), "tensorflow": tf.__version__, "onednn": onednn}
 
 
 def onednn_enabled() -> bool | None:
