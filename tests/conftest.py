@@ -302,6 +302,16 @@ def _tool_venvs() -> dict[str, tuple[list[str], tuple[str, ...], str]]:
     }
 
 
+_TOOL_VENV_FIXTURES = ("tflite_runtime_214", "mediapipe_python", "task_library_python")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The tests that need a tool venv run last (in their own order), so that its installation in the
+    background overlaps as much of the suite as it can."""
+    tools = set(_TOOL_VENV_FIXTURES)
+    items[:] = sorted(items, key=lambda item: bool(tools & set(getattr(item, "fixturenames", ()))))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _tool_venvs_in_background(request, tmp_path_factory):
     """Start installing the tool venvs the collected tests need as the session starts, in threads:
