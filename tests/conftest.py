@@ -270,97 +270,45 @@ def lenet_sweep(cifar_jpg, cifar_cache, tmp_path_factory):
     return out, args, calls, first, second
 
 
-# --------------------------------------------------------------------------- tool venvs (other runtimes, clients)
+# --------------------------------------------------------------------------- tflite-runtime 2.14
 
-def make_tool_venv(where: Path, packages: list[str], no_deps: tuple[str, ...] = ()) -> tuple[Path | None, str]:
-    """A venv at ``where`` with ``packages`` from the package index (for runtimes and clients that cannot
-    share TensorFlow 2.21's environment), and ``no_deps`` without their dependencies: (its python, "")
-    or (None, what pip said)."""
-    venv = where / "venv"
+def tool_venv(tmp_path_factory, name: str, packages: list[str], why: str, no_deps: tuple[str, ...] = ()) -> Path:
+    """A venv of its own with ``packages`` from the package index (for runtimes and clients that cannot
+    share TensorFlow 2.21's environment), and ``no_deps`` without their dependencies; its python.
+    Skipped with the reason where pip cannot get them, but not in CI."""
+    venv = tmp_path_factory.mktemp(name) / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
     for args in ([*packages], ["--no-deps", *no_deps]) if no_deps else ([*packages],):
-        pip = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-compile", *args], capture_output=True, text=True,
-                             timeout=900)
+        pip = subprocess.run([str(py), "-m", "pip", "install", "-q", *args], capture_output=True, text=True, timeout=900)
         if pip.returncode != 0:
-            return None, f"could not install {' '.join(args)}: {pip.stderr[-500:]}"
-    return py, ""
-
-
-def _tool_venvs() -> dict[str, tuple[list[str], tuple[str, ...], str]]:
-    """fixture name -> (packages, packages without their dependencies, what for)."""
-    from pipeline.clients import WRITER
-
-    return {
-        "tflite_runtime_214": (["tflite-runtime==2.14.0", "numpy<2"], (), "Raspberry Pi OS's runtime"),
-        # mediapipe 0.10.21's metadata writer and ImageClassifier (protobuf 4: not beside TensorFlow), without
-        # jax, jaxlib, sentencepiece and sounddevice, which these two never import (412 MB instead of 990)
-        "mediapipe_python": (["absl-py", "attrs", "flatbuffers", "numpy<2", "protobuf>=4.25,<5", "opencv-python-headless<4.11",
-                              "matplotlib"], (WRITER,), "MediaPipe Tasks"),
-        # the TFLite Task Library (tflite-support 0.4.4) and a libusb for its native part
-        "task_library_python": (["tflite-support==0.4.4", "libusb-package"], (), "the TFLite Task Library"),
-    }
-
-
-_TOOL_VENV_FIXTURES = ("tflite_runtime_214", "mediapipe_python", "task_library_python")
-
-
-def pytest_collection_modifyitems(session, config, items):
-    """The tests that need a tool venv run last (in their own order), so that its installation in the
-    background overlaps as much of the suite as it can."""
-    tools = set(_TOOL_VENV_FIXTURES)
-    items[:] = sorted(items, key=lambda item: bool(tools & set(getattr(item, "fixturenames", ()))))
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _tool_venvs_in_background(request, tmp_path_factory):
-    """Start installing the tool venvs the collected tests need as the session starts, in threads:
-    pip mostly waits on the package index, so this overlaps minutes of it with the tests that train
-    instead of adding them to the suite's time. The fixtures below wait for their own venv."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    needed = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
-    specs = {k: v for k, v in _tool_venvs().items() if k in needed}
-    if specs and sys.version_info >= (3, 12):
-        specs.pop("tflite_runtime_214", None)  # wheels for Python <= 3.11 only
-    pool = ThreadPoolExecutor(max_workers=max(1, len(specs)), thread_name_prefix="tool-venv")
-    futures = {k: pool.submit(make_tool_venv, tmp_path_factory.mktemp(k), pkgs, no_deps) for k, (pkgs, no_deps, _) in specs.items()}
-    yield futures
-    pool.shutdown(wait=True)
-
-
-def _tool_venv(request, name: str) -> Path:
-    """The venv started in the background for fixture ``name``: its python; skipped with pip's reason where
-    pip cannot get the packages, but not in CI."""
-    futures = request.getfixturevalue("_tool_venvs_in_background")
-    if name not in futures:
-        pytest.skip(f"{name}: no venv for it ({'Python >= 3.12: no wheels' if sys.version_info >= (3, 12) else 'not started'})")
-    py, msg = futures[name].result(timeout=1200)
-    if py is None:
-        msg = f"{msg} ({_tool_venvs()[name][2]})"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+            msg = f"could not install {' '.join(args)} ({why}): {pip.stderr[-500:]}"
+            if os.environ.get("CI"):
+                pytest.fail(msg)
+            pytest.skip(msg)
     return py
 
 
 @pytest.fixture(scope="session")
-def tflite_runtime_214(request):
+def tflite_runtime_214(tmp_path_factory):
     """A venv with tflite-runtime 2.14 and numpy<2: what Raspberry Pi OS users have."""
     if sys.version_info >= (3, 12):
         pytest.skip("tflite-runtime 2.14 has wheels for Python <= 3.11 only")
-    return _tool_venv(request, "tflite_runtime_214")
+    return tool_venv(tmp_path_factory, "tfl214", ["tflite-runtime==2.14.0", "numpy<2"], "Raspberry Pi OS's runtime")
 
 
 @pytest.fixture(scope="session")
-def mediapipe_python(request):
-    """A venv with mediapipe 0.10.21: its metadata writer and ImageClassifier."""
-    return _tool_venv(request, "mediapipe_python")
+def mediapipe_python(tmp_path_factory):
+    """A venv with mediapipe 0.10.21: its metadata writer and ImageClassifier (protobuf 4: not beside TensorFlow).
+    Without jax, jaxlib, sentencepiece and sounddevice, which these two never import (412 MB instead of 990)."""
+    from pipeline.clients import WRITER
+
+    return tool_venv(tmp_path_factory, "mediapipe", ["absl-py", "attrs", "flatbuffers", "numpy<2", "protobuf>=4.25,<5",
+                                                     "opencv-python-headless<4.11", "matplotlib"], "MediaPipe Tasks",
+                     no_deps=(WRITER,))
 
 
 @pytest.fixture(scope="session")
-def task_library_python(request):
+def task_library_python(tmp_path_factory):
     """A venv with the TFLite Task Library (tflite-support 0.4.4) and a libusb for its native part."""
-    return _tool_venv(request, "task_library_python")
-
-
+    return tool_venv(tmp_path_factory, "tasklib", ["tflite-support==0.4.4", "libusb-package"], "the TFLite Task Library")
