@@ -46,37 +46,45 @@ def free_port() -> int:
 
 
 PROBE = ("import time, numpy as np\n"
-         "a = np.random.rand(256, 256).astype(np.float32); c, t = time.process_time(), time.perf_counter()\n"
-         "while time.perf_counter() - t < 2: a @ a\n"
-         "print(round((time.process_time() - c) / (time.perf_counter() - t), 2))")
+         "a = np.random.rand(256, 256).astype(np.float32); c, t, n = time.process_time(), time.perf_counter(), 0\n"
+         "while time.perf_counter() - t < 2: a @ a; n += 1\n"
+         "w = time.perf_counter() - t; print(round((time.process_time() - c) / w, 2), round(n / w))")
 
 
-def core_shares(cores: int = 2) -> list[float]:
-    """CPU seconds / wall seconds of a pinned one-thread matmul loop on each core, one core at a time."""
+def core_shares(cores: int = 2) -> list[list[float]]:
+    """Per core, one core at a time: [CPU seconds / wall seconds, 256x256 matmuls per second] of a
+    pinned one-thread matmul loop. The second says how fast the core is at that moment: two workers
+    in lockstep go at the pace of the slower core, one worker at its own core's."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    return [float(subprocess.run(["taskset", "-c", str(c), sys.executable, "-c", PROBE], env=env, capture_output=True,
-                                 text=True, check=True).stdout) for c in range(cores)]
+    return [[float(v) for v in subprocess.run(["taskset", "-c", str(c), sys.executable, "-c", PROBE], env=env,
+                                              capture_output=True, text=True, check=True).stdout.split()]
+            for c in range(cores)]
 
 
-def launch(args, out: Path, workers: int) -> tuple[float, list[float]]:
+def launch(args, out: Path, workers: int, copies: int = 1) -> tuple[float, list[float]]:
     """Start ``workers`` pinned processes (one per core) and wait for all; returns wall seconds and
-    each worker's CPU seconds / wall seconds (a non-chief's includes its wait for the chief's conversion)."""
-    if out.exists():
-        shutil.rmtree(out)
+    each worker's CPU seconds / wall seconds (a non-chief's includes its wait for the chief's conversion).
+    ``copies`` > 1 (with one worker): that many independent 1-worker builds at once, one per core, into
+    ``<out>-core<i>`` - the two cores busy as with 2 workers, but nothing exchanged between them."""
+    outs = [out] if copies == 1 else [out.with_name(f"{out.name}-core{i}") for i in range(copies)]
+    for o in outs:
+        if o.exists():
+            shutil.rmtree(o)
     env = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
            "NIN_CACHE_DIR": str(args.cache_dir)}
     # --per-worker-batch: each worker keeps --batch-size images per step (global batch x workers, the
     # learning rate scaled with it as README "Batch size and learning rate" says); else the global batch is fixed.
     scale = workers if args.per_worker_batch else 1
     base = [sys.executable, "-m", "pipeline", "build", "--dataset", "cifar10", "--data-dir", str(args.data_dir),
-            "--out", str(out), "--width", str(args.width), "--epochs", str(args.epochs), "--qat-epochs", str(args.qat_epochs),
+            "--width", str(args.width), "--epochs", str(args.epochs), "--qat-epochs", str(args.qat_epochs),
             "--batch-size", str(args.batch_size * scale), "--limit-train", str(args.limit_train), "--seed", "0",
             *(["--lr", str(args.lr * scale)] if args.per_worker_batch else [])]
     addrs = ",".join(f"127.0.0.1:{free_port()}" for _ in range(workers))
     procs = []
     t = time.time()
-    for i in range(workers):
-        cmd = ["taskset", "-c", str(i), *base, *(["--workers", addrs, "--worker-index", str(i)] if workers > 1 else [])]
+    for i in range(max(workers, copies)):
+        cmd = ["taskset", "-c", str(i), *base, "--out", str(outs[min(i, len(outs) - 1)]),
+               *(["--workers", addrs, "--worker-index", str(i)] if workers > 1 else [])]
         log = open(out.parent / f"{out.name}.w{i}.log", "w")
         procs.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     shares = []
@@ -113,6 +121,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.2, help="learning rate of the 1-worker build (with --per-worker-batch; "
                     "default the quick profile's)")
     ap.add_argument("--rounds", type=int, default=1, help="pairs of builds (1 worker, then 2), each ratio reported")
+    ap.add_argument("--pair", action="store_true",
+                    help="in each round also two independent 1-worker builds at once, one per core: what the two "
+                         "cores give with nothing exchanged (the ceiling for 2 workers on this host)")
     args = ap.parse_args()
     if not shutil.which("taskset"):
         sys.exit("taskset (util-linux) is needed to pin the workers to cores")
@@ -120,17 +131,31 @@ def main() -> None:
     rounds = []
     for r in range(args.rounds):
         res = {}
-        for name, n in (("one_worker_one_core", 1), ("two_workers_one_core_each", 2)):
+        for name, n, copies in (("one_worker_one_core", 1, 1), ("two_workers_one_core_each", 2, 1),
+                                *([("two_independent_builds_one_core_each", 1, 2)] if args.pair else [])):
             before = core_shares()
-            wall, shares = launch(args, args.work / name, n)
-            res[name] = {**figures(args.work / name), "wall_seconds": round(wall, 1), "worker_cpu_per_wall": shares,
-                         "core_share_probe_before_after": [before, core_shares()]}
+            wall, shares = launch(args, args.work / name, n, copies)
+            probes = {"wall_seconds": round(wall, 1), "worker_cpu_per_wall": shares,
+                      "core_probe_share_and_matmuls_per_s_before_after": [before, core_shares()]}
+            if copies == 1:
+                res[name] = {**figures(args.work / name), **probes}
+            else:
+                each = [figures(args.work / f"{name}-core{i}") for i in range(copies)]
+                res[name] = {"builds": each, **probes, **{k: round(sum(b[k] for b in each), 1) for k in
+                             ("images_per_second", "training_images_per_second") if all(k in b for b in each)}}
             print(f"round {r + 1}", name, json.dumps(res[name]), flush=True)
         one, two = res["one_worker_one_core"], res["two_workers_one_core_each"]
         res["images_per_second_ratio"] = round(two["images_per_second"] / one["images_per_second"], 3)
+        if "training_images_per_second" in one and "training_images_per_second" in two:  # validation left out
+            res["training_images_per_second_ratio"] = round(two["training_images_per_second"] / one["training_images_per_second"], 3)
+        if args.pair:
+            res["independent_pair_over_one_worker"] = round(res["two_independent_builds_one_core_each"]["images_per_second"]
+                                                            / one["images_per_second"], 3)
         res["qat_int8_top1_gap_points"] = round(100 * (two["qat_int8_top1"] - one["qat_int8_top1"]), 2)
         rounds.append(res)
-        print(f"round {r + 1}: 2 workers vs 1: {res['images_per_second_ratio']:.2f}x images/s; QAT int8 top-1 "
+        print(f"round {r + 1}: 2 workers vs 1: {res['images_per_second_ratio']:.2f}x images/s "
+              f"({res.get('training_images_per_second_ratio', float('nan')):.2f}x without validation"
+              + (f"; two independent builds {res['independent_pair_over_one_worker']:.2f}x" if args.pair else "") + "); QAT int8 top-1 "
               f"{100 * one['qat_int8_top1']:.2f}% (1 worker) vs {100 * two['qat_int8_top1']:.2f}% (2 workers), "
               f"{res['qat_int8_top1_gap_points']:+.2f} points", flush=True)
     ratio = statistics.median(r["images_per_second_ratio"] for r in rounds)
@@ -138,7 +163,9 @@ def main() -> None:
     out = {
         "date": dt.date.today().isoformat(), "machine": machine(), "settings": vars(args) | {"data_dir": str(args.data_dir),
                "work": str(args.work), "cache_dir": str(args.cache_dir)},
-        "rounds": rounds, "images_per_second_ratio_median": round(ratio, 3), "qat_int8_top1_gap_points_largest": gap,
+        "rounds": rounds, "images_per_second_ratio_median": round(ratio, 3),
+        "training_images_per_second_ratio_median": round(statistics.median(
+            r.get("training_images_per_second_ratio", float("nan")) for r in rounds), 3), "qat_int8_top1_gap_points_largest": gap,
         "targets": {"ratio >= 1.7": ratio >= 1.7, "QAT int8 within 1 point": abs(gap) <= 1.0},
     }
     kind = "-per-worker-batch" if args.per_worker_batch else ""

@@ -64,14 +64,21 @@ def machine() -> dict:
 
 def train_speed(run: Path) -> dict:
     """Float-training images/s of a finished run folder, from train.log's per-epoch seconds (the
-    first epoch left out when there are more: it includes tracing)."""
+    first epoch left out when there are more: it includes tracing); where the log gives each epoch's
+    validation seconds (since 2026-11-27), also the images/s of the training steps alone."""
     import re
     import statistics
 
     text = (run / "train.log").read_text()
     n_train = int(re.search(r"data: \S+ from .*?: (\d+) train", text).group(1))
-    secs = [float(s) for s in re.findall(r" train epoch \d+/\d+: .*, ([\d.]+) s\)", text)]
-    return {"train_images": n_train, "epoch_seconds": secs, "images_per_second": n_train / statistics.median(secs[1:] or secs)}
+    epochs = re.findall(r" train epoch \d+/\d+: .*\(lr=[\d.]+, ([\d.]+) s(?:, validation ([\d.]+) s)?", text)
+    secs = [float(s) for s, _ in epochs]
+    out = {"train_images": n_train, "epoch_seconds": secs, "images_per_second": n_train / statistics.median(secs[1:] or secs)}
+    if epochs and all(v for _, v in epochs):
+        fit = [float(s) - float(v) for s, v in epochs]
+        out |= {"validation_seconds": [float(v) for _, v in epochs],
+                "training_images_per_second": n_train / statistics.median(fit[1:] or fit)}
+    return out
 
 
 def summarise(run: Path, wall: float | None, command: list[str] | None) -> dict:

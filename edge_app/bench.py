@@ -35,6 +35,7 @@ def measured_on(model: LoadedModel, threads: int | None) -> dict[str, Any]:
     import socket
 
     from .fsutil import sha256_file
+    from .runtime import usable_cores
 
     cpu = ""
     try:
@@ -44,7 +45,7 @@ def measured_on(model: LoadedModel, threads: int | None) -> dict[str, Any]:
         pass
     return {"model": model.path.name, "model_sha256": sha256_file(model.path),
             "device": {"hostname": socket.gethostname(), "machine": platform.machine(), "cpu": cpu, "cores": os.cpu_count()},
-            "runtime": model.classifier.runtime, "delegate": model.delegate, "threads": threads or os.cpu_count()}
+            "runtime": model.classifier.runtime, "delegate": model.delegate, "threads": threads or usable_cores()}
 
 
 # The models of a run folder, in the order a table shows them (the float model and the PTQ one are the
@@ -59,7 +60,6 @@ def bench_all(folder, *, runs: int = 100, delegates: tuple[str, ...] = ("cpu", "
     """Every model of a run folder x every runtime installed x threads 1..cores (CPU) x every delegate
     that loads: bytes, invoke ms median/p95, FPS, and top-1 on a labelled folder (``data``) when given.
     A delegate or model that does not load is a row with the reason, not an error."""
-    import os
     from pathlib import Path
 
     from .errors import EdgeAppError
@@ -67,7 +67,7 @@ def bench_all(folder, *, runs: int = 100, delegates: tuple[str, ...] = ("cpu", "
     from .geometry import fit_to_input
     from .model import LoadedModel, check_checksum, read_labels
     from .runfiles import INT8_TFLITE, LABELS_TXT, SIDECAR_NAME
-    from .runtime import RUNTIMES, Classifier, interpreter_class, make_delegate
+    from .runtime import RUNTIMES, Classifier, interpreter_class, make_delegate, usable_cores
     from .sidecar import read_sidecar
     from .sources import SyntheticSource
 
@@ -98,7 +98,7 @@ def bench_all(folder, *, runs: int = 100, delegates: tuple[str, ...] = ("cpu", "
             installed.append(name)
         except EdgeAppError:
             continue
-    cores = max_threads or os.cpu_count() or 1
+    cores = max_threads or usable_cores()
     rows: list[dict[str, Any]] = []
     frame = SyntheticSource(640, 480, 1).pool[0]
     for variant, file in RUN_MODELS:

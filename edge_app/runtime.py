@@ -25,6 +25,16 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (``taskset``, a container's cpuset), else
+    every core. ``os.cpu_count()`` counts the machine's cores even where the process gets fewer, and
+    threads beyond them only queue."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no affinity on macOS / Windows
+        return os.cpu_count() or 1
+
+
 def interpreter_class(runtime: str = "auto") -> tuple[Any, str]:
     """The Interpreter class of the runtime asked for ("auto": the first one installed) and its name."""
     order = RUNTIMES if runtime == "auto" else (runtime,)
@@ -122,7 +132,7 @@ def load_interpreter(model_path: str | os.PathLike, runtime: str = "auto", num_t
     if not path.is_file():
         raise ModelLoadError(f"no model file at {path}")
     cls, name = interpreter_class(runtime)
-    threads = num_threads or os.cpu_count() or 1
+    threads = num_threads or usable_cores()
     try:
         interp = cls(model_path=str(path), num_threads=threads, experimental_delegates=delegates or None)
         interp.allocate_tensors()

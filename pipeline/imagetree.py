@@ -31,6 +31,7 @@ from typing import Iterator
 import numpy as np
 
 from edge_app.fsutil import atomic_write_text
+from edge_app.runtime import usable_cores
 
 from .errors import DataError
 
@@ -257,7 +258,7 @@ def _decode_all(listing: TreeListing, size: int | None, hwc: tuple[int, int, int
             return
         out[i] = img
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(max_workers=usable_cores()) as pool:
         window = []
         for item in bar(listing.blobs(), total=len(listing.names), desc=f"decoding {listing.src.name}",
                         disable=not progress):
@@ -400,7 +401,7 @@ def find_unreadable(listing: TreeListing, size: int | None, hwc: tuple[int, int,
             return i, None
 
     shapes: list[tuple[int, tuple | None]] = []
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, \
+    with ThreadPoolExecutor(max_workers=usable_cores()) as pool, \
             progress_bar(total=len(listing.names), desc=f"checking {listing.src.name}", disable=not progress) as bar:
         for start in range(0, len(listing.names), 1024):  # bounded, as in _decode_all
             shapes += pool.map(check, range(start, min(start + 1024, len(listing.names))))

@@ -72,13 +72,13 @@ def layer_errors(tflite: str | os.PathLike | bytes, float_model, images: np.ndar
     ``images``: uint8 NHWC; both models see them as float32 in [0, 1], the int8 one quantised."""
     import tf_keras as keras
 
-    from edge_app.runtime import dequantize, interpreter_class, quantize
+    from edge_app.runtime import dequantize, interpreter_class, quantize, usable_cores
 
     Interpreter, _ = interpreter_class("auto")
     kw = {"model_content": tflite} if isinstance(tflite, bytes) else {"model_path": os.fspath(tflite)}
     with warnings.catch_warnings():  # "intended for debugging purposes only": that is the purpose
         warnings.simplefilter("ignore", UserWarning)
-        interp = Interpreter(**kw, experimental_preserve_all_tensors=True, num_threads=os.cpu_count() or 1)
+        interp = Interpreter(**kw, experimental_preserve_all_tensors=True, num_threads=usable_cores())
     interp.allocate_tensors()
     inp = interp.get_input_details()[0]
     order = [layer.name for layer in float_model.layers]

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from edge_app.runtime import usable_cores
+
 from .evaluate import topk
 from .run import FLOAT_KERAS, FLOAT_TFLITE, INT8_TFLITE, PTQ_TFLITE, RunFolder, now
 
@@ -125,7 +127,7 @@ def build_report(run: RunFolder, preds: dict[str, np.ndarray], y: np.ndarray, la
     float_model = run.load_float() if float_model is None else float_model
     params, macs = int(float_model.count_params()), count_macs(float_model)
     variants: dict[str, dict[str, Any]] = {}
-    threads = os.cpu_count() or 1
+    threads = usable_cores()
     for key in VARIANTS:
         path = run.path(VARIANT_FILES[key])
         v = variant_metrics(preds[key], y, float_probs, labels)

@@ -166,12 +166,18 @@ def fit(model, train_ds, val_ds, cfg: TrainConfig, *, steps_per_epoch: int, run_
 
     class EpochLog(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
-            self.t = time.perf_counter()
+            self.t, self.val = time.perf_counter(), 0.0
+
+        def on_test_begin(self, logs=None):
+            self.val_t = time.perf_counter()
+
+        def on_test_end(self, logs=None):
+            self.val += time.perf_counter() - self.val_t
 
         def on_epoch_end(self, epoch, logs=None):
             msg = " ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items())
-            log.info("%s epoch %d/%d: %s (lr=%.5f, %.1f s)", tag, epoch + 1, cfg.epochs, msg, _current_lr(optimizer),
-                     time.perf_counter() - self.t)
+            log.info("%s epoch %d/%d: %s (lr=%.5f, %.1f s, validation %.1f s)", tag, epoch + 1, cfg.epochs, msg,
+                     _current_lr(optimizer), time.perf_counter() - self.t, self.val)
 
     bar = _progress_bar(verbose) if initial_epoch < cfg.epochs else 0
     callbacks = [

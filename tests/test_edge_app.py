@@ -373,6 +373,16 @@ def test_p95_is_never_below_the_median():
     assert median_p95(range(100)) == (49.5, 94)
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or not __import__("shutil").which("taskset"),
+                    reason="needs Linux's taskset (util-linux)")
+def test_threads_default_to_the_cores_the_process_may_use():
+    """Pinned to one core (taskset, a container's cpuset), the default is 1 thread, not the machine's core count."""
+    code = "from edge_app.runtime import usable_cores; print(usable_cores())"
+    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         check=True).stdout
+    assert out.strip() == "1"
+
+
 def test_prefetch_changes_nothing_but_speed(edge_model, video, tmp_path):
     """Frames prepared in the second thread give the same predictions, in the same order."""
     outs = {}

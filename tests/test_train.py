@@ -129,3 +129,26 @@ def test_the_epoch_log_line_comes_after_the_finished_progress_bar(tmp_path, caps
         before = out[:i]
         assert before.endswith("\n"), out[max(0, i - 80):i + 20]
         assert "/step - loss" in before.rstrip("\n").rsplit("\n", 1)[-1]  # the bar's finished line, just before
+
+
+def test_the_epoch_log_line_says_how_long_validation_took(tmp_path, caplog):
+    """Each epoch's line gives its seconds and, of those, validation's (so training images/s can be told
+    apart from the time spent validating, e.g. when comparing 1 and 2 workers)."""
+    import logging
+    import re
+    import time
+
+    import tf_keras as keras
+
+    class SlowValidation(keras.callbacks.Callback):
+        def on_test_begin(self, logs=None):
+            time.sleep(0.3)
+
+    caplog.set_level(logging.INFO, logger="pipeline.train")
+    fit(_model(), _data(), _data().take(2), TrainConfig(epochs=2, lr=0.05, warmup_epochs=0), steps_per_epoch=4,
+        run_dir=tmp_path, tag="t", verbose=0, extra_callbacks=[SlowValidation()])
+    found = [re.search(r"\(lr=[\d.]+, ([\d.]+) s, validation ([\d.]+) s\)", r.getMessage())
+             for r in caplog.records if " epoch " in r.getMessage()]
+    assert len(found) == 2 and all(found), [r.getMessage() for r in caplog.records]
+    for m in found:
+        assert 0.3 <= float(m.group(2)) <= float(m.group(1))
