@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from quick_build import machine, train_speed  # noqa: E402
+from quick_build import machine, save_result, train_speed  # noqa: E402
 
 
 def free_port() -> int:
@@ -169,8 +169,7 @@ def main() -> None:
         "targets": {"ratio >= 1.7": ratio >= 1.7, "QAT int8 within 1 point": abs(gap) <= 1.0},
     }
     kind = "-per-worker-batch" if args.per_worker_batch else ""
-    path = HERE / "results" / f"multi_worker{kind}-b{args.batch_size}-{dt.date.today().isoformat()}.json"
-    path.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    path = save_result(HERE / "results" / f"multi_worker{kind}-b{args.batch_size}-{dt.date.today().isoformat()}.json", out)
     print(f"median ratio {ratio:.2f}x over {len(rounds)} round(s); largest QAT int8 gap {gap:+.2f} points -> {path}")
 
 if __name__ == "__main__":

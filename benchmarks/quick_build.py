@@ -24,11 +24,22 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 
+def save_result(path: Path, data: dict) -> Path:
+    """Write a benchmark's JSON atomically and never over an earlier result: a second run with the same
+    name (the same day) goes to ``<name>-2.json``, ``-3``, ... Returns the path written."""
+    stem, n = path.stem, 2
+    while path.exists():
+        path, n = path.with_name(f"{stem}-{n}.json"), n + 1
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 def write_result(name: str, data: dict) -> Path:
     """results/<name>-<date>.json with the date and this machine recorded; its path."""
     stamp = dt.date.today().isoformat()
-    path = Path(__file__).resolve().parent / "results" / f"{name}-{stamp}.json"
-    path.write_text(json.dumps({"date": stamp, "machine": machine(), **data}, indent=2) + "\n")
+    path = save_result(HERE / "results" / f"{name}-{stamp}.json", {"date": stamp, "machine": machine(), **data})
     print(f"-> {path}")
     return path
 

@@ -88,7 +88,7 @@ def runtime_options(fallback: bool = False):
     options = [
         click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True),
         click.option("--delegate", type=click.Choice(DELEGATES), default="cpu", show_default=True),
-        click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads (default: all cores)."),
+        click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads (default: the cores this process may use)."),
         click.option("--device", default=None, help="Edge TPU device, e.g. usb:0 or pci:0."),
         click.option("--delegate-lib", default=None, help="Path of any external delegate library."),
         click.option("--delegate-option", "delegate_options", multiple=True, callback=kv, help="key=value for the delegate."),

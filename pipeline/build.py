@@ -262,7 +262,8 @@ STAGE_FUNCTIONS = {"train": stage_train, "qat": stage_qat, "convert": stage_conv
 
 
 def run_stages(run: RunFolder, stages: tuple[str, ...] = STAGES, force: tuple[str, ...] = (), *,
-               workers: Cluster | None = None, worker_timeout: float = 600.0) -> dict[str, Any]:
+               workers: Cluster | None = None, worker_timeout: float = 600.0,
+               collective_timeout: float = 0.0) -> dict[str, Any]:
     """Run ``stages`` in order, skipping those already done unless forced; each is marked done with its seconds.
     With ``workers`` (several machines) training and QAT run under MultiWorkerMirroredStrategy; only
     the chief goes on to conversion and evaluation."""
@@ -271,7 +272,7 @@ def run_stages(run: RunFolder, stages: tuple[str, ...] = STAGES, force: tuple[st
 
     cfg = run.load_config()
     if workers is not None:
-        strategy = cluster.start(workers, timeout_s=worker_timeout, startup_s=worker_timeout)  # TF's first call
+        strategy = cluster.start(workers, timeout_s=collective_timeout, startup_s=worker_timeout)  # TF's first call
         cluster.check_batch_sizes(strategy, {"--batch-size": cfg.train.batch_size, "the QAT batch size": cfg.qat.batch_size})
         if not workers.is_chief:
             stages = tuple(s for s in stages if s in ("train", "qat"))
@@ -310,7 +311,8 @@ def run_stages(run: RunFolder, stages: tuple[str, ...] = STAGES, force: tuple[st
 def build(*, dataset: str, data_dir: Path | None, out: Path | None, profile: str, arch: str,
           overrides: dict[str, Any], val_fraction: float, io_type: str | None, target: str, class_maps: bool | None,
           seed: int, resume: bool, data_cache: str | None = None, memory_budget_gb: float | None = None,
-          workers: Cluster | None = None, worker_timeout: float = 600.0) -> RunFolder:
+          workers: Cluster | None = None, worker_timeout: float = 600.0,
+          collective_timeout: float = 0.0) -> RunFolder:
     """`nin-pipeline build`: a new run folder (or the one at ``out``, resumed), every stage to the end.
     ``overrides``: the profile's settings the user set explicitly. ``resume`` without ``out``: the newest
     matching run in artifacts/. ``workers``: one of several machines (TF_CONFIG / --workers); every
@@ -336,7 +338,7 @@ def build(*, dataset: str, data_dir: Path | None, out: Path | None, profile: str
                                         target, data_cache or "auto", memory_budget_gb)
             with worker_folder(out, cfg, workers) as run:
                 setup_logging(run.root)
-                run_stages(run, workers=workers, worker_timeout=worker_timeout)
+                run_stages(run, workers=workers, worker_timeout=worker_timeout, collective_timeout=collective_timeout)
                 log.info("%s: training and QAT done; the chief converts and reports into %s", workers.describe(), out)
             return RunFolder(out)
 
@@ -367,7 +369,7 @@ def build(*, dataset: str, data_dir: Path | None, out: Path | None, profile: str
             run = RunFolder.create(out, cfg)
         setup_logging(run.root)
         try:
-            run_stages(run, workers=workers, worker_timeout=worker_timeout)
+            run_stages(run, workers=workers, worker_timeout=worker_timeout, collective_timeout=collective_timeout)
         except BaseException:
             if not config_was_there:
                 run.discard_unstarted(folder_was_there)

@@ -166,10 +166,15 @@ def main(argv: list[str] | None = None) -> None:
                    "(0, the chief, writes --out). Sets TF_CONFIG, which a cluster manager may set instead.")
 @click.option("--worker-index", type=NON_NEGATIVE_INT, default=None, help="This machine's place in --workers (0 is the chief).")
 @click.option("--worker-timeout", type=click.FloatRange(10, 86400), default=600, show_default=True, metavar="SECONDS",
-              help="How long a worker waits for the others (at start-up, and at each step) before it stops.")
+              help="How long a worker waits for the others to start before it stops.")
+@click.option("--collective-timeout", type=click.FloatRange(0, 86400), default=0, show_default=True, metavar="SECONDS",
+              help="Stop when a step's all-reduce waits this long for a worker that is alive but stuck (0: no limit; "
+                   "a dead or frozen worker is noticed anyway, in seconds). For debugging hangs: TensorFlow keeps a "
+                   "thread per all-reduce for this long.")
 def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_epochs, batch_size, lr, dropout,
           label_smoothing, qat_lr, qat_distill, limit_train, limit_test, val_fraction, io_type, target, class_maps, head,
-          data_cache, memory_budget_gb, seed, deterministic, resume, workers, worker_index, worker_timeout) -> None:
+          data_cache, memory_budget_gb, seed, deterministic, resume, workers, worker_index, worker_timeout,
+          collective_timeout) -> None:
     """Train NiN, fine-tune it with QAT, convert to int8 TFLite and evaluate: one run folder.
 
     On several machines the batch size is global (each of N workers takes batch / N per step, the
@@ -192,7 +197,7 @@ def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_
     run = build_run(dataset=dataset, data_dir=data_dir, out=out, profile=profile, arch=arch, overrides=overrides,
                     val_fraction=val_fraction, io_type=io_type, target=target, class_maps=class_maps, seed=seed,
                     resume=resume, data_cache=data_cache, memory_budget_gb=memory_budget_gb, workers=cluster,
-                    worker_timeout=worker_timeout)
+                    worker_timeout=worker_timeout, collective_timeout=collective_timeout)
     click.echo(f"run folder: {run.root}" if cluster is None or cluster.is_chief else
                f"{cluster.describe()}: done; the chief writes the run folder {run.root}")
     if (cluster is None or cluster.is_chief) and (run.root / "report.html").is_file():
@@ -246,7 +251,7 @@ def report(run_dir: Path, rerun: bool, no_latency: bool) -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, envvar="NIN_DATA_DIR",
               help="Default: a run folder's own data directory.")
 @click.option("--limit-test", type=POSITIVE_INT, default=None, help="Stratified test subset (the same images as `build --limit-test`).")
-@click.option("--threads", type=POSITIVE_INT, default=None, help="TFLite threads (default: all cores).")
+@click.option("--threads", type=POSITIVE_INT, default=None, help="TFLite threads (default: the cores this process may use).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the figures to this JSON file.")
 def evaluate(model: Path, dataset: str, data_dir: Path | None, limit_test: int | None, threads: int | None,

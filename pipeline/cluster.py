@@ -34,9 +34,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pipeline")
 
-#: seconds a collective (a gradient all-reduce) may wait for a stuck peer before failing;
-#: a dead peer is noticed sooner, by the heartbeat (about 10 s measured here)
+#: seconds a worker waits for the others to start
 DEFAULT_TIMEOUT_S = 600.0
+#: seconds a collective (a gradient all-reduce) may wait for a stuck peer before failing; 0: no limit.
+#: Off by default: TensorFlow implements the limit with a new thread per collective that sleeps that
+#: long ("should only be used for debugging", its CommunicationOptions docstring): with 120 s, two
+#: workers of the quick model here grew by ~30 threads a second while training (2,054 threads after
+#: ~190 steps; 110 with no limit) - with this module's former 600 s, ~18,000 at once - which in a
+#: long run or a container with a pids limit ends in "Resource temporarily unavailable". A dead or frozen worker is noticed anyway, by TensorFlow's heartbeat (0.3 s after a
+#: SIGKILL, 8.6 s after a SIGSTOP, measured here).
+DEFAULT_COLLECTIVE_TIMEOUT_S = 0.0
 
 
 class ClusterError(PipelineError):
@@ -118,13 +125,14 @@ _strategy = None  # this process's MultiWorkerMirroredStrategy, once started
 _cluster: Cluster | None = None
 
 
-def start(cluster: Cluster, *, timeout_s: float = DEFAULT_TIMEOUT_S, startup_s: float = DEFAULT_TIMEOUT_S):
+def start(cluster: Cluster, *, timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S, startup_s: float = DEFAULT_TIMEOUT_S):
     """Create the MultiWorkerMirroredStrategy: must come before any other TensorFlow call.
 
     Its constructor blocks until every worker has started; if that takes longer than
     ``startup_s`` the process says which workers it waited for and exits 1 (a thread does it:
-    the constructor cannot be interrupted). ``timeout_s`` bounds each collective, so survivors
-    of a stuck worker stop instead of hanging (a dead worker is noticed by the heartbeat sooner).
+    the constructor cannot be interrupted). ``timeout_s`` (> 0) bounds each collective, so survivors
+    of a worker that is alive but stuck stop instead of waiting (a dead or frozen worker is noticed
+    by the heartbeat); it costs a thread per collective for that long (see DEFAULT_COLLECTIVE_TIMEOUT_S).
     """
     global _strategy, _cluster
     if _strategy is not None:
@@ -169,7 +177,8 @@ def start(cluster: Cluster, *, timeout_s: float = DEFAULT_TIMEOUT_S, startup_s: 
             signal.signal(sig, handler)
     _cluster = cluster
     log.info("multi-worker training: %s; %d workers, %d replica(s) in sync (MultiWorkerMirroredStrategy, "
-             "collective timeout %.0f s)", cluster.describe(), cluster.size, _strategy.num_replicas_in_sync, timeout_s)
+             "collective timeout %s)", cluster.describe(), cluster.size, _strategy.num_replicas_in_sync,
+             f"{timeout_s:.0f} s" if timeout_s > 0 else "off: a dead worker is noticed by TensorFlow's heartbeat")
     return _strategy
 
 

@@ -228,6 +228,9 @@ def test_relaunched_workers_resume_and_the_chief_owns_a_complete_run_folder(two_
     assert two_worker_run["rcs"] == [0, 0], [t[-3000:] for t in two_worker_run["second"]]
     chief_log = (out / "train.log").read_text()
     assert "2 workers, 2 replica(s) in sync (MultiWorkerMirroredStrategy" in chief_log
+    # no per-collective timeout by default (TensorFlow's costs a thread per all-reduce): the killed
+    # worker above was noticed through the heartbeat alone
+    assert "collective timeout off" in chief_log
     assert "train: resuming from the checkpoint after epoch 1 of 3" in two_worker_run["second"][0]
     history = (out / "history_train.csv").read_text().strip().splitlines()
     assert [row.split(",")[0] for row in history[1:]] == ["0", "1", "2"]  # no epoch twice
