@@ -40,9 +40,10 @@ DEFAULT_TIMEOUT_S = 600.0
 #: Off by default: TensorFlow implements the limit with a new thread per collective that sleeps that
 #: long ("should only be used for debugging", its CommunicationOptions docstring): with 120 s, two
 #: workers of the quick model here grew by ~30 threads a second while training (2,054 threads after
-#: ~190 steps; 110 with no limit) - with this module's former 600 s, ~18,000 at once - which in a
-#: long run or a container with a pids limit ends in "Resource temporarily unavailable". A dead or frozen worker is noticed anyway, by TensorFlow's heartbeat (0.3 s after a
-#: SIGKILL, 8.6 s after a SIGSTOP, measured here).
+#: ~190 steps; 110 with no limit); at that rate this module's former 600 s would come to ~18,000
+#: at once, which a long run or a container with a pids limit answers with "Resource temporarily
+#: unavailable". A dead or frozen worker is noticed anyway, by TensorFlow's heartbeat (0.3 s after
+#: a SIGKILL, 8.6 s after a SIGSTOP, measured here).
 DEFAULT_COLLECTIVE_TIMEOUT_S = 0.0
 
 
