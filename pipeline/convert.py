@@ -131,9 +131,15 @@ def _converter(model):
     shape = [1, *model.input_shape[1:]]
     # A model with several outputs becomes a .tflite with several outputs, in an order the
     # converter chooses: readers tell them apart by shape (scores [1, C], maps [1, H, W, C]).
-    fn = tf.function(lambda x: model(x, training=False))
-    concrete = fn.get_concrete_function(tf.TensorSpec(shape, tf.float32, name="image"))
-    return tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+    # The converter saves what it is given as a SavedModel first. Given the Keras model, tf_keras
+    # serialises every layer (traces each call): 25 s of the 28 s a quick build's three conversions
+    # took (cProfile, 2-core EPYC). A bare module holding only the function and the weights makes
+    # the same .tflite bytes (checked on float, QAT int8 and PTQ int8) in a third of the time.
+    holder = tf.Module()
+    holder.weights = list(model.variables)
+    holder.serve = tf.function(lambda x: model(x, training=False))
+    concrete = holder.serve.get_concrete_function(tf.TensorSpec(shape, tf.float32, name="image"))
+    return tf.lite.TFLiteConverter.from_concrete_functions([concrete], holder)
 
 
 def to_tflite_float(model) -> bytes:
