@@ -16,23 +16,20 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from quick_build import machine  # noqa: E402
+from quick_build import machine, tf_env  # noqa: E402
 
 
 def mosaic_scores(run: Path, n: int, seed: int = 0, model_name: str = "model_int8.tflite") -> dict:
     import cv2
     import numpy as np
 
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the CLI (pipeline/cli.py)
+    tf_env()
     from edge_app.geometry import fit_to_input
     from edge_app.runtime import Classifier
     from pipeline.config import BuildConfig

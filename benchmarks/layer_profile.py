@@ -36,7 +36,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
-from quick_build import machine  # noqa: E402
+from quick_build import machine, tf_env  # noqa: E402
 from train_speed import matmul_peak  # noqa: E402
 
 OP_EVENT = re.compile(r"^([^:\s]+):([A-Za-z0-9_]+)$")  # "<op name>:<op type>", as the TF profiler names op events
@@ -100,8 +100,7 @@ def kind_of(model, layer_name: str) -> str:
 
 
 def profile(arch: str, width: float, batch: int, steps: int, warmup: int, n: int) -> dict:
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the CLI (pipeline/cli.py)
+    tf_env()
     import numpy as np
     import tensorflow as tf
     import tf_keras as keras

@@ -43,8 +43,9 @@ BATCH = 128  # per worker
 def child(addrs: str, index: int, executions: int, source: str) -> dict:
     """One process's measurement (run through ``--child``): median ms per step over ``executions``
     calls of the train function (each STEPS_PER_EXECUTION steps), after a warm-up."""
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the CLI (pipeline/cli.py)
+    from quick_build import tf_env
+
+    tf_env()
     from pipeline import cluster
 
     strategy = None

@@ -24,6 +24,14 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 
+def tf_env() -> None:
+    """What `nin-pipeline`'s entry point sets before TensorFlow is first imported (pipeline/cli.py,
+    `_legacy_keras_env`): Keras 2 (tf_keras) for tfmot, and oneDNN's CPU kernels. Call it before
+    importing TensorFlow; a child process started afterwards inherits both."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
 def save_result(path: Path, data: dict) -> Path:
     """Write a benchmark's JSON atomically and never over an earlier result: a second run with the same
     name (the same day) goes to ``<name>-2.json``, ``-3``, ... Returns the path written."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from quick_build import machine  # noqa: E402
+from quick_build import machine, tf_env  # noqa: E402
 
 
 def main() -> None:
@@ -31,8 +30,7 @@ def main() -> None:
     ap.add_argument("run", type=Path)
     ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"))
     args = ap.parse_args()
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the CLI (pipeline/cli.py)
+    tf_env()
     from pipeline.evaluate import evaluate_model
 
     ev = evaluate_model(args.run / "model_int8.tflite", "cifar10", args.data_dir, progress=False)

@@ -27,11 +27,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the CLI (pipeline/cli.py)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from quick_build import tf_env, write_result  # noqa: E402
 
-from quick_build import write_result  # noqa: E402
+tf_env()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def densenet_preact(cfg, growth: int = 32, convs=(4, 4, 4, 4)):

@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from quick_build import machine, train_speed  # noqa: E402
+from quick_build import machine, tf_env, train_speed  # noqa: E402
 
 
 def matmul_peak(n: int = 2048, seconds: float = 5.0) -> float:
@@ -49,8 +49,7 @@ def matmul_peak(n: int = 2048, seconds: float = 5.0) -> float:
 
 def bare_fit(jit: bool, spe: int, width: float, batch: int, n: int = 4096, epochs: int = 3) -> dict:
     """One process's measurement: images/s of epochs 2.. of `fit` on in-memory tensors."""
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the CLI (pipeline/cli.py)
+    tf_env()
     import numpy as np
     import tensorflow as tf
     import tf_keras as keras
@@ -122,7 +121,7 @@ def main() -> None:
     ap.add_argument("--cases", nargs="*", help="only the bare-fit cases whose name contains one of these")
     ap.add_argument("--no-build", action="store_true", help="leave out the build")
     args = ap.parse_args()
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the CLI sets it (pipeline/cli.py); every case inherits it
+    tf_env()  # every case (a child process) inherits it
     args.work.mkdir(parents=True, exist_ok=True)
     base = {"what": "fit", "jit": False, "spe": 1, "width": args.width, "batch": args.batch_size}
     cases = {
