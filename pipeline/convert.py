@@ -132,9 +132,10 @@ def _converter(model):
     # A model with several outputs becomes a .tflite with several outputs, in an order the
     # converter chooses: readers tell them apart by shape (scores [1, C], maps [1, H, W, C]).
     # The converter saves what it is given as a SavedModel first. Given the Keras model, tf_keras
-    # serialises every layer (traces each call): 25 s of the 28 s a quick build's three conversions
-    # took (cProfile, 2-core EPYC). A bare module holding only the function and the weights makes
-    # the same .tflite bytes (checked on float, QAT int8 and PTQ int8) in a third of the time.
+    # serialises every layer (traces each call): 25 s of the 28 s the test suite's fast build spent
+    # on its three conversions (cProfile, 2-core EPYC). A bare module holding only the function and
+    # the weights gives the same .tflite bytes (float, QAT int8, PTQ int8) in about a third of the
+    # time: a quick-profile run 28.7-30.8 s -> 7.9-9.4 s (benchmarks/convert_speed.py).
     holder = tf.Module()
     holder.weights = list(model.variables)
     holder.serve = tf.function(lambda x: model(x, training=False))

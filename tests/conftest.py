@@ -280,7 +280,7 @@ def tool_venv(tmp_path_factory, name: str, packages: list[str], why: str, no_dep
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
     for args in ([*packages], ["--no-deps", *no_deps]) if no_deps else ([*packages],):
-        # --no-compile: no .pyc for the few modules a test imports once (36 s -> 21 s for the two client venvs here)
+        # --no-compile: no .pyc for the few modules a test imports once (the two client venvs: 36 s -> 21 s here, warm pip cache)
         pip = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-compile", *args], capture_output=True, text=True,
                              timeout=900)
         if pip.returncode != 0:
