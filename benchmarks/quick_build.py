@@ -25,11 +25,12 @@ REPO = HERE.parent
 
 
 def tf_env() -> None:
-    """What `nin-pipeline`'s entry point sets before TensorFlow is first imported (pipeline/cli.py,
-    `_legacy_keras_env`): Keras 2 (tf_keras) for tfmot, and oneDNN's CPU kernels. Call it before
-    importing TensorFlow; a child process started afterwards inherits both."""
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    """What `nin-pipeline`'s entry point sets before TensorFlow is first imported (`pipeline.cli.tf_env`:
+    Keras 2 for tfmot, oneDNN's CPU kernels). Call it before importing TensorFlow; a child process
+    started afterwards inherits both."""
+    from pipeline.cli import tf_env as entry_point_env
+
+    entry_point_env()
 
 
 def save_result(path: Path, data: dict) -> Path:

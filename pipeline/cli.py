@@ -27,14 +27,20 @@ from .run import STAGES
 TRAINING_STACK = ("tensorflow", "tf_keras", "tensorflow_model_optimization", "PIL", "tqdm", "matplotlib", "rich")
 
 
-def _legacy_keras_env() -> None:
+def tf_env() -> None:
     """Set before TensorFlow is first imported: tfmot needs Keras 2 (tf_keras); and oneDNN's CPU
     kernels, which TensorFlow turns on by itself only on CPUs with AVX512_VNNI/BF16 or AMX. On a 2-core
     AVX2 EPYC (2026-11-27), the quick model's bare `fit` ran at 554-597 images/s with them against
     200-302 without, the same weights bit for bit in two deterministic runs (benchmarks/README.md,
-    "Training speed"). TF_ENABLE_ONEDNN_OPTS=0 in the environment keeps them off."""
+    "Training speed"). TF_ENABLE_ONEDNN_OPTS=0 in the environment keeps them off. The benchmarks
+    call it too, so that they measure what the command runs."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
+def _legacy_keras_env() -> None:
+    """``tf_env``, and TensorFlow's own log lines hidden unless --verbose."""
+    tf_env()
     if not is_verbose():
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
