@@ -272,7 +272,7 @@ def run_stages(run: RunFolder, stages: tuple[str, ...] = STAGES, force: tuple[st
 
     cfg = run.load_config()
     if workers is not None:
-        strategy = cluster.start(workers, timeout_s=collective_timeout, startup_s=worker_timeout)  # TF's first call
+        strategy = cluster.start(workers, collective_s=collective_timeout, startup_s=worker_timeout)  # TF's first call
         cluster.check_batch_sizes(strategy, {"--batch-size": cfg.train.batch_size, "the QAT batch size": cfg.qat.batch_size})
         if not workers.is_chief:
             stages = tuple(s for s in stages if s in ("train", "qat"))

@@ -126,12 +126,12 @@ _strategy = None  # this process's MultiWorkerMirroredStrategy, once started
 _cluster: Cluster | None = None
 
 
-def start(cluster: Cluster, *, timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S, startup_s: float = DEFAULT_TIMEOUT_S):
+def start(cluster: Cluster, *, collective_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S, startup_s: float = DEFAULT_TIMEOUT_S):
     """Create the MultiWorkerMirroredStrategy: must come before any other TensorFlow call.
 
     Its constructor blocks until every worker has started; if that takes longer than
     ``startup_s`` the process says which workers it waited for and exits 1 (a thread does it:
-    the constructor cannot be interrupted). ``timeout_s`` (> 0) bounds each collective, so survivors
+    the constructor cannot be interrupted). ``collective_s`` (> 0) bounds each collective, so survivors
     of a worker that is alive but stuck stop instead of waiting (a dead or frozen worker is noticed
     by the heartbeat); it costs a thread per collective for that long (see DEFAULT_COLLECTIVE_TIMEOUT_S).
     """
@@ -163,7 +163,7 @@ def start(cluster: Cluster, *, timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S, 
     except ValueError:  # not the main thread
         previous = None
     try:
-        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout_s)
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_s)
         _strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     except tf.errors.OpError as exc:  # e.g. "Could not start gRPC server": the port is taken
         port = cluster.workers[cluster.index].rpartition(":")[2]
@@ -179,7 +179,7 @@ def start(cluster: Cluster, *, timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S, 
     _cluster = cluster
     log.info("multi-worker training: %s; %d workers, %d replica(s) in sync (MultiWorkerMirroredStrategy, "
              "collective timeout %s)", cluster.describe(), cluster.size, _strategy.num_replicas_in_sync,
-             f"{timeout_s:.0f} s" if timeout_s > 0 else "off: a dead worker is noticed by TensorFlow's heartbeat")
+             f"{collective_s:.0f} s" if collective_s > 0 else "off: a dead worker is noticed by TensorFlow's heartbeat")
     return _strategy
 
 
