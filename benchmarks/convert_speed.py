@@ -1,6 +1,6 @@
 """Benchmark: the convert stage's three conversions (float32, QAT int8, PTQ int8) of a finished run,
 handing the TFLite converter the Keras model (as before 2026-11-27) or a bare module holding only the
-serving function and the weights (pipeline/convert.py `_converter`, now). Alternated in one process;
+serving function and the weights (pipeline/export/convert.py `_converter`, now). Alternated in one process;
 checks that both give the same bytes.
 
     python benchmarks/convert_speed.py artifacts/<run> [--rounds 2]
@@ -39,9 +39,9 @@ def main() -> None:
     tf_env()
     import numpy as np
 
-    from pipeline import convert
-    from pipeline.models import with_class_maps
-    from pipeline.run import RunFolder
+    from pipeline.export import convert
+    from pipeline.models.nin import with_class_maps
+    from pipeline.runs.folder import RunFolder
 
     run = RunFolder.open(args.run)
     float_model, qat_model = with_class_maps(run.load_float()), with_class_maps(run.load_qat())

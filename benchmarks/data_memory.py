@@ -34,12 +34,12 @@ from quick_build import machine  # noqa: E402
 CHILD = r"""
 import json, os, sys, time
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the CLI (pipeline/cli.py)
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the CLI (pipeline/cli/main.py)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
-from pipeline.data import DataConfig, make_dataset, make_splits
-from pipeline.models import ModelConfig, build_model
-from pipeline.train import TrainConfig, fit
+from pipeline.data.splits import DataConfig, make_dataset, make_splits
+from pipeline.models.nin import ModelConfig, build_model
+from pipeline.train.fit import TrainConfig, fit
 tree, mode, size, arch, width, steps, batch, cache = sys.argv[1:9]
 size = int(size) if size != "0" else None
 t0 = time.time()

@@ -30,9 +30,9 @@ from quick_build import machine  # noqa: E402
 
 RSS_PROBE = """
 import json, sys
-from edge_app.loop import run_loop
+from edge_app.camera.loop import run_loop
 from edge_app.model import open_model
-from edge_app.sources import SyntheticSource
+from edge_app.frames.sources import SyntheticSource
 
 def rss_mb():
     for line in open('/proc/self/status'):
@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("run", type=Path)
     ap.add_argument("--video", type=Path, default=None)
     args = ap.parse_args()
-    from edge_app.bench import bench
+    from edge_app.measure.bench import bench
     from edge_app.model import open_model
 
     res: dict = {"run": str(args.run), "machine": machine(), "date": dt.date.today().isoformat(), "bench": {}}

@@ -30,10 +30,10 @@ def mosaic_scores(run: Path, n: int, seed: int = 0, model_name: str = "model_int
     import numpy as np
 
     tf_env()
-    from edge_app.geometry import fit_to_input
+    from edge_app.frames.geometry import fit_to_input
     from edge_app.runtime import Classifier
-    from pipeline.config import BuildConfig
-    from pipeline.data import make_splits
+    from pipeline.runs.config import BuildConfig
+    from pipeline.data.splits import make_splits
 
     cfg = BuildConfig.from_dict(json.loads((run / "config.json").read_text()))
     splits = make_splits(cfg.data, progress=False)

@@ -105,7 +105,7 @@ def profile(arch: str, width: float, batch: int, steps: int, warmup: int, n: int
     import tensorflow as tf
     import tf_keras as keras
 
-    from pipeline.models import ModelConfig, build_model
+    from pipeline.models.nin import ModelConfig, build_model
 
     keras.utils.set_random_seed(0)
     m = build_model(ModelConfig(arch=arch, num_classes=10, input_shape=(32, 32, 3), width=width, dropout=0.1))

@@ -6,7 +6,7 @@ Where `benchmarks/multi_worker.py` times whole builds, this times Keras `fit` st
 model, optimizer, steps per execution and per-worker input route; 128 images per worker per step)
 on float tensors already in memory (``--input tensors``: only the step and the workers' exchange)
 or through the build's own tf.data pipeline (``--input pipeline``: uint8 images read by position,
-flipped and translated per batch, as `pipeline.data.make_dataset` does in a build).
+flipped and translated per batch, as `pipeline.data.splits.make_dataset` does in a build).
 Three setups, one after the other in each round, every process pinned to one core (`taskset`,
 one intra-op and one inter-op thread):
 
@@ -46,7 +46,7 @@ def child(addrs: str, index: int, executions: int, source: str) -> dict:
     from quick_build import tf_env
 
     tf_env()
-    from pipeline import cluster
+    from pipeline.stages import cluster
 
     strategy = None
     if addrs:
@@ -57,8 +57,8 @@ def child(addrs: str, index: int, executions: int, source: str) -> dict:
     import tensorflow as tf
     import tf_keras as keras
 
-    from pipeline.models import ModelConfig, build_model
-    from pipeline.train import STEPS_PER_EXECUTION, TrainConfig, make_optimizer
+    from pipeline.models.nin import ModelConfig, build_model
+    from pipeline.train.fit import STEPS_PER_EXECUTION, TrainConfig, make_optimizer
 
     keras.utils.set_random_seed(0)
     with (strategy or tf.distribute.get_strategy()).scope():
@@ -66,10 +66,10 @@ def child(addrs: str, index: int, executions: int, source: str) -> dict:
         model.compile(optimizer=make_optimizer(TrainConfig(), 100), loss=keras.losses.SparseCategoricalCrossentropy(),
                       metrics=["accuracy"], steps_per_execution=STEPS_PER_EXECUTION)
     if strategy is not None:
-        model.distribute_reduction_method = "first"  # as pipeline.train.fit
+        model.distribute_reduction_method = "first"  # as pipeline.train.fit.fit
     rng = np.random.default_rng(index)
     if source == "pipeline":  # the build's: 9,000 images, each of 2 workers reads its half
-        from pipeline.data import make_dataset, worker_train_dataset
+        from pipeline.data.splits import make_dataset, worker_train_dataset
 
         x = rng.integers(0, 256, (9000, 32, 32, 3), dtype=np.uint8)
         y = rng.integers(0, 10, 9000).astype(np.int32)

@@ -25,10 +25,10 @@ REPO = HERE.parent
 
 
 def tf_env() -> None:
-    """What `nin-pipeline`'s entry point sets before TensorFlow is first imported (`pipeline.cli.tf_env`:
+    """What `nin-pipeline`'s entry point sets before TensorFlow is first imported (`pipeline.cli.main.tf_env`:
     Keras 2 for tfmot, oneDNN's CPU kernels). Call it before importing TensorFlow; a child process
     started afterwards inherits both."""
-    from pipeline.cli import tf_env as entry_point_env
+    from pipeline.cli.main import tf_env as entry_point_env
 
     entry_point_env()
 
@@ -172,7 +172,7 @@ def main() -> None:
         cmd = ["nin-pipeline", "build", "--dataset", "cifar10", "--profile", "quick", "--data-dir", args.data_dir,
                "--out", str(run)]
         t = time.time()
-        subprocess.run([sys.executable, "-m", "pipeline.cli", *cmd[1:]], cwd=REPO, check=True)
+        subprocess.run([sys.executable, "-m", "pipeline.cli.main", *cmd[1:]], cwd=REPO, check=True)
         wall = time.time() - t
     res = summarise(run, wall, cmd)
     out = HERE / "results" / f"{args.name}-{res['date']}.json"

@@ -31,11 +31,11 @@ def main() -> None:
     ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"))
     args = ap.parse_args()
     tf_env()
-    from pipeline.evaluate import evaluate_model
+    from pipeline.report.predict import evaluate_model
 
     ev = evaluate_model(args.run / "model_int8.tflite", "cifar10", args.data_dir, progress=False)
     t = time.time()
-    subprocess.run([sys.executable, "-m", "pipeline.cli", "report", str(args.run), "--rerun"], cwd=REPO, check=True)
+    subprocess.run([sys.executable, "-m", "pipeline.cli.main", "report", str(args.run), "--rerun"], cwd=REPO, check=True)
     report_s = time.time() - t
     res = {"run": str(args.run), "int8_eval": ev, "report_rerun_seconds": report_s, "machine": machine(),
            "date": dt.date.today().isoformat()}

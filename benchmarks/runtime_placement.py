@@ -5,7 +5,7 @@ by side in one run, with the placement each runtime reports.
     python benchmarks/runtime_placement.py RUN_DIR --python-214 /path/to/venv/bin/python
 
 tflite-runtime 2.14's XNNPACK takes the whole float model and no op of an int8 model (measured, see
-edge_app/placement.py); this shows what that does to speed. Writes
+edge_app/checks/placement.py); this shows what that does to speed. Writes
 benchmarks/results/runtime_placement-<date>.json.
 """
 
@@ -25,7 +25,7 @@ CODE = r"""
 import json, sys, time
 import numpy as np
 sys.path.insert(0, sys.argv[1])
-from edge_app.placement import placement
+from edge_app.checks.placement import placement
 mod = sys.argv[2]
 Interpreter = __import__(mod, fromlist=["Interpreter"]).Interpreter
 out = {}

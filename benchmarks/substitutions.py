@@ -1,4 +1,4 @@
-"""Benchmark: what the QAT-friendly substitutions in pipeline/zoo.py cost in float accuracy.
+"""Benchmark: what the QAT-friendly substitutions in pipeline/models/zoo.py cost in float accuracy.
 
     python benchmarks/substitutions.py --data-dir ../shared/datasets/cifar10-jpg.tar.gz
 
@@ -38,7 +38,7 @@ def densenet_preact(cfg, growth: int = 32, convs=(4, 4, 4, 4)):
     1x1 conv -> 2x2 avg pool; BN -> ReLU before the global average pooling."""
     import tf_keras as keras
 
-    from pipeline.blocks import conv_bn_relu, gap_classifier, scaled
+    from pipeline.models.layers import conv_bn_relu, gap_classifier, scaled
 
     L = keras.layers
     inputs = keras.Input(cfg.input_shape, name="image")
@@ -63,7 +63,7 @@ def alexnet_lrn(cfg):
     import tensorflow as tf
     import tf_keras as keras
 
-    from pipeline.blocks import fc_classifier, scaled
+    from pipeline.models.layers import fc_classifier, scaled
 
     L = keras.layers
     w = cfg.width
@@ -91,12 +91,12 @@ ORIGINALS = {  # name: (builder, the zoo arch it stands beside, width, extra bui
 def train_original(name: str, args) -> dict:
     import dataclasses
 
-    from pipeline.config import make_build_config
-    from pipeline.data import make_splits
+    from pipeline.runs.config import make_build_config
+    from pipeline.data.splits import make_splits
     from pipeline.errors import TrainingError
-    from pipeline.evaluate import predict_keras
-    from pipeline.inputs import fit_datasets
-    from pipeline.train import fit, seed_everything
+    from pipeline.report.predict import predict_keras
+    from pipeline.stages.inputs import fit_datasets
+    from pipeline.train.fit import fit, seed_everything
 
     builder, arch, width, extra = ORIGINALS[name]
     cfg = make_build_config("cifar10", args.data_dir, "quick", arch, {"width": width, "epochs": args.epochs,

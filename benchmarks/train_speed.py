@@ -55,10 +55,10 @@ def bare_fit(jit: bool, spe: int, width: float, batch: int, n: int = 4096, epoch
     import tf_keras as keras
 
     sys.path.insert(0, str(REPO))
-    from pipeline.models import ModelConfig, build_model, count_macs
+    from pipeline.models.nin import ModelConfig, build_model, count_macs
 
     keras.utils.set_random_seed(0)
-    from pipeline.profiles import PROFILES
+    from pipeline.runs.profiles import PROFILES
 
     dropout = float(PROFILES["quick"]["dropout"])  # the model the build trains
     m = build_model(ModelConfig(arch="nin-cifar", num_classes=10, input_shape=(32, 32, 3), width=width, dropout=dropout))

@@ -1,3 +1,3 @@
-from .cli import main
+from edge_app.cli.main import main
 
 main()

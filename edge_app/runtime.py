@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DelegateError, ModelLoadError, RuntimeNotFound
+from edge_app.errors import DelegateError, ModelLoadError, RuntimeNotFound
 
 RUNTIMES = ("ai-edge-litert", "tflite-runtime", "tensorflow")
 DELEGATES = ("cpu", "edgetpu", "gpu", "nnapi")

@@ -1,4 +1,4 @@
-"""Make edge_app/op_versions.json: which op versions each TFLite runtime release registers.
+"""Make edge_app/checks/op_versions.json: which op versions each TFLite runtime release registers.
 
 `check-target` loads a model in the runtimes at hand; for a runtime that is not, it reads this
 table. Two ways to fill an entry, each recorded in the entry's ``source``:
@@ -37,7 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-TABLE = REPO / "edge_app" / "op_versions.json"
+TABLE = REPO / "edge_app" / "checks" / "op_versions.json"
 
 _PROBE = r"""
 import importlib, json, sys
@@ -102,7 +102,7 @@ def _with_version(model_bytes: bytes, code: int, version: int) -> bytes:
 
 
 def probe(python: str, module: str, models: list[Path], max_version: int) -> dict[str, list[int]]:
-    from edge_app.targets import model_ops
+    from edge_app.checks.targets import model_ops
 
     names = builtin_names()
     first_model: dict[int, tuple[str, Path]] = {}

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the CLI does (pipeline/cli.py)
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the CLI does (pipeline/cli/main.py)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,11 +122,11 @@ def tar_tree(src: Path, dest: Path) -> Path:
 def make_edge_model(folder: Path, seed: int = 0) -> Path:
     import tf_keras as keras
 
-    from edge_app.runfiles import INT8_TFLITE, LABELS_TXT, SIDECAR_NAME
-    from edge_app.sidecar import write_sidecar
-    from pipeline.convert import describe_tflite, to_tflite_float, to_tflite_int8, training_input_stats
-    from pipeline.models import ModelConfig, build_model, with_class_maps
-    from pipeline.run import FLOAT_TFLITE
+    from edge_app.contract.files import INT8_TFLITE, LABELS_TXT, SIDECAR_NAME
+    from edge_app.contract.sidecar import write_sidecar
+    from pipeline.export.convert import describe_tflite, to_tflite_float, to_tflite_int8, training_input_stats
+    from pipeline.models.nin import ModelConfig, build_model, with_class_maps
+    from pipeline.runs.folder import FLOAT_TFLITE
 
     folder.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(seed)
@@ -164,7 +164,7 @@ def edge_model_copy(edge_model, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def fast_run(tmp_path_factory) -> Path:
-    from pipeline.build import build
+    from pipeline.stages.orchestrator import build
 
     base = tmp_path_factory.mktemp("fast")
     tree = make_image_tree(base / "tree", classes=FAST_CLASSES, per_class=(8, 4), size=32, full_range=True, corrupt=1)
@@ -197,7 +197,7 @@ def fast_tree(fast_run) -> Path:
 # first). It is interrupted with Ctrl-C after its first epoch and then resumed, as a user would.
 
 def build_cmd(cifar_jpg, out):
-    return [sys.executable, "-m", "pipeline.cli", "build", "--dataset", "cifar10", "--data-dir", str(cifar_jpg),
+    return [sys.executable, "-m", "pipeline.cli.main", "build", "--dataset", "cifar10", "--data-dir", str(cifar_jpg),
             "--out", str(out), "--width", "0.25", "--epochs", "3", "--qat-epochs", "1", "--batch-size", "64",
             "--limit-train", "3000", "--limit-test", "500", "--seed", "1"]
 
@@ -245,8 +245,8 @@ def run_dir(cifar_jpg, cifar_cache, tmp_path_factory):
 def lenet_sweep(cifar_jpg, cifar_cache, tmp_path_factory):
     from click.testing import CliRunner
 
-    import pipeline.build as build_module
-    from pipeline.cli import cli
+    import pipeline.stages.orchestrator as build_module
+    from pipeline.cli.main import cli
 
     out = tmp_path_factory.mktemp("sweep") / "sweep"
     args = ["sweep", "--out", str(out), "--archs", "lenet", "--widths", "0.25,0.5", "--data-dir", str(cifar_jpg),
@@ -303,7 +303,7 @@ def tflite_runtime_214(tmp_path_factory):
 def mediapipe_python(tmp_path_factory):
     """A venv with mediapipe 0.10.21: its metadata writer and ImageClassifier (protobuf 4: not beside TensorFlow).
     Without jax, jaxlib, sentencepiece and sounddevice, which these two never import (412 MB instead of 990)."""
-    from pipeline.clients import WRITER
+    from pipeline.report.clients import WRITER
 
     return tool_venv(tmp_path_factory, "mediapipe", ["absl-py", "attrs", "flatbuffers", "numpy<2", "protobuf>=4.25,<5",
                                                      "opencv-python-headless<4.11", "matplotlib"], "MediaPipe Tasks",

@@ -8,8 +8,8 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from edge_app.cli import cli as edge_cli
-from pipeline.cli import cli as pipeline_cli
+from edge_app.cli.main import cli as edge_cli
+from pipeline.cli.main import cli as pipeline_cli
 
 
 def _files(root):

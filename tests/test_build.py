@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import FAST_CLASSES, REPO, make_image_tree
 
-from pipeline.cli import cli
-from pipeline.run import STAGES
+from pipeline.cli.main import cli
+from pipeline.runs.folder import STAGES
 
 FAST_FLAGS = ["--dataset", "folder", "--data-cache", "none", "--width", "0.125", "--epochs", "1", "--qat-epochs", "1", "--batch-size", "32",
               "--seed", "0"]
@@ -56,12 +56,12 @@ def test_rerun_of_a_finished_run_does_nothing(fast_run_copy, fast_tree):
 
 
 def test_python_dash_m_pipeline_reaches_every_command():
-    """`python -m pipeline` (and the older `python -m pipeline.cli`) see every command, the Edge TPU group included."""
+    """`python -m pipeline` (and the older `python -m pipeline.cli.main`) see every command, the Edge TPU group included."""
     out = subprocess.run([sys.executable, "-m", "pipeline", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     for name in cli.commands:
         assert f"  {name} " in out.stdout, name
-    for args in (["-m", "pipeline", "edgetpu", "check", "--help"], ["-m", "pipeline.cli", "package", "--help"]):
+    for args in (["-m", "pipeline", "edgetpu", "check", "--help"], ["-m", "pipeline.cli.main", "package", "--help"]):
         out = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0 and "Usage:" in out.stdout, out.stderr
 
@@ -88,15 +88,15 @@ def test_the_gpu_paths_run_on_two_logical_cpus_with_mixed_precision(tmp_path):
     assert json.loads((out / "state.json").read_text())["evaluate"]["done"]
 
 
-HOLD_LOCK = ("import sys, time\nfrom pathlib import Path\nfrom pipeline.run import run_lock\n"
+HOLD_LOCK = ("import sys, time\nfrom pathlib import Path\nfrom pipeline.runs.folder import run_lock\n"
              "with run_lock(Path(sys.argv[1]), 'nin-pipeline build'):\n    print('held', flush=True)\n    time.sleep(120)\n")
 
 
 def test_a_run_folder_in_use_is_refused_and_a_dead_holders_lock_is_not(tmp_path):
     """Two commands writing one run folder corrupt it: the second is refused with the holder's PID;
     once the holder is gone (kill -9 included) the folder is free again."""
-    from pipeline.config import make_build_config
-    from pipeline.run import run_lock
+    from pipeline.runs.config import make_build_config
+    from pipeline.runs.folder import run_lock
 
     tree = make_image_tree(tmp_path / "tree")
     run = tmp_path / "run"
@@ -119,7 +119,7 @@ def test_a_run_folder_in_use_is_refused_and_a_dead_holders_lock_is_not(tmp_path)
 
 
 def test_a_lock_leaves_no_folder_behind_when_nothing_was_made(tmp_path):
-    from pipeline.run import run_lock
+    from pipeline.runs.folder import run_lock
 
     with pytest.raises(RuntimeError):
         with run_lock(tmp_path / "new", "test"):

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import REPO, make_image_tree
 
-from pipeline.cli import cli
+from pipeline.cli.main import cli
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_rerun_with_other_settings_is_refused(runner, tmp_path):
     tree = make_image_tree(tmp_path / "tree")
     out = tmp_path / "run"
     out.mkdir()
-    from pipeline.config import make_build_config
+    from pipeline.runs.config import make_build_config
 
     cfg = make_build_config("folder", tree, "quick", "nin-cifar", {"epochs": 1}, 0.1, "int8", 0)
     (out / "config.json").write_text(json.dumps(cfg.to_dict()))
@@ -75,16 +75,16 @@ def test_training_flags_reach_the_stage_configs(runner, tmp_path, monkeypatch):
     seen = {}
 
     def fake_build(**kw):
-        from pipeline.config import make_build_config
+        from pipeline.runs.config import make_build_config
 
         seen["cfg"] = make_build_config(kw["dataset"], None, kw["profile"], kw["arch"], kw["overrides"], 0.1, None, 0)
         raise SystemExit(0)
 
-    monkeypatch.setattr("pipeline.build.build", fake_build)
+    monkeypatch.setattr("pipeline.stages.orchestrator.build", fake_build)
     runner.invoke(cli, ["build", "--label-smoothing", "0.1", "--qat-lr", "0.0002", "--out", str(tmp_path / "r")])
     cfg = seen["cfg"]
     assert cfg.train.label_smoothing == 0.1 and cfg.qat.lr == 0.0002
-    from pipeline.profiles import PROFILES
+    from pipeline.runs.profiles import PROFILES
 
     assert cfg.train.lr == PROFILES["quick"]["lr"]  # the profile's own where no flag is given
 
@@ -108,7 +108,7 @@ def test_sigterm_stops_a_build_like_ctrl_c(runner, tmp_path, monkeypatch):
     def terminated(**kw):
         raise Terminated()
 
-    monkeypatch.setattr("pipeline.build.build", terminated)
+    monkeypatch.setattr("pipeline.stages.orchestrator.build", terminated)
     res = runner.invoke(cli, ["build", "--out", str(tmp_path / "r")])
     assert res.exit_code == 143
     assert "stopped by SIGTERM: finished epochs are checkpointed" in res.output and "Traceback" not in res.output
@@ -137,7 +137,7 @@ sys.meta_path.insert(0, Block())
 
 def test_edge_app_imports_no_tensorflow():
     code = BLOCK_TF + """
-import edge_app, edge_app.sidecar, edge_app.runtime, edge_app.cli, edge_app.fsutil
+import edge_app, edge_app.contract.sidecar, edge_app.runtime, edge_app.cli.main, edge_app.fsutil
 bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras', 'pipeline')]
 assert not bad, bad
 print('ok')
@@ -148,7 +148,7 @@ print('ok')
 
 
 def test_importing_pipeline_imports_no_tensorflow():
-    code = "import sys, pipeline, pipeline.cli, pipeline.data, pipeline.models, pipeline.build\n" \
+    code = "import sys, pipeline, pipeline.cli.main, pipeline.data.splits, pipeline.models.nin, pipeline.stages.orchestrator\n" \
            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras')))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -158,8 +158,8 @@ def test_importing_pipeline_imports_no_tensorflow():
 def test_the_entry_point_turns_onednn_on_unless_the_user_said_otherwise():
     """oneDNN's kernels (2x the training speed on an AVX2 CPU) are on before TensorFlow starts; a
     user's TF_ENABLE_ONEDNN_OPTS=0 is kept. Checked through TensorFlow's own answer."""
-    code = ("import os, pipeline.cli; pipeline.cli._legacy_keras_env(); import tensorflow\n"
-            "from pipeline.devices import onednn_enabled; print(os.environ['TF_ENABLE_ONEDNN_OPTS'], onednn_enabled())")
+    code = ("import os, pipeline.cli.main; pipeline.cli.main._legacy_keras_env(); import tensorflow\n"
+            "from pipeline.train.devices import onednn_enabled; print(os.environ['TF_ENABLE_ONEDNN_OPTS'], onednn_enabled())")
     for given, want in ((None, "1 True"), ("0", "0 False")):
         env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "TF_USE_LEGACY_KERAS")}
         if given is not None:
@@ -188,9 +188,9 @@ def test_arch_that_does_not_fit_the_data_is_a_clear_error(runner, tmp_path):
 def test_the_data_may_move_but_not_change(tmp_path):
     """Where the data lives is not a training setting (a resumed run may get another --data-dir);
     what the data is, is: a run folder records its fingerprint and refuses other data."""
-    from pipeline.config import diff_configs, make_build_config
+    from pipeline.runs.config import diff_configs, make_build_config
     from pipeline.errors import RunError
-    from pipeline.run import RunFolder
+    from pipeline.runs.folder import RunFolder
 
     a = make_build_config("folder", tmp_path / "a", "quick", "nin-cifar", {}, 0.1, None, 0)
     b = make_build_config("folder", tmp_path / "b", "quick", "nin-cifar", {}, 0.1, None, 0)
@@ -207,16 +207,16 @@ def test_a_tensorflow_runtime_error_in_training_is_one_line(runner, tmp_path, mo
     one line that says what and that the run resumes, not a traceback."""
     import tensorflow as tf
 
-    import pipeline.build
+    import pipeline.stages.orchestrator
 
     def oom(**kwargs):
         raise tf.errors.ResourceExhaustedError(None, None, "Graph execution error:\n\nDetected at node x\n"
                                                "  File \"a.py\", line 1\nOOM when allocating tensor with shape[128,96,32,32]")
 
-    monkeypatch.setattr(pipeline.build, "build", oom)
+    monkeypatch.setattr(pipeline.stages.orchestrator, "build", oom)
     res = runner.invoke(cli, ["build", "--out", str(tmp_path / "r")])
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "ResourceExhaustedError: OOM when allocating tensor" in res.output and "run the same command again" in res.output
-    monkeypatch.setattr(pipeline.build, "build", lambda **kw: 1 / 0)  # a bug stays a traceback, not a message
+    monkeypatch.setattr(pipeline.stages.orchestrator, "build", lambda **kw: 1 / 0)  # a bug stays a traceback, not a message
     res = runner.invoke(cli, ["build", "--out", str(tmp_path / "r")])
     assert isinstance(res.exception, ZeroDivisionError)

@@ -17,8 +17,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import REPO
 
-from pipeline.cli import cli
-from pipeline.cluster import Cluster, ClusterError, check_batch_sizes, from_env, parse_workers, tf_config, worker_folder
+from pipeline.cli.main import cli
+from pipeline.stages.cluster import Cluster, ClusterError, check_batch_sizes, from_env, parse_workers, tf_config, worker_folder
 
 # --------------------------------------------------------------------------- TF_CONFIG and --workers
 
@@ -87,7 +87,7 @@ def test_batch_sizes_must_split_over_the_replicas():
 def test_a_worker_starts_from_the_chiefs_finished_stages(fast_run):
     """A non-chief worker's own folder is temporary; it copies the chief's finished float model so
     that a resumed build runs the same stages on every worker."""
-    from pipeline.run import FLOAT_KERAS, QAT_WEIGHTS, RunFolder
+    from pipeline.runs.folder import FLOAT_KERAS, QAT_WEIGHTS, RunFolder
 
     chief = RunFolder.open(fast_run)
     cfg = chief.load_config()
@@ -105,7 +105,7 @@ def test_a_killed_workers_temporary_folder_is_removed_by_the_next_worker(tmp_pat
     removes this user's worker folders whose process is gone, and only those."""
     import subprocess
 
-    from pipeline.cluster import remove_stale_worker_folders
+    from pipeline.stages.cluster import remove_stale_worker_folders
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -125,7 +125,7 @@ def test_a_killed_workers_temporary_folder_is_removed_by_the_next_worker(tmp_pat
 
 
 def test_each_worker_reads_its_own_shard():
-    from pipeline.data import make_dataset
+    from pipeline.data.splits import make_dataset
 
     x = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1).repeat(2, axis=1).repeat(2, axis=2)
     y = np.arange(10)
@@ -252,10 +252,10 @@ def test_the_converted_qat_model_is_the_one_trained_under_the_strategy(two_worke
     what the strategy model measured there after its last QAT epoch, and the int8 model from it
     (run in ai-edge-litert) is as accurate."""
     from edge_app.runtime import Classifier
-    from edge_app.sidecar import read_sidecar
-    from pipeline.data import make_splits
-    from pipeline.run import RunFolder
-    from pipeline.train import read_history
+    from edge_app.contract.sidecar import read_sidecar
+    from pipeline.data.splits import make_splits
+    from pipeline.runs.folder import RunFolder
+    from pipeline.train.fit import read_history
 
     out = two_worker_run["out"]
     monkeypatch.setenv("NIN_CACHE_DIR", str(two_worker_run["cache"]))  # the workers' decoded copy
@@ -287,7 +287,7 @@ def test_a_worker_resuming_without_the_chiefs_folder_says_so(tmp_path, monkeypat
     about shared storage, not the single-machine hint."""
     from click.testing import CliRunner
 
-    from pipeline.cli import cli
+    from pipeline.cli.main import cli
 
     monkeypatch.setenv("TF_CONFIG", "")  # the command writes TF_CONFIG; monkeypatch restores it
     res = CliRunner().invoke(cli, ["build", "--resume", "--out", str(tmp_path / "chief-run"),

@@ -14,7 +14,7 @@ def tiny(fast_run, fast_tree):
     of the data they were calibrated on (quantisation ranges hold for that data, not for noise)."""
     import tf_keras as keras
 
-    from pipeline.datasets import load_raw
+    from pipeline.data.formats import load_raw
 
     model = keras.models.load_model(fast_run / "model_float.keras", compile=False)
     images = load_raw("folder", fast_tree).x_train[:64]
@@ -68,8 +68,8 @@ def test_quantise_dequantise_maths():
 def test_qat_ranges_are_calibrated_not_left_at_tfmot_defaults(tiny):
     import tf_keras as keras
 
-    from pipeline.convert import calibrate_qat_ranges, freeze_batch_norm
-    from pipeline.convert import quantize as qat_wrap
+    from pipeline.export.convert import calibrate_qat_ranges, freeze_batch_norm
+    from pipeline.export.convert import quantize as qat_wrap
 
     model = keras.models.clone_model(tiny[0])  # freeze_batch_norm changes the model: not the shared one
     model.set_weights(tiny[0].get_weights())

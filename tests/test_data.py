@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 from conftest import make_image_tree, tar_tree
 
-from pipeline.data import DataConfig, make_splits, stratified_indices
-from pipeline.datasets import load_raw, resolve_source
+from pipeline.data.splits import DataConfig, make_splits, stratified_indices
+from pipeline.data.formats import load_raw, resolve_source
 from pipeline.errors import DataError
 
 
 def test_offline_with_nothing_local_says_which_files_to_put_where(monkeypatch):
     import tf_keras as keras
 
-    import pipeline.datasets as data
+    import pipeline.data.formats as data
 
     def offline():  # what Keras raises when it cannot reach the download host
         raise Exception("URL fetch failure on https://www.cs.toronto.edu/...: None -- [Errno -3] name resolution")
@@ -257,7 +257,7 @@ def test_every_data_cache_mode_gives_the_same_splits_and_pixels(tmp_path):
 
 
 def test_tf_data_pipeline_is_the_same_from_files_and_from_memory(tmp_path):
-    from pipeline.data import make_dataset
+    from pipeline.data.splits import make_dataset
 
     tree = make_image_tree(tmp_path / "tree", per_class=(10, 4))
     for training in (False, True):
@@ -275,7 +275,7 @@ def test_tf_data_pipeline_is_the_same_from_files_and_from_memory(tmp_path):
 
 
 def test_augmentation_is_seeded_and_differs_every_epoch(tmp_path):
-    from pipeline.data import make_dataset
+    from pipeline.data.splits import make_dataset
 
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, (48, 16, 16, 3), dtype=np.uint8), np.repeat(np.arange(3), 16)
@@ -296,7 +296,7 @@ def test_augmentation_is_seeded_and_differs_every_epoch(tmp_path):
 def test_each_augmented_image_is_a_flip_and_translation_of_its_own_image():
     """The batch-wise augmentation: image i of a batch is a crop of image i's own reflect-padded copy,
     flipped or not, at its own offset — flips and offsets vary across the batch."""
-    from pipeline.data import make_dataset
+    from pipeline.data.splits import make_dataset
 
     rng = np.random.default_rng(0)
     n, side, pad = 64, 16, 2  # 16 px: translations of up to 16 // 8 = 2 px
@@ -326,7 +326,7 @@ def test_auto_holds_images_in_memory_within_the_budget_else_on_disk(tmp_path, ca
 
 
 def test_decoded_cache_is_reused_and_follows_the_tree(tmp_path, monkeypatch):
-    from pipeline.datasets import nin_cache_dir
+    from pipeline.data.formats import nin_cache_dir
 
     monkeypatch.setenv("NIN_CACHE_DIR", str(tmp_path / "cache"))
     tree = make_image_tree(tmp_path / "tree")
@@ -347,9 +347,9 @@ def test_streaming_trains_on_a_tree_with_a_corrupt_file(tmp_path):
     counted and never reaches training."""
     import tf_keras as keras
 
-    from pipeline.data import make_dataset
-    from pipeline.models import ModelConfig, build_model
-    from pipeline.train import TrainConfig, fit
+    from pipeline.data.splits import make_dataset
+    from pipeline.models.nin import ModelConfig, build_model
+    from pipeline.train.fit import TrainConfig, fit
 
     tree = make_image_tree(tmp_path / "tree", per_class=(12, 3), corrupt=2)
     s = _splits(tree, "none")

@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import REPO
 
-from pipeline.cli import cli
-from pipeline.profiles import PROFILES
+from pipeline.cli.main import cli
+from pipeline.runs.profiles import PROFILES
 
 MANIFEST = REPO / "deploy" / "kubeflow" / "tfjob.yaml"
 

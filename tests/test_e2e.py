@@ -26,7 +26,7 @@ def test_resumed_instead_of_starting_over(run_dir):
 
 def test_every_file_of_the_run_folder(run_dir):
     from edge_app.fsutil import sha256_file
-    from edge_app.sidecar import read_sidecar
+    from edge_app.contract.sidecar import read_sidecar
 
     for name in ("model_int8.tflite", "model_float32.tflite", "model_int8_ptq.tflite", "model_float.keras",
                  "model_qat.weights.h5", "labels.txt", "model.json", "report.json", "config.json", "train.log",
@@ -62,8 +62,8 @@ def test_every_file_of_the_run_folder(run_dir):
 
 
 def test_int8_model_runs_on_the_edge_runtime_without_tensorflow(run_dir, tmp_path):
-    from pipeline.config import BuildConfig
-    from pipeline.data import make_splits
+    from pipeline.runs.config import BuildConfig
+    from pipeline.data.splits import make_splits
 
     cfg = BuildConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
     splits = make_splits(cfg.data, progress=False)
@@ -72,7 +72,7 @@ def test_int8_model_runs_on_the_edge_runtime_without_tensorflow(run_dir, tmp_pat
     code = BLOCK_TF + f"""
 import numpy as np
 from edge_app.runtime import Classifier
-from edge_app.sidecar import read_sidecar
+from edge_app.contract.sidecar import read_sidecar
 sc = read_sidecar({str(run_dir)!r})
 clf = Classifier({str(run_dir / 'model_int8.tflite')!r}, pixel_scale=sc.input.pixel_scale,
                  mean=sc.input.mean, std=sc.input.std, output_kind=sc.output('scores').kind)
@@ -91,8 +91,8 @@ print(clf.runtime, acc)
 
 
 def test_int8_model_loads_in_tflite_runtime_2_14(run_dir, tflite_runtime_214, tmp_path):
-    from pipeline.config import BuildConfig
-    from pipeline.data import make_splits
+    from pipeline.runs.config import BuildConfig
+    from pipeline.data.splits import make_splits
 
     cfg = BuildConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
     splits = make_splits(cfg.data, progress=False)

@@ -14,12 +14,12 @@ from click.testing import CliRunner
 from conftest import REPO, png_bytes, write_video
 from test_cli import BLOCK_TF
 
-from edge_app.cli import cli
+from edge_app.cli.main import cli
 from edge_app.errors import SourceError
-from edge_app.geometry import fit_to_input
-from edge_app.loop import LoopOptions, run_loop
+from edge_app.frames.geometry import fit_to_input
+from edge_app.camera.loop import LoopOptions, run_loop
 from edge_app.model import open_model
-from edge_app.sources import ImageSource
+from edge_app.frames.sources import ImageSource
 
 cv2 = pytest.importorskip("cv2")
 
@@ -257,7 +257,7 @@ def test_bad_models(edge_model, tmp_path, video, caplog):
 
 
 def test_headless_run_imports_no_tensorflow_and_stops_on_sigint(edge_model, video):
-    code = BLOCK_TF + "from edge_app.cli import main\nmain()\n"
+    code = BLOCK_TF + "from edge_app.cli.main import main\nmain()\n"
     cmd = [sys.executable, "-c", code, "run", "--model", str(edge_model), "--source", str(video), "--threads", "1"]
     p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = p.stdout.readline()  # the first JSON line: the loop is running
@@ -283,7 +283,7 @@ def test_sigterm_ends_the_loop_like_ctrl_c(edge_model, video):
 
 def test_the_demo_model_ships_with_the_package(folder, tmp_path, monkeypatch):
     """`--model demo` is the bundled quick CIFAR-10 int8 model (a real build's), usable before any training."""
-    from edge_app.runfiles import DEMO_DIR
+    from edge_app.contract.files import DEMO_DIR
 
     assert {"model_int8.tflite", "model.json", "labels.txt", "README.md"} <= {p.name for p in DEMO_DIR.iterdir()}
     monkeypatch.chdir(tmp_path)  # no folder named demo here
@@ -357,7 +357,7 @@ def test_unwritable_outputs_are_clear_errors(edge_model, video, tmp_path):
 
 
 def test_summary_timings_are_bounded():
-    from edge_app.loop import TIMING_WINDOW, Summary
+    from edge_app.camera.loop import TIMING_WINDOW, Summary
 
     s = Summary()
     for i in range(TIMING_WINDOW + 500):

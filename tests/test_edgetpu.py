@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import cli
-from pipeline.edgetpu import check_model, format_check, parse_compiler_output
+from pipeline.cli.main import cli
+from pipeline.export.edgetpu import check_model, format_check, parse_compiler_output
 
 COMPILER_STDOUT = """Edge TPU Compiler version 16.0.384591198
 Started a compilation timeout timer of 180 seconds.
@@ -183,7 +183,7 @@ def test_compile_with_a_stand_in_compiler(run_copy, tmp_path, monkeypatch):
 
 def test_edge_app_picks_the_compiled_model_only_on_the_edge_tpu(run_copy, tmp_path, monkeypatch, caplog):
     from edge_app.model import open_model
-    from edge_app.runfiles import resolve_model_path
+    from edge_app.contract.files import resolve_model_path
 
     (run_copy / "model_int8_edgetpu.tflite").write_bytes((run_copy / "model_int8.tflite").read_bytes())
     assert resolve_model_path(run_copy, "edgetpu").name == "model_int8_edgetpu.tflite"

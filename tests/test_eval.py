@@ -6,7 +6,7 @@ import numpy as np
 from click.testing import CliRunner
 from conftest import png_bytes
 
-from edge_app.cli import cli
+from edge_app.cli.main import cli
 
 
 def _tree(root, classes, per_class=3, seed=0):
@@ -20,7 +20,7 @@ def _tree(root, classes, per_class=3, seed=0):
 
 
 def test_eval_on_a_labelled_folder_matches_the_runtime_and_writes_eval_json(edge_model, tmp_path):
-    from edge_app.geometry import fit_to_input
+    from edge_app.frames.geometry import fit_to_input
     from edge_app.model import open_model
 
     src = _tree(tmp_path / "data", ["cat", "dog", "ship"])
@@ -61,14 +61,14 @@ def test_eval_refuses_unknown_classes_and_empty_folders_in_one_line(edge_model, 
 
 
 def test_a_folder_source_finds_images_in_subfolders(tmp_path):
-    from edge_app.sources import open_source
+    from edge_app.frames.sources import open_source
 
     src = _tree(tmp_path / "data", ["cat", "dog"], per_class=2)
     assert len(open_source(str(src)).paths) == 4  # used to be "no images found" for a labelled tree
 
 
 def test_compare_shows_the_device_s_top1_beside_the_host_s(fast_run_copy, fast_tree):
-    from pipeline.cli import cli as pipeline_cli
+    from pipeline.cli.main import cli as pipeline_cli
 
     res = CliRunner().invoke(cli, ["eval", str(fast_run_copy), "--source", str(fast_tree / "test"), "--threads", "1"])
     assert res.exit_code == 0, res.output
@@ -117,7 +117,7 @@ def test_bench_all_names_classes_from_labels_txt_lines_not_words(edge_model, tmp
     """A folder without model.json: labels.txt's lines are the classes, spaces and all."""
     import shutil
 
-    from edge_app.bench import bench_all
+    from edge_app.measure.bench import bench_all
 
     folder = tmp_path / "bare"
     folder.mkdir()

@@ -32,7 +32,7 @@ def test_read_what_a_pi_has_and_say_once_when_there_is_nothing(tmp_path):
 def test_the_summary_gives_capture_to_result_latency_and_the_device_s_health(edge_model, tmp_path, monkeypatch):
     from conftest import write_video
 
-    from edge_app.cli import cli
+    from edge_app.cli.main import cli
 
     monkeypatch.setattr(health, "THERMAL", tmp_path / "temp")
     (tmp_path / "temp").write_text("50000\n")

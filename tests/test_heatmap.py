@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edge_app.cli import cli
+from edge_app.cli.main import cli
 from edge_app.errors import ModelLoadError
-from edge_app.geometry import layout, map_placement
-from edge_app.loop import LoopOptions, run_loop
+from edge_app.frames.geometry import layout, map_placement
+from edge_app.camera.loop import LoopOptions, run_loop
 from edge_app.model import LoadedModel
 from edge_app.runtime import Classifier
-from edge_app.sidecar import read_sidecar
-from edge_app.sources import ImageSource
+from edge_app.contract.sidecar import read_sidecar
+from edge_app.frames.sources import ImageSource
 
 cv2 = pytest.importorskip("cv2")
 
@@ -32,7 +32,7 @@ def _colour_model():
     = class maps [32, 32, 2] -> GAP -> softmax; named like the registry's NiN layers."""
     import tf_keras as keras
 
-    from pipeline.models import CLASS_MAPS_OUTPUT
+    from pipeline.models.nin import CLASS_MAPS_OUTPUT
 
     kernel = np.array([[[[16.0, -16.0], [-16.0, -16.0], [-16.0, 16.0]]]], np.float32)  # [1, 1, 3 in, 2 out]
     inp = keras.Input((32, 32, 3), name="image")
@@ -52,8 +52,8 @@ def _frame(colour, centre, size=80, shape=(480, 640)):
 
 @pytest.fixture(scope="module")
 def colour_tflite(tmp_path_factory):
-    from pipeline.convert import to_tflite_int8
-    from pipeline.models import with_class_maps
+    from pipeline.export.convert import to_tflite_int8
+    from pipeline.models.nin import with_class_maps
 
     rng = np.random.default_rng(0)
     rep = np.stack([cv2.resize(_frame(RED if i % 2 else BLUE, (int(rng.integers(120, 520)), int(rng.integers(80, 400)))),
@@ -137,8 +137,8 @@ def test_map_placement_round_trip(mode):
 def test_trained_maps_are_what_the_scores_average(run_dir):
     """In the real exported model, softmax(mean over the maps) is the scores output: the second
     output is the last block's maps, not some other tensor."""
-    from pipeline.config import BuildConfig
-    from pipeline.data import make_splits
+    from pipeline.runs.config import BuildConfig
+    from pipeline.data.splits import make_splits
 
     sc = read_sidecar(run_dir)
     assert [o.name for o in sc.outputs] == ["scores", "class_maps"]
@@ -165,7 +165,7 @@ def test_trained_maps_are_what_the_scores_average(run_dir):
 
 
 def test_heatmap_on_a_model_without_maps_is_a_clear_error(tmp_path):
-    from pipeline.convert import to_tflite_int8
+    from pipeline.export.convert import to_tflite_int8
 
     path = tmp_path / "plain.tflite"
     path.write_bytes(to_tflite_int8(_colour_model(), np.zeros((4, 32, 32, 3), np.uint8), "int8"))

@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 from conftest import png_bytes
 
-from edge_app.cli import cli
-from edge_app.inputcheck import findings, measure
-from edge_app.sidecar import read_sidecar, write_sidecar
+from edge_app.cli.main import cli
+from edge_app.checks.inputcheck import findings, measure
+from edge_app.contract.sidecar import read_sidecar, write_sidecar
 
 WARM = (170, 120, 70)  # the training images' mean colour (RGB) in these tests: a clear colour cast
 

@@ -1,5 +1,7 @@
 """The code's shape: no import cycle in pipeline/ and edge_app/ (imports inside functions
-count), the device side never reaches for the training side, and no module grows past ~400 lines."""
+count), no import up the stages (a sub-package imports only its own layer and the ones before it,
+in the order data flows), the device side never reaches for the training side, every sub-package
+says what it holds, and no module grows past ~400 lines."""
 
 from __future__ import annotations
 
@@ -11,26 +13,44 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "edge_app")
 
+# The layers, in the order data flows: a module may import from its own layer and earlier ones.
+# A name not listed (a top-level module: errors, progress, runtime, ...) is layer 0.
+LAYERS = {
+    "pipeline": ["data", "models", "train", "export", "runs", "report", "stages", "choose", "cli", "__main__"],
+    "edge_app": ["contract frames", "model", "checks", "camera", "measure", "cli", "__main__"],
+}
+
+
+def _layer(module: str) -> int:
+    pkg, _, rest = module.partition(".")
+    first = rest.split(".")[0]
+    for rank, names in enumerate(LAYERS[pkg], start=1):
+        if first in names.split():
+            return rank
+    return 0
+
 
 def _modules() -> dict[str, Path]:
     out = {}
     for pkg in PACKAGES:
-        for f in sorted((REPO / pkg).glob("*.py")):
-            out[pkg if f.stem == "__init__" else f"{pkg}.{f.stem}"] = f
+        for f in sorted((REPO / pkg).rglob("*.py")):
+            parts = f.relative_to(REPO).with_suffix("").parts
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
     return out
 
 
 def _imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
     """Every project module that ``name`` imports, anywhere in the file."""
-    pkg = name.split(".")[0]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
-            if node.level:  # relative: within this package (no sub-packages here)
-                base = f"{pkg}.{base}" if base else pkg
+            if node.level:  # relative: from this module's package, up level - 1 packages
+                up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(up + ([base] if base else []))
             # `from . import x` or `from pkg import x` may name a module
             targets = [base] + [f"{base}.{a.name}" for a in node.names]
         else:
@@ -73,9 +93,14 @@ def test_the_walker_finds_a_cycle():
 
 def test_the_walker_sees_imports_inside_functions(tmp_path):
     f = tmp_path / "m.py"
-    f.write_text("def f():\n    from .run import RunFolder\n    from . import cli\n")
-    known = {"pipeline.run": f, "pipeline.cli": f, "pipeline.m": f}
-    assert _imports("pipeline.m", f, known) == {"pipeline.run", "pipeline.cli"}
+    f.write_text("def f():\n    from ..runs.folder import RunFolder\n    from . import main\n    import pipeline.data.tree\n")
+    known = {"pipeline.runs.folder": f, "pipeline.cli.main": f, "pipeline.cli.m": f, "pipeline.data.tree": f}
+    assert _imports("pipeline.cli.m", f, known) == {"pipeline.runs.folder", "pipeline.cli.main", "pipeline.data.tree"}
+
+
+def test_the_layers_read_in_data_order():
+    assert _layer("pipeline.errors") == 0 < _layer("pipeline.data.splits") < _layer("pipeline.cli.main")
+    assert _layer("edge_app.contract.sidecar") == _layer("edge_app.frames.sources") < _layer("edge_app.camera.loop")
 
 
 def test_no_import_cycle():
@@ -83,6 +108,18 @@ def test_no_import_cycle():
     assert len(graph) > 20
     cycle = _cycle(graph)
     assert cycle is None, " -> ".join(cycle or [])
+
+
+def test_no_import_up_the_layers():
+    up = sorted(f"{n} -> {m}" for n, deps in _graph().items() for m in deps
+                if m.split(".")[0] == n.split(".")[0] and _layer(m) > _layer(n))
+    assert not up
+
+
+@pytest.mark.parametrize("pkg", sorted({n for n, p in _modules().items() if p.name == "__init__.py"}))
+def test_every_package_says_what_it_holds_and_may_import(pkg):
+    doc = ast.get_docstring(ast.parse(_modules()[pkg].read_text())) or ""
+    assert len(doc) > 80 and "import" in doc, f"{pkg}/__init__.py: say what it holds and what it may import"
 
 
 def test_edge_app_never_imports_the_training_side():

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.models import CLASS_MAPS_LAYER, ModelConfig, build_model, count_macs, describe, scaled
+from pipeline.models.nin import CLASS_MAPS_LAYER, ModelConfig, build_model, count_macs, describe, scaled
 
 
 def _shape(model, name):

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import write_video
 
-from pipeline.cli import cli
+from pipeline.cli.main import cli
 
 cv2 = pytest.importorskip("cv2")
 
@@ -61,13 +61,13 @@ def test_bundle_contents_and_manifest(bundle, tmp_path):
 
     whl = next(top.glob("wheels/*.whl"))
     inside = zipfile.ZipFile(whl).namelist()
-    assert "edge_app/loop.py" in inside and not any(n.startswith("tests/") for n in inside)
-    assert "edge_app/op_versions.json" in inside  # check-target's tables travel with the device side
+    assert "edge_app/camera/loop.py" in inside and not any(n.startswith("tests/") for n in inside)
+    assert "edge_app/checks/op_versions.json" in inside  # check-target's tables travel with the device side
     assert "edge-app check-target model" in (top / "README.md").read_text()
 
 
 def test_bundle_installs_without_tensorflow_and_predicts_like_the_repo(bundle, clip, edge_model, tmp_path):
-    from edge_app.cli import cli as edge_cli
+    from edge_app.cli.main import cli as edge_cli
 
     top = _extract(bundle, tmp_path)
     res = subprocess.run([str(top / "run.sh")], capture_output=True, text=True, timeout=60)

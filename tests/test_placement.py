@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edge_app.cli import cli
-from edge_app.placement import compiled_placement, describe, placement
+from edge_app.cli.main import cli
+from edge_app.checks.placement import compiled_placement, describe, placement
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "edge_app" / "demo" / "model_int8.tflite"
@@ -24,7 +24,7 @@ def _interpreter(**kw):
 
 
 def test_xnnpack_placement_is_read_from_the_interpreter():
-    from edge_app.targets import model_ops
+    from edge_app.checks.targets import model_ops
 
     p = placement(_interpreter())
     assert p["exposed"] and p["nodes"] == sum(o.count for o in model_ops(DEMO)) == 14 and p["partitions"] >= 1
@@ -112,7 +112,7 @@ def test_info_and_the_run_summary_say_where_the_ops_went(edge_model, tmp_path):
 def test_tflite_runtime_2_14_exposes_placement_the_same_way(tflite_runtime_214, edge_model):
     code = f"""
 from tflite_runtime.interpreter import Interpreter
-from edge_app.placement import placement
+from edge_app.checks.placement import placement
 for name in ("model_int8.tflite", "model_float32.tflite"):
     it = Interpreter(model_path={str(edge_model)!r} + "/" + name, num_threads=1)
     it.allocate_tensors()

@@ -1,9 +1,9 @@
-"""Per-layer int8 error (pipeline.quant_debug): a tiny model with one layer made to quantise badly."""
+"""Per-layer int8 error (pipeline.export.quant_debug): a tiny model with one layer made to quantise badly."""
 
 import numpy as np
 import pytest
 
-from pipeline.quant_debug import ROUNDING_RMSE_STEPS, _layer_of, layer_errors, worst_first
+from pipeline.export.quant_debug import ROUNDING_RMSE_STEPS, _layer_of, layer_errors, worst_first
 
 
 def _model(poison: bool):
@@ -32,7 +32,7 @@ IMAGES = np.random.default_rng(0).integers(0, 256, (32, 8, 8, 3), dtype=np.uint8
 
 @pytest.mark.parametrize("variant", ["ptq", "qat"])
 def test_the_badly_quantised_layer_comes_first(variant):
-    from pipeline.convert import calibrate_qat_ranges, quantize, to_tflite_int8
+    from pipeline.export.convert import calibrate_qat_ranges, quantize, to_tflite_int8
 
     rows = {}
     for poison in (False, True):

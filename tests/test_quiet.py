@@ -119,8 +119,8 @@ def test_verbose_is_read_from_the_command_line_or_the_environment(monkeypatch):
 
 
 def test_every_command_of_both_clis_takes_verbose():
-    from edge_app.cli import cli as edge_cli
-    from pipeline.cli import cli as pipeline_cli
+    from edge_app.cli.main import cli as edge_cli
+    from pipeline.cli.main import cli as pipeline_cli
 
     for group in (edge_cli, pipeline_cli):
         assert CliRunner().invoke(group, ["--verbose", "--help"]).exit_code == 0

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 from conftest import REPO, make_image_tree
 
-from pipeline.cli import cli
-from pipeline.evaluate import topk
-from pipeline.report import VARIANTS, confusion, mcnemar, significance, variant_metrics
+from pipeline.cli.main import cli
+from pipeline.report.predict import topk
+from pipeline.report.figures import VARIANTS, confusion, mcnemar, significance, variant_metrics
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -198,7 +198,7 @@ def test_evaluate_any_model(fast_run, fast_tree, report, tmp_path):
     res = CliRunner().invoke(cli, ["evaluate", str(fast_run), "--json", str(tmp_path / "run.json")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "run.json").read_text())["top1"] == report["variants"]["qat_int8"]["top1"]
-    from pipeline.data import test_subset
+    from pipeline.data.splits import test_subset
 
     y = np.arange(40) % 4
     assert np.array_equal(test_subset(y, 12), test_subset(y, 12)) and len(set(y[test_subset(y, 12)])) == 4
@@ -250,7 +250,7 @@ def test_compare_and_bad_report_folders(fast_run, tmp_path):
 
 
 def test_unreadable_optional_records_are_left_out(tmp_path, caplog):
-    from pipeline.run import EDGETPU_JSON, LAYER_ERRORS_JSON, RunFolder
+    from pipeline.runs.folder import EDGETPU_JSON, LAYER_ERRORS_JSON, RunFolder
 
     run = RunFolder(tmp_path)
     assert run.read_layer_errors() == {} and run.read_edgetpu() == {}  # absent
@@ -264,7 +264,7 @@ def test_unreadable_optional_records_are_left_out(tmp_path, caplog):
 def test_a_damaged_config_or_state_is_one_clear_line(tmp_path, config):
     """config.json of binary bytes or of another JSON shape ends in one message; a state.json of another
     shape ([1]) is treated as 'no stage done' with a warning, not an AttributeError."""
-    from pipeline.run import RunFolder
+    from pipeline.runs.folder import RunFolder
 
     (tmp_path / "config.json").write_bytes(config)
     for args in (["report", str(tmp_path)], ["convert", str(tmp_path)]):
@@ -278,7 +278,7 @@ def test_a_damaged_config_or_state_is_one_clear_line(tmp_path, config):
 
 
 def test_where_int8_loses_lists_only_losses():
-    from pipeline.render import int8_losses
+    from pipeline.report.render import int8_losses
 
     rows = [{"class": "a", "float": 0.8, "int8": 0.7, "change": -0.1}, {"class": "b", "float": 0.5, "int8": 0.5, "change": 0.0},
             {"class": "c", "float": 0.5, "int8": 0.6, "change": 0.1}]
@@ -287,7 +287,7 @@ def test_where_int8_loses_lists_only_losses():
 
 
 def test_the_pareto_front_keeps_what_nothing_beats_on_both_axes():
-    from pipeline.compare import pareto
+    from pipeline.choose.compare import pareto
 
     recs = [{"run": n, "int8_ms_1_thread": ms, "qat_int8_top1": acc} for n, ms, acc in
             [("a", 1.0, 0.60), ("b", 2.0, 0.70), ("c", 3.0, 0.65), ("d", 0.5, 0.50), ("e", 2.0, 0.68), ("f", 4.0, 0.80)]]

@@ -54,8 +54,8 @@ def test_the_same_seed_gives_the_same_figures_and_bytes(two_builds):
 
 def test_another_seed_gives_other_weights():
     """(Another seed's augmentation: tests/test_data.py.) The weights a build starts from follow the seed."""
-    from pipeline.models import ModelConfig, build_model
-    from pipeline.train import seed_everything
+    from pipeline.models.nin import ModelConfig, build_model
+    from pipeline.train.fit import seed_everything
 
     def initial(seed):
         seed_everything(seed, deterministic=True)
@@ -67,7 +67,7 @@ def test_another_seed_gives_other_weights():
 
 
 def test_the_flag_is_recorded(tmp_path):
-    from pipeline.config import make_build_config
+    from pipeline.runs.config import make_build_config
 
     on = make_build_config("cifar10", None, "quick", "nin-cifar", {}, 0.1, None, 0)
     off = make_build_config("cifar10", None, "quick", "nin-cifar", {"deterministic": False}, 0.1, None, 0)

@@ -11,12 +11,12 @@ import pytest
 from click.testing import CliRunner
 from conftest import write_video
 
-from edge_app.cli import cli
+from edge_app.cli.main import cli
 from edge_app.errors import ServeError
-from edge_app.loop import LoopOptions, run_loop
+from edge_app.camera.loop import LoopOptions, run_loop
 from edge_app.model import open_model
-from edge_app.serve import PAGE, PreviewServer, parse_address
-from edge_app.sources import SyntheticSource
+from edge_app.camera.serve import PAGE, PreviewServer, parse_address
+from edge_app.frames.sources import SyntheticSource
 
 cv2 = pytest.importorskip("cv2")
 
@@ -64,7 +64,7 @@ def _serving(edge_model, src, max_fps=None):
 @pytest.fixture
 def live_video(edge_model, long_video):
     """The loop on a video file at 50 FPS, serving its preview on an ephemeral port."""
-    from edge_app.sources import open_source
+    from edge_app.frames.sources import open_source
 
     server, source, t = _serving(edge_model, open_source(str(long_video)), max_fps=50)
     yield server
@@ -135,7 +135,7 @@ def test_the_frame_carries_its_own_numbers_and_waits_for_a_newer_one(live_video)
 
 def test_the_jpeg_and_the_status_it_comes_with_are_the_same_frame():
     """However the loop's publishes and the readers interleave, a JPEG is paired with its own status."""
-    from edge_app.serve import Preview
+    from edge_app.camera.serve import Preview
 
     preview = Preview()
     stop = threading.Event()
@@ -235,10 +235,10 @@ def test_port_in_use_and_bad_address_are_clear_errors(edge_model, video_path):
 
 def test_max_fps_caps_the_rate(edge_model, video_path, tmp_path, monkeypatch):
     """Each frame waits out the rest of its 1/max-fps slot: checked on the waits asked for, not the clock."""
-    import edge_app.loop
+    import edge_app.camera.loop
 
     waits, real_sleep = [], time.sleep
-    monkeypatch.setattr(edge_app.loop.time, "sleep", lambda s: (waits.append(s), real_sleep(s)))
+    monkeypatch.setattr(edge_app.camera.loop.time, "sleep", lambda s: (waits.append(s), real_sleep(s)))
     res = CliRunner().invoke(cli, ["run", "--model", str(edge_model), "--source", str(video_path), "--max-fps", "20",
                                    "--max-frames", "10", "--output", str(tmp_path / "o.jsonl")])
     assert res.exit_code == 0, res.output
@@ -262,7 +262,7 @@ def long_video(tmp_path_factory):
 def test_off_loopback_the_preview_wants_a_token(caplog):
     """The decision (no socket off loopback is opened in tests): loopback is open unless a token is
     given; any other address gets the given token or a made-up one; --serve-insecure none, with a warning."""
-    from edge_app.serve import access_token
+    from edge_app.camera.serve import access_token
 
     assert access_token("127.0.0.1", None, False) is None and access_token("::1", None, False) is None
     assert access_token("localhost", "abc", False) == "abc"

@@ -2,7 +2,9 @@ import json
 
 import pytest
 
-from edge_app.sidecar import InputSpec, OutputSpec, Quantization, Sidecar, SidecarError, read_sidecar, sidecar_from_dict, write_sidecar
+from edge_app.contract.sidecar import (
+    InputSpec, OutputSpec, Quantization, Sidecar, SidecarError, read_sidecar, sidecar_from_dict, write_sidecar,
+)
 
 
 def _sidecar(labels=("a", "b", "c")) -> Sidecar:
@@ -55,7 +57,7 @@ def test_missing_and_corrupt_files(tmp_path):
 def test_input_stats_round_trip_and_are_checked(tmp_path):
     import dataclasses
 
-    from edge_app.sidecar import InputStats
+    from edge_app.contract.sidecar import InputStats
 
     st = InputStats(images=4, pixel_mean=(1.0, 2.0, 3.0), pixel_std=(1.0, 1.0, 1.0), brightness_p5=1.0,
                     brightness_p95=3.0, contrast=1.0, value_mean=(0.1, 0.2, 0.3), value_std=(0.1, 0.1, 0.1))

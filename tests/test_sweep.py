@@ -6,8 +6,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import cli
-from pipeline.sweep import Candidate, candidates, pick
+from pipeline.cli.main import cli
+from pipeline.choose.sweep import Candidate, candidates, pick
 
 
 def _rec(run, ms, acc, kb):
@@ -53,7 +53,7 @@ def test_a_tiny_real_sweep_resumes_after_an_interruption_and_picks(lenet_sweep, 
     # the device's own latency (what `edge-app bench MODEL --json F` writes there) replaces this host's
     from click.testing import CliRunner as Runner
 
-    from edge_app.cli import cli as edge_cli
+    from edge_app.cli.main import cli as edge_cli
 
     bench = tmp_path / "device.json"
     r = Runner().invoke(edge_cli, ["bench", str(out / "lenet-w0.5"), "--runs", "10", "--threads", "1", "--json", str(bench)])

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edge_app.cli import cli as edge_cli
+from edge_app.cli.main import cli as edge_cli
 from edge_app.errors import ModelLoadError
-from edge_app.targets import OP_TABLE, _Buf, check_target, load_with, model_ops
+from edge_app.checks.targets import OP_TABLE, _Buf, check_target, load_with, model_ops
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "edge_app" / "demo" / "model_int8.tflite"
@@ -108,7 +108,7 @@ def test_an_op_version_too_new_is_named_with_what_to_do(tmp_path):
     assert here["loads"] is False and here["problems"][0]["op"] == "CONV_2D" and here["problems"][0]["version"] == 9
     from importlib.metadata import version
 
-    from edge_app.targets import _known
+    from edge_app.checks.targets import _known
 
     probed = (_known(f"ai-edge-litert {version('ai-edge-litert')}") or {}).get("ops", {}).get("CONV_2D")
     assert here["problems"][0]["runtime_versions"] == probed  # the probed table names what it has (2.3.0: 1..8)
@@ -138,7 +138,7 @@ def test_tflite_runtime_2_14_itself_agrees_with_its_table(tflite_runtime_214, tm
 
 
 def test_nin_pipeline_check_target_records_it_in_the_run_folder(fast_run_copy):
-    from pipeline.cli import cli
+    from pipeline.cli.main import cli
 
     assert json.loads((fast_run_copy / "target.json").read_text())["targets"]  # the build's convert stage wrote it
     (fast_run_copy / "target.json").unlink()
@@ -151,7 +151,7 @@ def test_nin_pipeline_check_target_records_it_in_the_run_folder(fast_run_copy):
 
 
 def test_one_builtin_at_two_versions_gets_a_mark_per_row():
-    from edge_app.targets import format_check
+    from edge_app.checks.targets import format_check
 
     ops = [{"name": "CONV_2D", "code": 3, "version": 3, "count": 2}, {"name": "CONV_2D", "code": 3, "version": 8, "count": 1}]
     target = {"runtime": "tflite-runtime==2.14.0", "how": "op table", "loads": False, "error": "",

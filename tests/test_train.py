@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.train import TrainConfig, fit, read_history
+from pipeline.train.fit import TrainConfig, fit, read_history
 
 
 def _data():
@@ -56,14 +56,14 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
     assert seen == []
     for a, b in zip(m2.get_weights(), m3.get_weights()):  # ... but the trained weights are restored
         np.testing.assert_array_equal(a, b)
-    from pipeline.train import backed_up_epochs
+    from pipeline.train.fit import backed_up_epochs
 
     assert backed_up_epochs(tmp_path / "checkpoints" / "t") == 3
     assert backed_up_epochs(tmp_path / "nowhere") == 0
 
 
 def test_schedules():
-    from pipeline.train import make_schedule
+    from pipeline.train.fit import make_schedule
 
     cos = make_schedule(TrainConfig(epochs=10, lr=0.1, warmup_epochs=1), steps_per_epoch=10)
     assert float(cos(0)) == pytest.approx(0.01) and float(cos(10)) == pytest.approx(0.1, rel=0.02)
@@ -75,7 +75,7 @@ def test_schedules():
 
 
 def test_measure_throughput_leaves_the_model_untouched():
-    from pipeline.train import measure_throughput
+    from pipeline.train.fit import measure_throughput
 
     m = _model()
     before = [w.copy() for w in m.get_weights()]
@@ -90,7 +90,7 @@ def test_distilled_targets_blend_the_teachers_answers_with_the_labels():
     import tensorflow as tf
     import tf_keras as keras
 
-    from pipeline.inputs import distillation_targets
+    from pipeline.stages.inputs import distillation_targets
 
     keras.utils.set_random_seed(0)
     teacher = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
@@ -112,7 +112,7 @@ def test_the_epoch_log_line_comes_after_the_finished_progress_bar(tmp_path, caps
 
     handler = logging.StreamHandler(sys.stdout)  # where a terminal shows both
     handler.setFormatter(logging.Formatter("LOG %(message)s"))
-    logger = logging.getLogger("pipeline.train")
+    logger = logging.getLogger("pipeline.train.fit")
     logger.addHandler(handler)
     old_level = logger.level
     logger.setLevel(logging.INFO)
@@ -144,7 +144,7 @@ def test_the_epoch_log_line_says_how_long_validation_took(tmp_path, caplog):
         def on_test_begin(self, logs=None):
             time.sleep(0.3)
 
-    caplog.set_level(logging.INFO, logger="pipeline.train")
+    caplog.set_level(logging.INFO, logger="pipeline.train.fit")
     fit(_model(), _data(), _data().take(2), TrainConfig(epochs=2, lr=0.05, warmup_epochs=0), steps_per_epoch=4,
         run_dir=tmp_path, tag="t", verbose=0, extra_callbacks=[SlowValidation()])
     found = [re.search(r"\(lr=[\d.]+, ([\d.]+) s, validation ([\d.]+) s\)", r.getMessage())

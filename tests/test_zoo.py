@@ -4,8 +4,8 @@ smallest inputs, and their new op types (FC heads, Add, Concatenate) through QAT
 import numpy as np
 import pytest
 
-from pipeline import zoo
-from pipeline.models import ARCHS, ModelConfig, build_model, count_macs, has_class_maps
+from pipeline.models import zoo
+from pipeline.models.nin import ARCHS, ModelConfig, build_model, count_macs, has_class_maps
 
 SEEDS = list(zoo.SEEDS)
 FC_HEADED = {"lenet": 3, "alexnet": 3, "vgg11": 3, "vgg16": 3}  # Dense layers: the originals' FC heads
@@ -80,8 +80,8 @@ def test_add_concatenate_and_fc_layers_quantise_to_a_fully_int8_model(tmp_path):
     import tf_keras as keras
 
     from edge_app.runtime import Classifier, load_interpreter
-    from pipeline.blocks import conv_bn_relu, fc_classifier
-    from pipeline.convert import calibrate_qat_ranges, quantize, to_tflite_int8
+    from pipeline.models.layers import conv_bn_relu, fc_classifier
+    from pipeline.export.convert import calibrate_qat_ranges, quantize, to_tflite_int8
 
     cfg = ModelConfig(num_classes=5, width=0.125)
     inputs = keras.Input((16, 16, 3), name="image")
@@ -113,7 +113,7 @@ def test_add_concatenate_and_fc_layers_quantise_to_a_fully_int8_model(tmp_path):
 
 
 def test_a_seed_architecture_has_no_class_maps_to_ask_for(tmp_path):
-    from pipeline.config import make_build_config
+    from pipeline.runs.config import make_build_config
     from pipeline.errors import RunError
 
     cfg = make_build_config("cifar10", None, "quick", "resnet20", {}, 0.1, None, 0)
@@ -136,7 +136,7 @@ def test_a_seed_architecture_goes_through_the_unchanged_path(lenet_sweep, cifar_
 
     from click.testing import CliRunner
 
-    from edge_app.cli import cli as edge_cli
+    from edge_app.cli.main import cli as edge_cli
 
     root = tmp_path / "run"  # a copy: the Edge TPU check writes edgetpu.json into the folder
     shutil.copytree(lenet_sweep[0] / "lenet-w0.25", root, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
@@ -150,7 +150,7 @@ def test_a_seed_architecture_goes_through_the_unchanged_path(lenet_sweep, cifar_
         image.write_bytes(tar.extractfile(member).read())
     ok = CliRunner().invoke(edge_cli, ["run", str(root), "--source", str(image), "--max-frames", "1"])
     assert ok.exit_code == 0, ok.output
-    from pipeline.cli import cli as pipeline_cli
+    from pipeline.cli.main import cli as pipeline_cli
 
     check = CliRunner().invoke(pipeline_cli, ["edgetpu", "check", str(root)])
     assert check.exit_code == 0 and "FULLY_CONNECTED" in check.output, check.output

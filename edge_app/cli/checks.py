@@ -1,0 +1,86 @@
+"""`edge-app check-input` and `edge-app check-target`: will the model work here, before it runs."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import click
+
+from edge_app.cli.common import RUNTIME_CHOICES, model_anywhere, write_text
+from edge_app.frames.geometry import RESIZE_MODES
+
+
+@click.command(name="check-input")
+@click.option("--model", default=None, type=click.Path(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
+@click.option("--source", default="0", show_default=True, help="The real source, as for `run`: a camera, picamera, a video, images.")
+@click.option("--frames", type=click.IntRange(1, 1000), default=8, show_default=True, help="How many frames to judge.")
+@click.option("--resize", type=click.Choice(RESIZE_MODES), default="crop", show_default=True)
+@click.option("--width", type=click.IntRange(1, 10000), default=None, help="Camera capture width.")
+@click.option("--height", type=click.IntRange(1, 10000), default=None, help="Camera capture height.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the pictures and check-input.json go (default: check-input/ in the run folder, else here).")
+@click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True)
+@click.option("--ignore-checksum", is_flag=True, help="Check a model whose sha256 differs from its model.json (warns).")
+@model_anywhere
+def check_input_cmd(model: Path, source: str, frames: int, resize: str, width: int | None, height: int | None,
+                    out: Path | None, runtime: str, ignore_checksum: bool) -> None:
+    """Is the camera frame what the model expects? Saves the model's input as pictures and compares the
+    frames with the training images (channel order, scale, exposure). Exit status 3: a problem found."""
+    import json
+
+    from edge_app.checks.inputcheck import check_source, table
+    from edge_app.model import open_model
+    from edge_app.frames.sources import open_source
+
+    loaded = open_model(model, runtime=runtime, ignore_checksum=ignore_checksum)
+    out = out or (Path(model) / "check-input" if Path(model).is_dir() else Path("check-input"))
+    with contextlib.closing(open_source(source, width=width, height=height)) as src:
+        r = check_source(loaded, src, frames=frames, resize=resize, out_dir=out)
+    if not r["frames"]:
+        raise click.ClickException(f"no frame came from {source}" + (f" ({r['skipped']} unreadable)" if r["skipped"] else "")
+                                   + "; check the source")
+    for line in table(r):
+        click.echo(line)
+    write_text(out / "check-input.json", json.dumps({"model": str(loaded.path), "source": source, **r}, indent=2) + "\n")
+    click.echo(f"the model's input as pictures: {out}/input_*.png (beside each frame_*.jpg)")
+    if r["findings"]:
+        raise SystemExit(3)
+
+
+def target_names(ctx, param, values):
+    from edge_app.checks.targets import table_runtimes
+
+    known = table_runtimes()
+    for v in values:
+        if v not in known and v not in ("ai-edge-litert", "tflite-runtime", "tensorflow"):
+            raise click.BadParameter(f"{v!r} is neither a runtime with an op table ({', '.join(known)}) nor one to load "
+                                     "here by name (ai-edge-litert, tflite-runtime, tensorflow)")
+    return tuple(values) or tuple(known)
+
+
+@click.command(name="check-target")
+@click.option("--model", default=None, type=click.Path(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
+@click.option("--runtime", "runtimes", multiple=True, callback=target_names, metavar="NAME",
+              help="A target runtime, e.g. tflite-runtime==2.14.0 (repeatable; default: every one with an op table). "
+                   "ai-edge-litert and tflite-runtime are loaded wherever installed; TensorFlow's only when named.")
+@click.option("--python", "pythons", multiple=True, type=click.Path(exists=True, dir_okay=False), metavar="PY",
+              help="Also load the model in the runtimes another Python has (e.g. a venv with tflite-runtime 2.14).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@model_anywhere
+def check_target_cmd(model: Path, runtimes: tuple[str, ...], pythons: tuple[str, ...], json_out: Path | None) -> None:
+    """Will the model load on the target runtime? Every op with its builtin code and version, and for
+    each runtime whether it loads (loaded where it is installed; from the release's op table where not).
+    Exit status 3: a target will not load it."""
+    import json
+
+    from edge_app.contract.files import resolve_model_path
+    from edge_app.checks.targets import check_target, format_check
+
+    r = check_target(resolve_model_path(model), runtimes, pythons)
+    for line in format_check(r):
+        click.echo(line)
+    if json_out:
+        write_text(json_out, json.dumps(r, indent=2) + "\n")
+    if any(t["loads"] is False for t in r["targets"]):
+        raise SystemExit(3)

@@ -1,0 +1,398 @@
+"""`nin-pipeline`: thin click commands. Each validates its options with click types and calls one
+plain function (mostly in ``pipeline.stages.orchestrator``); user errors are turned into one line in one place."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import click
+
+from edge_app.cli.checks import target_names
+from edge_app.quiet import VerboseGroup, is_verbose
+
+from pipeline import __version__
+from pipeline.cli.params import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, RUN_DIR, WORKERS
+from pipeline.cli.params import write_text as _write_text
+from pipeline.export.convert import IO_TYPES, TARGETS
+from pipeline.data.splits import DATA_CACHES
+from pipeline.data.formats import DATASETS
+from pipeline.models.nin import ARCHS, HEADS
+from pipeline.runs.profiles import PROFILES
+from pipeline.runs.folder import STAGES
+
+TRAINING_STACK = ("tensorflow", "tf_keras", "tensorflow_model_optimization", "PIL", "tqdm", "matplotlib", "rich")
+
+
+def tf_env() -> None:
+    """Set before TensorFlow is first imported: tfmot needs Keras 2 (tf_keras); and oneDNN's CPU
+    kernels, which TensorFlow turns on by itself only on CPUs with AVX512_VNNI/BF16 or AMX. On a 2-core
+    AVX2 EPYC (2026-11-27), the quick model's bare `fit` ran at 554-597 images/s with them against
+    200-302 without, the same weights bit for bit in two deterministic runs (benchmarks/README.md,
+    "Training speed"). TF_ENABLE_ONEDNN_OPTS=0 in the environment keeps them off. The benchmarks
+    call it too, so that they measure what the command runs."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
+def _legacy_keras_env() -> None:
+    """``tf_env``, and TensorFlow's own log lines hidden unless --verbose."""
+    tf_env()
+    if not is_verbose():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class _Cli(VerboseGroup, click.Group):
+    """The one place where a user's error becomes one clear line and a non-zero exit."""
+
+
+    def invoke(self, ctx: click.Context):
+        from edge_app.errors import EdgeAppError
+
+        from pipeline.errors import PipelineError
+
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            from edge_app.errors import Terminated
+
+            by = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+            click.echo(f"\n{by}: finished epochs are checkpointed; run the same command again "
+                       "(or `nin-pipeline build --resume --out RUN`) to continue.", err=True)
+            raise click.exceptions.Exit(143 if isinstance(exc, Terminated) else 130) from None
+        except (PipelineError, EdgeAppError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # a folder that cannot be written, a full disk, ...
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc}; choose a writable place (--out, --json, --markdown)") from None
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.split(".")[0] in TRAINING_STACK:
+                raise click.ClickException(
+                    f"the training stack is not installed ({exc.name} is missing): pip install 'nin-pipeline[train]' "
+                    "(from a clone: pip install '.[train]')") from None
+            raise
+        except Exception as exc:  # noqa: BLE001  (narrowed below: only TensorFlow's runtime errors)
+            tf_errors = sys.modules.get("tensorflow.python.framework.errors_impl")
+            if tf_errors is None or not isinstance(exc, tf_errors.OpError):
+                raise
+            # a runtime error inside training (out of memory, an image file gone unreadable mid-epoch):
+            # one line, and the run resumes from its last finished epoch
+            lines = [ln.strip() for ln in (exc.message or str(exc)).splitlines() if ln.strip()]
+            said = [ln for ln in lines if not ln.startswith(("Graph execution error", "Detected at node", "File ", "[[",
+                                                             "The error could be"))]
+            first = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", (said or lines or [""])[0])  # TF's op-name prefix
+            from pipeline.stages.cluster import peer_failed
+
+            if peer_failed(exc):
+                # a worker died or hangs; this process's collectives cannot recover: stop now (the
+                # strategy's threads would keep an ordinary exit waiting)
+                click.echo(f"Error: training stopped: a worker stopped responding ({type(exc).__name__}: {first}). "
+                           "Finished epochs are backed up in the chief's run folder: start the same command again on "
+                           "every worker and training resumes from the last one.", err=True)
+                from edge_app.quiet import restore
+
+                restore()
+                os._exit(1)
+            raise click.ClickException(f"TensorFlow stopped with {type(exc).__name__}: {first}; finished epochs are "
+                                       "checkpointed: fix the cause (e.g. a smaller --batch-size for out-of-memory) and "
+                                       "run the same command again") from None
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nin-pipeline")
+@click.option("--verbose", is_flag=True, expose_value=False,
+              help="Also show the native libraries' own log lines (TensorFlow, LiteRT, OpenCV), hidden by default.")
+def cli() -> None:
+    """Train Network-in-Network, fine-tune it with QAT, and export a fully int8 TFLite model."""
+    _legacy_keras_env()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from edge_app.errors import stop_on_sigterm
+    from edge_app.quiet import entry_point
+
+    entry_point(argv)
+    _legacy_keras_env()
+    stop_on_sigterm()
+    cli.main(args=argv, prog_name="nin-pipeline")
+
+
+
+
+@cli.command()
+@click.option("--dataset", type=click.Choice(DATASETS), default="cifar10", show_default=True)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, envvar="NIN_DATA_DIR",
+              help="Folder or archive with the data (env NIN_DATA_DIR); else the Keras cache or download.")
+@click.option("--out", type=RUN_DIR, default=None,
+              help="Run folder (default artifacts/<dataset>-<arch>-<timestamp>). Re-running on it resumes.")
+@click.option("--profile", type=click.Choice(list(PROFILES)), default="quick", show_default=True,
+              help="quick: small width, CPU-friendly. paper: the paper's recipe, for a GPU.")
+@click.option("--arch", type=click.Choice(list(ARCHS)), default="nin-cifar", show_default=True)
+@click.option("--width", type=POSITIVE_FLOAT, default=None, help="Channel width multiplier.")
+@click.option("--input-size", type=POSITIVE_INT, default=None,
+              help="Resize images to N x N (image folders, nin-imagenet). Default: the data's own size.")
+@click.option("--epochs", type=POSITIVE_INT, default=None, help="Float training epochs.")
+@click.option("--qat-epochs", type=NON_NEGATIVE_INT, default=None, help="QAT fine-tuning epochs.")
+@click.option("--batch-size", type=POSITIVE_INT, default=None)
+@click.option("--lr", type=POSITIVE_FLOAT, default=None, help="Peak learning rate.")
+@click.option("--dropout", type=click.FloatRange(0, 0.95), default=None)
+@click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=None,
+              help="Label smoothing of the float training loss (e.g. 0.1).")
+@click.option("--qat-lr", type=POSITIVE_FLOAT, default=None, help="Peak learning rate of QAT fine-tuning.")
+@click.option("--qat-distill", type=click.FloatRange(0, 1), default=None, metavar="W",
+              help="QAT learns W x the float model's answers + (1 - W) x the labels (keeps int8 closer to float; 0: labels only).")
+@click.option("--limit-train", type=POSITIVE_INT, default=None, help="Stratified train subset (smoke runs).")
+@click.option("--limit-test", type=POSITIVE_INT, default=None, help="Stratified test subset.")
+@click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=0.1, show_default=True,
+              help="Share of train held out for validation.")
+@click.option("--io-type", type=click.Choice(IO_TYPES), default=None,
+              help="int8 model input/output type: int8 (default), or uint8 for runtimes that want it.")
+@click.option("--target", type=click.Choice(TARGETS), default="cpu", show_default=True,
+              help="edgetpu: uint8 input/output, checked against the Edge TPU's rules, compiled if edgetpu_compiler is installed.")
+@click.option("--class-maps/--no-class-maps", default=None,
+              help="Export the per-class confidence maps as a second model output (edge-app --heatmap uses them). "
+                   "Default: where the architecture has them (NiN with its GAP head).")
+@click.option("--head", type=click.Choice(HEADS), default=None,
+              help="nin-cifar's classifier: gap (the paper's, default), fc or fc-dropout (its ablation, section 4.6).")
+@click.option("--data-cache", type=click.Choice(DATA_CACHES), default=None,
+              help="Where decoded images live: memory, disk (a decoded cache, read in chunks), none (decode every epoch); "
+                   "auto (default): memory if they fit --memory-budget, else disk.")
+@click.option("--memory-budget", "memory_budget_gb", type=POSITIVE_FLOAT, default=None, metavar="GB",
+              help="Decoded images auto keeps in memory (default: a quarter of this machine's RAM).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--deterministic/--no-deterministic", default=None,
+              help="Same --seed, same machine -> the same report figures and byte-identical .tflite files "
+                   "(default: on; see the README for what it costs).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run (--out, or the newest matching one in artifacts/).")
+@click.option("--workers", type=WORKERS, default=None, metavar="HOST:PORT,HOST:PORT[,...]",
+              help="Train on several machines: run the same command on each, with its own --worker-index "
+                   "(0, the chief, writes --out). Sets TF_CONFIG, which a cluster manager may set instead.")
+@click.option("--worker-index", type=NON_NEGATIVE_INT, default=None, help="This machine's place in --workers (0 is the chief).")
+@click.option("--worker-timeout", type=click.FloatRange(10, 86400), default=600, show_default=True, metavar="SECONDS",
+              help="How long a worker waits for the others to start before it stops.")
+@click.option("--collective-timeout", type=click.FloatRange(0, 86400), default=0, show_default=True, metavar="SECONDS",
+              help="Stop when a step's all-reduce waits this long for a worker that is alive but stuck (0: no limit; "
+                   "a dead or frozen worker is noticed anyway, in seconds). For debugging hangs: TensorFlow keeps a "
+                   "thread per all-reduce for this long.")
+def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_epochs, batch_size, lr, dropout,
+          label_smoothing, qat_lr, qat_distill, limit_train, limit_test, val_fraction, io_type, target, class_maps, head,
+          data_cache, memory_budget_gb, seed, deterministic, resume, workers, worker_index, worker_timeout,
+          collective_timeout) -> None:
+    """Train NiN, fine-tune it with QAT, convert to int8 TFLite and evaluate: one run folder.
+
+    On several machines the batch size is global (each of N workers takes batch / N per step, the
+    gradients are averaged), so the same --batch-size and --lr give the same training as on one."""
+    from pipeline.stages.orchestrator import build as build_run
+    from pipeline.stages.cluster import from_env, tf_config
+
+    if target == "edgetpu" and io_type == "int8":
+        raise click.BadParameter("--target edgetpu takes uint8 input and output; leave out --io-type int8", param_hint="--io-type")
+    if (workers is None) != (worker_index is None):
+        raise click.UsageError("--workers and --worker-index go together: the same --workers on every machine, "
+                               "each with its own --worker-index (0 is the chief)")
+    if workers is not None:
+        os.environ["TF_CONFIG"] = tf_config(workers, worker_index)
+    cluster = from_env()
+    overrides = {k: v for k, v in dict(width=width, input_size=input_size, epochs=epochs, qat_epochs=qat_epochs,
+                                        batch_size=batch_size, lr=lr, dropout=dropout, label_smoothing=label_smoothing,
+                                        qat_lr=qat_lr, qat_distill=qat_distill, limit_train=limit_train,
+                                        limit_test=limit_test, deterministic=deterministic, head=head).items() if v is not None}
+    run = build_run(dataset=dataset, data_dir=data_dir, out=out, profile=profile, arch=arch, overrides=overrides,
+                    val_fraction=val_fraction, io_type=io_type, target=target, class_maps=class_maps, seed=seed,
+                    resume=resume, data_cache=data_cache, memory_budget_gb=memory_budget_gb, workers=cluster,
+                    worker_timeout=worker_timeout, collective_timeout=collective_timeout)
+    click.echo(f"run folder: {run.root}" if cluster is None or cluster.is_chief else
+               f"{cluster.describe()}: done; the chief writes the run folder {run.root}")
+    if (cluster is None or cluster.is_chief) and (run.root / "report.html").is_file():
+        click.echo(f"report: {run.root / 'report.html'}\n"
+                   f"next: edge-app run {run.root} --source 0     (on this machine's camera; --source FILE|FOLDER too)\n"
+                   f"      nin-pipeline package {run.root}     (a bundle to copy to the device)")
+
+
+STAGE_HELP = {
+    "train": "Redo (or resume) float training in RUN_DIR, then QAT, conversion and evaluation.",
+    "qat": "Redo quantisation-aware fine-tuning in RUN_DIR, then conversion and evaluation.",
+    "convert": "Redo the TFLite conversion in RUN_DIR, then the evaluation.",
+}
+
+
+def _stage_command(name: str) -> None:
+    params = [click.Argument(["run_dir"], type=RUN_DIR)]
+    if name == "convert":
+        params.append(click.Option(["--target"], type=click.Choice(TARGETS), default=None,
+                                   help="Convert for this target from now on (edgetpu: uint8 I/O, check, compile). "
+                                        "Default: the run's own."))
+
+    def callback(run_dir: Path, target: str | None = None) -> None:
+        from pipeline.stages.orchestrator import redo_stage
+
+        run = redo_stage(run_dir, name, target)
+        click.echo(f"run folder: {run.root}")
+
+    cli.add_command(click.Command(name, callback=callback, params=params, help=STAGE_HELP[name]))
+
+
+for _name in STAGES[:3]:
+    _stage_command(_name)
+
+
+@cli.command()
+@click.argument("run_dir", type=RUN_DIR)
+@click.option("--rerun", is_flag=True, help="Run every model on the test split again instead of reusing predictions.npz.")
+@click.option("--no-latency", is_flag=True, help="Skip the latency measurement.")
+def report(run_dir: Path, rerun: bool, no_latency: bool) -> None:
+    """(Re)write report.json, report.md, report.html and the plots of RUN_DIR."""
+    from pipeline.stages.orchestrator import rewrite_report
+
+    click.echo(f"report: {rewrite_report(run_dir, rerun=rerun, latency=not no_latency)}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--dataset", type=click.Choice(DATASETS), default=None,
+              help="Default: a run folder's own dataset, else cifar10.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, envvar="NIN_DATA_DIR",
+              help="Default: a run folder's own data directory.")
+@click.option("--limit-test", type=POSITIVE_INT, default=None, help="Stratified test subset (the same images as `build --limit-test`).")
+@click.option("--threads", type=POSITIVE_INT, default=None, help="TFLite threads (default: the cores this process may use).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the figures to this JSON file.")
+def evaluate(model: Path, dataset: str, data_dir: Path | None, limit_test: int | None, threads: int | None,
+             json_out: Path | None) -> None:
+    """Test-split accuracy of any classification MODEL (.tflite, .keras, .h5, or a run folder's int8 model) on a dataset."""
+    from pipeline.report.predict import evaluate_model
+
+    if model.is_dir() and (model / "config.json").is_file():  # a run folder: its own data unless told otherwise
+        from pipeline.runs.folder import RunFolder
+
+        cfg = RunFolder.open(model).load_config()
+        dataset = dataset or cfg.data.dataset
+        if data_dir is None and cfg.data.data_dir:
+            data_dir = Path(cfg.data.data_dir)
+    dataset = dataset or "cifar10"
+
+    res = evaluate_model(model, dataset, data_dir, limit_test=limit_test, threads=threads)
+    top5 = f", top-5 {100 * res['top5']:.2f}%" if res["top5"] is not None else ""
+    click.echo(f"{model.name} on {dataset} test ({res['images']:,} images): top-1 {100 * res['top1']:.2f}%{top5} "
+               f"({res['seconds']:.1f} s, {res['images_per_second']:.0f} images/s)")
+    if json_out:
+        _write_text(json_out, json.dumps(res, indent=2) + "\n")
+
+
+@cli.group()
+def edgetpu() -> None:
+    """Coral Edge TPU: check any .tflite against its rules; compile with edgetpu_compiler."""
+
+
+@edgetpu.command(name="check")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the verdicts as JSON.")
+@click.option("--strict", is_flag=True, help="Exit 1 unless every operation would run on the Edge TPU.")
+def edgetpu_check(model: Path, json_out: Path | None, strict: bool) -> None:
+    """Say, op by op, what of MODEL (a .tflite or a run folder) would run on the Edge TPU. No compiler needed."""
+    from pipeline.export.edgetpu import format_check
+    from pipeline.report.records import edgetpu_check as check
+
+    result = check(model)
+    click.echo("\n".join(format_check(result)))
+    if json_out:
+        _write_text(json_out, json.dumps(result.to_dict(), indent=2) + "\n")
+    if strict and not result.fully_mapped:
+        raise click.ClickException(f"{result.on_tpu} of {len(result.ops)} operations would run on the Edge TPU (--strict)")
+
+
+@edgetpu.command(name="compile")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where <name>_edgetpu.tflite goes (default: beside the model).")
+@click.option("--compiler", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Path of edgetpu_compiler (default: found on PATH).")
+@click.option("--timeout", type=click.FloatRange(1, 36000), default=600, show_default=True, help="Seconds.")
+def edgetpu_compile(model: Path, out_dir: Path | None, compiler: Path | None, timeout: float) -> None:
+    """Compile MODEL (a .tflite or a run folder's model_int8.tflite) with edgetpu_compiler (x86-64 Linux only)."""
+    from pipeline.report.records import edgetpu_compile as compile_
+
+    result = compile_(model, out_dir, compiler=str(compiler) if compiler else None, timeout=timeout)
+    click.echo(f"edgetpu_compiler {result.compiler_version}: {result.ops_on_tpu} of {result.ops_total} operations mapped "
+               f"to the Edge TPU ({result.subgraphs} subgraph(s)) in {result.seconds:.1f} s -> {result.output}")
+
+
+@cli.command(name="check-target")
+@click.argument("model", type=click.Path(exists=True, path_type=Path))
+@click.option("--runtime", "runtimes", multiple=True, metavar="NAME", callback=target_names,
+              help="A target runtime, e.g. tflite-runtime==2.14.0 (repeatable; default: every one with an op table). "
+                   "ai-edge-litert and tflite-runtime are loaded wherever installed; TensorFlow's only when named.")
+@click.option("--python", "pythons", multiple=True, type=click.Path(exists=True, dir_okay=False), metavar="PY",
+              help="Also load the model in the runtimes another Python has (e.g. a venv with tflite-runtime 2.14).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def check_target(model: Path, runtimes: tuple[str, ...], pythons: tuple[str, ...], json_out: Path | None) -> None:
+    """Will MODEL (a run folder or a .tflite) load on the target runtimes? Every op with its version, per
+    runtime: loaded where installed, from the release's op table where not; and the Edge TPU's mapping.
+    A run folder records it (target.json, the report). Exit status 3: a target will not load it."""
+    from edge_app.checks.targets import format_check
+
+    from pipeline.report.records import target_check
+
+    r = target_check(model, runtimes, pythons)
+    click.echo("\n".join([*format_check(r), f"Edge TPU (Coral's rules, no compiler): {r['edgetpu']['verdict']}"]))
+    if json_out:
+        _write_text(json_out, json.dumps(r, indent=2) + "\n")
+    if any(t["loads"] is False for t in r["targets"]):
+        raise SystemExit(3)
+
+
+@cli.command()
+@click.argument("run_dir", type=RUN_DIR)
+@click.option("--writer-python", type=click.Path(exists=True, dir_okay=False), default=None, envvar="NIN_METADATA_PYTHON",
+              help="A Python with mediapipe 0.10.21 (its metadata writer and ImageClassifier; env NIN_METADATA_PYTHON).")
+@click.option("--check", "check_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Classify these images (a folder, searched recursively) with MediaPipe and with edge_app, and compare.")
+@click.option("--task-python", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --check: also classify with the TFLite Task Library in this Python (tflite-support 0.4.4).")
+@click.option("--limit", type=POSITIVE_INT, default=50, show_default=True, help="At most this many check images.")
+def clients(run_dir: Path, writer_python: str | None, check_dir: Path | None, task_python: str | None, limit: int) -> None:
+    """The model for MediaPipe Tasks' ImageClassifier and the TFLite Task Library: scores only, uint8 I/O,
+    TFLite Metadata (labels, normalisation) -> model_uint8_metadata.tflite and clients.json in RUN_DIR."""
+    from pipeline.report.clients import CLIENTS_TFLITE, build_clients_model
+
+    images = sorted(p for p in check_dir.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:limit] if check_dir else []
+    if check_dir and not images:
+        raise click.BadParameter(f"no .jpg or .png images in {check_dir}", param_hint="--check")
+    if task_python and not check_dir:
+        raise click.UsageError("--task-python goes with --check DIR")
+    r = build_clients_model(run_dir, writer_python, images, task_python)
+    click.echo(f"{run_dir / CLIENTS_TFLITE} ({r['bytes']:,} bytes): uint8 input, scores only, metadata by {r['writer']}")
+    c = r.get("check")
+    if c:
+        same = {k.removesuffix("_same_top1"): v for k, v in c.items() if k.endswith("_same_top1")}
+        click.echo(f"same top-1 as edge_app on the same file, of {c['images']} image(s): "
+                   + ", ".join(f"{k} {v}" for k, v in same.items())
+                   + "".join(f"; edge_app on {k[len('same_top1_as_'):]}: {v}" for k, v in c.items() if k.startswith("same_top1_as_")))
+        if any(v != c["images"] for v in same.values()):
+            raise SystemExit(3)
+
+
+@cli.command()
+@click.argument("run_dir", type=RUN_DIR)
+@click.option("--out", "out_dir", type=RUN_DIR, default=Path("dist"), show_default=True, help="Folder for the .tar.gz.")
+@click.option("--wheel", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Use this nin_pipeline wheel instead of building one from the source tree.")
+def package(run_dir: Path, out_dir: Path, wheel: Path | None) -> None:
+    """Bundle RUN_DIR's int8 model for a device: wheel, model, launcher, systemd unit, README (.tar.gz)."""
+    from pipeline.export.bundle import package_run
+
+    archive = package_run(run_dir, out_dir, wheel=wheel)
+    click.echo(f"bundle: {archive} ({archive.stat().st_size:,} bytes). On the device: tar xzf {archive.name} && "
+               f"cd {archive.name[:-7]} && ./install.sh && ./run.sh --max-frames 10")
+
+
+from pipeline.cli import choose  # noqa: E402  (the commands for choosing a model: compare, describe, sweep)
+
+choose.register(cli)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,420 @@
+"""Image trees: ``train/<class>/*`` and ``test/<class>/*`` in a folder or a tarball (one wrapper
+folder allowed). The class folders, sorted, are the labels.
+
+A tree is first *listed* (``list_tree``: names and labels, and a fingerprint of the content —
+every file's path, size and mtime — that keys the caches), then decoded one of two ways:
+
+* into a *store*, one uint8 array ``[images, H, W, C]`` of every listed image (train, then
+  test), written once to the cache as a raw file (``decode_to_store``). ``--data-cache memory``
+  reads it into RAM (one copy of the pixels); ``--data-cache disk`` reads rows from it as they
+  are needed (``DiskStore``; the OS page cache keeps what it can). Later runs reuse it.
+* not at all ahead of time (``--data-cache none``): each image is decoded when it is read
+  (``decode``, the same function); a checking pass first finds the unreadable files (``find_unreadable``).
+
+Unreadable files are skipped and counted in every mode; decoding is the same function
+everywhere, so every mode sees the same pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from edge_app.fsutil import atomic_write_text
+from edge_app.runtime import usable_cores
+
+from pipeline.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+def looks_like_image_tree(d: Path) -> bool:
+    return d.is_dir() and (d / "train").is_dir() and (d / "test").is_dir()
+
+
+def is_image_tree_source(src: Path) -> bool:
+    if src.is_dir():
+        return looks_like_image_tree(src)
+    if not (src.is_file() and src.name.endswith((".tar.gz", ".tgz", ".tar"))):
+        return False
+    try:
+        with tarfile.open(src) as tf:
+            for m in tf:
+                parts = _tree_parts(m.name)
+                if parts and len(parts) >= 2 and parts[0] in ("train", "test"):  # split/class/...: not
+                    return True  # cifar-100-python/train, a file
+                if m.name.count("/") > 3:
+                    break
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DataError(f"{src} is not a readable archive ({exc}); re-download or re-pack it") from None
+    return False
+
+
+def _tree_parts(name: str) -> list[str] | None:
+    """Path parts from the split folder on ('train', 'cat', 'x.jpg'), allowing one wrapper folder."""
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    if len(parts) >= 1 and parts[0] in ("train", "test"):
+        return parts
+    if len(parts) >= 2 and parts[1] in ("train", "test"):
+        return parts[1:]
+    return None
+
+
+def decode(blob: bytes, size: int | None, gray: bool | None = None) -> np.ndarray:
+    """Decode an image to uint8 HWC: RGB, or one channel for grayscale (``gray=None``: as the file is);
+    centre-crop to a square and resize to ``size`` when given."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(blob)) as im:
+        im.load()
+        if gray is None:
+            gray = im.mode in ("L", "I;16", "I", "1")
+        im = im.convert("L" if gray else "RGB")
+        if size is not None and im.size != (size, size):
+            w, h = im.size
+            s = min(w, h)
+            im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+            im = im.resize((size, size), Image.BILINEAR)
+        arr = np.asarray(im, np.uint8)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+@dataclass(frozen=True)
+class TreeListing:
+    """Every image of a tree, train entries first: ``names`` are file paths (a folder) or member
+    names (an archive); ``y`` their labels; ``n_train`` how many are train."""
+
+    src: Path
+    labels: tuple[str, ...]
+    names: tuple[str, ...]
+    y: np.ndarray
+    n_train: int
+    fingerprint: str
+
+    @property
+    def archive(self) -> bool:
+        return not self.src.is_dir()
+
+    def read(self, i: int) -> bytes:
+        """The bytes of entry ``i`` (folders only: an archive is read in order, see ``blobs``)."""
+        return Path(self.names[i]).read_bytes()
+
+    def blobs(self) -> Iterator[tuple[int, bytes]]:
+        """(entry, bytes) for every entry; an archive is read once, front to back."""
+        if not self.archive:
+            for i in range(len(self.names)):
+                try:
+                    yield i, self.read(i)
+                except OSError:  # vanished, no permission, an I/O error: unreadable, like a corrupt file
+                    yield i, b""
+            return
+        where = {n: i for i, n in enumerate(self.names)}
+        try:
+            with tarfile.open(self.src) as tf:
+                for m in tf:
+                    i = where.pop(m.name, None)  # pop: a repeated name (left out of the listing) fills nothing
+                    fh = tf.extractfile(m) if i is not None else None
+                    if fh is not None:
+                        yield i, fh.read()
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise DataError(f"{self.src} is corrupt or truncated ({exc})", "re-pack or re-download it") from None
+
+
+def list_tree(src: Path) -> TreeListing:
+    """List an image tree (no decoding; an archive is read once). Raises DataError for a tree without
+    classes or whose train and test class folders differ."""
+    classes, found = _scan(src)
+    train_c, test_c = classes["train"], classes["test"]
+    if not train_c:
+        raise DataError(f"{src}: train/ holds no class folders", "it needs train/<class>/<image>")
+    if len(train_c) < 2:
+        raise DataError(f"{src}: only one class ({sorted(train_c)[0]}): a classifier needs at least 2 (it would score "
+                        "100% by answering that class every time)", "add a folder for each other class under train/ and test/, "
+                        "e.g. a 'background' class of images without the object")
+    odd = sorted(c for c in train_c | test_c if any(ch in c for ch in "\n\r\t") or not c.isprintable())
+    if odd:
+        raise DataError(f"{src}: class folder name(s) {odd!r} hold line breaks or control characters (labels.txt has "
+                        "one class per line)", "rename those folders")
+    if train_c != test_c:
+        raise DataError(f"{src}: train and test class folders differ (only in train: {sorted(train_c - test_c) or '-'}; "
+                        f"only in test: {sorted(test_c - train_c) or '-'})", "every class needs a folder in both")
+    labels = tuple(sorted(train_c))
+    index = {c: i for i, c in enumerate(labels)}
+    entries: dict[str, list[tuple[str, int]]] = {"train": [], "test": []}
+    h = hashlib.sha256(f"{src.resolve()}|v2".encode())
+    for split, cls, name, size, mtime in found:
+        entries[split].append((name, index[cls]))
+        h.update(f"|{name}|{size}|{mtime}".encode())
+    if not src.is_dir():
+        st = src.stat()
+        h.update(f"|{st.st_size}|{st.st_mtime_ns}".encode())
+    rows = entries["train"] + entries["test"]
+    return TreeListing(src, labels, tuple(n for n, _ in rows), np.asarray([c for _, c in rows], np.int64),
+                       len(entries["train"]), h.hexdigest()[:16])
+
+
+def _scan(src: Path) -> tuple[dict[str, set[str]], list[tuple[str, str, str, int, int]]]:
+    """The class folders per split (empty ones included) and (split, class, name, size, mtime) of every
+    image-looking file, without reading any; an archive in one pass. An archive member that repeats
+    an earlier name (``tar -r``) is left out: names must say which image is which."""
+    classes: dict[str, set[str]] = {"train": set(), "test": set()}
+    found: list[tuple[str, str, str, int, int]] = []
+    if src.is_dir():
+        for split in ("train", "test"):
+            for cls_dir in sorted(p for p in (src / split).iterdir() if p.is_dir()):
+                classes[split].add(cls_dir.name)
+                for f in sorted(cls_dir.iterdir()):
+                    if f.suffix.lower() in IMAGE_EXTS and f.is_file():
+                        st = f.stat()
+                        found.append((split, cls_dir.name, str(f), st.st_size, st.st_mtime_ns))
+        return classes, found
+    seen: set[str] = set()
+    unsafe: list[str] = []
+    try:
+        with tarfile.open(src) as tf:
+            for m in tf:
+                # nothing is extracted, but a link or a path leaving the tree (/, ../) is no image of it
+                if m.issym() or m.islnk() or m.name.startswith("/") or ".." in Path(m.name).parts:
+                    unsafe.append(m.name)
+                    continue
+                parts = _tree_parts(m.name)
+                if not parts or len(parts) < 2:
+                    continue
+                if m.isdir() or len(parts) == 3:
+                    classes[parts[0]].add(parts[1])
+                if len(parts) == 3 and m.isfile() and Path(parts[2]).suffix.lower() in IMAGE_EXTS:
+                    if m.name in seen:
+                        log.warning("%s holds %s twice; using the first", src.name, m.name)
+                        continue
+                    seen.add(m.name)
+                    found.append((parts[0], parts[1], m.name, m.size, int(m.mtime)))
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DataError(f"{src} is corrupt or truncated ({exc})", "re-pack or re-download it") from None
+    if unsafe:
+        log.warning("%s: left out %d member(s) that are links or paths outside the tree (e.g. %s): images must be "
+                    "regular files inside it", src.name, len(unsafe), ", ".join(map(repr, unsafe[:3])))
+    return classes, found
+
+
+# --------------------------------------------------------------------------- the decoded store
+
+@dataclass(frozen=True)
+class StoreInfo:
+    shape: tuple[int, int, int, int]  # images, H, W, C
+    unreadable: tuple[int, ...]  # entries that could not be decoded (their slot is left black)
+
+
+def probe(listing: TreeListing, size: int | None) -> tuple[int, int, int]:
+    """The (H, W, C) every decoded image gets: ``size`` (or the first readable image's own size), and
+    one channel only if the first readable image of every class is grayscale (a tree that mixes
+    colour in becomes RGB), else three."""
+    first: dict[int, np.ndarray] = {}
+    for i, blob in listing.blobs():
+        if int(listing.y[i]) in first:
+            continue
+        try:
+            first[int(listing.y[i])] = decode(blob, size)
+        except Exception:  # noqa: BLE001  (Pillow raises many kinds for a bad file)
+            continue
+        if len(first) == len(listing.labels) or first[int(listing.y[i])].shape[-1] == 3:
+            break
+    if not first:
+        raise DataError(f"{listing.src}: no readable image", "check the files, or pass another --data-dir")
+    h, w, _ = next(iter(first.values())).shape
+    return h, w, (1 if all(img.shape[-1] == 1 for img in first.values()) else 3)
+
+
+def _decode_all(listing: TreeListing, size: int | None, hwc: tuple[int, int, int], out: np.ndarray,
+                progress: bool) -> list[int]:
+    """Decode every entry into ``out`` (an array or a writable DiskStore), in parallel threads (Pillow releases
+    the GIL while it decodes). Returns the unreadable entries."""
+    from pipeline.progress import progress as bar
+
+    gray = hwc[2] == 1
+    bad: list[int] = []
+    mismatched: list[tuple[str, tuple]] = []
+
+    def work(item: tuple[int, bytes]) -> None:
+        i, blob = item
+        try:
+            img = decode(blob, size, gray)
+        except Exception:  # noqa: BLE001  (a corrupt file: skip and count it)
+            bad.append(i)
+            return
+        if img.shape != hwc:
+            mismatched.append((listing.names[i], img.shape))
+            return
+        out[i] = img
+
+    with ThreadPoolExecutor(max_workers=usable_cores()) as pool:
+        window = []
+        for item in bar(listing.blobs(), total=len(listing.names), desc=f"decoding {listing.src.name}",
+                        disable=not progress):
+            window.append(pool.submit(work, item))
+            if len(window) >= 256:  # bounded: a tree larger than memory never piles up in the queue
+                for f in window:
+                    f.result()
+                window = []
+                if mismatched:  # say so now, not after decoding the rest of a large tree
+                    break
+        for f in window:
+            f.result()
+    if mismatched:
+        name, shape = mismatched[0]
+        raise DataError(f"{listing.src}: images have different sizes ({Path(name).name} is {shape[1]}x{shape[0]}, "
+                        f"the first is {hwc[1]}x{hwc[0]})", "pass --input-size N to resize them")
+    return sorted(bad)
+
+
+def decode_to_store(listing: TreeListing, size: int | None, cache_dir: Path, *, in_memory: bool,
+                    progress: bool = True, hwc: tuple[int, int, int] | None = None) -> tuple[np.ndarray | DiskStore, StoreInfo]:
+    """Every image of the tree decoded into one uint8 ``[images, H, W, C]`` store, cached as
+    ``cache_dir/<name>-<key>.u8`` (written under a temporary name, then renamed; its ``.json`` says
+    what it holds). ``in_memory``: the store is an array in RAM (decoded straight into it, or read
+    back from the cache); else a :class:`DiskStore` on the cache file, decoded into it with
+    ``pwrite`` — neither way maps the file, so this process's memory does not grow with the tree."""
+    key = hashlib.sha256(f"{listing.fingerprint}|{size}".encode()).hexdigest()[:16]
+    data = cache_dir / f"{listing.src.name.split('.')[0]}-{key}.u8"
+    meta = data.with_suffix(".json")
+    info = _read_meta(meta, data)
+    if info is not None:
+        return (np.fromfile(data, np.uint8).reshape(info.shape) if in_memory else DiskStore(data, info.shape)), info
+    hwc = probe(listing, size) if hwc is None else hwc  # the caller may have probed already (it reads the tree)
+    shape = (len(listing.names), *hwc)
+    tmp = data.with_name(f".{data.name}.{os.getpid()}.tmp")
+    if in_memory:
+        store = np.zeros(shape, np.uint8)
+        bad = _decode_all(listing, size, hwc, store, progress)
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            store.tofile(tmp)
+            os.replace(tmp, data)
+        except OSError as exc:
+            log.warning("could not write the decoded-image cache in %s (%s); continuing without it", cache_dir, exc)
+            return store, StoreInfo(shape, tuple(bad))
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    else:
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                fh.truncate(int(np.prod(shape)))
+            writer = DiskStore(tmp, shape, writable=True)
+            try:
+                bad = _decode_all(listing, size, hwc, writer, progress)
+            finally:
+                writer.close()
+            os.replace(tmp, data)
+        except OSError as exc:
+            raise DataError(f"cannot write the decoded-image cache in {cache_dir} ({exc.strerror or exc})",
+                            "set NIN_CACHE_DIR to a writable folder with room, or use --data-cache memory") from None
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        store = DiskStore(data, shape)
+    info = StoreInfo(shape, tuple(bad))
+    try:
+        atomic_write_text(meta, json.dumps({"shape": list(shape), "unreadable": list(bad), "src": str(listing.src)}) + "\n")
+    except OSError as exc:  # the images are decoded: go on; the next run decodes again
+        log.warning("could not record the decoded-image cache %s (%s); it will be decoded again next time", meta, exc)
+    return store, info
+
+
+class DiskStore:
+    """The decoded-image cache file as a read-only ``[images, H, W, C]`` uint8 array-like: rows are
+    copied in with ``preadv`` (never mapped, so they do not count against this process's memory;
+    the OS page cache keeps what it can). ``writable``: rows are written with ``pwrite``."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], writable: bool = False) -> None:
+        self.path, self.shape = Path(path), tuple(int(v) for v in shape)
+        self.row = int(np.prod(self.shape[1:]))
+        self._fd = -1
+        self._fd = os.open(self.path, os.O_RDWR if writable else os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, np.int64)
+        flat = rows.reshape(-1)
+        out = np.empty((len(flat), *self.shape[1:]), np.uint8)
+        for k, r in enumerate(flat):
+            if os.preadv(self._fd, [memoryview(out[k]).cast("B")], int(r) * self.row) != self.row:
+                raise DataError(f"{self.path} is shorter than its index says", "delete it; it is decoded again")
+        return out.reshape(*rows.shape, *self.shape[1:])
+
+    def __setitem__(self, row: int, img: np.ndarray) -> None:
+        os.pwrite(self._fd, np.ascontiguousarray(img, np.uint8).tobytes(), int(row) * self.row)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _read_meta(meta: Path, data: Path) -> StoreInfo | None:
+    if not (meta.is_file() and data.is_file()):
+        return None
+    try:
+        d = json.loads(meta.read_text())
+        info = StoreInfo(tuple(int(v) for v in d["shape"]), tuple(int(v) for v in d["unreadable"]))  # type: ignore[arg-type]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if data.stat().st_size != int(np.prod(info.shape)):
+        log.warning("decoded-image cache %s is incomplete; decoding again", data)
+        return None
+    return info
+
+
+def find_unreadable(listing: TreeListing, size: int | None, hwc: tuple[int, int, int], cache_dir: Path,
+                    progress: bool = True) -> tuple[int, ...]:
+    """The entries that cannot be decoded, found by decoding each once (for --data-cache none, which
+    decodes while training); remembered in the cache by the tree's fingerprint. An image of another
+    size than ``hwc`` (without --input-size) is an error, as when decoding into the store."""
+    from pipeline.progress import progress as progress_bar
+
+    memo = cache_dir / f"{listing.src.name.split('.')[0]}-{listing.fingerprint}-{size}-unreadable.json"
+    try:
+        return tuple(json.loads(memo.read_text()))
+    except (OSError, ValueError):
+        pass
+    gray = hwc[2] == 1
+
+    def check(i: int) -> tuple[int, tuple | None]:
+        try:
+            return i, decode(listing.read(i), size, gray).shape
+        except Exception:  # noqa: BLE001  (a corrupt file: skip and count it)
+            return i, None
+
+    shapes: list[tuple[int, tuple | None]] = []
+    with ThreadPoolExecutor(max_workers=usable_cores()) as pool, \
+            progress_bar(total=len(listing.names), desc=f"checking {listing.src.name}", disable=not progress) as bar:
+        for start in range(0, len(listing.names), 1024):  # bounded, as in _decode_all
+            shapes += pool.map(check, range(start, min(start + 1024, len(listing.names))))
+            bar.update(len(shapes) - bar.n)
+    other = [(i, shape) for i, shape in shapes if shape is not None and shape != tuple(hwc)]
+    if other:
+        i, shape = other[0]
+        raise DataError(f"{listing.src}: images have different sizes ({Path(listing.names[i]).name} is "
+                        f"{shape[1]}x{shape[0]}, the first is {hwc[1]}x{hwc[0]})", "pass --input-size N to resize them")
+    bad = tuple(i for i, shape in shapes if shape is None)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(memo, json.dumps(list(bad)))
+    except OSError:
+        pass
+    return bad
