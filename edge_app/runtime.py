@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from edge_app.errors import DelegateError, ModelLoadError, RuntimeNotFound
+from edge_app.contract.sidecar import PIXEL_SCALE
 
 RUNTIMES = ("ai-edge-litert", "tflite-runtime", "tensorflow")
 DELEGATES = ("cpu", "edgetpu", "gpu", "nnapi")
@@ -214,7 +215,7 @@ class Classifier:
         self,
         model_path: str | os.PathLike,
         *,
-        pixel_scale: float = 1.0 / 255.0,
+        pixel_scale: float = PIXEL_SCALE,
         mean: tuple[float, ...] = (0.0,),
         std: tuple[float, ...] = (1.0,),
         output_kind: str = "probabilities",

@@ -126,7 +126,7 @@ def make_edge_model(folder: Path, seed: int = 0) -> Path:
     from edge_app.contract.sidecar import write_sidecar
     from pipeline.export.convert import describe_tflite, to_tflite_float, to_tflite_int8, training_input_stats
     from pipeline.models.nin import ModelConfig, build_model, with_class_maps
-    from pipeline.runs.folder import FLOAT_TFLITE
+    from edge_app.contract.files import FLOAT_TFLITE
 
     folder.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(seed)

@@ -87,7 +87,8 @@ def test_batch_sizes_must_split_over_the_replicas():
 def test_a_worker_starts_from_the_chiefs_finished_stages(fast_run):
     """A non-chief worker's own folder is temporary; it copies the chief's finished float model so
     that a resumed build runs the same stages on every worker."""
-    from pipeline.runs.folder import FLOAT_KERAS, QAT_WEIGHTS, RunFolder
+    from edge_app.contract.files import FLOAT_KERAS, QAT_WEIGHTS
+    from pipeline.runs.folder import RunFolder
 
     chief = RunFolder.open(fast_run)
     cfg = chief.load_config()

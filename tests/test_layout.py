@@ -14,20 +14,25 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "edge_app")
 
 # The layers, in the order data flows: a module may import from its own layer and earlier ones.
-# A name not listed (a top-level module: errors, progress, runtime, ...) is layer 0.
+# Each top-level module or sub-package is named once; a new one must be placed here.
 LAYERS = {
-    "pipeline": ["data", "models", "train", "export", "runs", "report", "stages", "choose", "cli", "__main__"],
-    "edge_app": ["contract frames", "model", "checks", "camera", "measure", "cli", "__main__"],
+    "pipeline": ["errors progress", "data", "models", "train", "export", "runs", "report", "stages", "choose",
+                 "cli __main__"],
+    # the contract (run-folder files, sidecar) is the device side's base: the runtime takes its defaults from it
+    "edge_app": ["errors fsutil quiet subpython health contract runtime", "frames", "model", "checks", "camera",
+                 "measure", "cli __main__"],
 }
 
 
 def _layer(module: str) -> int:
     pkg, _, rest = module.partition(".")
+    if not rest:
+        return 0  # the package's own __init__
     first = rest.split(".")[0]
-    for rank, names in enumerate(LAYERS[pkg], start=1):
+    for rank, names in enumerate(LAYERS[pkg]):
         if first in names.split():
             return rank
-    return 0
+    raise AssertionError(f"{module}: place {pkg}.{first} in tests/test_layout.py's LAYERS")
 
 
 def _modules() -> dict[str, Path]:
@@ -100,7 +105,8 @@ def test_the_walker_sees_imports_inside_functions(tmp_path):
 
 def test_the_layers_read_in_data_order():
     assert _layer("pipeline.errors") == 0 < _layer("pipeline.data.splits") < _layer("pipeline.cli.main")
-    assert _layer("edge_app.contract.sidecar") == _layer("edge_app.frames.sources") < _layer("edge_app.camera.loop")
+    assert _layer("edge_app.contract.sidecar") == _layer("edge_app.runtime") < _layer("edge_app.frames.sources")
+    assert _layer("edge_app.frames.sources") < _layer("edge_app.camera.loop") < _layer("edge_app.cli.main")
 
 
 def test_no_import_cycle():

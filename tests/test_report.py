@@ -250,7 +250,8 @@ def test_compare_and_bad_report_folders(fast_run, tmp_path):
 
 
 def test_unreadable_optional_records_are_left_out(tmp_path, caplog):
-    from pipeline.runs.folder import EDGETPU_JSON, LAYER_ERRORS_JSON, RunFolder
+    from edge_app.contract.files import EDGETPU_JSON, LAYER_ERRORS_JSON
+    from pipeline.runs.folder import RunFolder
 
     run = RunFolder(tmp_path)
     assert run.read_layer_errors() == {} and run.read_edgetpu() == {}  # absent

@@ -19,7 +19,7 @@ from edge_app import __version__
 from edge_app.cli.checks import check_input_cmd, check_target_cmd
 from edge_app.cli.common import MODEL_FIELDS, ModelChoice, bundle, model_anywhere, one_line, open_text, runtime_options, write_text
 from edge_app.errors import EdgeAppError, stop_on_sigterm
-from edge_app.measure.evaluate import EVAL_JSON
+from edge_app.contract.files import EVAL_JSON
 from edge_app.frames.geometry import RESIZE_MODES
 from edge_app.camera.loop import LoopOptions
 from edge_app.quiet import VerboseGroup, is_verbose

@@ -28,6 +28,12 @@ from edge_app.contract.files import SIDECAR_NAME
 
 SCHEMA_VERSION = 1
 
+# The models this project builds see pixels scaled to 0..1. The training side divides by PIXEL_RANGE
+# rather than multiplying by PIXEL_SCALE: the float32 inputs then stay bit-identical to the ones the
+# models were always trained and calibrated on.
+PIXEL_RANGE = 255.0
+PIXEL_SCALE = 1.0 / PIXEL_RANGE
+
 _DTYPES = {"int8", "uint8", "float32"}
 _OUTPUT_KINDS = {"probabilities", "logits", "class_maps"}
 _COLOR_ORDERS = {"RGB", "BGR", "GRAY"}
@@ -50,7 +56,7 @@ class InputSpec:
     dtype: str  # int8 | uint8 | float32
     layout: str = "NHWC"
     color_order: str = "RGB"  # RGB | BGR | GRAY
-    pixel_scale: float = 1.0 / 255.0
+    pixel_scale: float = PIXEL_SCALE
     value_range: tuple[float, float] = (0.0, 1.0)
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)

@@ -48,10 +48,6 @@ def measured_on(model: LoadedModel, threads: int | None) -> dict[str, Any]:
             "runtime": model.classifier.runtime, "delegate": model.delegate, "threads": threads or usable_cores()}
 
 
-# The models of a run folder, in the order a table shows them (the float model and the PTQ one are the
-# training side's comparisons; the Edge TPU-compiled one runs only with the edgetpu delegate).
-RUN_MODELS = (("float32", "model_float32.tflite"), ("QAT int8", "model_int8.tflite"),
-              ("PTQ int8", "model_int8_ptq.tflite"), ("Edge TPU int8", "model_int8_edgetpu.tflite"))
 
 
 def bench_all(folder, *, runs: int = 100, delegates: tuple[str, ...] = ("cpu", "edgetpu", "gpu", "nnapi"),
@@ -66,7 +62,9 @@ def bench_all(folder, *, runs: int = 100, delegates: tuple[str, ...] = ("cpu", "
     from edge_app.measure.evaluate import labelled_images
     from edge_app.frames.geometry import fit_to_input
     from edge_app.model import LoadedModel, check_checksum, read_labels
-    from edge_app.contract.files import INT8_TFLITE, LABELS_TXT, SIDECAR_NAME
+    # the run folder's models in the order a table shows them (the float model and the PTQ one are the
+    # training side's comparisons; the Edge TPU-compiled one runs only with the edgetpu delegate)
+    from edge_app.contract.files import EDGETPU_INT8, INT8_TFLITE, LABELS_TXT, MODEL_VARIANTS, QAT_INT8, SIDECAR_NAME
     from edge_app.runtime import RUNTIMES, Classifier, interpreter_class, make_delegate, usable_cores
     from edge_app.contract.sidecar import read_sidecar
     from edge_app.frames.sources import SyntheticSource
@@ -85,10 +83,10 @@ def bench_all(folder, *, runs: int = 100, delegates: tuple[str, ...] = ("cpu", "
             raise EdgeAppError(f"--data: {folder} has no model.json or labels.txt, so its classes have no names",
                                "give a run folder from `nin-pipeline build`")
         # checked against the model's own class count (a word count would split "traffic light" in two)
-        first = next((folder / f for _, f in RUN_MODELS if (folder / f).is_file() and f != RUN_MODELS[3][1]), None)
+        first = next((folder / v.file for v in MODEL_VARIANTS if (folder / v.file).is_file() and v != EDGETPU_INT8), None)
         if first is None:
             raise EdgeAppError(f"--data: {folder} has no model that runs on the CPU to count its classes",
-                               "give a run folder with model_int8.tflite (or model.json beside the Edge TPU model)")
+                               f"give a run folder with {INT8_TFLITE} (or {SIDECAR_NAME} beside the Edge TPU model)")
         labels = read_labels(folder / LABELS_TXT, Classifier(first, num_threads=1).num_classes)
     items = labelled_images(Path(data), labels, "--data")[0] if data is not None else None  # said before anything is measured
     installed = []
@@ -101,17 +99,18 @@ def bench_all(folder, *, runs: int = 100, delegates: tuple[str, ...] = ("cpu", "
     cores = max_threads or usable_cores()
     rows: list[dict[str, Any]] = []
     frame = SyntheticSource(640, 480, 1).pool[0]
-    for variant, file in RUN_MODELS:
+    for v in MODEL_VARIANTS:
+        variant, file = v.label, v.file
         path = folder / file
         if not path.is_file():
             continue
         for runtime in installed:
             for delegate in delegates:
-                if (file == "model_int8_edgetpu.tflite") != (delegate == "edgetpu"):
+                if (v == EDGETPU_INT8) != (delegate == "edgetpu"):
                     # the compiled model needs the Edge TPU; the Edge TPU runs only the compiled one
-                    if delegate == "edgetpu" and file == "model_int8.tflite" and not (folder / RUN_MODELS[3][1]).is_file():
-                        rows.append({"model": "Edge TPU int8", "file": RUN_MODELS[3][1], "bytes": 0, "runtime": runtime,
-                                     "delegate": delegate, "threads": cores, "status": "skipped: no model_int8_edgetpu.tflite "
+                    if delegate == "edgetpu" and v == QAT_INT8 and not (folder / EDGETPU_INT8.file).is_file():
+                        rows.append({"model": EDGETPU_INT8.label, "file": EDGETPU_INT8.file, "bytes": 0, "runtime": runtime,
+                                     "delegate": delegate, "threads": cores, "status": f"skipped: no {EDGETPU_INT8.file} "
                                      "(compile one with `nin-pipeline edgetpu compile RUN` on x86-64 Linux)"})
                     continue
                 for threads in (range(1, cores + 1) if delegate == "cpu" else (cores,)):

@@ -20,7 +20,6 @@ from edge_app.model import LoadedModel
 from edge_app.runtime import median_p95
 from edge_app.frames.sources import IMAGE_EXTS, ImageSource
 
-EVAL_JSON = "eval.json"
 
 
 def labelled_images(root: Path, labels: list[str], option: str = "--source") -> tuple[list[tuple[Path, int]], list[str]]:

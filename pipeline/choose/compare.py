@@ -56,13 +56,14 @@ def _device_eval(run_dir: Path, host_top1: float | None) -> dict[str, Any]:
     """``edge-app eval``'s eval.json in the run folder (the model measured on a device): its top-1 beside the host's."""
     import json
 
+    from edge_app.contract.files import RunFiles
     from edge_app.fsutil import sha256_file
 
+    files = RunFiles(Path(run_dir))
     try:
-        d = json.loads((Path(run_dir) / "eval.json").read_text())
+        d = json.loads(files.eval.read_text())
         top1 = float(d["top1"])
-        ours = {sha256_file(Path(run_dir) / n) for n in ("model_int8.tflite", "model_int8_edgetpu.tflite")
-                if (Path(run_dir) / n).is_file()}
+        ours = {sha256_file(p) for p in files.shipped_models()}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
     if d.get("model_sha256") not in ours:  # measured a model this folder no longer holds

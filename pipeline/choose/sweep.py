@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from edge_app.contract.files import INT8_TFLITE, RunFiles
 from pipeline.errors import RunError
 
 log = logging.getLogger("pipeline")
@@ -51,7 +52,7 @@ def finished(folder: Path, expected=None) -> bool:
     from pipeline.runs.config import diff_configs
     from pipeline.runs.folder import STAGES, RunFolder
 
-    if not (folder / "report.json").is_file() or not (folder / "config.json").is_file():
+    if not RunFiles(folder).is_built():
         return False
     try:
         run = RunFolder.open(folder)
@@ -106,12 +107,11 @@ def with_device_latency(recs: list[dict], folders: list[Path], device: dict[str,
     from edge_app.fsutil import sha256_file
 
     # the int8 model, or its Edge TPU-compiled form (what `edge-app bench --delegate edgetpu` runs)
-    sha_of = {sha256_file(f / name): r["run"] for r, f in zip(recs, folders)
-              for name in ("model_int8.tflite", "model_int8_edgetpu.tflite") if (f / name).is_file()}
+    sha_of = {sha256_file(p): r["run"] for r, f in zip(recs, folders) for p in RunFiles(f).shipped_models()}
     unknown = [v["file"] for k, v in device.items() if k not in sha_of]
     if unknown:
         raise RunError(f"--device-latency {', '.join(unknown)}: measured a model that is none of this sweep's "
-                       f"{len(recs)} candidates (by sha256)", "bench the model_int8.tflite files of this sweep's run "
+                       f"{len(recs)} candidates (by sha256)", f"bench the {INT8_TFLITE} files of this sweep's run "
                        "folders (or their Edge TPU models) on the device (a rebuilt model has another sha256)")
     by_run: dict[str, dict] = {}
     for sha, run in sha_of.items():

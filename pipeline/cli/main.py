@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from edge_app.cli.checks import target_names
+from edge_app.contract.files import REPORT_HTML, RunFiles
 from edge_app.quiet import VerboseGroup, is_verbose
 
 from pipeline import __version__
@@ -206,8 +207,8 @@ def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_
                     worker_timeout=worker_timeout, collective_timeout=collective_timeout)
     click.echo(f"run folder: {run.root}" if cluster is None or cluster.is_chief else
                f"{cluster.describe()}: done; the chief writes the run folder {run.root}")
-    if (cluster is None or cluster.is_chief) and (run.root / "report.html").is_file():
-        click.echo(f"report: {run.root / 'report.html'}\n"
+    if (cluster is None or cluster.is_chief) and run.path(REPORT_HTML).is_file():
+        click.echo(f"report: {run.path(REPORT_HTML)}\n"
                    f"next: edge-app run {run.root} --source 0     (on this machine's camera; --source FILE|FOLDER too)\n"
                    f"      nin-pipeline package {run.root}     (a bundle to copy to the device)")
 
@@ -265,7 +266,7 @@ def evaluate(model: Path, dataset: str, data_dir: Path | None, limit_test: int |
     """Test-split accuracy of any classification MODEL (.tflite, .keras, .h5, or a run folder's int8 model) on a dataset."""
     from pipeline.report.predict import evaluate_model
 
-    if model.is_dir() and (model / "config.json").is_file():  # a run folder: its own data unless told otherwise
+    if model.is_dir() and RunFiles(model).config.is_file():  # a run folder: its own data unless told otherwise
         from pipeline.runs.folder import RunFolder
 
         cfg = RunFolder.open(model).load_config()
@@ -357,7 +358,7 @@ def check_target(model: Path, runtimes: tuple[str, ...], pythons: tuple[str, ...
 def clients(run_dir: Path, writer_python: str | None, check_dir: Path | None, task_python: str | None, limit: int) -> None:
     """The model for MediaPipe Tasks' ImageClassifier and the TFLite Task Library: scores only, uint8 I/O,
     TFLite Metadata (labels, normalisation) -> model_uint8_metadata.tflite and clients.json in RUN_DIR."""
-    from pipeline.report.clients import CLIENTS_TFLITE, build_clients_model
+    from pipeline.report.clients import build_clients_model
 
     images = sorted(p for p in check_dir.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:limit] if check_dir else []
     if check_dir and not images:
@@ -365,14 +366,13 @@ def clients(run_dir: Path, writer_python: str | None, check_dir: Path | None, ta
     if task_python and not check_dir:
         raise click.UsageError("--task-python goes with --check DIR")
     r = build_clients_model(run_dir, writer_python, images, task_python)
-    click.echo(f"{run_dir / CLIENTS_TFLITE} ({r['bytes']:,} bytes): uint8 input, scores only, metadata by {r['writer']}")
-    c = r.get("check")
+    click.echo(f"{run_dir / r.file} ({r.bytes:,} bytes): uint8 input, scores only, metadata by {r.writer}")
+    c = r.check
     if c:
-        same = {k.removesuffix("_same_top1"): v for k, v in c.items() if k.endswith("_same_top1")}
-        click.echo(f"same top-1 as edge_app on the same file, of {c['images']} image(s): "
-                   + ", ".join(f"{k} {v}" for k, v in same.items())
-                   + "".join(f"; edge_app on {k[len('same_top1_as_'):]}: {v}" for k, v in c.items() if k.startswith("same_top1_as_")))
-        if any(v != c["images"] for v in same.values()):
+        click.echo(f"same top-1 as edge_app on the same file, of {c.images} image(s): "
+                   + ", ".join(f"{a.client} {a.same_top1}" for a in c.clients)
+                   + (f"; edge_app on {c.reference}: {c.same_top1_as_reference}" if c.reference else ""))
+        if not c.all_agree():
             raise SystemExit(3)
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from pipeline.data.formats import NO_FLIP, RawData, load_raw, nin_cache_dir, resolve_source
 from pipeline.errors import DataError
 from pipeline.data.arrays import FileImages, IndexedImages
+from edge_app.contract.sidecar import PIXEL_RANGE
 
 log = logging.getLogger("pipeline")
 
@@ -229,7 +230,7 @@ def make_dataset(x, y: np.ndarray, batch_size: int, *, training: bool, hflip: bo
         return imgs, tf.gather(labels, pos)
 
     def to_float(imgs, lab):
-        return tf.cast(imgs, tf.float32) / 255.0, lab
+        return tf.cast(imgs, tf.float32) / PIXEL_RANGE, lab
 
     positions = np.arange(n, dtype=np.int64) if shard is None else np.arange(shard[0], n, shard[1], dtype=np.int64)
     ds = tf.data.Dataset.from_tensor_slices(positions)

@@ -230,7 +230,7 @@ def package_run(run_dir: Path, out_dir: Path, *, wheel: Path | None = None, name
     for f in MODEL_FILES:
         if (run_dir / f).is_file():
             files[f"model/{f}"] = (run_dir / f).read_bytes()
-    has_tpu = "model/model_int8_edgetpu.tflite" in files
+    has_tpu = f"model/{EDGETPU_TFLITE}" in files
     files["requirements-edge.txt"] = _edge_requirements().encode()
     files["requirements-tflite-runtime.txt"] = _tflite_runtime_requirements().encode()
     files["install.sh"] = INSTALL_SH.encode()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
+from edge_app.contract.sidecar import PIXEL_RANGE, PIXEL_SCALE
 
 if TYPE_CHECKING:
     from edge_app.contract.sidecar import Sidecar
@@ -107,7 +108,7 @@ def calibrate_qat_ranges(qat_model, float_model, images, batch_size: int = 128) 
     hi = {n: [] for n in names}
     in_lo, in_hi = [], []
     for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].astype(np.float32) / 255.0
+        x = images[start:start + batch_size].astype(np.float32) / PIXEL_RANGE
         outs = probe(x, training=False)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         for n, o in zip(names, outs):
@@ -167,7 +168,7 @@ def to_tflite_int8(model, representative: np.ndarray | None, io_type: str = "int
 
 def _rep_gen(images: np.ndarray) -> Iterable[list[np.ndarray]]:
     for img in images:
-        yield [img[None].astype(np.float32) / 255.0]
+        yield [img[None].astype(np.float32) / PIXEL_RANGE]
 
 
 def describe_tflite(path: Path, labels: tuple[str, ...], *, dataset: str, arch: str, width: float,
@@ -202,7 +203,7 @@ def describe_tflite(path: Path, labels: tuple[str, ...], *, dataset: str, arch: 
         labels=tuple(labels),
         input=InputSpec(
             shape=shape, dtype=np.dtype(i["dtype"]).name, layout="NHWC",
-            color_order="GRAY" if channels == 1 else "RGB", pixel_scale=1.0 / 255.0, value_range=(0.0, 1.0),
+            color_order="GRAY" if channels == 1 else "RGB", pixel_scale=PIXEL_SCALE, value_range=(0.0, 1.0),
             mean=(0.0,) * channels, std=(1.0,) * channels, quant=quant(i),
         ),
         outputs=tuple(outputs),
@@ -219,4 +220,4 @@ def training_input_stats(images: np.ndarray):
     as in :func:`_rep_gen` and the training data pipeline)."""
     from edge_app.checks.inputcheck import measure
 
-    return measure(images, images.astype(np.float32) / 255.0)
+    return measure(images, images.astype(np.float32) / PIXEL_RANGE)

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from edge_app.contract.sidecar import PIXEL_RANGE
 
 log = logging.getLogger("pipeline")
 
@@ -97,7 +98,7 @@ def layer_errors(tflite: str | os.PathLike | bytes, float_model, images: np.ndar
     layers = [n for n in order if n in candidates]
     probe = keras.Model(float_model.inputs, [float_model.get_layer(n).output for n in layers])
 
-    x = images[:max_images].astype(np.float32) / 255.0
+    x = images[:max_images].astype(np.float32) / PIXEL_RANGE
     floats = probe.predict(x, verbose=0, batch_size=32)
     floats = floats if isinstance(floats, list) else [floats]
     sq = {n: 0.0 for n in layers}

@@ -21,15 +21,71 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from edge_app.contract.files import CLIENTS_JSON, CLIENTS_TFLITE, INT8_TFLITE, LABELS_TXT
 from edge_app.subpython import ask
 
 from pipeline.errors import ClientsError
-from pipeline.runs.folder import INT8_TFLITE, LABELS_TXT, RunFolder
+from pipeline.runs.folder import RunFolder
 
-CLIENTS_TFLITE = "model_uint8_metadata.tflite"
-CLIENTS_JSON = "clients.json"
+
+@dataclass(frozen=True)
+class ClientAnswers:
+    """One client's answers for the check images: its own output per image, and how many of its
+    top-1 classes are the ones this project's runtime gives on the same file."""
+
+    client: str  # "mediapipe" or "task_library"
+    answers: list
+    same_top1: int
+
+
+@dataclass(frozen=True)
+class ClientsCheck:
+    """The check images through each client and through edge_app (on the clients' file, and on
+    the run's own int8 model as ``reference``)."""
+
+    images: int
+    edge_app: list[int]
+    clients: tuple[ClientAnswers, ...]
+    reference: str | None = None
+    same_top1_as_reference: int | None = None
+
+    def all_agree(self) -> bool:
+        return all(c.same_top1 == self.images for c in self.clients)
+
+    def to_json(self) -> dict[str, Any]:
+        """clients.json's "check" object, in the keys it has always had."""
+        r: dict[str, Any] = {"images": self.images, "edge_app": self.edge_app}
+        for c in self.clients:
+            r[c.client] = c.answers
+            r[f"{c.client}_same_top1"] = c.same_top1
+        if self.reference is not None:
+            r[f"same_top1_as_{self.reference}"] = self.same_top1_as_reference
+        return r
+
+
+@dataclass(frozen=True)
+class ClientsModel:
+    """What `nin-pipeline clients` made: the file and how it was written, with the check when asked."""
+
+    file: str
+    bytes: int
+    writer: str
+    writer_python: str
+    check: ClientsCheck | None = None
+    described: dict[str, Any] = field(default_factory=lambda: {
+        "input": "uint8 (pixels as they are: scale 1/255, zero point 0)", "outputs": "scores only",
+        "normalisation": {"mean": [0.0], "std": [255.0]}})
+
+    def to_json(self) -> dict[str, Any]:
+        r = {"file": self.file, "bytes": self.bytes, "writer": self.writer, "writer_python": self.writer_python,
+             **self.described}
+        if self.check is not None:
+            r["check"] = self.check.to_json()
+        return r
 WRITER = "mediapipe==0.10.21"
 WRITER_RECIPE = (f"python3.11 -m venv ~/.venvs/nin-metadata && ~/.venvs/nin-metadata/bin/pip install '{WRITER}', then "
                  "--writer-python ~/.venvs/nin-metadata/bin/python (or set NIN_METADATA_PYTHON)")
@@ -130,7 +186,7 @@ def scores_model_uint8(run: RunFolder) -> bytes:
 
 
 def build_clients_model(run_dir: Path, python: str | None = None, check_images: list[Path] = (),
-                        task_python: str | None = None) -> dict:
+                        task_python: str | None = None) -> ClientsModel:
     """Write CLIENTS_TFLITE (with metadata) and CLIENTS_JSON in the run folder; with ``check_images``,
     classify them with MediaPipe's ImageClassifier and with this project's runtime on the same file."""
     import tempfile
@@ -143,18 +199,15 @@ def build_clients_model(run_dir: Path, python: str | None = None, check_images: 
         out = Path(tmp) / CLIENTS_TFLITE
         written = _run(py, _WRITE, [str(bare), str(out), str(run.path(LABELS_TXT))], "writing the metadata")
         run.write_bytes(CLIENTS_TFLITE, out.read_bytes())
-    result = {"file": CLIENTS_TFLITE, "bytes": run.path(CLIENTS_TFLITE).stat().st_size, "writer": written["writer"],
-              "writer_python": py, "input": "uint8 (pixels as they are: scale 1/255, zero point 0)",
-              "outputs": "scores only", "normalisation": {"mean": [0.0], "std": [255.0]}}
-    if check_images:
-        result["check"] = check_in_clients(run.path(CLIENTS_TFLITE), list(check_images), py, task_python,
-                                           reference=run.path(INT8_TFLITE))
-    run.write_json(CLIENTS_JSON, result)
+    check = (check_in_clients(run.path(CLIENTS_TFLITE), list(check_images), py, task_python,
+                              reference=run.path(INT8_TFLITE)) if check_images else None)
+    result = ClientsModel(CLIENTS_TFLITE, run.path(CLIENTS_TFLITE).stat().st_size, written["writer"], py, check)
+    run.write_json(CLIENTS_JSON, result.to_json())
     return result
 
 
 def check_in_clients(model: Path, images: list[Path], python: str, task_python: str | None = None,
-                     reference: Path | None = None) -> dict:
+                     reference: Path | None = None) -> ClientsCheck:
     """The top-1 MediaPipe's ImageClassifier gives for each image (and the Task Library's, with
     ``task_python``, a Python with tflite-support 0.4.4) beside this project's runtime's on the same file
     and on ``reference`` (the run's own int8 model). Images are taken at the model's input size as
@@ -179,7 +232,7 @@ def check_in_clients(model: Path, images: list[Path], python: str, task_python: 
         return [int(np.argmax(clf.predict(fit_to_input(rgb, h, w, c, "stretch")))) for rgb in pixels]
 
     ours = top1(model)
-    r = {"images": len(images), "edge_app": ours}
+    answers = []
     clients = {"mediapipe": (python, _CLASSIFY, None)}
     import tempfile
 
@@ -188,8 +241,8 @@ def check_in_clients(model: Path, images: list[Path], python: str, task_python: 
             clients["task_library"] = (task_python, _CLASSIFY_TASKLIB, _libusb_dir(task_python, Path(libs)))
         for name, (py, code, libusb) in clients.items():
             got = _run(py, code, [str(model), *map(str, images)], f"{name}'s ImageClassifier", libusb=libusb)
-            r[name] = got
-            r[f"{name}_same_top1"] = sum(int(g[0]) == o for g, o in zip(got, ours))
+            answers.append(ClientAnswers(name, got, sum(int(g[0]) == o for g, o in zip(got, ours))))
     if reference is not None and reference.is_file():
-        r["same_top1_as_" + reference.name] = sum(a == b for a, b in zip(top1(reference), ours))
-    return r
+        return ClientsCheck(len(images), ours, tuple(answers), reference.name,
+                            sum(a == b for a, b in zip(top1(reference), ours)))
+    return ClientsCheck(len(images), ours, tuple(answers))

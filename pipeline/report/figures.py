@@ -18,7 +18,8 @@ import numpy as np
 from edge_app.runtime import usable_cores
 
 from pipeline.report.predict import topk
-from pipeline.runs.folder import FLOAT_KERAS, FLOAT_TFLITE, INT8_TFLITE, PTQ_TFLITE, RunFolder, now
+from edge_app.contract.files import FLOAT_KERAS, FLOAT_TFLITE, INT8_TFLITE, PTQ_TFLITE
+from pipeline.runs.folder import RunFolder, now
 
 REPORT_SCHEMA_VERSION = 2
 VARIANTS = ("float_keras", "float_tflite", "ptq_int8", "qat_int8")

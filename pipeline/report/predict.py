@@ -10,11 +10,12 @@ import os
 from pathlib import Path
 
 import numpy as np
+from edge_app.contract.sidecar import PIXEL_RANGE, PIXEL_SCALE
 
 
 def predict_keras(model, x, batch_size: int = 256) -> np.ndarray:
     """Scores of uint8 images ``x`` (an array or a pipeline.data.arrays collection), a batch at a time."""
-    out = [np.asarray(model.predict_on_batch(x[i:i + batch_size].astype(np.float32) / 255.0), np.float32)
+    out = [np.asarray(model.predict_on_batch(x[i:i + batch_size].astype(np.float32) / PIXEL_RANGE), np.float32)
            for i in range(0, len(x), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, int(model.output_shape[-1])), np.float32)
 
@@ -29,7 +30,7 @@ def predict_classifier(clf, x: np.ndarray, *, desc: str = "", progress: bool = T
     return out
 
 
-def predict_tflite(path: str | os.PathLike, x: np.ndarray, *, pixel_scale: float = 1.0 / 255.0,
+def predict_tflite(path: str | os.PathLike, x: np.ndarray, *, pixel_scale: float = PIXEL_SCALE,
                    num_threads: int | None = None, progress: bool = True, desc: str | None = None) -> np.ndarray:
     from edge_app.errors import ModelLoadError
     from edge_app.runtime import Classifier

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ReportError
-from pipeline.runs.folder import EDGETPU_JSON, INT8_TFLITE, REPORT_HTML, REPORT_JSON, REPORT_MD, SIDECAR_NAME, TARGET_JSON, RunFolder
+from edge_app.contract.files import EDGETPU_JSON, INT8_TFLITE, REPORT_HTML, REPORT_JSON, REPORT_MD, SIDECAR_NAME, TARGET_JSON
+from pipeline.runs.folder import RunFolder
 
 log = logging.getLogger("pipeline")
 
@@ -136,7 +137,9 @@ def after_convert(run: RunFolder) -> None:
     log.info("target: %s", "; ".join(f"{t['runtime']} {({True: 'loads', False: 'WILL NOT LOAD', None: 'unknown'})[t['loads']]}"
                                      for t in target["targets"]))
     if os.environ.get("NIN_METADATA_PYTHON"):  # the model for MediaPipe / the Task Library (pipeline/report/clients.py)
-        from pipeline.report.clients import CLIENTS_TFLITE, build_clients_model
+        from edge_app.contract.files import CLIENTS_TFLITE
+
+        from pipeline.report.clients import build_clients_model
         from pipeline.errors import ClientsError
 
         try:

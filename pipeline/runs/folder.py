@@ -21,7 +21,27 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from edge_app.fsutil import atomic_write_bytes, atomic_write_text
-from edge_app.contract.files import EDGETPU_TFLITE, INT8_TFLITE, LABELS_TXT, SIDECAR_NAME
+from edge_app.contract.files import (
+    CHECKPOINTS,
+    CONFIG_JSON,
+    EDGETPU_JSON,
+    EDGETPU_TFLITE,
+    FLOAT_KERAS,
+    FLOAT_TFLITE,
+    INT8_TFLITE,
+    LABELS_TXT,
+    LAYER_ERRORS_JSON,
+    LOCK_FILE,
+    PREDICTIONS,
+    PTQ_TFLITE,
+    QAT_WEIGHTS,
+    REPORT_JSON,
+    SIDECAR_NAME,
+    STATE_JSON,
+    TARGET_JSON,
+    TENSORBOARD,
+    TRAIN_LOG,
+)
 
 from pipeline.runs.config import BuildConfig
 from pipeline.errors import ReportError, RunError
@@ -30,24 +50,6 @@ log = logging.getLogger("pipeline")
 
 STAGES = ("train", "qat", "convert", "evaluate")
 
-CONFIG_JSON = "config.json"
-STATE_JSON = "state.json"
-FLOAT_KERAS = "model_float.keras"
-QAT_WEIGHTS = "model_qat.weights.h5"
-FLOAT_TFLITE = "model_float32.tflite"
-PTQ_TFLITE = "model_int8_ptq.tflite"
-EDGETPU_LOG = "model_int8_edgetpu.log"
-EDGETPU_JSON = "edgetpu.json"
-TARGET_JSON = "target.json"  # will the int8 model load on the target runtimes (`check-target`)
-LAYER_ERRORS_JSON = "layer_errors.json"
-REPORT_JSON = "report.json"
-REPORT_MD = "report.md"
-REPORT_HTML = "report.html"
-PREDICTIONS = "predictions.npz"
-TRAIN_LOG = "train.log"
-CHECKPOINTS = "checkpoints"
-TENSORBOARD = "tensorboard"
-LOCK_FILE = ".lock"
 
 # what each stage leaves that later stages and the device need; their sha256 is recorded when the
 # stage is marked done, and a resumed build redoes a stage whose outputs are gone or changed
@@ -58,12 +60,7 @@ STAGE_OUTPUTS = {
     "evaluate": (REPORT_JSON, PREDICTIONS),
 }
 
-__all__ = ["EDGETPU_TFLITE", "INT8_TFLITE", "LABELS_TXT", "SIDECAR_NAME", "RunFolder", "RunError", "STAGES"]
-
-
-def history_csv(tag: str) -> str:
-    """The per-epoch metrics of one training stage ("train" or "qat")."""
-    return f"history_{tag}.csv"
+__all__ = ["STAGES", "RunError", "RunFolder", "run_lock"]
 
 
 def now() -> str:

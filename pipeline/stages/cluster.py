@@ -334,7 +334,8 @@ def worker_folder(out: Path, cfg, cluster: Cluster) -> Iterator[RunFolder]:
     It restores training from the chief's backups (``shared`` = the chief's ``out``), and starts
     from the chief's finished stages: the float model (and QAT weights) are copied from it, so a
     resumed build runs the same stages on every worker."""
-    from pipeline.runs.folder import FLOAT_KERAS, QAT_WEIGHTS, STATE_JSON, RunFolder
+    from edge_app.contract.files import FLOAT_KERAS, QAT_WEIGHTS, STATE_JSON
+    from pipeline.runs.folder import RunFolder
 
     remove_stale_worker_folders(Path(tempfile.gettempdir()))
     tmp = Path(tempfile.mkdtemp(prefix=f"nin-worker{cluster.index}-pid{os.getpid()}-"))

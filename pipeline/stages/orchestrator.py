@@ -17,6 +17,24 @@ from typing import Any
 
 import numpy as np
 
+from edge_app.contract.files import (
+    CHECKPOINTS,
+    CONFIG_JSON,
+    EDGETPU_JSON,
+    EDGETPU_LOG,
+    EDGETPU_TFLITE,
+    FLOAT_TFLITE,
+    INT8_TFLITE,
+    LAYER_ERRORS_JSON,
+    PREDICTIONS,
+    PTQ_TFLITE,
+    REPORT_HTML,
+    REPORT_JSON,
+    REPORT_MD,
+    SIDECAR_NAME,
+    TRAIN_LOG,
+    history_csv,
+)
 from pipeline import __version__
 from pipeline.stages.cluster import Cluster
 from pipeline.runs.config import BuildConfig, make_build_config, with_target
@@ -25,9 +43,7 @@ from pipeline.errors import RunError
 from pipeline.stages.inputs import distillation_targets, fit_datasets, load_data
 from pipeline.models.nin import ARCHS, ModelConfig
 from pipeline.report.records import edgetpu_stage, write_report
-from pipeline.runs.folder import (
-    CHECKPOINTS, CONFIG_JSON, EDGETPU_JSON, EDGETPU_LOG, EDGETPU_TFLITE, FLOAT_TFLITE, INT8_TFLITE, LAYER_ERRORS_JSON, PREDICTIONS, PTQ_TFLITE, REPORT_HTML, REPORT_JSON, REPORT_MD, SIDECAR_NAME, STAGES, TRAIN_LOG, RunFolder, history_csv, run_lock,
-)
+from pipeline.runs.folder import STAGES, RunFolder, run_lock
 from pipeline.train.fit import TrainConfig
 
 log = logging.getLogger("pipeline")
@@ -188,7 +204,7 @@ def stage_convert(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
     write_sidecar(run.path(SIDECAR_NAME), sidecar)
     run.write_json(LAYER_ERRORS_JSON, layer_error_tables({"qat_int8": (run.path(INT8_TFLITE), qat_model),
                                                           "ptq_int8": (run.path(PTQ_TFLITE), float_model)}, rep))
-    from pipeline.report.clients import CLIENTS_JSON, CLIENTS_TFLITE
+    from edge_app.contract.files import CLIENTS_JSON, CLIENTS_TFLITE
 
     for stale in (EDGETPU_TFLITE, EDGETPU_LOG, EDGETPU_JSON, CLIENTS_TFLITE, CLIENTS_JSON):  # they described the old model
         run.path(stale).unlink(missing_ok=True)
