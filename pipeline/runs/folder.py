@@ -25,7 +25,6 @@ from edge_app.contract.files import (
     CHECKPOINTS,
     CONFIG_JSON,
     EDGETPU_JSON,
-    EDGETPU_TFLITE,
     FLOAT_KERAS,
     FLOAT_TFLITE,
     INT8_TFLITE,
