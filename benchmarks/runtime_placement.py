@@ -44,7 +44,7 @@ for path in sys.argv[4:]:
         for _ in range(int(sys.argv[3])):
             t = time.perf_counter(); it.invoke(); times.append((time.perf_counter() - t) * 1e3)
         row[f"ms_median_{threads}t"] = round(float(np.median(times)), 4)
-        p = placement(it)
+        p = placement(it, model=path)
     row["delegated"], row["nodes"], row["cpu_ops"] = p["delegated"], p["nodes"], p["cpu_ops"]
     out[path.rsplit("/", 1)[-1]] = row
 print("@@" + json.dumps(out))

@@ -1,19 +1,36 @@
-"""Edge TPU: the rule checker on real models, and the compiler wiring with a stand-in
-edgetpu_compiler (the real one runs only on x86-64 Linux and is not installable here)."""
+"""Edge TPU: the rule checker on real models (the device side's, edge_app.checks.edgetpu, which needs no
+TensorFlow), and the compiler wiring with a stand-in edgetpu_compiler (the real one runs only on x86-64
+Linux and is not installable here)."""
 
 import hashlib
 import json
 import os
 import stat
+import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from edge_app.checks.edgetpu import check_model, format_check
+from edge_app.cli.main import cli as edge_cli
 from pipeline.cli.main import cli
-from pipeline.export.edgetpu import check_model, format_check, parse_compiler_output
+from pipeline.export.edgetpu import parse_compiler_output
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "edge_app" / "demo" / "model_int8.tflite"
+# as tests/test_cli.py's: TensorFlow, Keras, tfmot and the training side cannot be imported
+BLOCK_TF = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('tensorflow', 'tf_keras', 'keras', 'tensorflow_model_optimization', 'pipeline'):
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+"""
 
 COMPILER_STDOUT = """Edge TPU Compiler version 16.0.384591198
 Started a compilation timeout timer of 180 seconds.
@@ -100,6 +117,54 @@ def test_check_sends_a_float_model_to_the_cpu(edge_model):
     assert all("partitions once" in v.reason for v in res.ops[1:])
     text = "\n".join(format_check(res))
     assert "0 of" in text and "input is float32" in text
+
+
+def test_the_check_runs_where_tensorflow_cannot_be_imported(tmp_path):
+    """A Coral user has no TensorFlow: the check, and `edge-app check-target` giving its verdict, need none."""
+    code = BLOCK_TF + f"""
+from click.testing import CliRunner
+from edge_app.checks.edgetpu import check_model, verdict
+from edge_app.cli.main import cli
+print(verdict(check_model({str(DEMO)!r})))
+res = CliRunner().invoke(cli, ["check-target", {str(DEMO)!r}, "--runtime", "tflite-runtime==2.14.0", "--runtime", "edgetpu"])
+assert res.exit_code == 0, res.output
+print(res.output.splitlines()[-1])
+bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras', 'pipeline')]
+assert not bad, bad
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "14 of 14 operations would run on the Edge TPU — all of them"
+    assert lines[-1] == "Edge TPU (Coral's rules, no compiler): 14 of 14 operations would run on the Edge TPU — all of them"
+
+
+def test_edge_app_check_target_gives_the_edge_tpu_verdict(edge_model, tmp_path):
+    model, n = edge_model / "model_int8.tflite", len(check_model(edge_model / "model_int8.tflite").ops)
+    res = CliRunner().invoke(edge_cli, ["check-target", str(model), "--runtime", "tflite-runtime==2.14.0",
+                                        "--json", str(tmp_path / "t.json")])
+    assert res.exit_code == 0, res.output
+    said = f"{n} of {n} operations would run on the Edge TPU — all of them"
+    assert res.output.splitlines()[-1] == f"Edge TPU (Coral's rules, no compiler): {said}"
+    assert "op by op" not in res.output
+    assert json.loads((tmp_path / "t.json").read_text())["edgetpu"] == {"on_tpu": n, "total": n, "verdict": said}
+    # asked for by name: op by op too (the op-table runtimes then only when named)
+    res = CliRunner().invoke(edge_cli, ["check-target", str(model), "--runtime", "edgetpu"])
+    assert res.exit_code == 0, res.output
+    assert "Edge TPU, op by op:" in res.output and "  0  CONV_2D            Edge TPU" in res.output
+    assert "tflite-runtime==2.14.0" not in res.output and res.output.splitlines()[-1].endswith(said)
+    # a float model: where the CPU takes over
+    res = CliRunner().invoke(edge_cli, ["check-target", str(edge_model / "model_float32.tflite")])
+    assert res.exit_code == 0, res.output
+    assert "Edge TPU (Coral's rules, no compiler): 0 of" in res.output and "from #0 CONV_2D on, the CPU (float tensor" in res.output
+
+
+def test_the_training_side_keeps_only_the_compiler():
+    import pipeline.export.edgetpu as compiler
+
+    assert not hasattr(compiler, "check_model") and not hasattr(compiler, "SUPPORTED_OPS")
+    assert callable(compiler.compile_model) and callable(compiler.find_compiler)
 
 
 def _keras_tflite(tmp_path, layers_fn, dynamic=False):

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from edge_app.cli.main import cli
 from edge_app.checks.placement import compiled_placement, describe, placement
+from edge_app.checks.targets import Node
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "edge_app" / "demo" / "model_int8.tflite"
@@ -26,7 +27,7 @@ def _interpreter(**kw):
 def test_xnnpack_placement_is_read_from_the_interpreter():
     from edge_app.checks.targets import model_ops
 
-    p = placement(_interpreter())
+    p = placement(_interpreter(), model=DEMO)
     assert p["exposed"] and p["nodes"] == sum(o.count for o in model_ops(DEMO)) == 14 and p["partitions"] >= 1
     assert 0 < p["delegated"] < p["nodes"] and p["delegated"] + sum(p["cpu_ops"].values()) == p["nodes"]
     assert "CONV_2D" not in p["cpu_ops"]
@@ -40,14 +41,17 @@ def test_xnnpack_placement_is_read_from_the_interpreter():
 def test_no_delegate_at_all_is_a_warning():
     from ai_edge_litert.interpreter import OpResolverType
 
-    p = placement(_interpreter(experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+    p = placement(_interpreter(experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES), model=DEMO)
     assert p["delegated"] == 0 and p["cpu_ops"]["CONV_2D"] == 9
     assert p["warnings"][0].startswith("XNNPACK took no op: TFLite's built-in CPU kernels run everything")
 
 
+# a compiled model whose softmax the compiler left outside (tensors: 0 input, 1 custom op's output, 2 softmax output)
+COMPILED = [Node(0, 0, "edgetpu-custom-op", 32, 1, (0,), (1,)), Node(0, 1, "SOFTMAX", 25, 1, (1,), (2,))]
+
+
 class _Fake:
-    """What a runtime reports after the Edge TPU delegate took the custom op of a compiled model whose
-    softmax the compiler left outside (tensors: 0 input, 1 custom op's output, 2 softmax output)."""
+    """What a runtime reports after the Edge TPU delegate took the custom op of COMPILED."""
 
     def __init__(self, with_details=True):
         if with_details:
@@ -59,12 +63,24 @@ class _Fake:
 
 
 def test_an_edge_tpu_placement_names_the_ops_outside_it_and_a_runtime_that_says_nothing():
-    p = placement(_Fake(), "edgetpu")
+    p = placement(_Fake(), "edgetpu", model=COMPILED)
     assert (p["tpu_custom_ops"], p["delegated"], p["cpu_ops"]) == (1, 1, {"SOFTMAX": 1})
     assert "crosses USB/PCIe" in p["warnings"][0]
     assert describe(p, "edgetpu").startswith("delegate placement: compiled for the Edge TPU; 1 op(s) outside it")
-    quiet = placement(_Fake(with_details=False))
+    quiet = placement(_Fake(with_details=False), model=COMPILED)
     assert not quiet["exposed"] and "not exposed by this runtime" in describe(quiet, "cpu")
+
+
+def test_the_nodes_come_from_the_file_and_only_the_partitions_from_the_interpreter(edge_model):
+    """The interpreter is asked only which partitions a delegate took; the nodes are the file's (one op list)."""
+    from edge_app.checks.targets import model_nodes
+
+    interp = _interpreter()
+    assert placement(interp, model=DEMO) == placement(interp, model=model_nodes(DEMO)) == placement(interp, model=DEMO.read_bytes())
+    other = placement(interp, model=edge_model / "model_float32.tflite")  # not the model the interpreter runs
+    assert not other["exposed"] and "not the same model" in other["note"]
+    missing = placement(interp, model=edge_model / "nope.tflite")
+    assert not missing["exposed"] and "not readable from the model file" in describe(missing, "cpu")
 
 
 def _fake_compiled(dest: Path) -> Path:
@@ -90,6 +106,11 @@ def test_a_compiled_model_placement_is_read_from_the_file(tmp_path):
     res = CliRunner().invoke(cli, ["info", str(model)])
     assert res.exit_code == 0, res.output
     assert "compiled for the Edge TPU; 5 op(s) outside it" in res.output and "crosses USB/PCIe" in res.output
+    res = CliRunner().invoke(cli, ["check-target", str(model), "--runtime", "tflite-runtime==2.14.0"])
+    assert res.exit_code == 3 and "Traceback" not in res.output, res.output  # it runs only with the Edge TPU delegate
+    assert "unresolved custom op: edgetpu-custom-op" in res.output
+    assert res.output.splitlines()[-1] == ("Edge TPU (Coral's rules, no compiler): already compiled for the Edge TPU "
+                                           "(what it mapped: edge-app info MODEL)")
 
 
 def test_info_and_the_run_summary_say_where_the_ops_went(edge_model, tmp_path):
@@ -116,7 +137,7 @@ from edge_app.checks.placement import placement
 for name in ("model_int8.tflite", "model_float32.tflite"):
     it = Interpreter(model_path={str(edge_model)!r} + "/" + name, num_threads=1)
     it.allocate_tensors()
-    p = placement(it)
+    p = placement(it, model={str(edge_model)!r} + "/" + name)
     print(name, p["exposed"], p["nodes"] == p["delegated"] + sum(p["cpu_ops"].values()), p["delegated"])
 """
     out = subprocess.run([str(tflite_runtime_214), "-c", code], capture_output=True, text=True, timeout=120,

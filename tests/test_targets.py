@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from edge_app.cli.main import cli as edge_cli
 from edge_app.errors import ModelLoadError
-from edge_app.checks.targets import OP_TABLE, _Buf, check_target, load_with, model_ops
+from edge_app.checks.targets import OP_TABLE, _Buf, check_target, load_with, model_nodes, model_ops
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "edge_app" / "demo" / "model_int8.tflite"
@@ -38,6 +38,18 @@ def test_ops_are_read_from_the_flatbuffer_as_tensorflow_reads_them():
                                                   for c in m.operatorCodes]
     assert sum(o.count for o in ops) == len(m.subgraphs[0].operators)
     assert {o.name for o in ops} >= {"CONV_2D", "MEAN", "SOFTMAX"}
+
+
+def test_the_file_lists_the_nodes_as_the_interpreter_numbers_them(edge_model):
+    """The one op list (read from the file) is the interpreter's own: the same nodes, names and tensors."""
+    from edge_app.runtime import load_interpreter
+
+    for path in (DEMO, edge_model / "model_int8.tflite", edge_model / "model_float32.tflite"):
+        interp, _ = load_interpreter(path, num_threads=1)
+        theirs = [(o["index"], o["op_name"], tuple(map(int, o["inputs"])), tuple(map(int, o["outputs"])))
+                  for o in interp._get_ops_details() if o["op_name"] != "DELEGATE"]
+        assert [(n.index, n.name, n.inputs, n.outputs) for n in model_nodes(path)] == theirs, path
+        assert sum(o.count for o in model_ops(path)) == len(model_nodes(path, None))
 
 
 def test_a_file_that_is_not_a_model_is_one_clear_error(tmp_path):
@@ -105,6 +117,9 @@ def test_an_op_version_too_new_is_named_with_what_to_do(tmp_path):
     # version 9 is beyond the installed runtime too: the runtime's own refusal is read back
     model = with_op_version(DEMO, tmp_path / "v9.tflite", "CONV_2D", 9)
     (here,) = check_target(model, (), here=("ai-edge-litert",))["targets"]
+    res = CliRunner().invoke(edge_cli, ["check-target", str(model), "--runtime", "tflite-runtime==2.14.0"])
+    assert res.exit_code == 3 and "Traceback" not in res.output, res.output  # nothing here loads it: the Edge TPU unchecked
+    assert res.output.splitlines()[-1] == "Edge TPU (Coral's rules, no compiler): not checked: no TFLite runtime here loads the model"
     assert here["loads"] is False and here["problems"][0]["op"] == "CONV_2D" and here["problems"][0]["version"] == 9
     from importlib.metadata import version
 
@@ -142,12 +157,50 @@ def test_nin_pipeline_check_target_records_it_in_the_run_folder(fast_run_copy):
 
     assert json.loads((fast_run_copy / "target.json").read_text())["targets"]  # the build's convert stage wrote it
     (fast_run_copy / "target.json").unlink()
+    report = json.loads((fast_run_copy / "report.json").read_text())
+    del report["target"]
+    (fast_run_copy / "report.json").write_text(json.dumps(report))
+    (fast_run_copy / "report.md").write_text("")
     res = CliRunner().invoke(cli, ["check-target", str(fast_run_copy)])
     assert res.exit_code == 0, res.output
     assert "Edge TPU (Coral's rules, no compiler):" in res.output
     assert json.loads((fast_run_copy / "target.json").read_text())["edgetpu"]["total"] > 0
     report = json.loads((fast_run_copy / "report.json").read_text())
     assert report["target"]["targets"] and "## Target runtimes" in (fast_run_copy / "report.md").read_text()
+
+
+def test_the_two_commands_are_one(edge_model, tmp_path):
+    """`nin-pipeline check-target` is `edge-app check-target` itself: the same object, output and JSON."""
+    from pipeline.cli.main import cli
+
+    assert cli.commands["check-target"] is edge_cli.commands["check-target"]
+    model = edge_model / "model_int8.tflite"
+    out = {}
+    for name, group in (("edge", edge_cli), ("pipeline", cli)):
+        res = CliRunner().invoke(group, ["check-target", str(model), "--runtime", "tflite-runtime==2.5.0.post1",
+                                         "--json", str(tmp_path / f"{name}.json")])
+        assert res.exit_code == 0, res.output
+        out[name] = (res.output, json.loads((tmp_path / f"{name}.json").read_text()))
+    assert out["edge"] == out["pipeline"]
+    assert "Edge TPU (Coral's rules, no compiler): " in out["edge"][0] and out["edge"][1]["edgetpu"]["total"] > 0
+    res = CliRunner().invoke(cli, ["check-target", str(tmp_path / "none.tflite")])
+    assert res.exit_code == 1 and "no model at" in res.output and "Traceback" not in res.output
+
+
+def test_edge_app_check_target_records_a_run_folder_but_not_the_demo(edge_model, tmp_path):
+    import shutil
+
+    from edge_app.contract.files import DEMO_DIR
+
+    run = Path(shutil.copytree(edge_model, tmp_path / "run"))
+    res = CliRunner().invoke(edge_cli, ["check-target", "--model", str(run), "--runtime", "tflite-runtime==2.14.0"])
+    assert res.exit_code == 0, res.output
+    recorded = json.loads((run / "target.json").read_text())
+    assert recorded["edgetpu"]["on_tpu"] == recorded["edgetpu"]["total"] > 0 and recorded["targets"]
+    assert not (run / "report.json").exists()  # the device side has no report to refresh
+    res = CliRunner().invoke(edge_cli, ["check-target", "demo", "--runtime", "tflite-runtime==2.14.0"])
+    assert res.exit_code == 0, res.output
+    assert not (DEMO_DIR / "target.json").exists()
 
 
 def test_one_builtin_at_two_versions_gets_a_mark_per_row():

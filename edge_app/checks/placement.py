@@ -1,37 +1,49 @@
-"""Which ops did the delegate take? Read from a loaded interpreter, numpy-free.
+"""Which ops did the delegate take? Read from a loaded interpreter and the model file, numpy-free.
 
-How the runtimes expose it (checked with ai-edge-litert 2.3.0 and tflite-runtime 2.14.0): neither
-has a public API; both have ``Interpreter._get_ops_details()``, which lists the model's own nodes
-and, after a delegate was applied, one extra node named ``DELEGATE`` per partition it took, with
-the partition's input and output tensors. The original nodes stay listed whether or not they were
-taken, so which ones a partition holds is worked out here: walking back from a partition's outputs
-through the nodes that produce them, up to its inputs. XNNPACK, applied by default for the CPU,
-shows up the same way. An Edge TPU-compiled model carries its placement in the file itself: the
-ops the compiler mapped are inside one ``edgetpu-custom-op`` node, the rest are ordinary ops that
-run on the CPU. A runtime without ``_get_ops_details`` gets "not exposed by this runtime".
+The model's nodes come from the file (:func:`edge_app.checks.targets.model_nodes`, the one op list);
+the interpreter is asked only what it alone knows: which partitions a delegate took. How the runtimes
+expose it (checked with ai-edge-litert 2.3.0 and tflite-runtime 2.14.0): neither has a public API;
+both have ``Interpreter._get_ops_details()``, which lists the model's own nodes (numbered as the file
+lists them) and, after a delegate was applied, one extra node named ``DELEGATE`` per partition it took,
+with the partition's input and output tensors. Which nodes a partition holds is worked out here:
+walking back from a partition's outputs through the nodes that produce them, up to its inputs.
+XNNPACK, applied by default for the CPU, shows up the same way. An Edge TPU-compiled model carries its
+placement in the file itself: the ops the compiler mapped are inside one ``edgetpu-custom-op`` node,
+the rest are ordinary ops that run on the CPU. A runtime without ``_get_ops_details`` gets "not
+exposed by this runtime".
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
+from typing import Sequence
 
 HEAVY = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL", "CONV_3D"}
 
 
-def placement(interpreter, delegate: str = "cpu") -> dict:
-    """{"exposed", "nodes", "delegated", "partitions", "cpu_ops": {op: count}, "tpu_custom_ops", "warnings"}."""
+def placement(interpreter, delegate: str = "cpu", *, model: str | os.PathLike | bytes | Sequence) -> dict:
+    """{"exposed", "nodes", "delegated", "partitions", "cpu_ops": {op: count}, "tpu_custom_ops", "warnings"}.
+    ``model``: the file the interpreter loaded (or its :func:`~edge_app.checks.targets.model_nodes`)."""
+    from edge_app.checks.targets import model_nodes
+    from edge_app.errors import ModelLoadError
+
     details = getattr(interpreter, "_get_ops_details", None)
     if details is None:
         return {"exposed": False, "note": "not exposed by this runtime (no Interpreter._get_ops_details)", "warnings": []}
     try:
         ops = details()
+        nodes = model_nodes(model) if isinstance(model, (str, os.PathLike, bytes)) else list(model)
+    except ModelLoadError as exc:
+        return {"exposed": False, "note": f"not readable from the model file ({exc})", "warnings": []}
     except Exception as exc:  # a private API: a runtime may change or break it; never stop a run for it
         return {"exposed": False, "note": f"not readable from this runtime ({type(exc).__name__}: {exc})", "warnings": []}
-    original = [o for o in ops if o["op_name"] != "DELEGATE"]
-    partitions = [o for o in ops if o["op_name"] == "DELEGATE"]
-    producer = {int(t): o["index"] for o in original for t in o["outputs"]}
-    by_index = {o["index"]: o for o in original}
+    partitions = [o for o in ops if o["op_name"] == "DELEGATE"]  # what only the interpreter knows
+    if len(ops) - len(partitions) != len(nodes):
+        return {"exposed": False, "note": f"the interpreter runs {len(ops) - len(partitions)} nodes, the model file has "
+                f"{len(nodes)}: not the same model", "warnings": []}
+    producer = {t: n.index for n in nodes for t in n.outputs}
+    by_index = {n.index: n for n in nodes}
     taken: set[int] = set()
     for part in partitions:
         stop = {int(t) for t in part["inputs"]}
@@ -41,12 +53,12 @@ def placement(interpreter, delegate: str = "cpu") -> dict:
             if node is None or node in taken:
                 continue
             taken.add(node)
-            queue.extend(int(t) for t in by_index[node]["inputs"] if int(t) >= 0 and int(t) not in stop)
-    tpu = [o for o in original if o["op_name"] == "edgetpu-custom-op"]
-    on_cpu = Counter(o["op_name"] for o in original if o["index"] not in taken and o["op_name"] != "edgetpu-custom-op")
-    out = {"exposed": True, "nodes": len(original), "delegated": len(taken), "partitions": len(partitions),
+            queue.extend(t for t in by_index[node].inputs if t >= 0 and t not in stop)
+    tpu = [n for n in nodes if n.name == "edgetpu-custom-op"]
+    on_cpu = Counter(n.name for n in nodes if n.index not in taken and n.name != "edgetpu-custom-op")
+    out = {"exposed": True, "nodes": len(nodes), "delegated": len(taken), "partitions": len(partitions),
            "cpu_ops": dict(on_cpu), "tpu_custom_ops": len(tpu), "warnings": []}
-    out["warnings"] = _warnings(on_cpu, len(partitions), bool(tpu), bool(original), delegate)
+    out["warnings"] = _warnings(on_cpu, len(partitions), bool(tpu), bool(nodes), delegate)
     return out
 
 

@@ -7,6 +7,9 @@ The truth comes from the runtimes: :func:`load_here` loads the model in every ru
 has, :func:`load_with` in another Python (a venv holding tflite-runtime 2.14, say), and for a runtime
 not at hand :func:`table_verdict` reads ``op_versions.json``, made by ``scripts/op_versions.py`` from
 that release (it records where each number came from).
+
+:func:`read_ops` is the one reader of a model's op list: every other check (the Edge TPU's rules in
+``edgetpu``, the delegate placement in ``placement``) takes the nodes from it, straight from the file.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import re
 import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from edge_app.errors import ModelLoadError
 from edge_app.subpython import ask
@@ -34,8 +38,25 @@ class OpUse:
     count: int  # how many nodes use it, over every subgraph
 
 
+@dataclass(frozen=True)
+class Node:
+    """One node of the model as the file lists it (an interpreter numbers subgraph 0's nodes the same way)."""
+    subgraph: int
+    index: int  # its position in the subgraph: the execution order
+    name: str  # as OpUse.name
+    code: int
+    version: int
+    inputs: tuple[int, ...]  # tensor indices of the subgraph; -1: an optional input left out
+    outputs: tuple[int, ...]
+
+
+class OpList(NamedTuple):
+    ops: list[OpUse]  # per operator code, in the file's order
+    nodes: list[Node]  # every node, subgraph by subgraph, in execution order
+
+
 # --------------------------------------------------------------------------- the flatbuffer
-# Just enough of FlatBuffers to read Model.operator_codes and the operators' opcode_index
+# Just enough of FlatBuffers to read Model.operator_codes and the operators (opcode_index, inputs, outputs)
 # (tensorflow/lite/schema/schema.fbs): a table starts with an int32 offset back to its vtable,
 # whose uint16 entries give each field's offset in the table (0: absent, the default applies).
 
@@ -67,6 +88,14 @@ class _Buf:
         vec = pos + self.u32(pos)
         return [vec + 4 + 4 * i + self.u32(vec + 4 + 4 * i) for i in range(self.u32(vec))]
 
+    def ints(self, table: int, index: int) -> tuple[int, ...]:
+        """The values of a vector-of-int32 field."""
+        pos = self.field(table, index)
+        if pos is None:
+            return ()
+        vec = pos + self.u32(pos)
+        return struct.unpack_from(f"<{self.u32(vec)}i", self.d, vec + 4)
+
     def string(self, table: int, index: int) -> str | None:
         pos = self.field(table, index)
         if pos is None:
@@ -80,33 +109,48 @@ def builtin_names() -> dict[int, str]:
     return {int(k): v for k, v in _table().get("builtin_names", {}).items()}
 
 
-def model_ops(model: bytes | str | os.PathLike) -> list[OpUse]:
-    """Every op the model uses: name, builtin code, version and node count (in operator-code order)."""
-    data = model if isinstance(model, bytes) else Path(model).read_bytes()
+def read_ops(model: bytes | str | os.PathLike) -> OpList:
+    """The model's op list, read from the file (no runtime): every operator code with its name, builtin
+    code, version and node count, and every node with its input and output tensors."""
+    what = "the data" if isinstance(model, bytes) else str(model)
+    try:
+        data = model if isinstance(model, bytes) else Path(model).read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {what}: {exc.strerror or exc}", "give a .tflite file") from None
     if len(data) < 8 or data[4:8] != b"TFL3":
-        raise ModelLoadError(f"{model if not isinstance(model, bytes) else 'the data'} is not a TFLite model "
-                             "(no TFL3 identifier)", "give a .tflite file made by a TFLite converter")
+        raise ModelLoadError(f"{what} is not a TFLite model (no TFL3 identifier)",
+                             "give a .tflite file made by a TFLite converter")
     try:
         b = _Buf(data)
         root = b.u32(0)
-        codes = b.tables(root, 1)  # Model.operator_codes
-        counts = [0] * len(codes)
-        for sub in b.tables(root, 2):  # Model.subgraphs
-            for op in b.tables(sub, 3):  # SubGraph.operators
-                counts[b.scalar(op, 0, "I", 0)] += 1  # Operator.opcode_index
         names = builtin_names()
-        out = []
-        for i, oc in enumerate(codes):
+        codes = []
+        for oc in b.tables(root, 1):  # Model.operator_codes
             # the code is the larger of deprecated_builtin_code (int8, field 0) and builtin_code (int32,
             # field 3): codes above 127 live only in the second, old models only in the first
             code = max(b.scalar(oc, 0, "b", 0), b.scalar(oc, 3, "i", 0))
             custom = b.string(oc, 1)
-            name = custom if code == 32 and custom else names.get(code, f"BUILTIN_{code}")
-            out.append(OpUse(name, code, b.scalar(oc, 2, "i", 1), counts[i]))
+            codes.append((custom if code == 32 and custom else names.get(code, f"BUILTIN_{code}"), code, b.scalar(oc, 2, "i", 1)))
+        counts = [0] * len(codes)
+        nodes = []
+        for s, sub in enumerate(b.tables(root, 2)):  # Model.subgraphs
+            for i, op in enumerate(b.tables(sub, 3)):  # SubGraph.operators
+                k = b.scalar(op, 0, "I", 0)  # Operator.opcode_index
+                counts[k] += 1
+                nodes.append(Node(s, i, *codes[k], b.ints(op, 1), b.ints(op, 2)))  # Operator.inputs, .outputs
     except (struct.error, IndexError) as exc:
-        what = "the data" if isinstance(model, bytes) else str(model)
         raise ModelLoadError(f"{what} is a truncated or corrupt TFLite model ({exc})", "copy or convert it again") from None
-    return out
+    return OpList([OpUse(*c, counts[i]) for i, c in enumerate(codes)], nodes)
+
+
+def model_ops(model: bytes | str | os.PathLike) -> list[OpUse]:
+    """Every op the model uses: name, builtin code, version and node count (in operator-code order)."""
+    return read_ops(model).ops
+
+
+def model_nodes(model: bytes | str | os.PathLike, subgraph: int | None = 0) -> list[Node]:
+    """The nodes of ``subgraph`` (0: the one an interpreter runs; None: every one), in execution order."""
+    return [n for n in read_ops(model).nodes if subgraph is None or n.subgraph == subgraph]
 
 
 # --------------------------------------------------------------------------- the runtimes

@@ -1,9 +1,15 @@
-"""`edge-app check-input` and `edge-app check-target`: will the model work here, before it runs."""
+"""`edge-app check-input` and `edge-app check-target`: will the model work here, before it runs.
+
+`check-target` is one command object: `nin-pipeline check-target` is this very command, registered on
+the training side's group, which adds the run's report to what a run folder records (:func:`record_targets_with`).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -48,14 +54,24 @@ def check_input_cmd(model: Path, source: str, frames: int, resize: str, width: i
         raise SystemExit(3)
 
 
+EDGETPU = "edgetpu"  # --runtime edgetpu: the Edge TPU's verdict op by op (its one-line verdict comes always)
+_RECORDERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # a group -> what else records a run folder's result
+
+
+def record_targets_with(group: click.Group, record: Callable[[Path, dict], None]) -> None:
+    """Where `check-target` runs as a command of ``group``, a run folder's result is also handed to
+    ``record(run_folder, result)`` once target.json is written (the training side: into the run's report)."""
+    _RECORDERS[group] = record
+
+
 def target_names(ctx, param, values):
     from edge_app.checks.targets import table_runtimes
 
     known = table_runtimes()
     for v in values:
-        if v not in known and v not in ("ai-edge-litert", "tflite-runtime", "tensorflow"):
+        if v not in known and v not in ("ai-edge-litert", "tflite-runtime", "tensorflow", EDGETPU):
             raise click.BadParameter(f"{v!r} is neither a runtime with an op table ({', '.join(known)}) nor one to load "
-                                     "here by name (ai-edge-litert, tflite-runtime, tensorflow)")
+                                     f"here by name (ai-edge-litert, tflite-runtime, tensorflow), nor {EDGETPU}")
     return tuple(values) or tuple(known)
 
 
@@ -63,24 +79,37 @@ def target_names(ctx, param, values):
 @click.option("--model", default=None, type=click.Path(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
 @click.option("--runtime", "runtimes", multiple=True, callback=target_names, metavar="NAME",
               help="A target runtime, e.g. tflite-runtime==2.14.0 (repeatable; default: every one with an op table). "
-                   "ai-edge-litert and tflite-runtime are loaded wherever installed; TensorFlow's only when named.")
+                   "ai-edge-litert and tflite-runtime are loaded wherever installed; TensorFlow's only when named; "
+                   "edgetpu: the Edge TPU's verdict op by op.")
 @click.option("--python", "pythons", multiple=True, type=click.Path(exists=True, dir_okay=False), metavar="PY",
               help="Also load the model in the runtimes another Python has (e.g. a venv with tflite-runtime 2.14).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @model_anywhere
 def check_target_cmd(model: Path, runtimes: tuple[str, ...], pythons: tuple[str, ...], json_out: Path | None) -> None:
-    """Will the model load on the target runtime? Every op with its builtin code and version, and for
-    each runtime whether it loads (loaded where it is installed; from the release's op table where not).
-    Exit status 3: a target will not load it."""
+    """Will MODEL (a run folder or a .tflite) load on the target runtimes? Every op with its builtin code and
+    version, and for each runtime whether it loads (loaded where it is installed; from the release's op table
+    where not); and the Edge TPU's mapping (Coral's rules, no compiler). A run folder records it (target.json;
+    from nin-pipeline, the report too). Exit status 3: a target will not load it."""
     import json
 
-    from edge_app.contract.files import resolve_model_path
+    from edge_app.checks.edgetpu import op_table, with_edgetpu
     from edge_app.checks.targets import check_target, format_check
+    from edge_app.contract.files import DEMO_DIR, TARGET_JSON, resolve_model_path
 
-    r = check_target(resolve_model_path(model), runtimes, pythons)
-    for line in format_check(r):
-        click.echo(line)
+    path = resolve_model_path(model)
+    r = check_target(path, tuple(n for n in runtimes if n != EDGETPU), pythons)
+    tpu = with_edgetpu(r, path)
+    lines = format_check(r)
+    if EDGETPU in runtimes and tpu is not None:
+        lines += ["", "Edge TPU, op by op:", *op_table(tpu)]
+    click.echo("\n".join([*lines, f"Edge TPU (Coral's rules, no compiler): {r['edgetpu']['verdict']}"]))
     if json_out:
         write_text(json_out, json.dumps(r, indent=2) + "\n")
+    run = Path(model)
+    if run.is_dir() and run.resolve() != DEMO_DIR.resolve():  # the bundled demo is the package's, not a run's
+        write_text(run / TARGET_JSON, json.dumps(r, indent=2) + "\n")
+        record = _RECORDERS.get(click.get_current_context().find_root().command)
+        if record is not None:
+            record(run, r)
     if any(t["loads"] is False for t in r["targets"]):
         raise SystemExit(3)

@@ -1,5 +1,5 @@
 """`edge-app`: the device-side command: `run` (the camera loop), `bench`, `eval`, `info`,
-`check-input` and `check-target` (in checkcmds.py).
+`check-input` and `check-target` (in edge_app.cli.checks).
 
 Each command validates its options with click types and calls the library; every error a user
 can fix (an :class:`~edge_app.errors.EdgeAppError`, or an OSError) is turned into one
@@ -101,7 +101,7 @@ def info(model: ModelChoice) -> None:
     if compiled is not None:  # read from the file: the compiler's mapping
         click.echo(describe(compiled, "edgetpu"))
     else:
-        click.echo(describe(placement(loaded.classifier.interpreter, loaded.delegate), loaded.delegate))
+        click.echo(describe(placement(loaded.classifier.interpreter, loaded.delegate, model=loaded.path), loaded.delegate))
 
 
 @cli.command()
@@ -178,7 +178,7 @@ def run(model: ModelChoice, options: LoopOptions, source: str, width: int | None
         clf = loaded.classifier
         click.echo(f"edge-app: {loaded.path} on {clf.runtime}, delegate {loaded.delegate}, input "
                    f"{'x'.join(map(str, clf.input_size))} {clf.input.dtype.name}; source {source}", err=True)
-        placed = placement(clf.interpreter, loaded.delegate)
+        placed = placement(clf.interpreter, loaded.delegate, model=loaded.path)
         click.echo(describe_placement(placed, loaded.delegate), err=True)
         if server is not None:
             click.echo(f"preview: {server.url}", err=True)

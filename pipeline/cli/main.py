@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from edge_app.cli.checks import target_names
+from edge_app.cli.checks import check_target_cmd, record_targets_with
 from edge_app.contract.files import REPORT_HTML, RunFiles
 from edge_app.quiet import VerboseGroup, is_verbose
 
@@ -295,7 +295,8 @@ def edgetpu() -> None:
 @click.option("--strict", is_flag=True, help="Exit 1 unless every operation would run on the Edge TPU.")
 def edgetpu_check(model: Path, json_out: Path | None, strict: bool) -> None:
     """Say, op by op, what of MODEL (a .tflite or a run folder) would run on the Edge TPU. No compiler needed."""
-    from pipeline.export.edgetpu import format_check
+    from edge_app.checks.edgetpu import format_check
+
     from pipeline.report.records import edgetpu_check as check
 
     result = check(model)
@@ -322,28 +323,15 @@ def edgetpu_compile(model: Path, out_dir: Path | None, compiler: Path | None, ti
                f"to the Edge TPU ({result.subgraphs} subgraph(s)) in {result.seconds:.1f} s -> {result.output}")
 
 
-@cli.command(name="check-target")
-@click.argument("model", type=click.Path(exists=True, path_type=Path))
-@click.option("--runtime", "runtimes", multiple=True, metavar="NAME", callback=target_names,
-              help="A target runtime, e.g. tflite-runtime==2.14.0 (repeatable; default: every one with an op table). "
-                   "ai-edge-litert and tflite-runtime are loaded wherever installed; TensorFlow's only when named.")
-@click.option("--python", "pythons", multiple=True, type=click.Path(exists=True, dir_okay=False), metavar="PY",
-              help="Also load the model in the runtimes another Python has (e.g. a venv with tflite-runtime 2.14).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def check_target(model: Path, runtimes: tuple[str, ...], pythons: tuple[str, ...], json_out: Path | None) -> None:
-    """Will MODEL (a run folder or a .tflite) load on the target runtimes? Every op with its version, per
-    runtime: loaded where installed, from the release's op table where not; and the Edge TPU's mapping.
-    A run folder records it (target.json, the report). Exit status 3: a target will not load it."""
-    from edge_app.checks.targets import format_check
+def _record_target(run_dir: Path, result: dict) -> None:
+    """`check-target RUN` (the device side's command, target.json written by it): the run's report shows it too."""
+    from pipeline.report.records import record_target
 
-    from pipeline.report.records import target_check
+    record_target(run_dir, result)
 
-    r = target_check(model, runtimes, pythons)
-    click.echo("\n".join([*format_check(r), f"Edge TPU (Coral's rules, no compiler): {r['edgetpu']['verdict']}"]))
-    if json_out:
-        _write_text(json_out, json.dumps(r, indent=2) + "\n")
-    if any(t["loads"] is False for t in r["targets"]):
-        raise SystemExit(3)
+
+cli.add_command(check_target_cmd, name="check-target")  # the very command `edge-app check-target` is (edge_app.cli.checks)
+record_targets_with(cli, _record_target)
 
 
 @cli.command()

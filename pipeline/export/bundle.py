@@ -181,7 +181,7 @@ DEVICE_README = """# {name}: the camera loop for a device
 
 Before relying on it, ask the device itself:
 
-    .venv/bin/edge-app check-target model               # will this runtime load it (every op's version)?
+    .venv/bin/edge-app check-target model               # will this runtime load it (every op's version)? how much of it maps to the Edge TPU?
     .venv/bin/edge-app info model                       # which ops the delegate took, which stayed on the CPU
     .venv/bin/edge-app check-input model --source 0     # is the camera frame what the model expects?
                                                         # (pictures of the model's input in model/check-input/)

@@ -36,7 +36,9 @@ def write_report(run: RunFolder, report: dict[str, Any], pngs: dict[str, bytes] 
 def edgetpu_stage(run: RunFolder) -> None:
     """--target edgetpu: check model_int8.tflite against the Edge TPU's rules, then compile it when
     edgetpu_compiler is installed (x86-64 Linux); without it, say how to finish elsewhere."""
-    from pipeline.export.edgetpu import EdgeTpuError, check_model, compile_model, verdict
+    from edge_app.checks.edgetpu import check_model, verdict
+
+    from pipeline.export.edgetpu import EdgeTpuError, compile_model
 
     result = check_model(run.path(INT8_TFLITE))
     record_edgetpu(run, "check", result.to_dict())
@@ -78,9 +80,8 @@ def record_compiled(run: RunFolder, compiled) -> None:
 
 def edgetpu_check(model: Path):
     """`nin-pipeline edgetpu check`: a .tflite, or a run folder's int8 model (the run then records the result)."""
+    from edge_app.checks.edgetpu import check_model
     from edge_app.contract.files import resolve_model_path
-
-    from pipeline.export.edgetpu import check_model
 
     result = check_model(resolve_model_path(model))
     if Path(model).is_dir():
@@ -102,29 +103,32 @@ def edgetpu_compile(model: Path, out_dir: Path | None = None, *, compiler: str |
 
 def target_check(model: Path, runtimes: tuple[str, ...] = (), pythons: tuple[str, ...] = (), *,
                  here: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """`nin-pipeline check-target` and the build's own: will the int8 model load on each target runtime
-    (edge_app.checks.targets), plus the Edge TPU's mapping (Coral's rules). A run folder records it in target.json
-    and its report."""
+    """The build's own `check-target` (the command is edge_app.cli.checks'): will the int8 model load on each
+    target runtime (edge_app.checks.targets), plus the Edge TPU's mapping (edge_app.checks.edgetpu, Coral's
+    rules). A run folder records it in target.json and its report."""
+    from edge_app.checks.edgetpu import with_edgetpu
     from edge_app.contract.files import resolve_model_path
     from edge_app.checks.targets import LOADABLE, check_target, table_runtimes
 
-    from pipeline.export.edgetpu import check_model, verdict
-
     path = resolve_model_path(model)
     result = check_target(path, runtimes or tuple(table_runtimes()), pythons, here=here or LOADABLE)
-    tpu = check_model(path)
-    result["edgetpu"] = {"on_tpu": tpu.on_tpu, "total": len(tpu.ops), "verdict": verdict(tpu)}
+    with_edgetpu(result, path)
     if Path(model).is_dir():
-        run = RunFolder(model)
-        run.write_json(TARGET_JSON, result)
-        if run.path(REPORT_JSON).is_file():
-            try:
-                report = run.read_report()
-            except ReportError:
-                return result
-            report["target"] = result
-            write_report(run, report)
+        RunFolder(model).write_json(TARGET_JSON, result)
+        record_target(Path(model), result)
     return result
+
+
+def record_target(run_dir: Path, result: dict[str, Any]) -> None:
+    """A run folder's target check (already in its target.json) into its report, when it has one."""
+    run = RunFolder(run_dir)
+    if run.path(REPORT_JSON).is_file():
+        try:
+            report = run.read_report()
+        except ReportError:
+            return  # a damaged report is rebuilt by `nin-pipeline report`, which reads target.json
+        report["target"] = result
+        write_report(run, report)
 
 
 def after_convert(run: RunFolder) -> None:
