@@ -1,5 +1,7 @@
 """`nin-pipeline package`: the device bundle, installed into a fresh venv without TensorFlow
-from the bundle alone, and its launcher run on a video — same predictions as the repo's loop."""
+from the bundle alone, and its launcher run on a video — same predictions as the repo's loop.
+The bundle's wheel is nin-edge's alone (edge/pyproject.toml: edge_app, edge-app), never the
+training side's."""
 
 import hashlib
 import json
@@ -8,10 +10,12 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import write_video
+from conftest import REPO, write_video
 
 from pipeline.cli.main import cli
 
@@ -46,7 +50,9 @@ def test_bundle_contents_and_manifest(bundle, tmp_path):
     assert {"model/model_int8.tflite", "model/model.json", "model/labels.txt", "requirements-edge.txt",
             "requirements-tflite-runtime.txt", "install.sh", "run.sh", "edge-app.env", "nin-edge.service.in", "README.md",
             "MANIFEST.json"} <= names
-    assert any(n.startswith("wheels/nin_pipeline-") and n.endswith(".whl") for n in names)
+    wheels = sorted(n for n in names if n.startswith("wheels/"))
+    assert len(wheels) == 1 and wheels[0].startswith("wheels/nin_edge-") and wheels[0].endswith("-py3-none-any.whl"), wheels
+    assert not any("nin_pipeline" in n for n in names)
     manifest = json.loads((top / "MANIFEST.json").read_text())
     for rel, digest in manifest["files"].items():
         assert hashlib.sha256((top / rel).read_bytes()).hexdigest() == digest, rel
@@ -56,14 +62,74 @@ def test_bundle_contents_and_manifest(bundle, tmp_path):
     unit = (top / "nin-edge.service.in").read_text()
     assert "ExecStart=@DIR@/run.sh" in unit and "Restart=on-failure" in unit and "WantedBy=multi-user.target" in unit
     assert "systemctl enable --now nin-edge" in (top / "README.md").read_text()
-    # the wheel holds the code, not the tests or the run's training files
-    import zipfile
-
+    # the wheel holds the device side's code, not the training side, the tests or the run's training files
     whl = next(top.glob("wheels/*.whl"))
     inside = zipfile.ZipFile(whl).namelist()
     assert "edge_app/camera/loop.py" in inside and not any(n.startswith("tests/") for n in inside)
+    assert not any(n.startswith("pipeline/") for n in inside), [n for n in inside if n.startswith("pipeline/")][:5]
     assert "edge_app/checks/op_versions.json" in inside  # check-target's tables travel with the device side
+    source = {str(f.relative_to(REPO)) for f in (REPO / "edge_app").rglob("*") if f.is_file() and "__pycache__" not in f.parts}
+    assert source <= set(inside), sorted(source - set(inside))  # every module, the demo model's files
+    assert {n.split("/")[0] for n in inside} == {"edge_app", whl.name.split("-py3")[0] + ".dist-info"}
+    entry = next(n for n in inside if n.endswith(".dist-info/entry_points.txt"))
+    assert "edge-app = edge_app.cli.main:main" in zipfile.ZipFile(whl).read(entry).decode()
+    assert "nin-pipeline" not in zipfile.ZipFile(whl).read(entry).decode()
     assert "edge-app check-target model" in (top / "README.md").read_text()
+
+
+def _metadata(whl: Path) -> list[str]:
+    with zipfile.ZipFile(whl) as z:
+        return z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode().splitlines()
+
+
+def test_the_bundled_wheel_requires_no_tensorflow_nor_the_training_side(bundle, tmp_path):
+    top = _extract(bundle, tmp_path)
+    meta = _metadata(next(top.glob("wheels/nin_edge-*.whl")))
+    assert "Name: nin-edge" in meta
+    requires = [ln.split(":", 1)[1].strip().lower() for ln in meta if ln.startswith("Requires-Dist:")]
+    names = {r.split(";")[0].split("[")[0].split("=")[0].split("<")[0].split(">")[0].strip() for r in requires}
+    assert {"numpy", "opencv-python-headless", "ai-edge-litert", "tflite-runtime"} <= names, requires
+    assert not [r for r in requires if "tensorflow" in r or "tf-keras" in r or "pipeline" in r], requires
+    extras = {ln.split(":", 1)[1].strip() for ln in meta if ln.startswith("Provides-Extra:")}
+    assert extras == {"litert", "tflite-runtime"}
+
+
+def test_the_two_distributions_share_one_version_and_the_pin():
+    tomllib = pytest.importorskip("tomllib")
+    root = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    edge = tomllib.loads((REPO / "edge" / "pyproject.toml").read_text())["project"]
+    assert edge["name"] == "nin-edge" and edge["version"] == root["version"]
+    assert f"nin-edge=={edge['version']}" in root["dependencies"]
+    assert root["optional-dependencies"]["edge"] == [f"nin-edge[litert]=={edge['version']}"]
+    assert "edge-app" not in root["scripts"] and edge["scripts"] == {"edge-app": "edge_app.cli.main:main"}
+    assert (REPO / "edge" / "edge_app").resolve() == (REPO / "edge_app").resolve()  # the symlink: one source
+
+
+def test_package_takes_a_nin_edge_wheel_and_refuses_any_other(bundle, edge_model, tmp_path):
+    top = _extract(bundle, tmp_path / "x")
+    edge_whl = next(top.glob("wheels/nin_edge-*.whl"))
+    dist = tmp_path / "d"
+    res = CliRunner().invoke(cli, ["package", str(edge_model), "--out", str(dist), "--wheel", str(edge_whl)])
+    assert res.exit_code == 0, res.output
+    with tarfile.open(next(dist.glob("*.tar.gz"))) as tar:
+        wheels = [n for n in tar.getnames() if "/wheels/" in n]
+        assert len(wheels) == 1 and wheels[0].endswith(edge_whl.name)
+        assert tar.extractfile(wheels[0]).read() == edge_whl.read_bytes()
+    # the training side's wheel (or a wheel by that name holding pipeline/) is refused, saying what to pass instead
+    other = tmp_path / "nin_pipeline-0.1.0-py3-none-any.whl"
+    shutil.copy(edge_whl, other)
+    fake = tmp_path / "w" / edge_whl.name  # named nin_edge but holding the training side
+    fake.parent.mkdir()
+    with zipfile.ZipFile(edge_whl) as src, zipfile.ZipFile(fake, "w") as z:
+        for n in src.namelist():
+            z.writestr(n, src.read(n))
+        z.writestr("pipeline/__init__.py", "")
+    refused = tmp_path / "refused"
+    for whl in (other, fake):
+        res = CliRunner().invoke(cli, ["package", str(edge_model), "--out", str(refused), "--wheel", str(whl)])
+        assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+        assert f"{whl.name} is not a nin_edge wheel" in res.output and "pip wheel --no-deps -w DIR ./edge" in res.output
+    assert not refused.exists() or list(refused.iterdir()) == []
 
 
 def test_bundle_installs_without_tensorflow_and_predicts_like_the_repo(bundle, clip, edge_model, tmp_path):

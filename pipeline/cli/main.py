@@ -368,7 +368,7 @@ def clients(run_dir: Path, writer_python: str | None, check_dir: Path | None, ta
 @click.argument("run_dir", type=RUN_DIR)
 @click.option("--out", "out_dir", type=RUN_DIR, default=Path("dist"), show_default=True, help="Folder for the .tar.gz.")
 @click.option("--wheel", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Use this nin_pipeline wheel instead of building one from the source tree.")
+              help="Use this nin_edge wheel (the device side: pip wheel --no-deps ./edge) instead of building one from the source tree.")
 def package(run_dir: Path, out_dir: Path, wheel: Path | None) -> None:
     """Bundle RUN_DIR's int8 model for a device: wheel, model, launcher, systemd unit, README (.tar.gz)."""
     from pipeline.export.bundle import package_run

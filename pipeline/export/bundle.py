@@ -2,7 +2,7 @@
 
 Layout of the archive (one top folder, ``nin-edge-<run>/``)::
 
-    wheels/nin_pipeline-<version>-py3-none-any.whl    this project, built from its source tree
+    wheels/nin_edge-<version>-py3-none-any.whl        the device side (edge_app, edge-app), built from edge/
     model/model_int8.tflite, model.json, labels.txt    (+ model_int8_edgetpu.tflite when compiled)
     requirements-edge.txt                              ai-edge-litert, numpy, opencv-python-headless
     requirements-tflite-runtime.txt                    tflite-runtime 2.14 + numpy<2 (older Raspberry Pi OS)
@@ -13,7 +13,9 @@ Layout of the archive (one top folder, ``nin-edge-<run>/``)::
     README.md                                          how to do all that on the device
     MANIFEST.json                                      sha256 of every file above
 
-No TensorFlow anywhere in it: the device installs only the edge extra.
+No TensorFlow anywhere in it, nor the training side: the wheel is nin-edge's alone (the
+repository's edge/pyproject.toml, packaging edge_app), installed with --no-deps; the
+requirements files carry its runtime.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 from edge_app.contract.files import EDGETPU_TFLITE, INT8_TFLITE, LABELS_TXT, SIDECAR_NAME
@@ -38,27 +41,54 @@ MODEL_FILES = (INT8_TFLITE, EDGETPU_TFLITE, SIDECAR_NAME, LABELS_TXT)
 REQUIRED = (INT8_TFLITE, SIDECAR_NAME, LABELS_TXT)
 
 
+EDGE_DIST = "nin_edge"  # the device side's wheel: nin_edge-<version>-py3-none-any.whl
+BUILD_EDGE_WHEEL = "pip wheel --no-deps -w DIR ./edge"  # from the repository's top
+
+
 def source_tree() -> Path | None:
-    """The repository this package runs from (an editable install or a clone), if any."""
+    """The repository this package runs from (an editable install or a clone), if any: the
+    folder with ``edge/pyproject.toml`` (nin-edge) and the ``edge_app`` source beside ``pipeline``."""
     root = Path(__file__).resolve().parents[2]
-    return root if (root / "pyproject.toml").is_file() and (root / "edge_app").is_dir() else None
+    ok = (root / "edge" / "pyproject.toml").is_file() and (root / "edge_app" / "__init__.py").is_file()
+    return root if ok else None
+
+
+def check_wheel(wheel: Path) -> Path:
+    """``wheel`` if it is a nin_edge wheel holding edge_app and not the training side, else PackageError."""
+    wheel = Path(wheel)
+    if not wheel.is_file():
+        raise PackageError(f"no wheel at {wheel}")
+    dist = wheel.name.split("-")[0].replace(".", "_").lower() if wheel.suffix == ".whl" else ""
+    inside: list[str] = []
+    if dist == EDGE_DIST:
+        try:
+            with zipfile.ZipFile(wheel) as z:
+                inside = z.namelist()
+        except zipfile.BadZipFile:
+            pass
+    if "edge_app/cli/main.py" not in inside or any(n.startswith("pipeline/") for n in inside):
+        raise PackageError(f"{wheel.name} is not a nin_edge wheel: the device bundle takes only the device side's "
+                           f"wheel (nin_edge-<version>-py3-none-any.whl, edge_app without the training side); build it "
+                           f"with `{BUILD_EDGE_WHEEL}` from the repository, or leave out --wheel to build it here")
+    return wheel
 
 
 def build_wheel(dest: Path, timeout: float = 600) -> Path:
-    """Build this project's wheel with pip (no dependencies) into ``dest``."""
+    """Build the device side's wheel, nin_edge (the repository's ``edge/``), with pip (no dependencies) into ``dest``."""
     root = source_tree()
     if root is None:
-        raise PackageError("no source tree to build the wheel from: run `nin-pipeline package` from a clone "
-                           "(pip install -e .), or pass --wheel with a built nin_pipeline wheel")
+        raise PackageError("no source tree to build the nin_edge wheel from: run `nin-pipeline package` from a clone "
+                           "(pip install -e ./edge -e .), or pass --wheel with a nin_edge wheel "
+                           f"(`{BUILD_EDGE_WHEEL}` in a clone)")
     import shutil
 
-    # build from a clean copy: setuptools leaves build/ behind, and a stale build/ can put deleted modules in a wheel
+    # build from a clean copy: setuptools leaves build/ behind, and a stale build/ can put deleted modules in a wheel.
+    # edge/edge_app is a symlink to the top-level edge_app/: the copy holds the real files.
     src = dest / "src"
     src.mkdir()
     for rel in ("pyproject.toml", "README.md"):
-        shutil.copy2(root / rel, src / rel)
-    for rel in ("pipeline", "edge_app"):
-        shutil.copytree(root / rel, src / rel, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(root / "edge" / rel, src / rel)
+    shutil.copytree(root / "edge_app", src / "edge_app", ignore=shutil.ignore_patterns("__pycache__"))
     cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dest), str(src)]
     try:
         import setuptools  # noqa: F401  (present: build here, offline, without an isolated build env)
@@ -69,13 +99,13 @@ def build_wheel(dest: Path, timeout: float = 600) -> Path:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        raise PackageError(f"building the wheel took over {timeout:.0f} s (pip wheel): check pip's index access, "
-                           "or pass --wheel with a built nin_pipeline wheel") from None
-    wheels = sorted(dest.glob("nin_pipeline-*.whl"))
+        raise PackageError(f"building the nin_edge wheel took over {timeout:.0f} s (pip wheel): check pip's index access, "
+                           f"or pass --wheel with a nin_edge wheel (`{BUILD_EDGE_WHEEL}`)") from None
+    wheels = sorted(dest.glob(f"{EDGE_DIST}-*.whl"))
     if proc.returncode != 0 or not wheels:
         tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-4:])
-        raise PackageError(f"building the wheel failed (pip exit {proc.returncode}): {tail}")
-    return wheels[-1]
+        raise PackageError(f"building the nin_edge wheel failed (pip exit {proc.returncode}): {tail}")
+    return check_wheel(wheels[-1])
 
 
 def _edge_requirements() -> str:
@@ -217,8 +247,8 @@ def package_run(run_dir: Path, out_dir: Path, *, wheel: Path | None = None, name
     changed = changed_files(sidecar, run_dir, MODEL_FILES)  # a model changed since model.json was written: refuse
     if changed:
         raise PackageError(f"{run_dir / changed[0]} does not match the sha256 in model.json: re-run `nin-pipeline convert {run_dir}`")
-    if wheel is not None and not Path(wheel).is_file():
-        raise PackageError(f"no wheel at {wheel}")
+    if wheel is not None:
+        wheel = check_wheel(wheel)
     name = name or f"nin-edge-{run_dir.resolve().name}"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
