@@ -91,7 +91,7 @@ ORIGINALS = {  # name: (builder, the zoo arch it stands beside, width, extra bui
 def train_original(name: str, args) -> dict:
     import dataclasses
 
-    from pipeline.runs.config import make_build_config
+    from pipeline.runs.config import BuildRequest
     from pipeline.data.splits import make_splits
     from pipeline.errors import TrainingError
     from pipeline.report.predict import predict_keras
@@ -99,8 +99,8 @@ def train_original(name: str, args) -> dict:
     from pipeline.train.fit import fit, seed_everything
 
     builder, arch, width, extra = ORIGINALS[name]
-    cfg = make_build_config("cifar10", args.data_dir, "quick", arch, {"width": width, "epochs": args.epochs,
-                            "limit_train": args.limit_train, **extra}, 0.1, None, 0)
+    cfg = BuildRequest(dataset="cifar10", data_dir=args.data_dir, arch=arch, overrides={
+        "width": width, "epochs": args.epochs, "limit_train": args.limit_train, **extra}).config()
     splits = make_splits(cfg.data)
     mcfg = dataclasses.replace(cfg.model, input_shape=splits.input_shape, num_classes=splits.num_classes)
     lr, tries = cfg.train.lr, []

@@ -60,7 +60,7 @@ def bare_fit(jit: bool, spe: int, width: float, batch: int, n: int = 4096, epoch
     keras.utils.set_random_seed(0)
     from pipeline.runs.profiles import PROFILES
 
-    dropout = float(PROFILES["quick"]["dropout"])  # the model the build trains
+    dropout = PROFILES["quick"].dropout  # the model the build trains
     m = build_model(ModelConfig(arch="nin-cifar", num_classes=10, input_shape=(32, 32, 3), width=width, dropout=dropout))
     m.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True), loss=keras.losses.SparseCategoricalCrossentropy(),
               metrics=["accuracy"], jit_compile=jit, steps_per_execution=spe)

@@ -164,6 +164,7 @@ def edge_model_copy(edge_model, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def fast_run(tmp_path_factory) -> Path:
+    from pipeline.runs.config import BuildRequest
     from pipeline.stages.orchestrator import build
 
     base = tmp_path_factory.mktemp("fast")
@@ -171,9 +172,9 @@ def fast_run(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NIN_CACHE_DIR", str(base / "cache"))
         mp.setenv("KERAS_HOME", str(base / "keras"))
-        run = build(dataset="folder", data_dir=tree, out=base / "run", profile="quick", arch="nin-cifar",
-                    overrides={"width": 0.125, "epochs": 1, "qat_epochs": 1, "batch_size": 32}, val_fraction=0.1,
-                    io_type=None, target="cpu", class_maps=True, seed=0, resume=False, data_cache="none")
+        request = BuildRequest(dataset="folder", data_dir=tree, overrides={"width": 0.125, "epochs": 1, "qat_epochs": 1,
+                                                                            "batch_size": 32}, class_maps=True, data_cache="none")
+        run = build(request.config(), base / "run")
     return run.root
 
 
@@ -254,11 +255,11 @@ def lenet_sweep(cifar_jpg, cifar_cache, tmp_path_factory):
     real_build, calls = build_module.build, []
 
     def counted(interrupt_at: int | None):
-        def build(**kw):
-            calls.append(kw["out"].name)
+        def build(cfg, out, **kw):
+            calls.append(out.name)
             if len(calls) == interrupt_at:
                 raise KeyboardInterrupt
-            return real_build(**kw)
+            return real_build(cfg, out, **kw)
         return build
 
     with pytest.MonkeyPatch.context() as mp:

@@ -95,13 +95,13 @@ HOLD_LOCK = ("import sys, time\nfrom pathlib import Path\nfrom pipeline.runs.fol
 def test_a_run_folder_in_use_is_refused_and_a_dead_holders_lock_is_not(tmp_path):
     """Two commands writing one run folder corrupt it: the second is refused with the holder's PID;
     once the holder is gone (kill -9 included) the folder is free again."""
-    from pipeline.runs.config import make_build_config
+    from pipeline.runs.config import BuildRequest
     from pipeline.runs.folder import run_lock
 
     tree = make_image_tree(tmp_path / "tree")
     run = tmp_path / "run"
     run.mkdir()
-    cfg = make_build_config("folder", tree, "quick", "nin-cifar", {"epochs": 1}, 0.1, "int8", 0)
+    cfg = BuildRequest(dataset="folder", data_dir=tree, arch="nin-cifar", overrides={"epochs": 1}, io_type="int8").config()
     (run / "config.json").write_text(json.dumps(cfg.to_dict()))
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:

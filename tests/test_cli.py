@@ -62,9 +62,9 @@ def test_rerun_with_other_settings_is_refused(runner, tmp_path):
     tree = make_image_tree(tmp_path / "tree")
     out = tmp_path / "run"
     out.mkdir()
-    from pipeline.runs.config import make_build_config
+    from pipeline.runs.config import BuildRequest
 
-    cfg = make_build_config("folder", tree, "quick", "nin-cifar", {"epochs": 1}, 0.1, "int8", 0)
+    cfg = BuildRequest(dataset="folder", data_dir=tree, arch="nin-cifar", overrides={"epochs": 1}, io_type="int8").config()
     (out / "config.json").write_text(json.dumps(cfg.to_dict()))
     res = runner.invoke(cli, ["build", "--dataset", "folder", "--data-dir", str(tree), "--out", str(out), "--epochs", "2"])
     assert res.exit_code == 1
@@ -74,10 +74,8 @@ def test_rerun_with_other_settings_is_refused(runner, tmp_path):
 def test_training_flags_reach_the_stage_configs(runner, tmp_path, monkeypatch):
     seen = {}
 
-    def fake_build(**kw):
-        from pipeline.runs.config import make_build_config
-
-        seen["cfg"] = make_build_config(kw["dataset"], None, kw["profile"], kw["arch"], kw["overrides"], 0.1, None, 0)
+    def fake_build(cfg, out, **kw):
+        seen["cfg"] = cfg
         raise SystemExit(0)
 
     monkeypatch.setattr("pipeline.stages.orchestrator.build", fake_build)
@@ -86,7 +84,7 @@ def test_training_flags_reach_the_stage_configs(runner, tmp_path, monkeypatch):
     assert cfg.train.label_smoothing == 0.1 and cfg.qat.lr == 0.0002
     from pipeline.runs.profiles import PROFILES
 
-    assert cfg.train.lr == PROFILES["quick"]["lr"]  # the profile's own where no flag is given
+    assert cfg.train.lr == PROFILES["quick"].lr  # the profile's own where no flag is given
 
 
 def test_sigterm_stops_a_build_like_ctrl_c(runner, tmp_path, monkeypatch):
@@ -105,7 +103,7 @@ def test_sigterm_stops_a_build_like_ctrl_c(runner, tmp_path, monkeypatch):
     finally:
         signal.signal(signal.SIGTERM, before)
 
-    def terminated(**kw):
+    def terminated(*a, **kw):
         raise Terminated()
 
     monkeypatch.setattr("pipeline.stages.orchestrator.build", terminated)
@@ -188,12 +186,12 @@ def test_arch_that_does_not_fit_the_data_is_a_clear_error(runner, tmp_path):
 def test_the_data_may_move_but_not_change(tmp_path):
     """Where the data lives is not a training setting (a resumed run may get another --data-dir);
     what the data is, is: a run folder records its fingerprint and refuses other data."""
-    from pipeline.runs.config import diff_configs, make_build_config
+    from pipeline.runs.config import BuildRequest, diff_configs
     from pipeline.errors import RunError
     from pipeline.runs.folder import RunFolder
 
-    a = make_build_config("folder", tmp_path / "a", "quick", "nin-cifar", {}, 0.1, None, 0)
-    b = make_build_config("folder", tmp_path / "b", "quick", "nin-cifar", {}, 0.1, None, 0)
+    a = BuildRequest(dataset="folder", data_dir=tmp_path / "a", arch="nin-cifar").config()
+    b = BuildRequest(dataset="folder", data_dir=tmp_path / "b", arch="nin-cifar").config()
     assert a.data.data_dir != b.data.data_dir and diff_configs(a.to_dict(), b.to_dict()) == []
     run = RunFolder.create(tmp_path / "run", a)
     run.check_data("f00d", "a")
@@ -209,14 +207,16 @@ def test_a_tensorflow_runtime_error_in_training_is_one_line(runner, tmp_path, mo
 
     import pipeline.stages.orchestrator
 
-    def oom(**kwargs):
+    def oom(*args):
         raise tf.errors.ResourceExhaustedError(None, None, "Graph execution error:\n\nDetected at node x\n"
                                                "  File \"a.py\", line 1\nOOM when allocating tensor with shape[128,96,32,32]")
 
-    monkeypatch.setattr(pipeline.stages.orchestrator, "build", oom)
-    res = runner.invoke(cli, ["build", "--out", str(tmp_path / "r")])
+    tree = make_image_tree(tmp_path / "tree")
+    args = ["build", "--dataset", "folder", "--data-dir", str(tree), "--epochs", "1"]
+    monkeypatch.setitem(pipeline.stages.orchestrator.STAGE_FUNCTIONS, "train", oom)
+    res = runner.invoke(cli, [*args, "--out", str(tmp_path / "r")])
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "ResourceExhaustedError: OOM when allocating tensor" in res.output and "run the same command again" in res.output
-    monkeypatch.setattr(pipeline.stages.orchestrator, "build", lambda **kw: 1 / 0)  # a bug stays a traceback, not a message
-    res = runner.invoke(cli, ["build", "--out", str(tmp_path / "r")])
+    monkeypatch.setitem(pipeline.stages.orchestrator.STAGE_FUNCTIONS, "train", lambda *a: 1 / 0)  # a bug stays a traceback
+    res = runner.invoke(cli, [*args, "--out", str(tmp_path / "r2")])
     assert isinstance(res.exception, ZeroDivisionError)

@@ -211,5 +211,5 @@ def test_the_batch_splits_over_the_workers(job):
     for spec in _replicas(job).values():
         argv = _command(spec)
         profile = argv[argv.index("--profile") + 1] if "--profile" in argv else "quick"
-        batch = int(argv[argv.index("--batch-size") + 1]) if "--batch-size" in argv else PROFILES[profile]["batch_size"]
+        batch = int(argv[argv.index("--batch-size") + 1]) if "--batch-size" in argv else PROFILES[profile].batch_size
         assert batch % n == 0, f"--batch-size {batch} is global: it must divide by the {n} workers"

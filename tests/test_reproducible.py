@@ -67,9 +67,9 @@ def test_another_seed_gives_other_weights():
 
 
 def test_the_flag_is_recorded(tmp_path):
-    from pipeline.runs.config import make_build_config
+    from pipeline.runs.config import BuildRequest
 
-    on = make_build_config("cifar10", None, "quick", "nin-cifar", {}, 0.1, None, 0)
-    off = make_build_config("cifar10", None, "quick", "nin-cifar", {"deterministic": False}, 0.1, None, 0)
+    on = BuildRequest(dataset="cifar10", arch="nin-cifar").config()
+    off = BuildRequest(dataset="cifar10", arch="nin-cifar", overrides={"deterministic": False}).config()
     assert on.train.deterministic and not off.train.deterministic
     assert type(on).from_dict(off.to_dict()).train.deterministic is False

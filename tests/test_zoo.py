@@ -113,17 +113,17 @@ def test_add_concatenate_and_fc_layers_quantise_to_a_fully_int8_model(tmp_path):
 
 
 def test_a_seed_architecture_has_no_class_maps_to_ask_for(tmp_path):
-    from pipeline.runs.config import make_build_config
+    from pipeline.runs.config import BuildRequest
     from pipeline.errors import RunError
 
-    cfg = make_build_config("cifar10", None, "quick", "resnet20", {}, 0.1, None, 0)
+    cfg = BuildRequest(dataset="cifar10", arch="resnet20").config()
     assert cfg.convert.class_maps is False and cfg.model.head == "gap"
-    assert make_build_config("cifar10", None, "quick", "nin-cifar", {}, 0.1, None, 0).convert.class_maps is True
-    assert make_build_config("cifar10", None, "quick", "nin-cifar", {"head": "fc"}, 0.1, None, 0).convert.class_maps is False
+    assert BuildRequest(dataset="cifar10", arch="nin-cifar").config().convert.class_maps is True
+    assert BuildRequest(dataset="cifar10", arch="nin-cifar", overrides={"head": "fc"}).config().convert.class_maps is False
     with pytest.raises(RunError, match="no per-class maps"):
-        make_build_config("cifar10", None, "quick", "lenet", {}, 0.1, None, 0, class_maps=True)
+        BuildRequest(dataset="cifar10", arch="lenet", class_maps=True).config()
     with pytest.raises(RunError, match="--head fc"):
-        make_build_config("cifar10", None, "quick", "densenet", {"head": "fc"}, 0.1, None, 0)
+        BuildRequest(dataset="cifar10", arch="densenet", overrides={"head": "fc"}).config()
 
 
 def test_a_seed_architecture_goes_through_the_unchanged_path(lenet_sweep, cifar_jpg, tmp_path):

@@ -13,6 +13,8 @@ from typing import Callable
 
 import click
 
+from edge_app.runtime import RUNTIMES
+
 from edge_app.cli.common import RUNTIME_CHOICES, model_anywhere, write_text
 from edge_app.frames.geometry import RESIZE_MODES
 
@@ -69,9 +71,9 @@ def target_names(ctx, param, values):
 
     known = table_runtimes()
     for v in values:
-        if v not in known and v not in ("ai-edge-litert", "tflite-runtime", "tensorflow", EDGETPU):
+        if v not in known and v not in (*RUNTIMES, EDGETPU):
             raise click.BadParameter(f"{v!r} is neither a runtime with an op table ({', '.join(known)}) nor one to load "
-                                     f"here by name (ai-edge-litert, tflite-runtime, tensorflow), nor {EDGETPU}")
+                                     f"here by name ({', '.join(RUNTIMES)}), nor {EDGETPU}")
     return tuple(values) or tuple(known)
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from pathlib import Path
 from typing import Callable
 
 import click
 
-from edge_app.errors import OutputError
+from edge_app.errors import HintedError, OutputError
+from edge_app.quiet import VerboseGroup, verbose_option
 from edge_app.runtime import DELEGATES, RUNTIMES
 
 RUNTIME_CHOICES = ("auto", *RUNTIMES)
@@ -18,6 +20,43 @@ RUNTIME_CHOICES = ("auto", *RUNTIMES)
 
 def one_line(text: str) -> str:
     return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+class ErrorGroup(VerboseGroup, click.Group):
+    """The one error handler of both commands (`edge-app`, and `nin-pipeline`, which adds what only
+    training meets): every error a user can fix (a :class:`~edge_app.errors.HintedError` of either
+    side, an OSError) becomes one ``Error: ...`` line and exit status 1, no traceback."""
+
+    os_error_hint = ""  # what to do about a file that cannot be read or written, after the OS's reason
+
+    def invoke(self, ctx: click.Context):
+        import errno
+
+        try:
+            return super().invoke(ctx)
+        except HintedError as exc:
+            if getattr(exc, "exit_now", False):
+                # training threads (a multi-worker strategy's) would keep an ordinary exit waiting
+                from edge_app.quiet import restore
+
+                click.echo(f"Error: {one_line(str(exc))}", err=True)
+                restore()
+                os._exit(1)
+            raise click.ClickException(one_line(str(exc))) from None
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                raise  # the reader of stdout went away (e.g. `| head`): click ends quietly
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(one_line(f"{where}{exc.strerror or exc}{self.os_error_hint}")) from None
+
+
+def command_group(cls: type[ErrorGroup], **kwargs):
+    """``@click.group`` with the shared settings: ``-h``/``--help``, ``--verbose`` (once, from edge_app.quiet)."""
+
+    def decorate(f):
+        return verbose_option(click.group(cls=cls, context_settings={"help_option_names": ["-h", "--help"]}, **kwargs)(f))
+
+    return decorate
 
 
 @dataclasses.dataclass(frozen=True)

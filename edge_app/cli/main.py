@@ -10,43 +10,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 from pathlib import Path
 
 import click
 
 from edge_app import __version__
 from edge_app.cli.checks import check_input_cmd, check_target_cmd
-from edge_app.cli.common import MODEL_FIELDS, ModelChoice, bundle, model_anywhere, one_line, open_text, runtime_options, write_text
-from edge_app.errors import EdgeAppError, stop_on_sigterm
+from edge_app.cli.common import MODEL_FIELDS, ErrorGroup, command_group, ModelChoice, bundle, model_anywhere, one_line, open_text, runtime_options, write_text
+from edge_app.errors import stop_on_sigterm
 from edge_app.contract.files import EVAL_JSON
 from edge_app.frames.geometry import RESIZE_MODES
 from edge_app.camera.loop import LoopOptions
-from edge_app.quiet import VerboseGroup, is_verbose
+from edge_app.quiet import is_verbose
 
 LOOP_FIELDS = tuple(f.name for f in dataclasses.fields(LoopOptions))
 
 
-class _Cli(VerboseGroup, click.Group):
-    """The one error handler: a user's error from any command is one line, no traceback."""
-
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except EdgeAppError as exc:
-            raise click.ClickException(one_line(str(exc))) from None
-        except OSError as exc:
-            if exc.errno == errno.EPIPE:
-                raise  # the reader of stdout went away (e.g. `| head`): click ends quietly
-            where = f"{exc.filename}: " if exc.filename else ""
-            raise click.ClickException(one_line(f"{where}{exc.strerror or exc}")) from None
-
-
-@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@command_group(ErrorGroup)
 @click.version_option(__version__, prog_name="edge-app")
-@click.option("--verbose", is_flag=True, expose_value=False,
-              help="Also show the native libraries' own log lines (TensorFlow, LiteRT, OpenCV), hidden by default.")
 def cli() -> None:
     """Run nin-pipeline's int8 models on a device (no TensorFlow needed)."""
     import os

@@ -7,6 +7,7 @@ from typing import Any
 from edge_app.frames.geometry import fit_to_input
 from edge_app.camera.loop import LoopOptions, run_loop
 from edge_app.model import LoadedModel
+from edge_app.runtime import DELEGATES
 from edge_app.frames.sources import SyntheticSource
 
 
@@ -50,7 +51,7 @@ def measured_on(model: LoadedModel, threads: int | None) -> dict[str, Any]:
 
 
 
-def bench_all(folder, *, runs: int = 100, delegates: tuple[str, ...] = ("cpu", "edgetpu", "gpu", "nnapi"),
+def bench_all(folder, *, runs: int = 100, delegates: tuple[str, ...] = DELEGATES,
               data=None, limit: int | None = None, max_threads: int | None = None, runtime: str = "auto",
               ignore_checksum: bool = False) -> list[dict[str, Any]]:
     """Every model of a run folder x every runtime installed x threads 1..cores (CPU) x every delegate

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from pipeline.cli.params import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, RUN_DIR, CommaList
-from pipeline.cli.params import write_text as _write_text
+from edge_app.cli.common import write_text
 from pipeline.data.formats import DATASETS
 from pipeline.models.nin import ARCHS, HEADS
 from pipeline.runs.profiles import PROFILES
@@ -29,9 +29,9 @@ def register(cli: click.Group) -> None:
         recs = cmp.records(list(runs))
         cmp.print_table(recs)
         if markdown:
-            _write_text(markdown, cmp.markdown(recs))
+            write_text(markdown, cmp.markdown(recs))
         if json_out:
-            _write_text(json_out, json.dumps({"runs": recs, "pareto": [r["run"] for r in cmp.front(recs)]}, indent=2) + "\n")
+            write_text(json_out, json.dumps({"runs": recs, "pareto": [r["run"] for r in cmp.front(recs)]}, indent=2) + "\n")
         if plot:
             from edge_app.fsutil import atomic_write_bytes
 
@@ -50,7 +50,7 @@ def register(cli: click.Group) -> None:
         from pipeline.models.nin import ModelConfig, summary_lines
 
         if width is None:
-            width = float(PROFILES["quick"]["width"])
+            width = PROFILES["quick"].width
             click.echo(f"width {width:g} (the quick profile's, as `build` uses; --width to change)")
         size = input_size or ARCHS[arch].default_input_size
         try:
@@ -87,6 +87,7 @@ def register(cli: click.Group) -> None:
         """Build every ARCH x WIDTH x SIZE candidate (resumable), then the accuracy-vs-latency Pareto front."""
         from pipeline.choose import compare as cmp
         from pipeline.choose import sweep as sw
+        from pipeline.runs.config import BuildRequest
         from pipeline.stages.orchestrator import build
         from pipeline.data.formats import resolve_source
 
@@ -101,14 +102,12 @@ def register(cli: click.Group) -> None:
         def overrides(c):
             return {**common, "width": c.width, **({"input_size": c.input_size} if c.input_size else {})}
 
-        def build_one(c, folder):
-            build(dataset=dataset, data_dir=data_dir, out=folder, profile=profile, arch=c.arch, overrides=overrides(c),
-                  val_fraction=0.1, io_type=None, target="cpu", class_maps=None, seed=seed, resume=False)
-
         def expected(c):
-            from pipeline.runs.config import make_build_config
+            return BuildRequest(dataset=dataset, data_dir=data_dir, profile=profile, arch=c.arch, overrides=overrides(c),
+                                seed=seed).config()
 
-            return make_build_config(dataset, data_dir, profile, c.arch, overrides(c), 0.1, None, seed)
+        def build_one(c, folder):
+            build(expected(c), folder)
 
         out.mkdir(parents=True, exist_ok=True)
         cands = sw.candidates(archs, widths, input_sizes or [])

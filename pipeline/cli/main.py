@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import sys
 from pathlib import Path
 
 import click
 
 from edge_app.cli.checks import check_target_cmd, record_targets_with
 from edge_app.contract.files import REPORT_HTML, RunFiles
-from edge_app.quiet import VerboseGroup, is_verbose
+from edge_app.cli.common import ErrorGroup, command_group, write_text
+from edge_app.quiet import is_verbose
 
 from pipeline import __version__
 from pipeline.cli.params import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, RUN_DIR, WORKERS
-from pipeline.cli.params import write_text as _write_text
 from pipeline.export.convert import IO_TYPES, TARGETS
 from pipeline.data.splits import DATA_CACHES
 from pipeline.data.formats import DATASETS
@@ -46,15 +44,14 @@ def _legacy_keras_env() -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-class _Cli(VerboseGroup, click.Group):
-    """The one place where a user's error becomes one clear line and a non-zero exit."""
+class _Cli(ErrorGroup):
+    """edge-app's error handler (one line, no traceback), plus what only training meets: Ctrl-C's resume
+    hint, and the training stack not installed. TensorFlow's own runtime errors come here already as
+    ``TrainingError`` (pipeline.stages.orchestrator.stage_errors)."""
 
+    os_error_hint = "; choose a writable place (--out, --json, --markdown)"
 
     def invoke(self, ctx: click.Context):
-        from edge_app.errors import EdgeAppError
-
-        from pipeline.errors import PipelineError
-
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt as exc:
@@ -64,48 +61,16 @@ class _Cli(VerboseGroup, click.Group):
             click.echo(f"\n{by}: finished epochs are checkpointed; run the same command again "
                        "(or `nin-pipeline build --resume --out RUN`) to continue.", err=True)
             raise click.exceptions.Exit(143 if isinstance(exc, Terminated) else 130) from None
-        except (PipelineError, EdgeAppError) as exc:
-            raise click.ClickException(str(exc)) from None
-        except OSError as exc:  # a folder that cannot be written, a full disk, ...
-            where = f"{exc.filename}: " if exc.filename else ""
-            raise click.ClickException(f"{where}{exc.strerror or exc}; choose a writable place (--out, --json, --markdown)") from None
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.split(".")[0] in TRAINING_STACK:
                 raise click.ClickException(
                     f"the training stack is not installed ({exc.name} is missing): pip install 'nin-pipeline[train]' "
-                    "(from a clone: pip install '.[train]')") from None
+                    "(from a clone: pip install -e ./edge -e '.[train]')") from None
             raise
-        except Exception as exc:  # noqa: BLE001  (narrowed below: only TensorFlow's runtime errors)
-            tf_errors = sys.modules.get("tensorflow.python.framework.errors_impl")
-            if tf_errors is None or not isinstance(exc, tf_errors.OpError):
-                raise
-            # a runtime error inside training (out of memory, an image file gone unreadable mid-epoch):
-            # one line, and the run resumes from its last finished epoch
-            lines = [ln.strip() for ln in (exc.message or str(exc)).splitlines() if ln.strip()]
-            said = [ln for ln in lines if not ln.startswith(("Graph execution error", "Detected at node", "File ", "[[",
-                                                             "The error could be"))]
-            first = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", (said or lines or [""])[0])  # TF's op-name prefix
-            from pipeline.stages.cluster import peer_failed
-
-            if peer_failed(exc):
-                # a worker died or hangs; this process's collectives cannot recover: stop now (the
-                # strategy's threads would keep an ordinary exit waiting)
-                click.echo(f"Error: training stopped: a worker stopped responding ({type(exc).__name__}: {first}). "
-                           "Finished epochs are backed up in the chief's run folder: start the same command again on "
-                           "every worker and training resumes from the last one.", err=True)
-                from edge_app.quiet import restore
-
-                restore()
-                os._exit(1)
-            raise click.ClickException(f"TensorFlow stopped with {type(exc).__name__}: {first}; finished epochs are "
-                                       "checkpointed: fix the cause (e.g. a smaller --batch-size for out-of-memory) and "
-                                       "run the same command again") from None
 
 
-@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@command_group(_Cli)
 @click.version_option(__version__, prog_name="nin-pipeline")
-@click.option("--verbose", is_flag=True, expose_value=False,
-              help="Also show the native libraries' own log lines (TensorFlow, LiteRT, OpenCV), hidden by default.")
 def cli() -> None:
     """Train Network-in-Network, fine-tune it with QAT, and export a fully int8 TFLite model."""
     _legacy_keras_env()
@@ -186,8 +151,10 @@ def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_
 
     On several machines the batch size is global (each of N workers takes batch / N per step, the
     gradients are averaged), so the same --batch-size and --lr give the same training as on one."""
-    from pipeline.stages.orchestrator import build as build_run
+    from pipeline.runs.config import BuildRequest
     from pipeline.stages.cluster import from_env, tf_config
+    from pipeline.stages.orchestrator import build as build_run
+    from pipeline.stages.orchestrator import resolve_build
 
     if target == "edgetpu" and io_type == "int8":
         raise click.BadParameter("--target edgetpu takes uint8 input and output; leave out --io-type int8", param_hint="--io-type")
@@ -201,10 +168,11 @@ def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_
                                         batch_size=batch_size, lr=lr, dropout=dropout, label_smoothing=label_smoothing,
                                         qat_lr=qat_lr, qat_distill=qat_distill, limit_train=limit_train,
                                         limit_test=limit_test, deterministic=deterministic, head=head).items() if v is not None}
-    run = build_run(dataset=dataset, data_dir=data_dir, out=out, profile=profile, arch=arch, overrides=overrides,
-                    val_fraction=val_fraction, io_type=io_type, target=target, class_maps=class_maps, seed=seed,
-                    resume=resume, data_cache=data_cache, memory_budget_gb=memory_budget_gb, workers=cluster,
-                    worker_timeout=worker_timeout, collective_timeout=collective_timeout)
+    request = BuildRequest(dataset=dataset, data_dir=data_dir, profile=profile, arch=arch, overrides=overrides,
+                           val_fraction=val_fraction, io_type=io_type, target=target, class_maps=class_maps, seed=seed,
+                           data_cache=data_cache, memory_budget_gb=memory_budget_gb)
+    cfg, out = resolve_build(request, out, resume=resume, workers=cluster)
+    run = build_run(cfg, out, workers=cluster, worker_timeout=worker_timeout, collective_timeout=collective_timeout)
     click.echo(f"run folder: {run.root}" if cluster is None or cluster.is_chief else
                f"{cluster.describe()}: done; the chief writes the run folder {run.root}")
     if (cluster is None or cluster.is_chief) and run.path(REPORT_HTML).is_file():
@@ -280,7 +248,7 @@ def evaluate(model: Path, dataset: str, data_dir: Path | None, limit_test: int |
     click.echo(f"{model.name} on {dataset} test ({res['images']:,} images): top-1 {100 * res['top1']:.2f}%{top5} "
                f"({res['seconds']:.1f} s, {res['images_per_second']:.0f} images/s)")
     if json_out:
-        _write_text(json_out, json.dumps(res, indent=2) + "\n")
+        write_text(json_out, json.dumps(res, indent=2) + "\n")
 
 
 @cli.group()
@@ -302,7 +270,7 @@ def edgetpu_check(model: Path, json_out: Path | None, strict: bool) -> None:
     result = check(model)
     click.echo("\n".join(format_check(result)))
     if json_out:
-        _write_text(json_out, json.dumps(result.to_dict(), indent=2) + "\n")
+        write_text(json_out, json.dumps(result.to_dict(), indent=2) + "\n")
     if strict and not result.fully_mapped:
         raise click.ClickException(f"{result.on_tpu} of {len(result.ops)} operations would run on the Edge TPU (--strict)")
 

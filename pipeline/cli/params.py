@@ -60,9 +60,3 @@ class CommaList(click.ParamType):
         if not parts:
             self.fail("give at least one value, comma-separated", param, ctx)
         return [self.item.convert(v, param, ctx) for v in parts]
-
-
-def write_text(path: Path, text: str) -> None:
-    from edge_app.fsutil import atomic_write_text
-
-    atomic_write_text(path, text)

@@ -1,14 +1,16 @@
 """One build's settings: a frozen dataclass per stage, put together from a profile and flags.
 
-``BuildConfig`` is what ``config.json`` in a run folder holds; ``make_build_config`` turns the
-command line's choices into one, and ``diff_configs`` says how two differ (a run folder is
-only resumed with the settings it was started with).
+``BuildConfig`` is what ``config.json`` in a run folder holds; a :class:`BuildRequest` (what the
+command line asked for: a profile and the flags given) is resolved into one, once, by
+``BuildRequest.config``; ``diff_configs`` says how two differ (a run folder is only resumed with
+the settings it was started with).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from pipeline.export.convert import ConvertConfig, QatConfig
 from pipeline.data.splits import DataConfig
 from pipeline.errors import RunError
 from pipeline.models.nin import ARCHS, ModelConfig, has_class_maps
-from pipeline.runs.profiles import PROFILES
+from pipeline.runs.profiles import PROFILES, SETTINGS
 from pipeline.train.fit import TrainConfig
 
 
@@ -54,39 +56,70 @@ def io_for_target(target: str, io_type: str | None) -> str:
     return io_type or "int8"
 
 
-def make_build_config(dataset: str, data_dir: Path | None, profile: str, arch: str, explicit: dict[str, Any],
-                      val_fraction: float, io_type: str | None, seed: int, class_maps: bool | None = None,
-                      target: str = "cpu", data_cache: str = "auto", memory_budget_gb: float | None = None) -> BuildConfig:
-    """A profile's settings, overridden by the flags the user gave (``explicit``). ``class_maps``
-    None: export them where the architecture has them."""
-    p = {**PROFILES[profile], **explicit}
-    input_size = p.get("input_size")
-    if arch != "nin-cifar" and input_size is None and dataset == "folder":
-        input_size = ARCHS[arch].default_input_size
-    model = ModelConfig(arch=arch, width=float(p["width"]), dropout=float(p["dropout"]), head=str(p.get("head", "gap")))
-    info = ARCHS[arch]
-    if model.head not in info.heads:
-        raise RunError(f"--head {model.head}: {arch} has {' / '.join(info.heads)} only",
-                       "the fc heads are nin-cifar's ablation of its global average pooling; leave out --head")
-    if class_maps is None:
-        class_maps = has_class_maps(model)
-    elif class_maps and not has_class_maps(model):
-        raise RunError(f"--class-maps: {arch}{' with --head ' + model.head if model.head != 'gap' else ''} has no "
-                       "per-class maps (only NiN with its global average pooling head has)", "leave out --class-maps")
-    return BuildConfig(
-        data=DataConfig(dataset=dataset, data_dir=str(data_dir.expanduser().resolve()) if data_dir else None,
-                        input_size=input_size, val_fraction=val_fraction, limit_train=p.get("limit_train"),
-                        limit_test=p.get("limit_test"), seed=seed, cache=data_cache, memory_budget_gb=memory_budget_gb),
-        model=model,
-        train=TrainConfig(epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), lr=float(p["lr"]),
-                          weight_decay=float(p["weight_decay"]), schedule=str(p["schedule"]),
-                          warmup_epochs=float(p["warmup_epochs"]), label_smoothing=float(p.get("label_smoothing", 0.0)), seed=seed,
-                          deterministic=bool(p.get("deterministic", True))),
-        qat=QatConfig(epochs=int(p["qat_epochs"]), lr=float(p["qat_lr"]), batch_size=int(p["batch_size"]),
-                      distill=float(p.get("qat_distill", 0.0))),
-        convert=ConvertConfig(io_type=io_for_target(target, io_type), class_maps=class_maps, target=target),
-        profile=profile,
-    )
+@dataclass(frozen=True)
+class BuildRequest:
+    """What `nin-pipeline build` (or one sweep candidate) asks for: a profile, and the settings the user
+    gave explicitly (``overrides``, keyed by :class:`~pipeline.runs.profiles.Profile` field). ``class_maps``
+    None: export them where the architecture has them; ``data_cache`` None: not given (auto)."""
+
+    dataset: str = "cifar10"
+    data_dir: Path | None = None
+    profile: str = "quick"
+    arch: str = "nin-cifar"
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    val_fraction: float = 0.1
+    io_type: str | None = None
+    target: str = "cpu"
+    class_maps: bool | None = None
+    seed: int = 0
+    data_cache: str | None = None
+    memory_budget_gb: float | None = None
+
+    def __post_init__(self) -> None:
+        unknown = set(self.overrides) - set(SETTINGS)
+        if unknown:  # a programming error (the CLI only passes known flags)
+            raise TypeError(f"BuildRequest overrides: no setting {', '.join(sorted(unknown))}")
+
+    def config(self) -> BuildConfig:
+        """The one resolution of a request into the settings a run folder records."""
+        p = dataclasses.replace(PROFILES[self.profile], **self.overrides)
+        arch, info = self.arch, ARCHS[self.arch]
+        input_size = p.input_size
+        if arch != "nin-cifar" and input_size is None and self.dataset == "folder":
+            input_size = info.default_input_size
+        model = ModelConfig(arch=arch, width=float(p.width), dropout=float(p.dropout), head=p.head)
+        if model.head not in info.heads:
+            raise RunError(f"--head {model.head}: {arch} has {' / '.join(info.heads)} only",
+                           "the fc heads are nin-cifar's ablation of its global average pooling; leave out --head")
+        class_maps = self.class_maps
+        if class_maps is None:
+            class_maps = has_class_maps(model)
+        elif class_maps and not has_class_maps(model):
+            raise RunError(f"--class-maps: {arch}{' with --head ' + model.head if model.head != 'gap' else ''} has no "
+                           "per-class maps (only NiN with its global average pooling head has)", "leave out --class-maps")
+        data_dir = str(Path(self.data_dir).expanduser().resolve()) if self.data_dir else None
+        return BuildConfig(
+            data=DataConfig(dataset=self.dataset, data_dir=data_dir, input_size=input_size, val_fraction=self.val_fraction,
+                            limit_train=p.limit_train, limit_test=p.limit_test, seed=self.seed,
+                            cache=self.data_cache or "auto", memory_budget_gb=self.memory_budget_gb),
+            model=model,
+            train=TrainConfig(epochs=int(p.epochs), batch_size=int(p.batch_size), lr=float(p.lr),
+                              weight_decay=float(p.weight_decay), schedule=p.schedule, warmup_epochs=float(p.warmup_epochs),
+                              label_smoothing=float(p.label_smoothing), seed=self.seed, deterministic=bool(p.deterministic)),
+            qat=QatConfig(epochs=int(p.qat_epochs), lr=float(p.qat_lr), batch_size=int(p.batch_size),
+                          distill=float(p.qat_distill)),
+            convert=ConvertConfig(io_type=io_for_target(self.target, self.io_type), class_maps=class_maps, target=self.target),
+            profile=self.profile,
+        )
+
+    def with_data_place(self, cfg: BuildConfig) -> BuildConfig:
+        """A run folder's own ``cfg`` (a resume), with where and how the data is held taken from this
+        request where it gives them: these may change on resume (the data itself may not: its fingerprint)."""
+        data = dataclasses.replace(
+            cfg.data, cache=self.data_cache or cfg.data.cache,
+            memory_budget_gb=self.memory_budget_gb if self.memory_budget_gb is not None else cfg.data.memory_budget_gb,
+            data_dir=str(Path(self.data_dir).expanduser().resolve()) if self.data_dir is not None else cfg.data.data_dir)
+        return dataclasses.replace(cfg, data=data)
 
 
 def with_target(cfg: BuildConfig, target: str) -> BuildConfig:

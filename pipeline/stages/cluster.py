@@ -192,6 +192,28 @@ def peer_failed(exc: BaseException) -> bool:
     return _strategy is not None and type(exc).__name__ in PEER_FAILURES
 
 
+class PeerLost(ClusterError):
+    """Another worker died or stopped responding: this process's collectives cannot recover."""
+
+    exit_now = True  # the strategy's threads would keep an ordinary exit waiting (the CLI ends the process)
+
+
+def failure(exc: BaseException) -> PipelineError:
+    """A TensorFlow runtime error raised inside a stage, as the error a user reads: a lost worker, or
+    what TensorFlow said (out of memory, an image unreadable mid-epoch) with how to go on."""
+    from pipeline.errors import TrainingError
+    from pipeline.train.fit import tf_error_line
+
+    said = f"{type(exc).__name__}: {tf_error_line(exc)}"
+    if peer_failed(exc):
+        return PeerLost(f"training stopped: a worker stopped responding ({said})",
+                        "finished epochs are backed up in the chief's run folder: start the same command again on "
+                        "every worker and training resumes from the last one")
+    return TrainingError(f"TensorFlow stopped with {said}",
+                         "finished epochs are checkpointed: fix the cause (e.g. a smaller --batch-size for out-of-memory) "
+                         "and run the same command again")
+
+
 def strategy():
     """The started MultiWorkerMirroredStrategy, or None when this process trains alone."""
     return _strategy

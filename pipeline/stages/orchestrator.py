@@ -8,6 +8,7 @@ The functions at the end are what the ``nin-pipeline`` commands call, one each.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import logging
@@ -37,7 +38,7 @@ from edge_app.contract.files import (
 )
 from pipeline import __version__
 from pipeline.stages.cluster import Cluster
-from pipeline.runs.config import BuildConfig, make_build_config, with_target
+from pipeline.runs.config import BuildConfig, BuildRequest, with_target
 from pipeline.data.splits import Splits
 from pipeline.errors import RunError
 from pipeline.stages.inputs import distillation_targets, fit_datasets, load_data
@@ -256,6 +257,19 @@ def evaluate_and_report(cfg: BuildConfig, run: RunFolder, splits: Splits, *, rer
 
 # --------------------------------------------------------------------------- orchestration
 
+@contextlib.contextmanager
+def stage_errors():
+    """TensorFlow's runtime errors inside a stage, raised as the one error hierarchy's (cluster.failure)."""
+    import tensorflow as tf
+
+    from pipeline.stages import cluster
+
+    try:
+        yield
+    except tf.errors.OpError as exc:
+        raise cluster.failure(exc) from None
+
+
 STAGE_FUNCTIONS = {"train": stage_train, "qat": stage_qat, "convert": stage_convert, "evaluate": evaluate_and_report}
 
 
@@ -295,7 +309,8 @@ def run_stages(run: RunFolder, stages: tuple[str, ...] = STAGES, force: tuple[st
                 continue
             t = time.time()
             log.info("stage %s ...", stage)
-            STAGE_FUNCTIONS[stage](cfg, run, splits)
+            with stage_errors():
+                STAGE_FUNCTIONS[stage](cfg, run, splits)
             log.info("stage %s done in %.0f s", stage, time.time() - t)
             run.mark(stage, seconds=time.time() - t)
         ok = True
@@ -306,65 +321,56 @@ def run_stages(run: RunFolder, stages: tuple[str, ...] = STAGES, force: tuple[st
     return run.read_report_if_any()
 
 
-def build(*, dataset: str, data_dir: Path | None, out: Path | None, profile: str, arch: str,
-          overrides: dict[str, Any], val_fraction: float, io_type: str | None, target: str, class_maps: bool | None,
-          seed: int, resume: bool, data_cache: str | None = None, memory_budget_gb: float | None = None,
-          workers: Cluster | None = None, worker_timeout: float = 600.0,
-          collective_timeout: float = 0.0) -> RunFolder:
-    """`nin-pipeline build`: a new run folder (or the one at ``out``, resumed), every stage to the end.
-    ``overrides``: the profile's settings the user set explicitly. ``resume`` without ``out``: the newest
-    matching run in artifacts/. ``workers``: one of several machines (TF_CONFIG / --workers); every
-    worker passes the same ``out``, which only the chief writes (see ``pipeline.stages.cluster``)."""
+def resolve_build(request: BuildRequest, out: Path | None, *, resume: bool = False,
+                  workers: Cluster | None = None) -> tuple[BuildConfig, Path]:
+    """Where the run goes and with which settings: the one place `build`'s flags become a BuildConfig.
+    ``resume`` alone (no setting given): the run folder's own settings (the newest matching run in
+    artifacts/ without ``out``); else the request's, which an existing folder must match. ``workers``: one
+    of several machines, all given the same ``out`` (see ``pipeline.stages.cluster``)."""
     from pipeline.data.formats import resolve_source
 
-    if workers is not None:
-        from pipeline.stages.cluster import ClusterError, worker_folder
+    if workers is not None and out is None:
+        from pipeline.stages.cluster import ClusterError
 
-        if out is None:
-            raise ClusterError("a multi-worker build needs --out", "give every worker the same --out, on storage they all see")
-        if not workers.is_chief:
-            if resume and not overrides:
-                if not (Path(out) / CONFIG_JSON).is_file():
-                    raise ClusterError(f"{workers.describe()}: --resume, but the chief's run folder {out} is not visible here "
-                                       f"(no {CONFIG_JSON})",
-                                       "every worker needs the chief's --out on storage they all see (NFS, a ReadWriteMany "
-                                       "volume); if the chief never started it, leave out --resume on every worker")
-                cfg = RunFolder.open(out).load_config()
-            else:
-                resolve_source(dataset, data_dir)
-                cfg = make_build_config(dataset, data_dir, profile, arch, overrides, val_fraction, io_type, seed, class_maps,
-                                        target, data_cache or "auto", memory_budget_gb)
-            with worker_folder(out, cfg, workers) as run:
-                setup_logging(run.root)
-                run_stages(run, workers=workers, worker_timeout=worker_timeout, collective_timeout=collective_timeout)
-                log.info("%s: training and QAT done; the chief converts and reports into %s", workers.describe(), out)
-            return RunFolder(out)
-
+        raise ClusterError("a multi-worker build needs --out", "give every worker the same --out, on storage they all see")
     if resume and out is None:
-        runs = sorted(p for p in Path("artifacts").glob(f"{dataset}-{arch}-*") if (p / CONFIG_JSON).exists())
+        runs = sorted(p for p in Path("artifacts").glob(f"{request.dataset}-{request.arch}-*") if (p / CONFIG_JSON).exists())
         if not runs:
-            raise RunError(f"--resume: no run folder artifacts/{dataset}-{arch}-* to resume", "pass --out RUN")
+            raise RunError(f"--resume: no run folder artifacts/{request.dataset}-{request.arch}-* to resume", "pass --out RUN")
         out = runs[-1]
-    if not resume or overrides:
-        if resume and not (out / CONFIG_JSON).exists():
-            raise RunError(f"--resume: {out} is not a run folder (no {CONFIG_JSON})", "leave out --resume to start it")
-        resolve_source(dataset, data_dir)  # a wrong --data-dir fails before any folder is made
-        cfg = make_build_config(dataset, data_dir, profile, arch, overrides, val_fraction, io_type, seed, class_maps, target,
-                                data_cache or "auto", memory_budget_gb)
-        out = out or Path("artifacts") / f"{dataset}-{arch}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    folder_was_there = out.exists()  # (the lock makes it)
+    if resume and not (Path(out) / CONFIG_JSON).is_file():
+        if workers is not None and not workers.is_chief:
+            from pipeline.stages.cluster import ClusterError
+
+            raise ClusterError(f"{workers.describe()}: --resume, but the chief's run folder {out} is not visible here "
+                               f"(no {CONFIG_JSON})",
+                               "every worker needs the chief's --out on storage they all see (NFS, a ReadWriteMany "
+                               "volume); if the chief never started it, leave out --resume on every worker")
+        raise RunError(f"--resume: {out} is not a run folder (no {CONFIG_JSON})", "leave out --resume to start it")
+    if resume and not request.overrides:
+        return request.with_data_place(RunFolder.open(out).load_config()), Path(out)
+    resolve_source(request.dataset, request.data_dir)  # a wrong --data-dir fails before any folder is made
+    out = out or Path("artifacts") / f"{request.dataset}-{request.arch}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    return request.config(), Path(out)
+
+
+def build(cfg: BuildConfig, out: Path, *, workers: Cluster | None = None, worker_timeout: float = 600.0,
+          collective_timeout: float = 0.0) -> RunFolder:
+    """`nin-pipeline build`: the run folder at ``out`` with ``cfg`` (made, or reopened when it was started
+    with the same settings), every stage to the end. A worker of several (``workers``, not the chief)
+    trains in its own folder beside the chief's, which only the chief writes."""
+    if workers is not None and not workers.is_chief:
+        from pipeline.stages.cluster import worker_folder
+
+        with worker_folder(out, cfg, workers) as run:
+            setup_logging(run.root)
+            run_stages(run, workers=workers, worker_timeout=worker_timeout, collective_timeout=collective_timeout)
+            log.info("%s: training and QAT done; the chief converts and reports into %s", workers.describe(), out)
+        return RunFolder(out)
+    folder_was_there = Path(out).exists()  # (the lock makes it)
     with run_lock(out, "nin-pipeline build"):
-        config_was_there = (out / CONFIG_JSON).exists()
-        if resume and not overrides:
-            run = RunFolder.open(out)
-            if data_cache is not None or memory_budget_gb is not None or data_dir is not None:
-                # where and how the data is held may change on resume (the data itself may not: its fingerprint)
-                cfg = run.load_config()
-                where = str(Path(data_dir).expanduser().resolve()) if data_dir is not None else cfg.data.data_dir
-                run.save_config(dataclasses.replace(cfg, data=dataclasses.replace(
-                    cfg.data, cache=data_cache or cfg.data.cache, memory_budget_gb=memory_budget_gb, data_dir=where)))
-        else:
-            run = RunFolder.create(out, cfg)
+        config_was_there = (Path(out) / CONFIG_JSON).exists()
+        run = RunFolder.create(out, cfg)
         setup_logging(run.root)
         try:
             run_stages(run, workers=workers, worker_timeout=worker_timeout, collective_timeout=collective_timeout)
@@ -401,7 +407,8 @@ def rewrite_report(run_dir: Path, *, rerun: bool = False, latency: bool = True) 
     with run_lock(run.root, "nin-pipeline report"):
         setup_logging(run.root)
         t = time.time()
-        evaluate_and_report(cfg, run, load_data(cfg, run), rerun=rerun, latency=latency)
+        with stage_errors():
+            evaluate_and_report(cfg, run, load_data(cfg, run), rerun=rerun, latency=latency)
         if run.done("convert"):
             run.mark("evaluate", seconds=time.time() - t)  # its new outputs are the recorded ones
     return run.path(REPORT_HTML)

@@ -284,3 +284,13 @@ def read_history(csv_path: Path) -> dict[str, list[float]]:
             except (TypeError, ValueError):  # CSVLogger writes "NA" for a metric it lacked
                 out.setdefault(k, []).append(float("nan"))
     return out
+
+
+def tf_error_line(exc: BaseException) -> str:
+    """The line of a TensorFlow runtime error that says what went wrong (its graph and node context dropped)."""
+    import re
+
+    lines = [ln.strip() for ln in (getattr(exc, "message", None) or str(exc)).splitlines() if ln.strip()]
+    said = [ln for ln in lines if not ln.startswith(("Graph execution error", "Detected at node", "File ", "[[",
+                                                     "The error could be"))]
+    return re.sub(r"\{\{function_node [^}]*\}\}\s*", "", (said or lines or [""])[0])  # TF's op-name prefix
