@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_app.contract.files import LABELS_TXT, SIDECAR_NAME, resolve_model_path
+from edge_app.contract.sidecar import Sidecar, read_sidecar
 from edge_app.errors import DelegateError, ModelLoadError, SidecarError
 from edge_app.fsutil import sha256_file
-from edge_app.contract.files import LABELS_TXT, SIDECAR_NAME, resolve_model_path
 from edge_app.runtime import Classifier, interpreter_class, load_interpreter, make_delegate
-from edge_app.contract.sidecar import Sidecar, read_sidecar
 
 log = logging.getLogger("edge_app")
 

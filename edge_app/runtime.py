@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_app.errors import DelegateError, ModelLoadError, RuntimeNotFound
 from edge_app.contract.sidecar import PIXEL_SCALE
+from edge_app.errors import DelegateError, ModelLoadError, RuntimeNotFound
 
 RUNTIMES = ("ai-edge-litert", "tflite-runtime", "tensorflow")
 DELEGATES = ("cpu", "edgetpu", "gpu", "nnapi")

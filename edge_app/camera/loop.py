@@ -15,9 +15,9 @@ from typing import IO, Any
 
 import numpy as np
 
+from edge_app.checks.inputcheck import StartCheck
 from edge_app.errors import SourceError, Terminated
 from edge_app.frames.geometry import RESIZE_MODES, fit_to_input, heatmap_peak, map_placement
-from edge_app.checks.inputcheck import StartCheck
 from edge_app.model import LoadedModel, require_class_maps
 from edge_app.runtime import median_p95
 

@@ -30,9 +30,10 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 from edge_app.errors import ServeError

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_app.runtime import dequantize
 from edge_app.contract.sidecar import InputStats
+from edge_app.runtime import dequantize
 
 
 @dataclass(frozen=True)
@@ -188,9 +188,9 @@ def check_source(model, source, *, frames: int = 8, resize: str = "crop", out_di
     judge their statistics against model.json's. Returns what `check-input` prints and writes."""
     from pathlib import Path
 
-    from edge_app.fsutil import atomic_write_bytes
     from edge_app.frames.geometry import fit_to_input
     from edge_app.frames.sources import _cv2
+    from edge_app.fsutil import atomic_write_bytes
 
     cv2 = _cv2()
     clf = model.classifier

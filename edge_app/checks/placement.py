@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 HEAVY = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL", "CONV_3D"}
 

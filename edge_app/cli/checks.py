@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import click
 
-from edge_app.runtime import RUNTIMES
-
 from edge_app.cli.common import RUNTIME_CHOICES, model_anywhere, write_text
 from edge_app.frames.geometry import RESIZE_MODES
+from edge_app.runtime import RUNTIMES
 
 
 @click.command(name="check-input")
@@ -38,8 +37,8 @@ def check_input_cmd(model: Path, source: str, frames: int, resize: str, width: i
     import json
 
     from edge_app.checks.inputcheck import check_source, table
-    from edge_app.model import open_model
     from edge_app.frames.sources import open_source
+    from edge_app.model import open_model
 
     loaded = open_model(model, runtime=runtime, ignore_checksum=ignore_checksum)
     out = out or (Path(model) / "check-input" if Path(model).is_dir() else Path("check-input"))

@@ -15,12 +15,23 @@ from pathlib import Path
 import click
 
 from edge_app import __version__
-from edge_app.cli.checks import check_input_cmd, check_target_cmd
-from edge_app.cli.common import MODEL_FIELDS, ErrorGroup, command_group, ModelChoice, bundle, model_anywhere, one_line, open_text, runtime_options, write_text
-from edge_app.errors import stop_on_sigterm
-from edge_app.contract.files import EVAL_JSON
-from edge_app.frames.geometry import RESIZE_MODES
 from edge_app.camera.loop import LoopOptions
+from edge_app.cli.checks import check_input_cmd, check_target_cmd
+from edge_app.cli.common import (
+    MODEL_FIELDS,
+    ErrorGroup,
+    ModelChoice,
+    bundle,
+    command_group,
+    model_anywhere,
+    one_line,
+    open_text,
+    runtime_options,
+    write_text,
+)
+from edge_app.contract.files import EVAL_JSON
+from edge_app.errors import stop_on_sigterm
+from edge_app.frames.geometry import RESIZE_MODES
 from edge_app.quiet import is_verbose
 
 LOOP_FIELDS = tuple(f.name for f in dataclasses.fields(LoopOptions))
@@ -70,9 +81,9 @@ def _bench_text(r: dict) -> str:
 def info(model: ModelChoice) -> None:
     """Load MODEL (a run folder or a .tflite) and print its inputs, outputs, sidecar, and which ops the
     delegate (--delegate; XNNPACK on the CPU) took and which stayed on TFLite's built-in CPU kernels."""
-    from edge_app.model import describe_model
     from edge_app.checks.placement import compiled_placement, describe, placement
     from edge_app.contract.files import resolve_model_path
+    from edge_app.model import describe_model
 
     compiled = compiled_placement(resolve_model_path(model.model, model.delegate))
     if compiled is None or model.delegate == "edgetpu":
@@ -135,10 +146,10 @@ def run(model: ModelChoice, options: LoopOptions, source: str, width: int | None
     from edge_app import health
     from edge_app.camera.draw import VideoSink, Window
     from edge_app.camera.loop import run_loop
-    from edge_app.model import require_class_maps
     from edge_app.checks.placement import describe as describe_placement
     from edge_app.checks.placement import placement
     from edge_app.frames.sources import open_source
+    from edge_app.model import require_class_maps
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     loaded = model.open()

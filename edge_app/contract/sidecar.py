@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_app.contract.files import SIDECAR_NAME
 from edge_app.errors import SidecarError
 from edge_app.fsutil import atomic_write_text
-from edge_app.contract.files import SIDECAR_NAME
 
 SCHEMA_VERSION = 1
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge_app.frames.geometry import fit_to_input
 from edge_app.camera.loop import LoopOptions, run_loop
+from edge_app.frames.geometry import fit_to_input
+from edge_app.frames.sources import SyntheticSource
 from edge_app.model import LoadedModel
 from edge_app.runtime import DELEGATES
-from edge_app.frames.sources import SyntheticSource
 
 
 def bench(model: LoadedModel, runs: int = 300, warmup: int = 20, width: int = 640, height: int = 480,
@@ -59,16 +59,16 @@ def bench_all(folder, *, runs: int = 100, delegates: tuple[str, ...] = DELEGATES
     A delegate or model that does not load is a row with the reason, not an error."""
     from pathlib import Path
 
-    from edge_app.errors import EdgeAppError
-    from edge_app.measure.evaluate import labelled_images
-    from edge_app.frames.geometry import fit_to_input
-    from edge_app.model import LoadedModel, check_checksum, read_labels
     # the run folder's models in the order a table shows them (the float model and the PTQ one are the
     # training side's comparisons; the Edge TPU-compiled one runs only with the edgetpu delegate)
     from edge_app.contract.files import EDGETPU_INT8, INT8_TFLITE, LABELS_TXT, MODEL_VARIANTS, QAT_INT8, SIDECAR_NAME
-    from edge_app.runtime import RUNTIMES, Classifier, interpreter_class, make_delegate, usable_cores
     from edge_app.contract.sidecar import read_sidecar
+    from edge_app.errors import EdgeAppError
+    from edge_app.frames.geometry import fit_to_input
     from edge_app.frames.sources import SyntheticSource
+    from edge_app.measure.evaluate import labelled_images
+    from edge_app.model import LoadedModel, check_checksum, read_labels
+    from edge_app.runtime import RUNTIMES, Classifier, interpreter_class, make_delegate, usable_cores
 
     folder = Path(folder)
     sc = read_sidecar(folder / SIDECAR_NAME) if (folder / SIDECAR_NAME).is_file() else None

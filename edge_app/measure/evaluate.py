@@ -16,10 +16,9 @@ import numpy as np
 
 from edge_app.errors import SourceError
 from edge_app.frames.geometry import fit_to_input
+from edge_app.frames.sources import IMAGE_EXTS, ImageSource
 from edge_app.model import LoadedModel
 from edge_app.runtime import median_p95
-from edge_app.frames.sources import IMAGE_EXTS, ImageSource
-
 
 
 def labelled_images(root: Path, labels: list[str], option: str = "--source") -> tuple[list[tuple[Path, int]], list[str]]:

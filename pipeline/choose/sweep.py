@@ -18,11 +18,13 @@ import base64
 import html
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edge_app.contract.files import INT8_TFLITE, RunFiles
+
 from pipeline.errors import RunError
 
 log = logging.getLogger("pipeline")

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.params import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, RUN_DIR, CommaList
 from edge_app.cli.common import write_text
+
+from pipeline.cli.params import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, RUN_DIR, CommaList
 from pipeline.data.formats import DATASETS
 from pipeline.models.nin import ARCHS, HEADS
 from pipeline.runs.profiles import PROFILES
@@ -87,9 +88,9 @@ def register(cli: click.Group) -> None:
         """Build every ARCH x WIDTH x SIZE candidate (resumable), then the accuracy-vs-latency Pareto front."""
         from pipeline.choose import compare as cmp
         from pipeline.choose import sweep as sw
+        from pipeline.data.formats import resolve_source
         from pipeline.runs.config import BuildRequest
         from pipeline.stages.orchestrator import build
-        from pipeline.data.formats import resolve_source
 
         resolve_source(dataset, data_dir)  # a wrong --data-dir fails before anything is built
         files = [f for p in device_files for f in (sorted(p.glob("*.json")) if p.is_dir() else [p])]

@@ -10,18 +10,18 @@ from pathlib import Path
 import click
 
 from edge_app.cli.checks import check_target_cmd, record_targets_with
-from edge_app.contract.files import REPORT_HTML, RunFiles
 from edge_app.cli.common import ErrorGroup, command_group, write_text
+from edge_app.contract.files import REPORT_HTML, RunFiles
 from edge_app.quiet import is_verbose
 
 from pipeline import __version__
 from pipeline.cli.params import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, RUN_DIR, WORKERS
-from pipeline.export.convert import IO_TYPES, TARGETS
-from pipeline.data.splits import DATA_CACHES
 from pipeline.data.formats import DATASETS
+from pipeline.data.splits import DATA_CACHES
+from pipeline.export.convert import IO_TYPES, TARGETS
 from pipeline.models.nin import ARCHS, HEADS
-from pipeline.runs.profiles import PROFILES
 from pipeline.runs.folder import STAGES
+from pipeline.runs.profiles import PROFILES
 
 TRAINING_STACK = ("tensorflow", "tf_keras", "tensorflow_model_optimization", "PIL", "tqdm", "matplotlib", "rich")
 

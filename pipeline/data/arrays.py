@@ -12,8 +12,8 @@ Both give ``len``, ``shape``, ``x[i]`` / ``x[a:b]`` / ``x[index array]`` (a real
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import numpy as np
 
@@ -38,7 +38,7 @@ class IndexedImages:
     def __getitem__(self, key) -> np.ndarray:
         return np.asarray(self.store[self.index[key]])
 
-    def subset(self, positions: np.ndarray) -> "IndexedImages":
+    def subset(self, positions: np.ndarray) -> IndexedImages:
         return IndexedImages(self.store, self.index[positions])
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
@@ -83,7 +83,7 @@ class FileImages:
                 out[i] = img
         return out
 
-    def subset(self, positions: np.ndarray) -> "FileImages":
+    def subset(self, positions: np.ndarray) -> FileImages:
         return FileImages(self.read, self.decode, self.hwc, self.index[positions])
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:

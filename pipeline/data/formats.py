@@ -19,14 +19,14 @@ import logging
 import os
 import pickle
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from pipeline.errors import DataError
 from pipeline.data.tree import decode_to_store, is_image_tree_source, list_tree, looks_like_image_tree
+from pipeline.errors import DataError
 
 log = logging.getLogger(__name__)
 

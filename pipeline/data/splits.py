@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
 
 import numpy as np
 
+from edge_app.contract.sidecar import PIXEL_RANGE
+
+from pipeline.data.arrays import FileImages, IndexedImages
 from pipeline.data.formats import NO_FLIP, RawData, load_raw, nin_cache_dir, resolve_source
 from pipeline.errors import DataError
-from pipeline.data.arrays import FileImages, IndexedImages
-from edge_app.contract.sidecar import PIXEL_RANGE
 
 log = logging.getLogger("pipeline")
 
@@ -96,7 +98,7 @@ def memory_budget(cfg: DataConfig) -> float:
         ram = 8e9
     for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):  # a container's share
         try:
-            ram = min(ram, int(open(limit).read().strip()))
+            ram = min(ram, int(Path(limit).read_text().strip()))
         except (OSError, ValueError):  # absent, or "max"
             pass
     return DEFAULT_BUDGET_SHARE * ram

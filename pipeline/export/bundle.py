@@ -236,8 +236,8 @@ def _sha256(data: bytes) -> str:
 
 def package_run(run_dir: Path, out_dir: Path, *, wheel: Path | None = None, name: str | None = None) -> Path:
     """Write ``out_dir/nin-edge-<run>.tar.gz``; returns its path. Atomic: a temporary name, then rename."""
-    from edge_app.model import changed_files
     from edge_app.contract.sidecar import read_sidecar
+    from edge_app.model import changed_files
 
     run_dir = Path(run_dir)
     missing = [f for f in REQUIRED if not (run_dir / f).is_file()]

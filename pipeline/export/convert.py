@@ -16,11 +16,13 @@ and the Edge TPU want.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
+
 from edge_app.contract.sidecar import PIXEL_RANGE, PIXEL_SCALE
 
 if TYPE_CHECKING:
@@ -172,7 +174,7 @@ def _rep_gen(images: np.ndarray) -> Iterable[list[np.ndarray]]:
 
 
 def describe_tflite(path: Path, labels: tuple[str, ...], *, dataset: str, arch: str, width: float,
-                    hashed: Iterable[Path] = (), input_stats=None) -> "Sidecar":
+                    hashed: Iterable[Path] = (), input_stats=None) -> Sidecar:
     """The ``model.json`` sidecar of an int8 .tflite, read from the model's own tensors so the two
     never disagree; ``hashed``: the files whose sha256 it records (those that exist); ``input_stats``:
     the training images' statistics (see :func:`training_input_stats`).
@@ -181,9 +183,9 @@ def describe_tflite(path: Path, labels: tuple[str, ...], *, dataset: str, arch: 
     exported, [1, H, W, classes]."""
     import datetime as dt
 
+    from edge_app.contract.sidecar import InputSpec, OutputSpec, Quantization, Sidecar
     from edge_app.fsutil import sha256_file
     from edge_app.runtime import load_interpreter
-    from edge_app.contract.sidecar import InputSpec, OutputSpec, Quantization, Sidecar
 
     from pipeline import __version__
 
@@ -209,7 +211,7 @@ def describe_tflite(path: Path, labels: tuple[str, ...], *, dataset: str, arch: 
         outputs=tuple(outputs),
         dataset=dataset, arch=arch, width=width,
         files={Path(p).name: sha256_file(p) for p in hashed if Path(p).exists()},
-        pipeline_version=__version__, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        pipeline_version=__version__, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         input_stats=input_stats,
     )
 

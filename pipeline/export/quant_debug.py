@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
 from edge_app.contract.sidecar import PIXEL_RANGE
 
 log = logging.getLogger("pipeline")

@@ -16,8 +16,8 @@ that produces them is named ``CLASS_MAPS_LAYER``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from pipeline.models import zoo
 from pipeline.models.layers import HEADS, ModelConfig, conv_bn_relu, fc_classifier, keras_module, scaled, softmax

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from edge_app.contract.files import FLOAT_KERAS, FLOAT_TFLITE, INT8_TFLITE, PTQ_TFLITE
 from edge_app.runtime import usable_cores
 
 from pipeline.report.predict import topk
-from edge_app.contract.files import FLOAT_KERAS, FLOAT_TFLITE, INT8_TFLITE, PTQ_TFLITE
 from pipeline.runs.folder import RunFolder, now
 
 REPORT_SCHEMA_VERSION = 2

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+
 from edge_app.contract.sidecar import PIXEL_RANGE, PIXEL_SCALE
 
 
@@ -65,12 +66,12 @@ def evaluate_model(model_path: str | os.PathLike, dataset: str, data_dir: str | 
     """
     import time
 
-    from edge_app.errors import ModelLoadError
     from edge_app.contract.files import INT8_TFLITE
+    from edge_app.errors import ModelLoadError
     from edge_app.runtime import Classifier
 
-    from pipeline.data.splits import test_subset
     from pipeline.data.formats import load_raw
+    from pipeline.data.splits import test_subset
 
     path = Path(model_path)
     if path.is_dir() and (path / INT8_TFLITE).is_file():  # a run folder: its shipped int8 model

@@ -10,8 +10,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ReportError
 from edge_app.contract.files import EDGETPU_JSON, INT8_TFLITE, REPORT_HTML, REPORT_JSON, REPORT_MD, SIDECAR_NAME, TARGET_JSON
+
+from pipeline.errors import ReportError
 from pipeline.runs.folder import RunFolder
 
 log = logging.getLogger("pipeline")
@@ -66,8 +67,8 @@ def record_edgetpu(run: RunFolder, key: str, value: dict[str, Any]) -> None:
 
 def record_compiled(run: RunFolder, compiled) -> None:
     """The compiler's summary into edgetpu.json and the report; the compiled model's hash into model.json."""
-    from edge_app.fsutil import sha256_file
     from edge_app.contract.sidecar import read_sidecar, write_sidecar
+    from edge_app.fsutil import sha256_file
 
     record_edgetpu(run, "compile", {k: v for k, v in compiled.to_dict().items() if k != "log"})
     out = Path(compiled.output)
@@ -107,8 +108,8 @@ def target_check(model: Path, runtimes: tuple[str, ...] = (), pythons: tuple[str
     target runtime (edge_app.checks.targets), plus the Edge TPU's mapping (edge_app.checks.edgetpu, Coral's
     rules). A run folder records it in target.json and its report."""
     from edge_app.checks.edgetpu import with_edgetpu
-    from edge_app.contract.files import resolve_model_path
     from edge_app.checks.targets import LOADABLE, check_target, table_runtimes
+    from edge_app.contract.files import resolve_model_path
 
     path = resolve_model_path(model)
     result = check_target(path, runtimes or tuple(table_runtimes()), pythons, here=here or LOADABLE)
@@ -143,8 +144,8 @@ def after_convert(run: RunFolder) -> None:
     if os.environ.get("NIN_METADATA_PYTHON"):  # the model for MediaPipe / the Task Library (pipeline/report/clients.py)
         from edge_app.contract.files import CLIENTS_TFLITE
 
-        from pipeline.report.clients import build_clients_model
         from pipeline.errors import ClientsError
+        from pipeline.report.clients import build_clients_model
 
         try:
             build_clients_model(run.root)

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.export.convert import ConvertConfig, QatConfig
 from pipeline.data.splits import DataConfig
 from pipeline.errors import RunError
+from pipeline.export.convert import ConvertConfig, QatConfig
 from pipeline.models.nin import ARCHS, ModelConfig, has_class_maps
 from pipeline.runs.profiles import PROFILES, SETTINGS
 from pipeline.train.fit import TrainConfig
@@ -35,7 +35,7 @@ class BuildConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BuildConfig":
+    def from_dict(cls, d: dict[str, Any]) -> BuildConfig:
         try:
             m = dict(d["model"])
             m["input_shape"] = tuple(m["input_shape"])

@@ -15,12 +15,12 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
-from edge_app.fsutil import atomic_write_bytes, atomic_write_text
 from edge_app.contract.files import (
     CHECKPOINTS,
     CONFIG_JSON,
@@ -41,9 +41,10 @@ from edge_app.contract.files import (
     TENSORBOARD,
     TRAIN_LOG,
 )
+from edge_app.fsutil import atomic_write_bytes, atomic_write_text
 
-from pipeline.runs.config import BuildConfig
 from pipeline.errors import ReportError, RunError
+from pipeline.runs.config import BuildConfig
 
 log = logging.getLogger("pipeline")
 
@@ -63,7 +64,7 @@ __all__ = ["STAGES", "RunError", "RunFolder", "run_lock"]
 
 
 def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 @contextlib.contextmanager
@@ -123,7 +124,7 @@ class RunFolder:
     # ---------------------------------------------------------------- opening
 
     @classmethod
-    def create(cls, root: Path, cfg: BuildConfig) -> "RunFolder":
+    def create(cls, root: Path, cfg: BuildConfig) -> RunFolder:
         """A new run folder with ``cfg``; an existing one is reopened if it was started with the same settings."""
         from pipeline.runs.config import diff_configs
 
@@ -144,7 +145,7 @@ class RunFolder:
         return run
 
     @classmethod
-    def open(cls, root: Path) -> "RunFolder":
+    def open(cls, root: Path) -> RunFolder:
         """An existing run folder (one with a config.json)."""
         run = cls(root)
         if not run.path(CONFIG_JSON).is_file():

@@ -23,9 +23,10 @@ import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import PipelineError
 
@@ -357,6 +358,7 @@ def worker_folder(out: Path, cfg, cluster: Cluster) -> Iterator[RunFolder]:
     from the chief's finished stages: the float model (and QAT weights) are copied from it, so a
     resumed build runs the same stages on every worker."""
     from edge_app.contract.files import FLOAT_KERAS, QAT_WEIGHTS, STATE_JSON
+
     from pipeline.runs.folder import RunFolder
 
     remove_stale_worker_folders(Path(tempfile.gettempdir()))

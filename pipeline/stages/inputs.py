@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
-from pipeline.runs.config import BuildConfig
 from pipeline.data.splits import Splits
+from pipeline.runs.config import BuildConfig
 from pipeline.runs.folder import RunFolder
 
 log = logging.getLogger("pipeline")
@@ -64,8 +64,8 @@ def fit_datasets(splits: Splits, batch_size: int, seed: int, strategy=None, targ
     """Training (repeated) and validation pipelines and steps per epoch; ``batch_size`` is global.
     Under MultiWorkerMirroredStrategy each worker reads only its shard of the training images.
     ``targets``: a function of a batched dataset that replaces its labels (e.g. :func:`distillation_targets`)."""
-    from pipeline.stages.cluster import per_worker_dataset
     from pipeline.data.splits import make_dataset, worker_train_dataset
+    from pipeline.stages.cluster import per_worker_dataset
 
     targets = targets or (lambda ds: ds)
     if strategy is None:

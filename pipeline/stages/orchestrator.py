@@ -36,15 +36,16 @@ from edge_app.contract.files import (
     TRAIN_LOG,
     history_csv,
 )
+
 from pipeline import __version__
-from pipeline.stages.cluster import Cluster
-from pipeline.runs.config import BuildConfig, BuildRequest, with_target
 from pipeline.data.splits import Splits
 from pipeline.errors import RunError
-from pipeline.stages.inputs import distillation_targets, fit_datasets, load_data
 from pipeline.models.nin import ARCHS, ModelConfig
 from pipeline.report.records import edgetpu_stage, write_report
+from pipeline.runs.config import BuildConfig, BuildRequest, with_target
 from pipeline.runs.folder import STAGES, RunFolder, run_lock
+from pipeline.stages.cluster import Cluster
+from pipeline.stages.inputs import distillation_targets, fit_datasets, load_data
 from pipeline.train.fit import TrainConfig
 
 log = logging.getLogger("pipeline")
@@ -79,9 +80,9 @@ def stage_train(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
     import tensorflow as tf
     import tf_keras as keras
 
+    from pipeline.models.nin import build_model
     from pipeline.stages import cluster
     from pipeline.train.devices import mixed_precision_wanted
-    from pipeline.models.nin import build_model
     from pipeline.train.fit import distribution_strategy, seed_everything
 
     mcfg = _model_cfg(cfg, splits)
@@ -146,9 +147,9 @@ def stage_qat(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
     # Under MultiWorkerMirroredStrategy it does run on every worker (float32): the model made
     # there cannot be converted ('tf.CollectiveReduceV2' is not a TFLite op), so the trained
     # weights go back into ``qat_model``, built outside the strategy, which is what is saved.
-    from pipeline.stages import cluster
-    from pipeline.export.convert import calibrate_qat_ranges, freeze_batch_norm, quantize
     from pipeline.data.splits import representative_images
+    from pipeline.export.convert import calibrate_qat_ranges, freeze_batch_norm, quantize
+    from pipeline.stages import cluster
 
     float_model = run.load_float()
     freeze_batch_norm(float_model)
@@ -182,8 +183,8 @@ def stage_qat(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
 
 
 def stage_convert(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
-    from pipeline.export.convert import describe_tflite, to_tflite_float, to_tflite_int8, training_input_stats
     from pipeline.data.splits import representative_images
+    from pipeline.export.convert import describe_tflite, to_tflite_float, to_tflite_int8, training_input_stats
     from pipeline.export.quant_debug import layer_error_tables
 
     float_model, qat_model = run.load_float(), run.load_qat()
@@ -220,9 +221,9 @@ def evaluate_and_report(cfg: BuildConfig, run: RunFolder, splits: Splits, *, rer
                         latency: bool = True) -> dict[str, Any]:
     """Every variant on the test split (the only place the test split is used), then the report files.
     ``rerun=False`` reuses predictions.npz when it holds these test images. Shared by `build` and `report`."""
+    from pipeline.report.figures import VARIANTS, build_report, predict_variants
     from pipeline.report.plots import make_plots
     from pipeline.report.render import print_table
-    from pipeline.report.figures import VARIANTS, build_report, predict_variants
     from pipeline.train.fit import read_history
 
     float_model = run.load_float()  # once: the float predictions and the report's parameter count
