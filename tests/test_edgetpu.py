@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_cli import BLOCK_TF  # TensorFlow, Keras, tfmot and the training side cannot be imported
 from click.testing import CliRunner
 
 from edge_app.checks.edgetpu import check_model, format_check
@@ -22,15 +23,6 @@ from pipeline.export.edgetpu import parse_compiler_output
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "edge_app" / "demo" / "model_int8.tflite"
-# as tests/test_cli.py's: TensorFlow, Keras, tfmot and the training side cannot be imported
-BLOCK_TF = """
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('tensorflow', 'tf_keras', 'keras', 'tensorflow_model_optimization', 'pipeline'):
-            raise ImportError('blocked: ' + name)
-sys.meta_path.insert(0, Block())
-"""
 
 COMPILER_STDOUT = """Edge TPU Compiler version 16.0.384591198
 Started a compilation timeout timer of 180 seconds.

@@ -56,12 +56,17 @@ def record_edgetpu(run: RunFolder, key: str, value: dict[str, Any]) -> None:
     """Keep a check/compile summary in edgetpu.json and in the report files (when there is a report)."""
     data = {**run.read_edgetpu(), key: value}
     run.write_json(EDGETPU_JSON, data)
+    _into_report(run, "edgetpu", data)
+
+
+def _into_report(run: RunFolder, key: str, value: Any) -> None:
+    """``value`` (already in its own file of the run) as the report's ``key``, when there is a report."""
     if run.path(REPORT_JSON).is_file():
         try:
             report = run.read_report()
         except ReportError:
-            return  # a damaged report is rebuilt by `nin-pipeline report`, which reads edgetpu.json
-        report["edgetpu"] = data
+            return  # a damaged report is rebuilt by `nin-pipeline report`, which reads the file again
+        report[key] = value
         write_report(run, report)
 
 
@@ -122,14 +127,7 @@ def target_check(model: Path, runtimes: tuple[str, ...] = (), pythons: tuple[str
 
 def record_target(run_dir: Path, result: dict[str, Any]) -> None:
     """A run folder's target check (already in its target.json) into its report, when it has one."""
-    run = RunFolder(run_dir)
-    if run.path(REPORT_JSON).is_file():
-        try:
-            report = run.read_report()
-        except ReportError:
-            return  # a damaged report is rebuilt by `nin-pipeline report`, which reads target.json
-        report["target"] = result
-        write_report(run, report)
+    _into_report(RunFolder(run_dir), "target", result)
 
 
 def after_convert(run: RunFolder) -> None:
