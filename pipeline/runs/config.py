@@ -56,6 +56,11 @@ def io_for_target(target: str, io_type: str | None) -> str:
     return io_type or "int8"
 
 
+def _absolute(path: Path | None) -> str | None:
+    """A data path as config.json records it: absolute, so a run resumes from any working directory."""
+    return str(Path(path).expanduser().resolve()) if path else None
+
+
 @dataclass(frozen=True)
 class BuildRequest:
     """What `nin-pipeline build` (or one sweep candidate) asks for: a profile, and the settings the user
@@ -97,7 +102,7 @@ class BuildRequest:
         elif class_maps and not has_class_maps(model):
             raise RunError(f"--class-maps: {arch}{' with --head ' + model.head if model.head != 'gap' else ''} has no "
                            "per-class maps (only NiN with its global average pooling head has)", "leave out --class-maps")
-        data_dir = str(Path(self.data_dir).expanduser().resolve()) if self.data_dir else None
+        data_dir = _absolute(self.data_dir)
         return BuildConfig(
             data=DataConfig(dataset=self.dataset, data_dir=data_dir, input_size=input_size, val_fraction=self.val_fraction,
                             limit_train=p.limit_train, limit_test=p.limit_test, seed=self.seed,
@@ -118,7 +123,7 @@ class BuildRequest:
         data = dataclasses.replace(
             cfg.data, cache=self.data_cache or cfg.data.cache,
             memory_budget_gb=self.memory_budget_gb if self.memory_budget_gb is not None else cfg.data.memory_budget_gb,
-            data_dir=str(Path(self.data_dir).expanduser().resolve()) if self.data_dir is not None else cfg.data.data_dir)
+            data_dir=_absolute(self.data_dir) if self.data_dir is not None else cfg.data.data_dir)
         return dataclasses.replace(cfg, data=data)
 
 
