@@ -20,8 +20,10 @@ THROTTLE_BITS = {0: "under-voltage", 1: "frequency capped", 2: "throttled", 3: "
 
 def decode_throttled(value: int) -> dict[str, list[str]]:
     """``get_throttled``'s bits as words: what holds now, and what happened since boot."""
-    return {"now": [w for b, w in THROTTLE_BITS.items() if value & (1 << b)],
-            "since_boot": [w for b, w in THROTTLE_BITS.items() if value & (1 << (b + 16))]}
+    return {
+        "now": [w for b, w in THROTTLE_BITS.items() if value & (1 << b)],
+        "since_boot": [w for b, w in THROTTLE_BITS.items() if value & (1 << (b + 16))],
+    }
 
 
 def read(thermal: Path | None = None, vcgencmd: str | None = None) -> dict[str, Any]:
@@ -52,6 +54,9 @@ def describe(start: dict[str, Any], end: dict[str, Any]) -> str:
         parts.append(f"SoC {start.get('soc_temp_c', '?')} -> {end.get('soc_temp_c', '?')} °C")
     if "throttled" in end:
         flags = end["throttled_flags"]
-        parts.append(f"throttled {end['throttled']}" + (f" (now: {', '.join(flags['now'])})" if flags["now"] else "")
-                     + (f" (since boot: {', '.join(flags['since_boot'])})" if flags["since_boot"] else ""))
+        parts.append(
+            f"throttled {end['throttled']}"
+            + (f" (now: {', '.join(flags['now'])})" if flags["now"] else "")
+            + (f" (since boot: {', '.join(flags['since_boot'])})" if flags["since_boot"] else "")
+        )
     return "device health: " + "; ".join(parts)

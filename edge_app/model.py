@@ -27,10 +27,18 @@ class LoadedModel:
     delegate: str
 
 
-def open_model(model: str | os.PathLike, *, runtime: str = "auto", delegate: str = "cpu", threads: int | None = None,
-               delegate_lib: str | None = None, delegate_options: dict[str, str] | None = None,
-               fallback_cpu: bool = False, ignore_checksum: bool = False,
-               labels_file: str | os.PathLike | None = None) -> LoadedModel:
+def open_model(
+    model: str | os.PathLike,
+    *,
+    runtime: str = "auto",
+    delegate: str = "cpu",
+    threads: int | None = None,
+    delegate_lib: str | None = None,
+    delegate_options: dict[str, str] | None = None,
+    fallback_cpu: bool = False,
+    ignore_checksum: bool = False,
+    labels_file: str | os.PathLike | None = None,
+) -> LoadedModel:
     """Load the model with its sidecar (if any), on the delegate asked for; check they agree (the
     file's sha256 against the sidecar's record of it too, as the device bundle does)."""
     resolve_model_path(model, delegate)  # a wrong path is the first thing to say
@@ -51,8 +59,12 @@ def open_model(model: str | os.PathLike, *, runtime: str = "auto", delegate: str
         check_checksum(path, sidecar, ignore_checksum)
     kwargs: dict[str, Any] = {}
     if sidecar is not None:
-        kwargs = {"pixel_scale": sidecar.input.pixel_scale, "mean": sidecar.input.mean, "std": sidecar.input.std,
-                  "output_kind": sidecar.output("scores").kind}
+        kwargs = {
+            "pixel_scale": sidecar.input.pixel_scale,
+            "mean": sidecar.input.mean,
+            "std": sidecar.input.std,
+            "output_kind": sidecar.output("scores").kind,
+        }
     clf = Classifier(path, runtime=runtime_name, num_threads=threads, delegates=[dlg] if dlg else None, **kwargs)
     if sidecar is not None:
         _check_agrees(clf, sidecar, path)
@@ -62,8 +74,11 @@ def open_model(model: str | os.PathLike, *, runtime: str = "auto", delegate: str
     elif sidecar is not None:
         labels = list(sidecar.labels)
     else:
-        log.warning("no model.json or labels.txt beside %s: input settings come from the model itself and labels are "
-                    "class indices (--labels FILE names them)", path.name)
+        log.warning(
+            "no model.json or labels.txt beside %s: input settings come from the model itself and labels are "
+            "class indices (--labels FILE names them)",
+            path.name,
+        )
         labels = [str(i) for i in range(clf.num_classes)]
     return LoadedModel(clf, labels, sidecar, path, used)
 
@@ -76,8 +91,9 @@ def read_labels(path: Path, num_classes: int) -> list[str]:
         raise ModelLoadError(f"cannot read the labels file {path} ({exc})", "give a UTF-8 text file, one class per line") from None
     labels = [ln.rstrip("\r") for ln in labels]
     if len(labels) != num_classes:
-        raise ModelLoadError(f"{path} names {len(labels)} classes but the model has {num_classes}",
-                             "give one class name per line, in the model's class order")
+        raise ModelLoadError(
+            f"{path} names {len(labels)} classes but the model has {num_classes}", "give one class name per line, in the model's class order"
+        )
     return labels
 
 
@@ -106,8 +122,10 @@ def _check_agrees(clf: Classifier, sc: Sidecar, path: Path) -> None:
     if clf.num_classes != sc.num_classes:
         problems.append(f"{clf.num_classes} classes vs {sc.num_classes} labels")
     if problems:
-        raise SidecarError(f"{path.name} and its model.json disagree ({'; '.join(problems)})",
-                           "copy the run folder again, or rebuild it with `nin-pipeline convert`")
+        raise SidecarError(
+            f"{path.name} and its model.json disagree ({'; '.join(problems)})",
+            "copy the run folder again, or rebuild it with `nin-pipeline convert`",
+        )
 
 
 def require_class_maps(model: LoadedModel) -> None:
@@ -115,18 +133,22 @@ def require_class_maps(model: LoadedModel) -> None:
     if not model.classifier.has_class_maps:
         arch = model.sidecar.arch if model.sidecar else ""
         if arch and not arch.startswith("nin-"):
-            raise ModelLoadError(f"{model.path.name} is a {arch}: it has no per-class maps, so --heatmap has nothing "
-                                 "to show", "leave out --heatmap; only NiN (its global average pooling head) has them")
-        raise ModelLoadError(f"{model.path.name} has no class-maps output, so --heatmap has nothing to show",
-                             "rebuild it with `nin-pipeline convert RUN` (class maps are exported unless --no-class-maps; "
-                             "a NiN built with --head fc or fc-dropout has none)")
+            raise ModelLoadError(
+                f"{model.path.name} is a {arch}: it has no per-class maps, so --heatmap has nothing to show",
+                "leave out --heatmap; only NiN (its global average pooling head) has them",
+            )
+        raise ModelLoadError(
+            f"{model.path.name} has no class-maps output, so --heatmap has nothing to show",
+            "rebuild it with `nin-pipeline convert RUN` (class maps are exported unless --no-class-maps; "
+            "a NiN built with --head fc or fc-dropout has none)",
+        )
 
 
 def _output_role(shape: list[int], sidecar) -> str:
     """Which output this is. The .tflite's output order is the converter's choice, so outputs are
     told apart by shape (the sidecar's, where there is one): [1, classes] scores, [1, H, W, classes] maps."""
     maps = "  <- class_maps (per-class confidence maps, before global average pooling)"
-    for out in (sidecar.outputs if sidecar is not None else ()):
+    for out in sidecar.outputs if sidecar is not None else ():
         if list(out.shape) == shape:
             return maps if out.kind == "class_maps" else f"  <- {out.name} ({out.kind})"
     return "  <- scores" if len(shape) == 2 else maps if len(shape) == 4 else ""
@@ -147,11 +169,16 @@ def describe_model(model: str | os.PathLike, runtime: str = "auto", loaded: Load
         for d in details:
             scale, zp = d["quantization"]
             shape = [int(v) for v in d["shape"]]  # plain ints: numpy 2 would print np.int32(1)
-            lines.append(f"  {kind} {d['name']}: shape {shape} {d['dtype'].__name__} scale={float(scale):.6g} "
-                         f"zero_point={int(zp)}{_output_role(shape, sidecar) if kind == 'output' else ''}")
+            lines.append(
+                f"  {kind} {d['name']}: shape {shape} {d['dtype'].__name__} scale={float(scale):.6g} "
+                f"zero_point={int(zp)}{_output_role(shape, sidecar) if kind == 'output' else ''}"
+            )
     if sidecar is None:
         lines.append("no model.json beside it: labels would be class indices")
     else:
-        lines.append(f"sidecar: {sidecar.dataset} / {sidecar.arch} width {sidecar.width:g}, {sidecar.num_classes} labels: "
-                     + ", ".join(sidecar.labels[:10]) + (" ..." if sidecar.num_classes > 10 else ""))
+        lines.append(
+            f"sidecar: {sidecar.dataset} / {sidecar.arch} width {sidecar.width:g}, {sidecar.num_classes} labels: "
+            + ", ".join(sidecar.labels[:10])
+            + (" ..." if sidecar.num_classes > 10 else "")
+        )
     return lines

@@ -110,8 +110,14 @@ def quiet_native_stderr() -> None:
         sys.stderr.flush()
         original = os.dup(2)
         read, write = os.pipe()
-        child = subprocess.Popen([sys.executable, "-m", "edge_app.quiet"], stdin=read, stdout=original,
-                                 stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "edge_app.quiet"],
+            stdin=read,
+            stdout=original,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+            start_new_session=True,
+        )
         os.close(read)
         read = -1
         os.dup2(write, 2)
@@ -164,9 +170,14 @@ def verbose_option(command):
     import click
 
     if not any(p.name == "verbose" for p in command.params):
-        command.params.append(click.Option(
-            ["--verbose"], is_flag=True, expose_value=False,
-            help="Also show the native libraries' own log lines (TensorFlow, LiteRT, OpenCV), hidden by default."))
+        command.params.append(
+            click.Option(
+                ["--verbose"],
+                is_flag=True,
+                expose_value=False,
+                help="Also show the native libraries' own log lines (TensorFlow, LiteRT, OpenCV), hidden by default.",
+            )
+        )
     return command
 
 

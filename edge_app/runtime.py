@@ -52,8 +52,9 @@ def interpreter_class(runtime: str = "auto") -> tuple[Any, str]:
         except ImportError:
             continue
         return Interpreter, name
-    raise RuntimeNotFound("no TFLite runtime is installed",
-                          "`pip install ai-edge-litert` (or, on Raspberry Pi OS with numpy<2, `pip install tflite-runtime`)")
+    raise RuntimeNotFound(
+        "no TFLite runtime is installed", "`pip install ai-edge-litert` (or, on Raspberry Pi OS with numpy<2, `pip install tflite-runtime`)"
+    )
 
 
 def median_p95(values) -> tuple[float, float]:
@@ -93,7 +94,8 @@ def delegate_library(kind: str, library: str | None = None) -> str:
         raise DelegateError(
             "NNAPI exists only on Android",
             "on Linux use --delegate cpu (XNNPACK), gpu or edgetpu; on a phone, load model_int8.tflite with the NNAPI "
-            "delegate from an Android app (see the README)")
+            "delegate from an Android app (see the README)",
+        )
     raise DelegateError(f"unknown delegate {kind!r}", f"choose one of {', '.join(DELEGATES)} or give --delegate-lib")
 
 
@@ -125,8 +127,7 @@ def make_delegate(kind: str, runtime_name: str, *, library: str | None = None, o
     raise DelegateError(f"the {kind} delegate ({lib}) failed to load: {error}", hint)
 
 
-def load_interpreter(model_path: str | os.PathLike, runtime: str = "auto", num_threads: int | None = None,
-                     delegates: list | None = None):
+def load_interpreter(model_path: str | os.PathLike, runtime: str = "auto", num_threads: int | None = None, delegates: list | None = None):
     """Load and allocate a model. ``num_threads`` defaults to every core: the
     interpreter's own default is a single thread."""
     path = Path(model_path)
@@ -139,11 +140,14 @@ def load_interpreter(model_path: str | os.PathLike, runtime: str = "auto", num_t
         interp.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         if "edgetpu-custom-op" in str(exc):
-            raise ModelLoadError(f"{path} is compiled for the Edge TPU", "run it with --delegate edgetpu, or run "
-                                 "model_int8.tflite (the uncompiled one) on the CPU") from None
+            raise ModelLoadError(
+                f"{path} is compiled for the Edge TPU",
+                "run it with --delegate edgetpu, or run model_int8.tflite (the uncompiled one) on the CPU",
+            ) from None
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelLoadError(f"{path} is not a TFLite model this runtime can load ({first})",
-                             "re-export it with `nin-pipeline convert`") from None
+        raise ModelLoadError(
+            f"{path} is not a TFLite model this runtime can load ({first})", "re-export it with `nin-pipeline convert`"
+        ) from None
     return interp, name
 
 
@@ -199,8 +203,10 @@ def _pick_outputs(outputs: list[TensorInfo], path) -> tuple[TensorInfo, TensorIn
     scores = [o for o in outputs if len(o.shape) == 2]
     maps = [o for o in outputs if len(o.shape) == 4]
     if len(scores) != 1 or len(maps) > 1 or len(outputs) > 2 or (maps and maps[0].shape[-1] != scores[0].shape[-1]):
-        raise ModelLoadError(f"{path} has outputs {[list(o.shape) for o in outputs]}",
-                             "a classifier needs one [1, classes] scores output (and optionally [1, H, W, classes] class maps)")
+        raise ModelLoadError(
+            f"{path} has outputs {[list(o.shape) for o in outputs]}",
+            "a classifier needs one [1, classes] scores output (and optionally [1, H, W, classes] class maps)",
+        )
     return scores[0], (maps[0] if maps else None)
 
 
@@ -252,12 +258,7 @@ class Classifier:
 
     def _identity_uint8(self) -> bool:
         # uint8 input with scale == pixel_scale, zero point 0 and no normalisation: q == pixel.
-        return (
-            abs(self.input.scale - self.pixel_scale) < 1e-9
-            and self.input.zero_point == 0
-            and not self.mean.any()
-            and np.all(self.std == 1)
-        )
+        return abs(self.input.scale - self.pixel_scale) < 1e-9 and self.input.zero_point == 0 and not self.mean.any() and np.all(self.std == 1)
 
     def invoke(self, x: np.ndarray) -> np.ndarray:
         """One invoke on an input tensor from :meth:`preprocess`: the raw scores-output tensor of the one image.
@@ -300,8 +301,10 @@ class Classifier:
     def class_maps(self) -> np.ndarray:
         """The per-class confidence maps of the last invoke, dequantised: float32 [H', W', classes]."""
         if self.maps_output is None:
-            raise ModelLoadError("this model has no class-maps output",
-                                 "rebuild it with `nin-pipeline convert` (class maps are exported unless --no-class-maps was given)")
+            raise ModelLoadError(
+                "this model has no class-maps output",
+                "rebuild it with `nin-pipeline convert` (class maps are exported unless --no-class-maps was given)",
+            )
         m = self.maps_output
         return dequantize(self.interpreter.get_tensor(m.index)[0], m.scale, m.zero_point)
 

@@ -27,14 +27,15 @@ class Reply:
 def ask(python: str | os.PathLike, code: str, args=(), *, timeout: float = 600, env: dict | None = None) -> Reply:
     """Run ``python -c code args``; never raises for a Python that is missing, not runnable or too slow."""
     try:
-        p = subprocess.run([str(python), "-c", code, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                           env={**os.environ, **(env or {})})
+        p = subprocess.run(
+            [str(python), "-c", code, *map(str, args)], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+        )
     except subprocess.TimeoutExpired:
         return Reply(None, None, f"no answer within {timeout:g} s")
     except OSError as exc:
         return Reply(None, None, f"cannot run it ({exc.strerror or exc})")
     line = next((ln for ln in p.stdout.splitlines() if ln.startswith(MARK)), None)
     if line is not None:
-        return Reply(json.loads(line[len(MARK):]), p.returncode)
+        return Reply(json.loads(line[len(MARK) :]), p.returncode)
     last = (p.stderr.strip() or p.stdout.strip() or "no output").splitlines()[-1]
     return Reply(None, p.returncode, " ".join(last.split())[-300:])

@@ -15,8 +15,7 @@ from collections.abc import Iterable, Iterator
 class PlainProgress:
     """The part of tqdm's interface used here: iterate, ``update(n)``, ``n``, ``close()``, ``with``."""
 
-    def __init__(self, iterable: Iterable | None, total: int | None, desc: str, unit: str, every: float = 30.0,
-                 stream=None) -> None:
+    def __init__(self, iterable: Iterable | None, total: int | None, desc: str, unit: str, every: float = 30.0, stream=None) -> None:
         self.iterable, self.total, self.desc, self.unit, self.every = iterable, total, desc, unit, every
         self.stream = stream or sys.stderr
         self.n = 0
@@ -58,8 +57,9 @@ class PlainProgress:
         self.close()
 
 
-def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "img",
-             disable: bool = False, leave: bool = True):
+def progress(
+    iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "img", disable: bool = False, leave: bool = True
+):
     """tqdm on a terminal (or when disabled: nothing), :class:`PlainProgress` otherwise."""
     from tqdm import tqdm
 

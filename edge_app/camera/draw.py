@@ -42,12 +42,11 @@ def overlay_heatmap(bgr: np.ndarray, class_map: np.ndarray, placement, alpha: fl
     m = np.float32([[placement.a, 0, placement.b - x0], [0, placement.c, placement.d - y0]])
     up = cv2.warpAffine(norm, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     colour = cv2.applyColorMap(np.clip(up * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
-    bgr[y0:y0 + h, x0:x0 + w] = cv2.addWeighted(colour, alpha, bgr[y0:y0 + h, x0:x0 + w], 1 - alpha, 0)
+    bgr[y0 : y0 + h, x0 : x0 + w] = cv2.addWeighted(colour, alpha, bgr[y0 : y0 + h, x0 : x0 + w], 1 - alpha, 0)
     return bgr
 
 
-def render(rgb: np.ndarray, top: list[dict], invoke_ms: float, fps: float, class_map: np.ndarray | None = None,
-           placement=None) -> np.ndarray:
+def render(rgb: np.ndarray, top: list[dict], invoke_ms: float, fps: float, class_map: np.ndarray | None = None, placement=None) -> np.ndarray:
     """The annotated BGR frame: the heatmap (if given) under the text panel."""
     import cv2
 

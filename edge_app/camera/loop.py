@@ -84,11 +84,20 @@ class Summary:
         if self.latency:
             median, p95 = median_p95(self.latency)
             latency = {"median": round(median, 3), "p95": round(p95, 3)}
-        return {"frames": self.frames, "seconds": round(self.seconds, 3), "capture_to_result_ms": latency,
-                "fps": round(self.frames / self.seconds, 2) if self.seconds else 0.0,
-                "stopped_by": self.stopped_by, "skipped": self.skipped, "source": self.source,
-                "runtime": self.runtime, "delegate": self.delegate, "error": self.error, "ms": stats,
-                "input_check": self.input_check}
+        return {
+            "frames": self.frames,
+            "seconds": round(self.seconds, 3),
+            "capture_to_result_ms": latency,
+            "fps": round(self.frames / self.seconds, 2) if self.seconds else 0.0,
+            "stopped_by": self.stopped_by,
+            "skipped": self.skipped,
+            "source": self.source,
+            "runtime": self.runtime,
+            "delegate": self.delegate,
+            "error": self.error,
+            "ms": stats,
+            "input_check": self.input_check,
+        }
 
 
 class _Failed:
@@ -176,8 +185,9 @@ def _prepared(source, prepare):
         yield frame, x, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3, t1
 
 
-def run_loop(model: LoadedModel, source, options: LoopOptions = LoopOptions(), *, out: IO[str] | None = None,
-             sink=None, window=None, preview=None) -> Summary:
+def run_loop(
+    model: LoadedModel, source, options: LoopOptions = LoopOptions(), *, out: IO[str] | None = None, sink=None, window=None, preview=None
+) -> Summary:
     """Classify every frame of ``source``; one JSON line per frame to ``out``. Ctrl-C ends it cleanly.
 
     ``sink`` (draw.VideoSink) and ``window`` (draw.Window) get the annotated frame; their cost
@@ -207,9 +217,15 @@ def run_loop(model: LoadedModel, source, options: LoopOptions = LoopOptions(), *
             log.info("input check: the first %d frame(s) reach the model as the training images did", live.images)
 
     sc = model.sidecar
-    check = StartCheck(sc.input_stats if sc else None, clf.input.scale, clf.input.zero_point,
-                       sc.input.color_order if sc else ("GRAY" if c == 1 else "RGB"), checked,
-                       value_range=sc.input.value_range if sc else (0.0, 1.0), frames=8 if opt.input_check else 0)
+    check = StartCheck(
+        sc.input_stats if sc else None,
+        clf.input.scale,
+        clf.input.zero_point,
+        sc.input.color_order if sc else ("GRAY" if c == 1 else "RGB"),
+        checked,
+        value_range=sc.input.value_range if sc else (0.0, 1.0),
+        frames=8 if opt.input_check else 0,
+    )
 
     def prepare(rgb: np.ndarray) -> np.ndarray:
         pixels = fit_to_input(rgb, h, w, c, opt.resize)
@@ -242,8 +258,9 @@ def run_loop(model: LoadedModel, source, options: LoopOptions = LoopOptions(), *
                 record["heatmap"] = heatmap_peak(maps, int(np.argmax(scores)), placement)
             fps = (len(starts) - 1) / (starts[-1] - starts[0]) if len(starts) > 1 else 0.0
             if sink is not None or window is not None or preview is not None:  # drawn now (sink, window) or on demand
-                draw = partial(render, frame.rgb, best, (t3 - t2) * 1e3, fps,
-                               maps[..., record["heatmap"]["index"]] if opt.heatmap else None, placement)
+                draw = partial(
+                    render, frame.rgb, best, (t3 - t2) * 1e3, fps, maps[..., record["heatmap"]["index"]] if opt.heatmap else None, placement
+                )
             if sink is not None or window is not None:
                 bgr = draw()
                 if sink is not None:
@@ -257,11 +274,24 @@ def run_loop(model: LoadedModel, source, options: LoopOptions = LoopOptions(), *
                 summary.ms[k].append(v)
             summary.frames += 1
             if out is not None:
-                out.write(json.dumps({"frame": frame.index, "time": round(time.time(), 3), "source": frame.name,
-                                      "top": best, "ms": {k: round(v, 3) for k, v in ms.items()}, **record}) + "\n")
+                out.write(
+                    json.dumps(
+                        {
+                            "frame": frame.index,
+                            "time": round(time.time(), 3),
+                            "source": frame.name,
+                            "top": best,
+                            "ms": {k: round(v, 3) for k, v in ms.items()},
+                            **record,
+                        }
+                    )
+                    + "\n"
+                )
             if preview is not None:
-                preview.publish(draw, frame_status(frame.index, frame.name, best, ms, fps, model.path.name, clf.runtime,
-                                                   model.delegate, record.get("heatmap")))
+                preview.publish(
+                    draw,
+                    frame_status(frame.index, frame.name, best, ms, fps, model.path.name, clf.runtime, model.delegate, record.get("heatmap")),
+                )
             summary.latency.append((time.perf_counter() - read_at) * 1e3)
             if opt.max_fps:
                 time.sleep(max(0.0, t0 + 1.0 / opt.max_fps - time.perf_counter()))

@@ -60,11 +60,17 @@ def access_token(host: str, token: str | None, insecure: bool) -> str | None:
     if is_loopback(host):
         return token
     if insecure and token is None:
-        log.warning("the preview on %s streams the camera to anyone who can reach this machine, without a token "
-                    "(--serve-insecure); leave that out to require one", host)
+        log.warning(
+            "the preview on %s streams the camera to anyone who can reach this machine, without a token "
+            "(--serve-insecure); leave that out to require one",
+            host,
+        )
         return None
-    log.warning("the preview on %s is reachable from other machines; it wants the token in the URL printed below "
-                "(keep it to people who may see the camera)", host)
+    log.warning(
+        "the preview on %s is reachable from other machines; it wants the token in the URL printed below "
+        "(keep it to people who may see the camera)",
+        host,
+    )
     return token or secrets.token_urlsafe(16)
 
 
@@ -283,8 +289,12 @@ def _handler(preview: Preview, token: str | None):
                         preview.wait(int(after))  # at most 1 s: a stopped loop still gets an answer
                     seq, data, status = preview.jpeg()
                     if data:
-                        self._send(200, data, "image/jpeg", {"X-Frame-Seq": str(seq),
-                                                             "X-Frame-Status": json.dumps(dict(status, viewers=preview.viewers))})
+                        self._send(
+                            200,
+                            data,
+                            "image/jpeg",
+                            {"X-Frame-Seq": str(seq), "X-Frame-Status": json.dumps(dict(status, viewers=preview.viewers))},
+                        )
                     else:
                         self._send(503, b"no frame yet\n", "text/plain")
                 elif path == "/stream.mjpg":
@@ -345,11 +355,11 @@ class PreviewServer:
         try:
             self.httpd = Server((host, port), _handler(self.preview, token))
         except OSError as exc:
-            raise ServeError(f"cannot serve the preview on {host}:{port}: {exc.strerror or exc}",
-                             "choose another port (--serve PORT) or address") from None
+            raise ServeError(
+                f"cannot serve the preview on {host}:{port}: {exc.strerror or exc}", "choose another port (--serve PORT) or address"
+            ) from None
         self.host, self.port = host, self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                                       name="edge-app-preview", daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="edge-app-preview", daemon=True)
         self.thread.start()
 
     @property
@@ -364,8 +374,26 @@ class PreviewServer:
         self.thread.join(timeout=5)
 
 
-def frame_status(frame_index: int, source: str, best: list[dict], ms: dict[str, float], fps: float, model: str,
-                 runtime: str, delegate: str, heatmap: dict | None = None) -> dict[str, Any]:
-    return {"frame": frame_index, "time": round(time.time(), 3), "source": source, "top": best,
-            "ms": {k: round(v, 3) for k, v in ms.items()}, "fps": round(fps, 2), "model": model, "runtime": runtime,
-            "delegate": delegate, **({"heatmap": heatmap} if heatmap else {})}
+def frame_status(
+    frame_index: int,
+    source: str,
+    best: list[dict],
+    ms: dict[str, float],
+    fps: float,
+    model: str,
+    runtime: str,
+    delegate: str,
+    heatmap: dict | None = None,
+) -> dict[str, Any]:
+    return {
+        "frame": frame_index,
+        "time": round(time.time(), 3),
+        "source": source,
+        "top": best,
+        "ms": {k: round(v, 3) for k, v in ms.items()},
+        "fps": round(fps, 2),
+        "model": model,
+        "runtime": runtime,
+        "delegate": delegate,
+        **({"heatmap": heatmap} if heatmap else {}),
+    }

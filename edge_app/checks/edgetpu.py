@@ -34,18 +34,46 @@ from edge_app.runtime import load_interpreter
 # Operation -> known limitation (Coral's table). The ones we can check from the model alone are
 # checked in _op_problem; the others are reported as notes.
 SUPPORTED_OPS: dict[str, str] = {
-    "ADD": "", "AVERAGE_POOL_2D": "no fused activation function", "CONCATENATION": "no fused activation function",
-    "CONV_2D": "same dilation in x and y", "DEPTHWISE_CONV_2D": "same dilation in x and y", "EXPAND_DIMS": "",
-    "FULLY_CONNECTED": "output is one-dimensional", "L2_NORMALIZATION": "", "LOGISTIC": "", "LSTM": "unidirectional only",
-    "MAXIMUM": "", "MAX_POOL_2D": "no fused activation function", "MEAN": "no reduction in the batch dimension; a "
-    "channel reduction needs channels divisible by 4", "MINIMUM": "", "MUL": "", "PACK": "not in the batch dimension",
-    "PAD": "not in the batch dimension", "PRELU": "alpha is 1-dimensional", "QUANTIZE": "", "REDUCE_MAX": "not on the "
-    "batch dimension", "REDUCE_MIN": "not on the batch dimension", "RELU": "", "RELU6": "", "RELU_N1_TO_1": "",
-    "RESHAPE": "some large reshapes are not mapped", "RESIZE_BILINEAR": "3-dimensional input/output",
-    "RESIZE_NEAREST_NEIGHBOR": "3-dimensional input/output", "RSQRT": "", "SLICE": "", "SOFTMAX": "1-dimensional input "
-    "of at most 16,000 elements", "SPACE_TO_DEPTH": "", "SPLIT": "not in the batch dimension", "SQUEEZE": "",
-    "STRIDED_SLICE": "", "SUB": "", "SUM": "not in the batch dimension", "SQUARED_DIFFERENCE": "", "TANH": "",
-    "TRANSPOSE": "", "TRANSPOSE_CONV": "",
+    "ADD": "",
+    "AVERAGE_POOL_2D": "no fused activation function",
+    "CONCATENATION": "no fused activation function",
+    "CONV_2D": "same dilation in x and y",
+    "DEPTHWISE_CONV_2D": "same dilation in x and y",
+    "EXPAND_DIMS": "",
+    "FULLY_CONNECTED": "output is one-dimensional",
+    "L2_NORMALIZATION": "",
+    "LOGISTIC": "",
+    "LSTM": "unidirectional only",
+    "MAXIMUM": "",
+    "MAX_POOL_2D": "no fused activation function",
+    "MEAN": "no reduction in the batch dimension; a channel reduction needs channels divisible by 4",
+    "MINIMUM": "",
+    "MUL": "",
+    "PACK": "not in the batch dimension",
+    "PAD": "not in the batch dimension",
+    "PRELU": "alpha is 1-dimensional",
+    "QUANTIZE": "",
+    "REDUCE_MAX": "not on the batch dimension",
+    "REDUCE_MIN": "not on the batch dimension",
+    "RELU": "",
+    "RELU6": "",
+    "RELU_N1_TO_1": "",
+    "RESHAPE": "some large reshapes are not mapped",
+    "RESIZE_BILINEAR": "3-dimensional input/output",
+    "RESIZE_NEAREST_NEIGHBOR": "3-dimensional input/output",
+    "RSQRT": "",
+    "SLICE": "",
+    "SOFTMAX": "1-dimensional input of at most 16,000 elements",
+    "SPACE_TO_DEPTH": "",
+    "SPLIT": "not in the batch dimension",
+    "SQUEEZE": "",
+    "STRIDED_SLICE": "",
+    "SUB": "",
+    "SUM": "not in the batch dimension",
+    "SQUARED_DIFFERENCE": "",
+    "TANH": "",
+    "TRANSPOSE": "",
+    "TRANSPOSE_CONV": "",
 }
 CHECKED_OPS = {"SOFTMAX", "MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN", "FULLY_CONNECTED"}  # limits _op_problem tests
 EDGE_OPS = {"QUANTIZE", "DEQUANTIZE"}  # float <-> int conversions at the graph's edges
@@ -106,8 +134,10 @@ def check_model(path: str | os.PathLike) -> CheckResult:
         t = tensors[i]
         sig = t.get("shape_signature", t["shape"])
         if any(int(v) < 0 for v in sig):
-            problems.append(f"tensor {t['name']!r} has a dynamic shape {list(map(int, sig))}: the Edge TPU needs static "
-                            "shapes (convert with a fixed batch of 1)")
+            problems.append(
+                f"tensor {t['name']!r} has a dynamic shape {list(map(int, sig))}: the Edge TPU needs static "
+                "shapes (convert with a fixed batch of 1)"
+            )
 
     verdicts: list[OpVerdict] = []
     partitioned = False
@@ -128,7 +158,10 @@ def check_model(path: str | os.PathLike) -> CheckResult:
             verdicts.append(OpVerdict(n, name, "tpu", f"not checked here: {limit}" if limit and name not in CHECKED_OPS else ""))
     inp = interp.get_input_details()[0]
     return CheckResult(
-        model=str(path), ops=verdicts, problems=problems, input_dtype=np.dtype(inp["dtype"]).name,
+        model=str(path),
+        ops=verdicts,
+        problems=problems,
+        input_dtype=np.dtype(inp["dtype"]).name,
         output_dtypes=[np.dtype(d["dtype"]).name for d in interp.get_output_details()],
     )
 
@@ -170,9 +203,11 @@ def _op_problem(name: str, ins: list[int], outs: list[int], tensors: dict, activ
 def verdict(result: CheckResult) -> str:
     """One line: how many operations would run on the Edge TPU, and where the CPU takes over."""
     first_cpu = next((v for v in result.ops if v.device == "cpu" and "graph's edge" not in v.reason), None)
-    return (f"{result.on_tpu} of {len(result.ops)} operations would run on the Edge TPU"
-            + (f"; from #{first_cpu.index} {first_cpu.op} on, the CPU ({first_cpu.reason})" if first_cpu else "")
-            + (" — all of them" if result.fully_mapped else ""))
+    return (
+        f"{result.on_tpu} of {len(result.ops)} operations would run on the Edge TPU"
+        + (f"; from #{first_cpu.index} {first_cpu.op} on, the CPU ({first_cpu.reason})" if first_cpu else "")
+        + (" — all of them" if result.fully_mapped else "")
+    )
 
 
 def op_table(result: CheckResult) -> list[str]:
@@ -187,8 +222,7 @@ def op_table(result: CheckResult) -> list[str]:
 
 
 def format_check(result: CheckResult) -> list[str]:
-    return [*op_table(result), verdict(result),
-            "(predicted from Coral's documented requirements; edgetpu_compiler has the last word)"]
+    return [*op_table(result), verdict(result), "(predicted from Coral's documented requirements; edgetpu_compiler has the last word)"]
 
 
 def summary(result: CheckResult) -> dict[str, Any]:

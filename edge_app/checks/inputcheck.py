@@ -77,8 +77,9 @@ def _fmt(values) -> str:
     return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
 
 
-def findings(live: InputStats, trained: InputStats | None, saturated: float, color_order: str = "RGB",
-             value_range: tuple[float, float] = (0.0, 1.0)) -> list[Finding]:
+def findings(
+    live: InputStats, trained: InputStats | None, saturated: float, color_order: str = "RGB", value_range: tuple[float, float] = (0.0, 1.0)
+) -> list[Finding]:
     """What looks wrong in ``live`` (frames from the real source) against ``trained`` (model.json's).
 
     Rules (pixel units 0..255; ``trained`` None: only the rules that need no training data):
@@ -100,42 +101,78 @@ def findings(live: InputStats, trained: InputStats | None, saturated: float, col
         same, swapped = np.linalg.norm((m - m.mean()) - (t - t.mean())), np.linalg.norm((m[::-1] - m.mean()) - (t - t.mean()))
         if same >= 6 and swapped <= same / 2:
             other = color_order[::-1] if color_order in ("RGB", "BGR") else "the other order"
-            out.append(Finding("channel_order",
-                               f"the channels look swapped: per-channel means {_fmt(m)} vs training {_fmt(t)} "
-                               f"({color_order}); reversed they match {same / max(swapped, 1e-9):.1f}x better",
-                               f"the model wants {color_order}; frames that arrive as {other} (OpenCV's imread and "
-                               "VideoCapture, picamera2's RGB888) need a cvtColor. If the scene really is that colour, "
-                               "point the camera at a typical one and check again"))
+            out.append(
+                Finding(
+                    "channel_order",
+                    f"the channels look swapped: per-channel means {_fmt(m)} vs training {_fmt(t)} "
+                    f"({color_order}); reversed they match {same / max(swapped, 1e-9):.1f}x better",
+                    f"the model wants {color_order}; frames that arrive as {other} (OpenCV's imread and "
+                    "VideoCapture, picamera2's RGB888) need a cvtColor. If the scene really is that colour, "
+                    "point the camera at a typical one and check again",
+                )
+            )
     if trained is not None:
         lv, tv = float(np.mean(live.value_mean)), float(np.mean(trained.value_mean))
         ratio = (abs(lv) + 1e-9) / (abs(tv) + 1e-9)
         if abs(tv) > 1e-6 and (ratio > 20 or ratio < 1 / 20):
-            out.append(Finding("scale", f"the input tensor averages {lv:.4g} where training averaged {tv:.4g} "
-                                        f"({ratio:.3g}x): the pixels are on another scale than in training",
-                               "scale pixels as model.json says (pixel_scale, mean, std: 0..1 for these models, not 0..255)"))
+            out.append(
+                Finding(
+                    "scale",
+                    f"the input tensor averages {lv:.4g} where training averaged {tv:.4g} "
+                    f"({ratio:.3g}x): the pixels are on another scale than in training",
+                    "scale pixels as model.json says (pixel_scale, mean, std: 0..1 for these models, not 0..255)",
+                )
+            )
     elif float(np.mean(live.value_mean)) > 2 * max(value_range[1], 1e-6):
-        out.append(Finding("scale", f"the input tensor averages {float(np.mean(live.value_mean)):.4g}, above the range "
-                                    f"{list(value_range)} model.json gives for it: the pixels are on another scale",
-                           "scale pixels as model.json says (pixel_scale, mean, std)"))
+        out.append(
+            Finding(
+                "scale",
+                f"the input tensor averages {float(np.mean(live.value_mean)):.4g}, above the range "
+                f"{list(value_range)} model.json gives for it: the pixels are on another scale",
+                "scale pixels as model.json says (pixel_scale, mean, std)",
+            )
+        )
     if saturated > 0.5:
-        out.append(Finding("saturated", f"{100 * saturated:.0f}% of the int8 input tensor sits at its dtype's ends: "
-                                        "the values are outside the range the model was quantised for",
-                           "scale pixels as model.json says before quantising (a 0..255 image fed where 0..1 was "
-                           "trained clips to the top)"))
+        out.append(
+            Finding(
+                "saturated",
+                f"{100 * saturated:.0f}% of the int8 input tensor sits at its dtype's ends: "
+                "the values are outside the range the model was quantised for",
+                "scale pixels as model.json says before quantising (a 0..255 image fed where 0..1 was trained clips to the top)",
+            )
+        )
     b = float(m.mean())
     low = min(trained.brightness_p5, 50.0) if trained else 40.0
     high = max(trained.brightness_p95, 205.0) if trained else 215.0
-    where = (f"; training images' mean brightness ran {trained.brightness_p5:.0f}-{trained.brightness_p95:.0f} "
-             "(5th-95th percentile)") if trained else ""
+    where = (
+        (f"; training images' mean brightness ran {trained.brightness_p5:.0f}-{trained.brightness_p95:.0f} (5th-95th percentile)")
+        if trained
+        else ""
+    )
     if b < low:
-        out.append(Finding("dark", f"the frames are very dark: mean brightness {b:.0f} of 255{where}",
-                           "add light, raise the camera's exposure or gain, or check the lens cap"))
+        out.append(
+            Finding(
+                "dark",
+                f"the frames are very dark: mean brightness {b:.0f} of 255{where}",
+                "add light, raise the camera's exposure or gain, or check the lens cap",
+            )
+        )
     elif b > high:
-        out.append(Finding("overexposed", f"the frames are overexposed: mean brightness {b:.0f} of 255{where}",
-                           "lower the exposure or gain, or move the camera out of direct light"))
+        out.append(
+            Finding(
+                "overexposed",
+                f"the frames are overexposed: mean brightness {b:.0f} of 255{where}",
+                "lower the exposure or gain, or move the camera out of direct light",
+            )
+        )
     if trained is not None and live.contrast < trained.contrast / 3:
-        out.append(Finding("flat", f"the frames are flat: contrast (std of a frame's pixels) {live.contrast:.1f} vs "
-                                   f"{trained.contrast:.1f} in training", "check the focus, the lens cap and the scene"))
+        out.append(
+            Finding(
+                "flat",
+                f"the frames are flat: contrast (std of a frame's pixels) {live.contrast:.1f} vs {trained.contrast:.1f} in training",
+                "check the focus, the lens cap and the scene",
+            )
+        )
     return out
 
 
@@ -143,8 +180,16 @@ class StartCheck:
     """The run loop's once-at-start check: fed each prepared frame until it has ``frames``, then
     ``report`` is called once with the findings (a list, empty when nothing looks wrong)."""
 
-    def __init__(self, trained: InputStats | None, scale: float, zero_point: int, color_order: str, report,
-                 frames: int = 8, value_range: tuple[float, float] = (0.0, 1.0)):
+    def __init__(
+        self,
+        trained: InputStats | None,
+        scale: float,
+        zero_point: int,
+        color_order: str,
+        report,
+        frames: int = 8,
+        value_range: tuple[float, float] = (0.0, 1.0),
+    ):
         self.trained, self.scale, self.zero_point, self.color_order = trained, scale, zero_point, color_order
         self.report, self.frames, self.value_range = report, frames, value_range
         self.pixels: list[np.ndarray] = []
@@ -206,8 +251,7 @@ def check_source(model, source, *, frames: int = 8, resize: str = "crop", out_di
         tensors.append(clf.preprocess(px)[0])
         if out_dir is not None:
             i = len(pixels) - 1
-            for name, img in ((f"frame_{i}.jpg", cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR)),
-                              (f"input_{i}.png", _picture(px, order))):
+            for name, img in ((f"frame_{i}.jpg", cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR)), (f"input_{i}.png", _picture(px, order))):
                 ok, buf = cv2.imencode(Path(name).suffix, img)
                 if ok:
                     saved.append(str(atomic_write_bytes(Path(out_dir) / name, buf.tobytes())))
@@ -222,31 +266,50 @@ def check_source(model, source, *, frames: int = 8, resize: str = "crop", out_di
     found = findings(live, trained, saturated_fraction(tensors_a), order, vrange)
     from dataclasses import asdict
 
-    return {"frames": len(pixels), "skipped": getattr(source, "skipped", 0), "input": [h, w, c],
-            "dtype": clf.input.dtype.name, "color_order": order, "resize": resize, "live": asdict(live),
-            "training": asdict(trained) if trained else None, "findings": [asdict(f) for f in found], "saved": saved}
+    return {
+        "frames": len(pixels),
+        "skipped": getattr(source, "skipped", 0),
+        "input": [h, w, c],
+        "dtype": clf.input.dtype.name,
+        "color_order": order,
+        "resize": resize,
+        "live": asdict(live),
+        "training": asdict(trained) if trained else None,
+        "findings": [asdict(f) for f in found],
+        "saved": saved,
+    }
 
 
 def table(r: dict) -> list[str]:
     """The terminal table: live frames beside the training images, then the verdict."""
     live, tr = r["live"], r["training"]
     ch = r["color_order"] if r["color_order"] != "GRAY" else "Y"
-    rows = [("per-channel mean " + ",".join(ch), _fmt(live["pixel_mean"]), _fmt(tr["pixel_mean"]) if tr else "-"),
-            ("per-channel std", _fmt(live["pixel_std"]), _fmt(tr["pixel_std"]) if tr else "-"),
-            ("brightness", f"{np.mean(live['pixel_mean']):.0f}",
-             f"{tr['brightness_p5']:.0f}-{tr['brightness_p95']:.0f} (5th-95th pct)" if tr else "-"),
-            ("contrast", f"{live['contrast']:.1f}", f"{tr['contrast']:.1f}" if tr else "-"),
-            ("input tensor mean", _fmt(live["value_mean"]), _fmt(tr["value_mean"]) if tr else "-")]
+    rows = [
+        ("per-channel mean " + ",".join(ch), _fmt(live["pixel_mean"]), _fmt(tr["pixel_mean"]) if tr else "-"),
+        ("per-channel std", _fmt(live["pixel_std"]), _fmt(tr["pixel_std"]) if tr else "-"),
+        (
+            "brightness",
+            f"{np.mean(live['pixel_mean']):.0f}",
+            f"{tr['brightness_p5']:.0f}-{tr['brightness_p95']:.0f} (5th-95th pct)" if tr else "-",
+        ),
+        ("contrast", f"{live['contrast']:.1f}", f"{tr['contrast']:.1f}" if tr else "-"),
+        ("input tensor mean", _fmt(live["value_mean"]), _fmt(tr["value_mean"]) if tr else "-"),
+    ]
     head = ("", f"these {r['frames']} frame(s)", f"training ({tr['images']} images)" if tr else "training")
     widths = [max(len(row[i]) for row in (head, *rows)) for i in range(3)]
     lines = ["  ".join(cell.ljust(wd) for cell, wd in zip(row, widths)).rstrip() for row in (head, *rows)]
     if tr is None:
-        lines.append("model.json has no training statistics (converted before they were kept): only the rules that "
-                     "need none ran (exposure; scale against model.json's value range and the int8 range); "
-                     "`nin-pipeline convert RUN` adds them")
+        lines.append(
+            "model.json has no training statistics (converted before they were kept): only the rules that "
+            "need none ran (exposure; scale against model.json's value range and the int8 range); "
+            "`nin-pipeline convert RUN` adds them"
+        )
     for f in r["findings"]:
         lines.append(f"PROBLEM ({f['kind']}): {f['message']}. {f['hint']}")
     if not r["findings"]:
-        lines.append("OK: the frames reach the model as the training images did (channel order, scale, exposure)" if tr
-                     else "OK as far as scale and exposure go")
+        lines.append(
+            "OK: the frames reach the model as the training images did (channel order, scale, exposure)"
+            if tr
+            else "OK as far as scale and exposure go"
+        )
     return lines

@@ -40,8 +40,11 @@ def placement(interpreter, delegate: str = "cpu", *, model: str | os.PathLike | 
         return {"exposed": False, "note": f"not readable from this runtime ({type(exc).__name__}: {exc})", "warnings": []}
     partitions = [o for o in ops if o["op_name"] == "DELEGATE"]  # what only the interpreter knows
     if len(ops) - len(partitions) != len(nodes):
-        return {"exposed": False, "note": f"the interpreter runs {len(ops) - len(partitions)} nodes, the model file has "
-                f"{len(nodes)}: not the same model", "warnings": []}
+        return {
+            "exposed": False,
+            "note": f"the interpreter runs {len(ops) - len(partitions)} nodes, the model file has {len(nodes)}: not the same model",
+            "warnings": [],
+        }
     producer = {t: n.index for n in nodes for t in n.outputs}
     by_index = {n.index: n for n in nodes}
     taken: set[int] = set()
@@ -56,8 +59,15 @@ def placement(interpreter, delegate: str = "cpu", *, model: str | os.PathLike | 
             queue.extend(t for t in by_index[node].inputs if t >= 0 and t not in stop)
     tpu = [n for n in nodes if n.name == "edgetpu-custom-op"]
     on_cpu = Counter(n.name for n in nodes if n.index not in taken and n.name != "edgetpu-custom-op")
-    out = {"exposed": True, "nodes": len(nodes), "delegated": len(taken), "partitions": len(partitions),
-           "cpu_ops": dict(on_cpu), "tpu_custom_ops": len(tpu), "warnings": []}
+    out = {
+        "exposed": True,
+        "nodes": len(nodes),
+        "delegated": len(taken),
+        "partitions": len(partitions),
+        "cpu_ops": dict(on_cpu),
+        "tpu_custom_ops": len(tpu),
+        "warnings": [],
+    }
     out["warnings"] = _warnings(on_cpu, len(partitions), bool(tpu), bool(nodes), delegate)
     return out
 
@@ -66,23 +76,34 @@ def _warnings(on_cpu: Counter, partitions: int, tpu: bool, any_ops: bool, delega
     """Where the placement makes int8 slower than it should be."""
     heavy = {k: v for k, v in on_cpu.items() if k in HEAVY}
     if tpu:
-        return [f"{sum(on_cpu.values())} op(s) outside the Edge TPU run on the CPU ({_ops(on_cpu)}): every frame "
-                "crosses USB/PCIe and back for them"] if on_cpu else []
+        return (
+            [
+                f"{sum(on_cpu.values())} op(s) outside the Edge TPU run on the CPU ({_ops(on_cpu)}): every frame "
+                "crosses USB/PCIe and back for them"
+            ]
+            if on_cpu
+            else []
+        )
     if not partitions:
         if not any_ops:
             return []
         if delegate.startswith("cpu"):
-            return ["XNNPACK took no op: TFLite's built-in CPU kernels run everything (tflite-runtime 2.14, for one, "
-                    "applies XNNPACK to float models only, so its int8 models run without it: compare with "
-                    "`edge-app bench RUN --all`)"]
+            return [
+                "XNNPACK took no op: TFLite's built-in CPU kernels run everything (tflite-runtime 2.14, for one, "
+                "applies XNNPACK to float models only, so its int8 models run without it: compare with "
+                "`edge-app bench RUN --all`)"
+            ]
         return [f"the {delegate} delegate took no op: TFLite's built-in CPU kernels run everything"]
     out = []
     if heavy:
-        out.append(f"{_ops(heavy)} stayed on TFLite's built-in CPU kernels: the delegate did not take them, so int8 "
-                   "may run no faster than float (a type, option or shape it does not support)")
+        out.append(
+            f"{_ops(heavy)} stayed on TFLite's built-in CPU kernels: the delegate did not take them, so int8 "
+            "may run no faster than float (a type, option or shape it does not support)"
+        )
     if partitions > 1:
-        out.append(f"the graph is cut into {partitions} delegate partitions by the ops left out ({_ops(on_cpu)}): "
-                   "each cut costs a hand-over per frame")
+        out.append(
+            f"the graph is cut into {partitions} delegate partitions by the ops left out ({_ops(on_cpu)}): each cut costs a hand-over per frame"
+        )
     return out
 
 
@@ -99,8 +120,7 @@ def describe(p: dict, delegate: str) -> str:
         head = f"delegate placement: compiled for the Edge TPU; {p['nodes'] - p['tpu_custom_ops']} op(s) outside it"
     else:
         head = f"delegate placement: {who} took {p['delegated']} of {p['nodes']} nodes in {p['partitions']} partition(s)"
-    cpu = (f"; on TFLite's built-in CPU kernels: {_ops(p['cpu_ops'])}" if p["cpu_ops"]
-           else "; nothing left on TFLite's built-in CPU kernels")
+    cpu = f"; on TFLite's built-in CPU kernels: {_ops(p['cpu_ops'])}" if p["cpu_ops"] else "; nothing left on TFLite's built-in CPU kernels"
     return head + cpu + "".join(f". WARNING: {w}" for w in p["warnings"])
 
 
@@ -114,5 +134,12 @@ def compiled_placement(path: str | os.PathLike) -> dict | None:
     if not tpu:
         return None
     on_cpu = Counter({o.name: o.count for o in ops if o.name != "edgetpu-custom-op"})
-    return {"exposed": True, "nodes": sum(o.count for o in ops), "delegated": tpu, "partitions": tpu,
-            "cpu_ops": dict(on_cpu), "tpu_custom_ops": tpu, "warnings": _warnings(on_cpu, tpu, True, True, "edgetpu")}
+    return {
+        "exposed": True,
+        "nodes": sum(o.count for o in ops),
+        "delegated": tpu,
+        "partitions": tpu,
+        "cpu_ops": dict(on_cpu),
+        "tpu_custom_ops": tpu,
+        "warnings": _warnings(on_cpu, tpu, True, True, "edgetpu"),
+    }

@@ -41,6 +41,7 @@ class OpUse:
 @dataclass(frozen=True)
 class Node:
     """One node of the model as the file lists it (an interpreter numbers subgraph 0's nodes the same way)."""
+
     subgraph: int
     index: int  # its position in the subgraph: the execution order
     name: str  # as OpUse.name
@@ -59,6 +60,7 @@ class OpList(NamedTuple):
 # Just enough of FlatBuffers to read Model.operator_codes and the operators (opcode_index, inputs, outputs)
 # (tensorflow/lite/schema/schema.fbs): a table starts with an int32 offset back to its vtable,
 # whose uint16 entries give each field's offset in the table (0: absent, the default applies).
+
 
 class _Buf:
     def __init__(self, data: bytes):
@@ -101,7 +103,7 @@ class _Buf:
         if pos is None:
             return None
         s = pos + self.u32(pos)
-        return self.d[s + 4:s + 4 + self.u32(s)].decode("utf-8", "replace")
+        return self.d[s + 4 : s + 4 + self.u32(s)].decode("utf-8", "replace")
 
 
 def builtin_names() -> dict[int, str]:
@@ -118,8 +120,7 @@ def read_ops(model: bytes | str | os.PathLike) -> OpList:
     except OSError as exc:
         raise ModelLoadError(f"cannot read {what}: {exc.strerror or exc}", "give a .tflite file") from None
     if len(data) < 8 or data[4:8] != b"TFL3":
-        raise ModelLoadError(f"{what} is not a TFLite model (no TFL3 identifier)",
-                             "give a .tflite file made by a TFLite converter")
+        raise ModelLoadError(f"{what} is not a TFLite model (no TFL3 identifier)", "give a .tflite file made by a TFLite converter")
     try:
         b = _Buf(data)
         root = b.u32(0)
@@ -184,8 +185,16 @@ def _verdicts(raw: dict[str, str], how: str) -> list[dict]:
     rows = []
     for runtime, error in raw.items():
         m = _REFUSED.search(error)
-        rows.append({"runtime": runtime, "how": how, "loads": not error, "error": error,
-                     "refused_op": m.group(1) if m else None, "refused_version": int(m.group(2)) if m and m.group(2) else None})
+        rows.append(
+            {
+                "runtime": runtime,
+                "how": how,
+                "loads": not error,
+                "error": error,
+                "refused_op": m.group(1) if m else None,
+                "refused_version": int(m.group(2)) if m and m.group(2) else None,
+            }
+        )
     return rows
 
 
@@ -200,18 +209,34 @@ def load_here(path: str | os.PathLike, runtimes: tuple[str, ...] = LOADABLE) -> 
     return load_with(sys.executable, path, how="loaded here", runtimes=runtimes)
 
 
-def load_with(python: str | os.PathLike, path: str | os.PathLike, how: str | None = None, timeout: float = 120,
-              runtimes: tuple[str, ...] = LOADABLE) -> list[dict]:
+def load_with(
+    python: str | os.PathLike, path: str | os.PathLike, how: str | None = None, timeout: float = 120, runtimes: tuple[str, ...] = LOADABLE
+) -> list[dict]:
     """Load the model in every TFLite runtime another Python (e.g. a venv's bin/python) can import."""
     reply = ask(python, _LOADER, [path, ",".join(runtimes)], timeout=timeout, env={"TF_CPP_MIN_LOG_LEVEL": "3"})
     if reply.answer is None:  # not a Python, or one that crashed before trying: nothing is known of the model
-        return [{"runtime": f"python {python}", "how": how or f"loaded ({python})", "loads": None,
-                 "error": f"the loader did not run (exit {reply.returncode}): {reply.why}", "refused_op": None,
-                 "refused_version": None}]
+        return [
+            {
+                "runtime": f"python {python}",
+                "how": how or f"loaded ({python})",
+                "loads": None,
+                "error": f"the loader did not run (exit {reply.returncode}): {reply.why}",
+                "refused_op": None,
+                "refused_version": None,
+            }
+        ]
     rows = _verdicts(reply.answer, how or f"loaded ({python})")
     if not rows and how is None:  # --python PY without a runtime: say so rather than nothing
-        rows = [{"runtime": f"python {python}", "how": f"loaded ({python})", "loads": None, "refused_op": None,
-                 "refused_version": None, "error": f"no TFLite runtime ({', '.join(runtimes)}) in {python}"}]
+        rows = [
+            {
+                "runtime": f"python {python}",
+                "how": f"loaded ({python})",
+                "loads": None,
+                "refused_op": None,
+                "refused_version": None,
+                "error": f"no TFLite runtime ({', '.join(runtimes)}) in {python}",
+            }
+        ]
     return rows
 
 
@@ -220,8 +245,9 @@ def _table() -> dict:
     try:
         return json.loads(OP_TABLE.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"the op-version table {OP_TABLE} is unreadable ({exc})",
-                             "reinstall nin-pipeline, or remake it with scripts/op_versions.py") from None
+        raise ModelLoadError(
+            f"the op-version table {OP_TABLE} is unreadable ({exc})", "reinstall nin-pipeline, or remake it with scripts/op_versions.py"
+        ) from None
 
 
 def table_runtimes() -> list[str]:
@@ -243,8 +269,7 @@ def table_verdict(ops: list[OpUse], runtime: str) -> dict:
             loads = False
         elif ok is None and loads:
             loads = None
-    return {"runtime": runtime, "how": f"op table from {entry['source'].split(' (')[0]}", "source": entry["source"],
-            "loads": loads, "ops": rows}
+    return {"runtime": runtime, "how": f"op table from {entry['source'].split(' (')[0]}", "source": entry["source"], "loads": loads, "ops": rows}
 
 
 def _known(name: str) -> dict | None:
@@ -266,14 +291,16 @@ def advice(op: str, version: int, runtime: str, have: list[int] | None) -> str:
         what = f"{runtime} has no {op} at all"
     else:
         what = f"{runtime} has {op} versions {have[0]}-{have[-1]}, the model uses {version}"
-    return (f"{what}: upgrade the device's runtime (pip install ai-edge-litert; it has builds for Raspberry Pi OS "
-            "Bookworm, Python 3.11, aarch64)" + (f" — {', '.join(newer)} has it" if newer else "")
-            + ", or convert with a TensorFlow no newer than the runtime (an op's version rises with what it uses: "
-            "int16 activations, 4-bit or per-channel weights, broadcasting, more dimensions)")
+    return (
+        f"{what}: upgrade the device's runtime (pip install ai-edge-litert; it has builds for Raspberry Pi OS "
+        "Bookworm, Python 3.11, aarch64)"
+        + (f" — {', '.join(newer)} has it" if newer else "")
+        + ", or convert with a TensorFlow no newer than the runtime (an op's version rises with what it uses: "
+        "int16 activations, 4-bit or per-channel weights, broadcasting, more dimensions)"
+    )
 
 
-def check_target(path: str | os.PathLike, runtimes: list[str] | tuple[str, ...] = (), pythons=(),
-                 here: tuple[str, ...] = LOADABLE) -> dict:
+def check_target(path: str | os.PathLike, runtimes: list[str] | tuple[str, ...] = (), pythons=(), here: tuple[str, ...] = LOADABLE) -> dict:
     """Every op of the model, and for each target whether it loads: loaded in every runtime this
     Python (and each of ``pythons``) has; from op_versions.json for the ``runtimes`` named that none of
     those is. Returns {"model", "ops", "targets": [{"runtime", "how", "loads", "problems": [...]}]}."""
@@ -286,25 +313,52 @@ def check_target(path: str | os.PathLike, runtimes: list[str] | tuple[str, ...] 
         problems = []
         if r["refused_op"]:
             have = ((_known(r["runtime"]) or {}).get("ops", {})).get(r["refused_op"])
-            problems.append({"op": r["refused_op"], "version": r["refused_version"], "runtime_versions": have,
-                             "advice": advice(r["refused_op"], r["refused_version"] or 0, r["runtime"], have)})
-        targets.append({"runtime": r["runtime"], "how": r["how"], "loads": r["loads"], "error": r["error"],
-                        "problems": problems})
+            problems.append(
+                {
+                    "op": r["refused_op"],
+                    "version": r["refused_version"],
+                    "runtime_versions": have,
+                    "advice": advice(r["refused_op"], r["refused_version"] or 0, r["runtime"], have),
+                }
+            )
+        targets.append({"runtime": r["runtime"], "how": r["how"], "loads": r["loads"], "error": r["error"], "problems": problems})
     have_loaded = {t["runtime"].replace(" ", "==") for t in targets}
     for name in runtimes:
         if name in have_loaded or any(h.startswith(name + "==") for h in have_loaded):
             continue
         if name not in table_runtimes():
-            targets.append({"runtime": name, "how": "not installed here", "loads": None, "problems": [],
-                            "error": f"{name} is not installed in this Python and has no op table: give --python PY of "
-                                     "an environment that has it"})
+            targets.append(
+                {
+                    "runtime": name,
+                    "how": "not installed here",
+                    "loads": None,
+                    "problems": [],
+                    "error": f"{name} is not installed in this Python and has no op table: give --python PY of an environment that has it",
+                }
+            )
             continue
         v = table_verdict(ops, name)
-        problems = [{"op": o["name"], "version": o["version"], "runtime_versions": o["runtime_versions"],
-                     "advice": advice(o["name"], o["version"], name, o["runtime_versions"])} for o in v["ops"] if o["ok"] is False]
+        problems = [
+            {
+                "op": o["name"],
+                "version": o["version"],
+                "runtime_versions": o["runtime_versions"],
+                "advice": advice(o["name"], o["version"], name, o["runtime_versions"]),
+            }
+            for o in v["ops"]
+            if o["ok"] is False
+        ]
         unknown = [o["name"] for o in v["ops"] if o["ok"] is None]
-        targets.append({"runtime": name, "how": v["how"], "source": v["source"], "loads": v["loads"], "problems": problems,
-                        "error": f"not in the table: {', '.join(unknown)}" if unknown else ""})
+        targets.append(
+            {
+                "runtime": name,
+                "how": v["how"],
+                "source": v["source"],
+                "loads": v["loads"],
+                "problems": problems,
+                "error": f"not in the table: {', '.join(unknown)}" if unknown else "",
+            }
+        )
     return {"model": str(path), "ops": [asdict(o) for o in ops], "targets": targets}
 
 
@@ -330,8 +384,7 @@ def format_check(result: dict) -> list[str]:
                 row_marks.append("ok" if o["version"] in known[o["name"]] else "NO")
         marks.append(row_marks)
     head = ["op", "code", "version", "nodes", *cols]
-    rows = [[o["name"], str(o["code"]), str(o["version"]), str(o["count"]), *(m[i] for m in marks)]
-            for i, o in enumerate(result["ops"])]
+    rows = [[o["name"], str(o["code"]), str(o["version"]), str(o["count"]), *(m[i] for m in marks)] for i, o in enumerate(result["ops"])]
     widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in (head, *rows)]
     for t in targets:

@@ -25,13 +25,26 @@ from edge_app.runtime import RUNTIMES
 @click.option("--resize", type=click.Choice(RESIZE_MODES), default="crop", show_default=True)
 @click.option("--width", type=click.IntRange(1, 10000), default=None, help="Camera capture width.")
 @click.option("--height", type=click.IntRange(1, 10000), default=None, help="Camera capture height.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where the pictures and check-input.json go (default: check-input/ in the run folder, else here).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the pictures and check-input.json go (default: check-input/ in the run folder, else here).",
+)
 @click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True)
 @click.option("--ignore-checksum", is_flag=True, help="Check a model whose sha256 differs from its model.json (warns).")
 @model_anywhere
-def check_input_cmd(model: Path, source: str, frames: int, resize: str, width: int | None, height: int | None,
-                    out: Path | None, runtime: str, ignore_checksum: bool) -> None:
+def check_input_cmd(
+    model: Path,
+    source: str,
+    frames: int,
+    resize: str,
+    width: int | None,
+    height: int | None,
+    out: Path | None,
+    runtime: str,
+    ignore_checksum: bool,
+) -> None:
     """Is the camera frame what the model expects? Saves the model's input as pictures and compares the
     frames with the training images (channel order, scale, exposure). Exit status 3: a problem found."""
     import json
@@ -45,8 +58,9 @@ def check_input_cmd(model: Path, source: str, frames: int, resize: str, width: i
     with contextlib.closing(open_source(source, width=width, height=height)) as src:
         r = check_source(loaded, src, frames=frames, resize=resize, out_dir=out)
     if not r["frames"]:
-        raise click.ClickException(f"no frame came from {source}" + (f" ({r['skipped']} unreadable)" if r["skipped"] else "")
-                                   + "; check the source")
+        raise click.ClickException(
+            f"no frame came from {source}" + (f" ({r['skipped']} unreadable)" if r["skipped"] else "") + "; check the source"
+        )
     for line in table(r):
         click.echo(line)
     write_text(out / "check-input.json", json.dumps({"model": str(loaded.path), "source": source, **r}, indent=2) + "\n")
@@ -71,19 +85,33 @@ def target_names(ctx, param, values):
     known = table_runtimes()
     for v in values:
         if v not in known and v not in (*RUNTIMES, EDGETPU):
-            raise click.BadParameter(f"{v!r} is neither a runtime with an op table ({', '.join(known)}) nor one to load "
-                                     f"here by name ({', '.join(RUNTIMES)}), nor {EDGETPU}")
+            raise click.BadParameter(
+                f"{v!r} is neither a runtime with an op table ({', '.join(known)}) nor one to load "
+                f"here by name ({', '.join(RUNTIMES)}), nor {EDGETPU}"
+            )
     return tuple(values) or tuple(known)
 
 
 @click.command(name="check-target")
 @click.option("--model", default=None, type=click.Path(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
-@click.option("--runtime", "runtimes", multiple=True, callback=target_names, metavar="NAME",
-              help="A target runtime, e.g. tflite-runtime==2.14.0 (repeatable; default: every one with an op table). "
-                   "ai-edge-litert and tflite-runtime are loaded wherever installed; TensorFlow's only when named; "
-                   "edgetpu: the Edge TPU's verdict op by op.")
-@click.option("--python", "pythons", multiple=True, type=click.Path(exists=True, dir_okay=False), metavar="PY",
-              help="Also load the model in the runtimes another Python has (e.g. a venv with tflite-runtime 2.14).")
+@click.option(
+    "--runtime",
+    "runtimes",
+    multiple=True,
+    callback=target_names,
+    metavar="NAME",
+    help="A target runtime, e.g. tflite-runtime==2.14.0 (repeatable; default: every one with an op table). "
+    "ai-edge-litert and tflite-runtime are loaded wherever installed; TensorFlow's only when named; "
+    "edgetpu: the Edge TPU's verdict op by op.",
+)
+@click.option(
+    "--python",
+    "pythons",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    metavar="PY",
+    help="Also load the model in the runtimes another Python has (e.g. a venv with tflite-runtime 2.14).",
+)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @model_anywhere
 def check_target_cmd(model: Path, runtimes: tuple[str, ...], pythons: tuple[str, ...], json_out: Path | None) -> None:

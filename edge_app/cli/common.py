@@ -78,24 +78,36 @@ class ModelChoice:
         from edge_app.model import open_model
 
         options = dict(self.delegate_options, **({"device": self.device} if self.device else {}))
-        return open_model(self.model, runtime=self.runtime, delegate=self.delegate, threads=self.threads,
-                          delegate_lib=self.delegate_lib, delegate_options=options, fallback_cpu=self.fallback_cpu,
-                          ignore_checksum=self.ignore_checksum, labels_file=self.labels)
+        return open_model(
+            self.model,
+            runtime=self.runtime,
+            delegate=self.delegate,
+            threads=self.threads,
+            delegate_lib=self.delegate_lib,
+            delegate_options=options,
+            fallback_cpu=self.fallback_cpu,
+            ignore_checksum=self.ignore_checksum,
+            labels_file=self.labels,
+        )
 
 
 def bundle(name: str, factory: Callable, fields: tuple[str, ...]):
     """Hand a command the options named ``fields`` as one object, ``factory(**options)``, in ``name``."""
+
     def decorate(command):
         @functools.wraps(command)
         def wrapper(**kwargs):
             kwargs[name] = factory(**{k: kwargs.pop(k) for k in fields if k in kwargs})
             return command(**kwargs)
+
         return wrapper
+
     return decorate
 
 
 def model_anywhere(command):
     """The model as MODEL or as --model MODEL, the same for every command that takes one."""
+
     @functools.wraps(command)
     def wrapper(**kwargs):
         given = kwargs.pop("model_arg", None)
@@ -106,6 +118,7 @@ def model_anywhere(command):
         if kwargs["model"] is None:
             raise click.UsageError("which model? give a run folder or a .tflite as MODEL or --model MODEL")
         return command(**kwargs)
+
     return click.argument("model_arg", required=False, metavar="[MODEL]", type=click.Path(path_type=Path))(wrapper)
 
 
@@ -131,8 +144,7 @@ def runtime_options(fallback: bool = False):
         click.option("--device", default=None, help="Edge TPU device, e.g. usb:0 or pci:0."),
         click.option("--delegate-lib", default=None, help="Path of any external delegate library."),
         click.option("--delegate-option", "delegate_options", multiple=True, callback=kv, help="key=value for the delegate."),
-        *([click.option("--fallback-cpu", is_flag=True, help="If the delegate fails to load, warn and run on the CPU.")]
-          if fallback else []),
+        *([click.option("--fallback-cpu", is_flag=True, help="If the delegate fails to load, warn and run on the CPU.")] if fallback else []),
         click.option("--ignore-checksum", is_flag=True, help="Run a model whose sha256 differs from its model.json (warns)."),
     ]
 
@@ -140,6 +152,7 @@ def runtime_options(fallback: bool = False):
         for option in reversed(options):
             command = option(command)
         return command
+
     return decorate
 
 
@@ -157,5 +170,3 @@ def open_text(path: Path):
         return open(path, "w", buffering=1)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-

@@ -149,10 +149,14 @@ def _stats(d: dict[str, Any] | None, channels: int) -> InputStats | None:
     if d is None:
         return None
     st = InputStats(
-        images=int(d["images"]), pixel_mean=tuple(float(v) for v in d["pixel_mean"]),
-        pixel_std=tuple(float(v) for v in d["pixel_std"]), brightness_p5=float(d["brightness_p5"]),
-        brightness_p95=float(d["brightness_p95"]), contrast=float(d["contrast"]),
-        value_mean=tuple(float(v) for v in d["value_mean"]), value_std=tuple(float(v) for v in d["value_std"]),
+        images=int(d["images"]),
+        pixel_mean=tuple(float(v) for v in d["pixel_mean"]),
+        pixel_std=tuple(float(v) for v in d["pixel_std"]),
+        brightness_p5=float(d["brightness_p5"]),
+        brightness_p95=float(d["brightness_p95"]),
+        contrast=float(d["contrast"]),
+        value_mean=tuple(float(v) for v in d["value_mean"]),
+        value_std=tuple(float(v) for v in d["value_std"]),
     )
     if {len(st.pixel_mean), len(st.pixel_std), len(st.value_mean), len(st.value_std)} != {channels}:
         raise SidecarError(f"input_stats must give one mean and std per input channel ({channels})")
@@ -171,8 +175,10 @@ def sidecar_from_dict(d: dict[str, Any]) -> Sidecar:
         raise SidecarError("model.json must hold a JSON object")
     version = d.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise SidecarError(f"model.json has schema_version {version!r}; this edge_app reads version {SCHEMA_VERSION}",
-                           "rebuild the run folder with the same nin-pipeline version, or upgrade edge_app")
+        raise SidecarError(
+            f"model.json has schema_version {version!r}; this edge_app reads version {SCHEMA_VERSION}",
+            "rebuild the run folder with the same nin-pipeline version, or upgrade edge_app",
+        )
     try:
         i = d["input"]
         inp = InputSpec(
@@ -220,9 +226,7 @@ def sidecar_from_dict(d: dict[str, Any]) -> Sidecar:
         raise SidecarError("input.mean and input.std need one value or one per channel")
     scores = sc.output("scores")
     if scores.shape[-1] != len(sc.labels):
-        raise SidecarError(
-            f"model.json lists {len(sc.labels)} labels but the scores output has {scores.shape[-1]} classes"
-        )
+        raise SidecarError(f"model.json lists {len(sc.labels)} labels but the scores output has {scores.shape[-1]} classes")
     maps = [o for o in sc.outputs if o.name == "class_maps"]
     if maps and (len(maps[0].shape) != 4 or maps[0].shape[-1] != len(sc.labels)):
         raise SidecarError(f"model.json's class_maps output must be [1, H, W, {len(sc.labels)}]; got {list(maps[0].shape)}")

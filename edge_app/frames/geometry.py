@@ -39,12 +39,12 @@ def fit_to_input(rgb: np.ndarray, height: int, width: int, channels: int, mode: 
     import cv2
 
     (fx, fy, fw, fh), (ix, iy, iw, ih) = layout(rgb.shape[0], rgb.shape[1], height, width, mode)
-    small = cv2.resize(rgb[fy:fy + fh, fx:fx + fw], (iw, ih), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(rgb[fy : fy + fh, fx : fx + fw], (iw, ih), interpolation=cv2.INTER_AREA)
     if (iw, ih) == (width, height):
         out = small
     else:
         out = np.zeros((height, width, 3), np.uint8)
-        out[iy:iy + ih, ix:ix + iw] = small
+        out[iy : iy + ih, ix : ix + iw] = small
     if channels == 1:
         out = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)[..., None]
     return out
@@ -66,16 +66,14 @@ class MapPlacement:
         return round(self.a * u + self.b), round(self.c * v + self.d)
 
 
-def map_placement(frame_shape: tuple[int, ...], map_shape: tuple[int, ...], height: int, width: int,
-                  mode: str = "crop") -> MapPlacement:
+def map_placement(frame_shape: tuple[int, ...], map_shape: tuple[int, ...], height: int, width: int, mode: str = "crop") -> MapPlacement:
     """Place an [mh, mw] class map, computed on a ``height`` x ``width`` input, on the frame."""
     (fx, fy, fw, fh), (ix, iy, iw, ih) = layout(frame_shape[0], frame_shape[1], height, width, mode)
     sx, sy = fw / iw, fh / ih  # frame pixels per input pixel
     mh, mw = map_shape[:2]
     # map cell centre u+0.5 covers input x = (u+0.5) * width/mw; input x -> frame fx + (x - ix) * sx
     a, c = width / mw * sx, height / mh * sy
-    return MapPlacement(a, fx + (0.5 * width / mw - ix) * sx - 0.5, c, fy + (0.5 * height / mh - iy) * sy - 0.5,
-                        (fx, fy, fw, fh))
+    return MapPlacement(a, fx + (0.5 * width / mw - ix) * sx - 0.5, c, fy + (0.5 * height / mh - iy) * sy - 0.5, (fx, fy, fw, fh))
 
 
 def heatmap_peak(maps: np.ndarray, index: int, placement: MapPlacement) -> dict[str, Any]:

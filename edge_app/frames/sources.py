@@ -71,16 +71,29 @@ class CaptureSource:
     to ``max_wait``); a video file simply ends.
     """
 
-    def __init__(self, target, label: str, *, live: bool, width: int | None = None, height: int | None = None,
-                 fps: float | None = None, max_wait: float = 5.0, loop: bool = False):
+    def __init__(
+        self,
+        target,
+        label: str,
+        *,
+        live: bool,
+        width: int | None = None,
+        height: int | None = None,
+        fps: float | None = None,
+        max_wait: float = 5.0,
+        loop: bool = False,
+    ):
         cv2 = _cv2()
         self.cv2, self.label, self.live, self.max_wait, self.skipped = cv2, label, live, max_wait, 0
         self.loop = loop and not live  # a video file replays from its first frame
         self.cap = cv2.VideoCapture(target)
         if not self.cap.isOpened():
             camera = isinstance(target, int) or str(target).startswith("/dev/")
-            hint = ("is it connected and free? `ls /dev/video*` lists cameras; a Raspberry Pi camera module needs "
-                    "--source picamera") if camera else "check the path or URL"
+            hint = (
+                ("is it connected and free? `ls /dev/video*` lists cameras; a Raspberry Pi camera module needs --source picamera")
+                if camera
+                else "check the path or URL"
+            )
             raise SourceError(f"could not open {label}", hint)
         for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, width), (cv2.CAP_PROP_FRAME_HEIGHT, height), (cv2.CAP_PROP_FPS, fps)):
             if value:
@@ -124,8 +137,10 @@ class PiCameraSource:
         try:
             from picamera2 import Picamera2
         except ImportError:
-            raise SourceError("--source picamera needs picamera2", "on Raspberry Pi OS `sudo apt install python3-picamera2` "
-                              "and create the venv with --system-site-packages so it can see it") from None
+            raise SourceError(
+                "--source picamera needs picamera2",
+                "on Raspberry Pi OS `sudo apt install python3-picamera2` and create the venv with --system-site-packages so it can see it",
+            ) from None
         self.label, self.skipped, self.cam = "picamera", 0, None
         try:
             self.cam = Picamera2()
@@ -152,8 +167,7 @@ class PiCameraSource:
             cam.stop()
 
 
-def open_source(spec: str, *, width: int | None = None, height: int | None = None, fps: float | None = None,
-                loop: bool = False):
+def open_source(spec: str, *, width: int | None = None, height: int | None = None, fps: float | None = None, loop: bool = False):
     """Pick the source kind from ``--source``; ``loop`` replays a video file, image, folder or glob."""
     if spec == "picamera":
         return PiCameraSource(width, height)

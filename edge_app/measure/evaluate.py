@@ -33,18 +33,28 @@ def labelled_images(root: Path, labels: list[str], option: str = "--source") -> 
     index = {name: i for i, name in enumerate(labels)}
     unknown = [d.name for d in folders if d.name not in index]
     if unknown:
-        raise SourceError(f"{option} {root}: class folder(s) {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} "
-                          f"are none of the model's {len(labels)} labels ({', '.join(labels[:10])}{' ...' if len(labels) > 10 else ''})",
-                          "rename or remove those folders (names must match labels.txt exactly)")
+        raise SourceError(
+            f"{option} {root}: class folder(s) {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} "
+            f"are none of the model's {len(labels)} labels ({', '.join(labels[:10])}{' ...' if len(labels) > 10 else ''})",
+            "rename or remove those folders (names must match labels.txt exactly)",
+        )
     items = [(f, index[d.name]) for d in folders for f in sorted(d.rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_EXTS]
     if not items:
-        raise SourceError(f"{option} {root}: no images in its class folders",
-                          f"give images with one of the extensions {', '.join(sorted(IMAGE_EXTS))}")
+        raise SourceError(
+            f"{option} {root}: no images in its class folders", f"give images with one of the extensions {', '.join(sorted(IMAGE_EXTS))}"
+        )
     return items, [d.name for d in folders]
 
 
-def evaluate_folder(model: LoadedModel, root: Path, *, resize: str = "crop", limit: int | None = None,
-                    option: str = "--source", items: list[tuple[Path, int]] | None = None) -> dict[str, Any]:
+def evaluate_folder(
+    model: LoadedModel,
+    root: Path,
+    *,
+    resize: str = "crop",
+    limit: int | None = None,
+    option: str = "--source",
+    items: list[tuple[Path, int]] | None = None,
+) -> dict[str, Any]:
     """Top-1/top-5, per-class recall, the confusion matrix and per-image latency on a labelled folder
     (``items``: its :func:`labelled_images` list when the caller already has it)."""
     labels = list(model.labels)
@@ -79,9 +89,16 @@ def evaluate_folder(model: LoadedModel, root: Path, *, resize: str = "crop", lim
     support = confusion.sum(1)
     recall = {labels[i]: (float(confusion[i, i] / support[i]) if support[i] else None) for i in range(n)}
     return {
-        "source": str(root), "images": seen, "skipped": len(skipped), "skipped_files": skipped[:20],
-        "classes_found": found, "labels": labels, "resize": resize,
-        "top1": float(np.trace(confusion) / seen), "top5": float(top5 / seen), "per_class_recall": recall,
+        "source": str(root),
+        "images": seen,
+        "skipped": len(skipped),
+        "skipped_files": skipped[:20],
+        "classes_found": found,
+        "labels": labels,
+        "resize": resize,
+        "top1": float(np.trace(confusion) / seen),
+        "top5": float(top5 / seen),
+        "per_class_recall": recall,
         "confusion_matrix": confusion.tolist(),
         "latency_ms": dict(zip(("median", "p95"), map(float, median_p95(ms)))),
         "seconds": round(time.perf_counter() - t0, 2),

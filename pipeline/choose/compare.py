@@ -8,12 +8,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-HEADER = ["run", "arch", "width", "params", "MACs", "float top-1", "QAT int8 top-1", "PTQ int8 top-1",
-          "agreement", "int8 bytes", "int8 ms 1 thread / all", "Edge TPU ops"]
+HEADER = [
+    "run",
+    "arch",
+    "width",
+    "params",
+    "MACs",
+    "float top-1",
+    "QAT int8 top-1",
+    "PTQ int8 top-1",
+    "agreement",
+    "int8 bytes",
+    "int8 ms 1 thread / all",
+    "Edge TPU ops",
+]
 
 
 def _edgetpu(run) -> str:
-    """"on_tpu/total" from edgetpu.json (a check or compile made after the report counts too)."""
+    """ "on_tpu/total" from edgetpu.json (a check or compile made after the report counts too)."""
     check = (run.read_edgetpu() or {}).get("check") or (run.read_report().get("edgetpu") or {}).get("check")
     if not check:
         return "-"
@@ -40,10 +52,18 @@ def record(name: str, run_dir: Path) -> dict[str, Any]:
         return v.get(key, {}).get("top1")
 
     return {
-        "run": name, "arch": rep.get("arch", ""), "width": rep.get("width"), "head": head,
-        "params": q.get("params"), "macs": q.get("macs"), "test_images": rep.get("test_images"),
-        "float_top1": top1("float_keras"), "qat_int8_top1": top1("qat_int8"), "ptq_int8_top1": top1("ptq_int8"),
-        "agreement": q.get("agreement_with_float"), "int8_bytes": q.get("bytes"),
+        "run": name,
+        "arch": rep.get("arch", ""),
+        "width": rep.get("width"),
+        "head": head,
+        "params": q.get("params"),
+        "macs": q.get("macs"),
+        "test_images": rep.get("test_images"),
+        "float_top1": top1("float_keras"),
+        "qat_int8_top1": top1("qat_int8"),
+        "ptq_int8_top1": top1("ptq_int8"),
+        "agreement": q.get("agreement_with_float"),
+        "int8_bytes": q.get("bytes"),
         "int8_ms_1_thread": (lat.get("1_thread") or {}).get("median"),
         "int8_ms_all": (lat[many[-1]] or {}).get("median") if many else None,
         "all_threads": many[-1].split("_")[0] if many else None,
@@ -68,8 +88,12 @@ def _device_eval(run_dir: Path, host_top1: float | None) -> dict[str, Any]:
         return {}
     if d.get("model_sha256") not in ours:  # measured a model this folder no longer holds
         return {}
-    return {"device_top1": top1, "device_images": d.get("images"), "device": (d.get("device") or {}).get("hostname"),
-            "device_vs_host_points": None if host_top1 is None else round(100 * (top1 - host_top1), 2)}
+    return {
+        "device_top1": top1,
+        "device_images": d.get("images"),
+        "device": (d.get("device") or {}).get("hostname"),
+        "device_vs_host_points": None if host_top1 is None else round(100 * (top1 - host_top1), 2),
+    }
 
 
 def records(runs: list[Path]) -> list[dict[str, Any]]:
@@ -98,11 +122,22 @@ def rows(recs: list[dict[str, Any]]) -> list[list[str]]:
         ms = "-" if r["int8_ms_1_thread"] is None else f"{r['int8_ms_1_thread']:.2f}"
         if r["int8_ms_all"] is not None:
             ms += f" / {r['int8_ms_all']:.2f}"
-        out.append([r["run"], _arch(r), f"{r['width']:g}" if isinstance(r["width"], (int, float)) else str(r["width"] or ""),
-                    f"{r['params']:,}" if r["params"] is not None else "-",
-                    f"{r['macs'] / 1e6:.1f}M" if r["macs"] is not None else "-",
-                    _pct(r["float_top1"]), _pct(r["qat_int8_top1"]), _pct(r["ptq_int8_top1"]), _pct(r["agreement"]),
-                    f"{r['int8_bytes']:,}" if r["int8_bytes"] is not None else "-", ms, r["edgetpu_ops"]])
+        out.append(
+            [
+                r["run"],
+                _arch(r),
+                f"{r['width']:g}" if isinstance(r["width"], (int, float)) else str(r["width"] or ""),
+                f"{r['params']:,}" if r["params"] is not None else "-",
+                f"{r['macs'] / 1e6:.1f}M" if r["macs"] is not None else "-",
+                _pct(r["float_top1"]),
+                _pct(r["qat_int8_top1"]),
+                _pct(r["ptq_int8_top1"]),
+                _pct(r["agreement"]),
+                f"{r['int8_bytes']:,}" if r["int8_bytes"] is not None else "-",
+                ms,
+                r["edgetpu_ops"],
+            ]
+        )
         if device:
             if "device_top1" not in r:
                 out[-1].append("-")
@@ -150,11 +185,15 @@ def plot(recs: list[dict[str, Any]], xlabel: str | None = None) -> bytes:
         for r in pts:
             x, y = r["int8_ms_1_thread"], 100 * r["qat_int8_top1"]
             ax.scatter([x], [y], s=40 + 1500 * (r["int8_bytes"] or 0) / biggest, alpha=0.45)
-            ax.annotate(f"{r['run']}\n{(r['int8_bytes'] or 0) / 1024:.0f} KB", (x, y), fontsize=8,
-                        xytext=(6, 4), textcoords="offset points")
+            ax.annotate(f"{r['run']}\n{(r['int8_bytes'] or 0) / 1024:.0f} KB", (x, y), fontsize=8, xytext=(6, 4), textcoords="offset points")
         best = pareto(pts)
-        ax.plot([r["int8_ms_1_thread"] for r in best], [100 * r["qat_int8_top1"] for r in best], "k--", lw=1,
-                label="Pareto front (nothing else is both faster and more accurate)")
+        ax.plot(
+            [r["int8_ms_1_thread"] for r in best],
+            [100 * r["qat_int8_top1"] for r in best],
+            "k--",
+            lw=1,
+            label="Pareto front (nothing else is both faster and more accurate)",
+        )
         ax.legend(loc="lower right", fontsize=8)
         ax.set_xscale("log")
     ax.set_xlabel(xlabel or "QAT int8 ms per image, 1 thread, this host (log scale)")

@@ -21,8 +21,12 @@ def register(cli: click.Group) -> None:
     @click.argument("runs", nargs=-1, required=True, type=RUN_DIR)
     @click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the table here.")
     @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="The figures as JSON.")
-    @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                  help="A PNG: QAT int8 top-1 vs int8 ms per image, marker area = bytes, Pareto front marked.")
+    @click.option(
+        "--plot",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="A PNG: QAT int8 top-1 vs int8 ms per image, marker area = bytes, Pareto front marked.",
+    )
     def compare(runs: tuple[Path, ...], markdown: Path | None, json_out: Path | None, plot: Path | None) -> None:
         """Put run folders side by side: size, accuracy, int8 speed and Edge TPU ops (e.g. to pick a model)."""
         from pipeline.choose import compare as cmp
@@ -37,7 +41,6 @@ def register(cli: click.Group) -> None:
             from edge_app.fsutil import atomic_write_bytes
 
             atomic_write_bytes(plot, cmp.plot(recs))
-
 
     @cli.command()
     @click.option("--arch", type=click.Choice(list(ARCHS)), default="nin-cifar", show_default=True)
@@ -55,20 +58,26 @@ def register(cli: click.Group) -> None:
             click.echo(f"width {width:g} (the quick profile's, as `build` uses; --width to change)")
         size = input_size or ARCHS[arch].default_input_size
         try:
-            lines = summary_lines(ModelConfig(arch=arch, num_classes=classes, input_shape=(size, size, channels), width=width,
-                                              head=head))
+            lines = summary_lines(ModelConfig(arch=arch, num_classes=classes, input_shape=(size, size, channels), width=width, head=head))
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--head" if "--head" in str(exc) else "--input-size") from None
         click.echo("\n".join(lines))
 
     @cli.command()
     @click.option("--out", type=RUN_DIR, required=True, help="The sweep folder: one run folder per candidate inside.")
-    @click.option("--archs", type=CommaList(click.Choice(list(ARCHS)), "archs"), default="nin-cifar", show_default=True,
-                  help="Architectures, comma-separated.")
-    @click.option("--widths", type=CommaList(POSITIVE_FLOAT, "widths"), default="0.25", show_default=True,
-                  help="Width multipliers, comma-separated.")
-    @click.option("--input-sizes", type=CommaList(POSITIVE_INT, "sizes"), default=None,
-                  help="Input sizes, comma-separated (default: the data's own).")
+    @click.option(
+        "--archs",
+        type=CommaList(click.Choice(list(ARCHS)), "archs"),
+        default="nin-cifar",
+        show_default=True,
+        help="Architectures, comma-separated.",
+    )
+    @click.option(
+        "--widths", type=CommaList(POSITIVE_FLOAT, "widths"), default="0.25", show_default=True, help="Width multipliers, comma-separated."
+    )
+    @click.option(
+        "--input-sizes", type=CommaList(POSITIVE_INT, "sizes"), default=None, help="Input sizes, comma-separated (default: the data's own)."
+    )
     @click.option("--dataset", type=click.Choice(DATASETS), default="cifar10", show_default=True)
     @click.option("--data-dir", type=click.Path(path_type=Path), default=None, envvar="NIN_DATA_DIR")
     @click.option("--profile", type=click.Choice(list(PROFILES)), default="quick", show_default=True)
@@ -78,13 +87,34 @@ def register(cli: click.Group) -> None:
     @click.option("--limit-train", type=POSITIVE_INT, default=None)
     @click.option("--limit-test", type=POSITIVE_INT, default=None)
     @click.option("--seed", type=int, default=0, show_default=True)
-    @click.option("--device-latency", "device_files", multiple=True, type=click.Path(path_type=Path),
-                  help="An `edge-app bench MODEL --json F` file from the device, or a folder of them (repeat the option): "
-                       "the device's latency replaces this host's.")
+    @click.option(
+        "--device-latency",
+        "device_files",
+        multiple=True,
+        type=click.Path(path_type=Path),
+        help="An `edge-app bench MODEL --json F` file from the device, or a folder of them (repeat the option): "
+        "the device's latency replaces this host's.",
+    )
     @click.option("--latency-budget", type=POSITIVE_FLOAT, default=None, metavar="MS", help="Pick within this int8 latency.")
     @click.option("--size-budget", type=POSITIVE_FLOAT, default=None, metavar="KB", help="Pick within this int8 file size.")
-    def sweep(out, archs, widths, input_sizes, dataset, data_dir, profile, epochs, qat_epochs, batch_size, limit_train,
-              limit_test, seed, device_files, latency_budget, size_budget) -> None:
+    def sweep(
+        out,
+        archs,
+        widths,
+        input_sizes,
+        dataset,
+        data_dir,
+        profile,
+        epochs,
+        qat_epochs,
+        batch_size,
+        limit_train,
+        limit_test,
+        seed,
+        device_files,
+        latency_budget,
+        size_budget,
+    ) -> None:
         """Build every ARCH x WIDTH x SIZE candidate (resumable), then the accuracy-vs-latency Pareto front."""
         from pipeline.choose import compare as cmp
         from pipeline.choose import sweep as sw
@@ -97,15 +127,17 @@ def register(cli: click.Group) -> None:
         if device_files and not files:
             raise click.BadParameter(f"no .json files in {', '.join(map(str, device_files))}", param_hint="--device-latency")
         device = sw.device_latencies(files) if files else {}
-        common = {k: v for k, v in dict(epochs=epochs, qat_epochs=qat_epochs, batch_size=batch_size, limit_train=limit_train,
-                                        limit_test=limit_test).items() if v is not None}
+        common = {
+            k: v
+            for k, v in dict(epochs=epochs, qat_epochs=qat_epochs, batch_size=batch_size, limit_train=limit_train, limit_test=limit_test).items()
+            if v is not None
+        }
 
         def overrides(c):
             return {**common, "width": c.width, **({"input_size": c.input_size} if c.input_size else {})}
 
         def expected(c):
-            return BuildRequest(dataset=dataset, data_dir=data_dir, profile=profile, arch=c.arch, overrides=overrides(c),
-                                seed=seed).config()
+            return BuildRequest(dataset=dataset, data_dir=data_dir, profile=profile, arch=c.arch, overrides=overrides(c), seed=seed).config()
 
         def build_one(c, folder):
             build(expected(c), folder)
@@ -117,13 +149,24 @@ def register(cli: click.Group) -> None:
         if device:
             recs = sw.with_device_latency(recs, folders, device)
         choice = sw.pick(recs, latency_budget, size_budget) if latency_budget or size_budget else None
-        settings = {"archs": archs, "widths": widths, "input_sizes": input_sizes, "dataset": dataset, "profile": profile,
-                    **common, "seed": seed, "device_latency": [str(f) for f in device_files],
-                    "latency_budget_ms": latency_budget, "size_budget_kb": size_budget}
+        settings = {
+            "archs": archs,
+            "widths": widths,
+            "input_sizes": input_sizes,
+            "dataset": dataset,
+            "profile": profile,
+            **common,
+            "seed": seed,
+            "device_latency": [str(f) for f in device_files],
+            "latency_budget_ms": latency_budget,
+            "size_budget_kb": size_budget,
+        }
         front = sw.write_outputs(out, recs, settings, choice)
         cmp.print_table(recs)
-        click.echo(f"Pareto front (fastest first): {', '.join(front) or '-'}"
-                   + (" — latency from the device" if device else " — latency from this host's reports"))
+        click.echo(
+            f"Pareto front (fastest first): {', '.join(front) or '-'}"
+            + (" — latency from the device" if device else " — latency from this host's reports")
+        )
         if choice:
             click.echo(f"pick: {choice['why']}")
         click.echo(f"sweep: {out / sw.SWEEP_HTML}")

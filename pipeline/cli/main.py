@@ -58,14 +58,18 @@ class _Cli(ErrorGroup):
             from edge_app.errors import Terminated
 
             by = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
-            click.echo(f"\n{by}: finished epochs are checkpointed; run the same command again "
-                       "(or `nin-pipeline build --resume --out RUN`) to continue.", err=True)
+            click.echo(
+                f"\n{by}: finished epochs are checkpointed; run the same command again "
+                "(or `nin-pipeline build --resume --out RUN`) to continue.",
+                err=True,
+            )
             raise click.exceptions.Exit(143 if isinstance(exc, Terminated) else 130) from None
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.split(".")[0] in TRAINING_STACK:
                 raise click.ClickException(
                     f"the training stack is not installed ({exc.name} is missing): pip install 'nin-pipeline[train]' "
-                    "(from a clone: pip install -e ./edge -e '.[train]')") from None
+                    "(from a clone: pip install -e ./edge -e '.[train]')"
+                ) from None
             raise
 
 
@@ -86,67 +90,153 @@ def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="nin-pipeline")
 
 
-
-
 @cli.command()
 @click.option("--dataset", type=click.Choice(DATASETS), default="cifar10", show_default=True)
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, envvar="NIN_DATA_DIR",
-              help="Folder or archive with the data (env NIN_DATA_DIR); else the Keras cache or download.")
-@click.option("--out", type=RUN_DIR, default=None,
-              help="Run folder (default artifacts/<dataset>-<arch>-<timestamp>). Re-running on it resumes.")
-@click.option("--profile", type=click.Choice(list(PROFILES)), default="quick", show_default=True,
-              help="quick: small width, CPU-friendly. paper: the paper's recipe, for a GPU.")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    envvar="NIN_DATA_DIR",
+    help="Folder or archive with the data (env NIN_DATA_DIR); else the Keras cache or download.",
+)
+@click.option("--out", type=RUN_DIR, default=None, help="Run folder (default artifacts/<dataset>-<arch>-<timestamp>). Re-running on it resumes.")
+@click.option(
+    "--profile",
+    type=click.Choice(list(PROFILES)),
+    default="quick",
+    show_default=True,
+    help="quick: small width, CPU-friendly. paper: the paper's recipe, for a GPU.",
+)
 @click.option("--arch", type=click.Choice(list(ARCHS)), default="nin-cifar", show_default=True)
 @click.option("--width", type=POSITIVE_FLOAT, default=None, help="Channel width multiplier.")
-@click.option("--input-size", type=POSITIVE_INT, default=None,
-              help="Resize images to N x N (image folders, nin-imagenet). Default: the data's own size.")
+@click.option(
+    "--input-size", type=POSITIVE_INT, default=None, help="Resize images to N x N (image folders, nin-imagenet). Default: the data's own size."
+)
 @click.option("--epochs", type=POSITIVE_INT, default=None, help="Float training epochs.")
 @click.option("--qat-epochs", type=NON_NEGATIVE_INT, default=None, help="QAT fine-tuning epochs.")
 @click.option("--batch-size", type=POSITIVE_INT, default=None)
 @click.option("--lr", type=POSITIVE_FLOAT, default=None, help="Peak learning rate.")
 @click.option("--dropout", type=click.FloatRange(0, 0.95), default=None)
-@click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=None,
-              help="Label smoothing of the float training loss (e.g. 0.1).")
+@click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=None, help="Label smoothing of the float training loss (e.g. 0.1).")
 @click.option("--qat-lr", type=POSITIVE_FLOAT, default=None, help="Peak learning rate of QAT fine-tuning.")
-@click.option("--qat-distill", type=click.FloatRange(0, 1), default=None, metavar="W",
-              help="QAT learns W x the float model's answers + (1 - W) x the labels (keeps int8 closer to float; 0: labels only).")
+@click.option(
+    "--qat-distill",
+    type=click.FloatRange(0, 1),
+    default=None,
+    metavar="W",
+    help="QAT learns W x the float model's answers + (1 - W) x the labels (keeps int8 closer to float; 0: labels only).",
+)
 @click.option("--limit-train", type=POSITIVE_INT, default=None, help="Stratified train subset (smoke runs).")
 @click.option("--limit-test", type=POSITIVE_INT, default=None, help="Stratified test subset.")
-@click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=0.1, show_default=True,
-              help="Share of train held out for validation.")
-@click.option("--io-type", type=click.Choice(IO_TYPES), default=None,
-              help="int8 model input/output type: int8 (default), or uint8 for runtimes that want it.")
-@click.option("--target", type=click.Choice(TARGETS), default="cpu", show_default=True,
-              help="edgetpu: uint8 input/output, checked against the Edge TPU's rules, compiled if edgetpu_compiler is installed.")
-@click.option("--class-maps/--no-class-maps", default=None,
-              help="Export the per-class confidence maps as a second model output (edge-app --heatmap uses them). "
-                   "Default: where the architecture has them (NiN with its GAP head).")
-@click.option("--head", type=click.Choice(HEADS), default=None,
-              help="nin-cifar's classifier: gap (the paper's, default), fc or fc-dropout (its ablation, section 4.6).")
-@click.option("--data-cache", type=click.Choice(DATA_CACHES), default=None,
-              help="Where decoded images live: memory, disk (a decoded cache, read in chunks), none (decode every epoch); "
-                   "auto (default): memory if they fit --memory-budget, else disk.")
-@click.option("--memory-budget", "memory_budget_gb", type=POSITIVE_FLOAT, default=None, metavar="GB",
-              help="Decoded images auto keeps in memory (default: a quarter of this machine's RAM).")
+@click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=0.1, show_default=True, help="Share of train held out for validation.")
+@click.option(
+    "--io-type",
+    type=click.Choice(IO_TYPES),
+    default=None,
+    help="int8 model input/output type: int8 (default), or uint8 for runtimes that want it.",
+)
+@click.option(
+    "--target",
+    type=click.Choice(TARGETS),
+    default="cpu",
+    show_default=True,
+    help="edgetpu: uint8 input/output, checked against the Edge TPU's rules, compiled if edgetpu_compiler is installed.",
+)
+@click.option(
+    "--class-maps/--no-class-maps",
+    default=None,
+    help="Export the per-class confidence maps as a second model output (edge-app --heatmap uses them). "
+    "Default: where the architecture has them (NiN with its GAP head).",
+)
+@click.option(
+    "--head",
+    type=click.Choice(HEADS),
+    default=None,
+    help="nin-cifar's classifier: gap (the paper's, default), fc or fc-dropout (its ablation, section 4.6).",
+)
+@click.option(
+    "--data-cache",
+    type=click.Choice(DATA_CACHES),
+    default=None,
+    help="Where decoded images live: memory, disk (a decoded cache, read in chunks), none (decode every epoch); "
+    "auto (default): memory if they fit --memory-budget, else disk.",
+)
+@click.option(
+    "--memory-budget",
+    "memory_budget_gb",
+    type=POSITIVE_FLOAT,
+    default=None,
+    metavar="GB",
+    help="Decoded images auto keeps in memory (default: a quarter of this machine's RAM).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--deterministic/--no-deterministic", default=None,
-              help="Same --seed, same machine -> the same report figures and byte-identical .tflite files "
-                   "(default: on; see the README for what it costs).")
+@click.option(
+    "--deterministic/--no-deterministic",
+    default=None,
+    help="Same --seed, same machine -> the same report figures and byte-identical .tflite files "
+    "(default: on; see the README for what it costs).",
+)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (--out, or the newest matching one in artifacts/).")
-@click.option("--workers", type=WORKERS, default=None, metavar="HOST:PORT,HOST:PORT[,...]",
-              help="Train on several machines: run the same command on each, with its own --worker-index "
-                   "(0, the chief, writes --out). Sets TF_CONFIG, which a cluster manager may set instead.")
+@click.option(
+    "--workers",
+    type=WORKERS,
+    default=None,
+    metavar="HOST:PORT,HOST:PORT[,...]",
+    help="Train on several machines: run the same command on each, with its own --worker-index "
+    "(0, the chief, writes --out). Sets TF_CONFIG, which a cluster manager may set instead.",
+)
 @click.option("--worker-index", type=NON_NEGATIVE_INT, default=None, help="This machine's place in --workers (0 is the chief).")
-@click.option("--worker-timeout", type=click.FloatRange(10, 86400), default=600, show_default=True, metavar="SECONDS",
-              help="How long a worker waits for the others to start before it stops.")
-@click.option("--collective-timeout", type=click.FloatRange(0, 86400), default=0, show_default=True, metavar="SECONDS",
-              help="Stop when a step's all-reduce waits this long for a worker that is alive but stuck (0: no limit; "
-                   "a dead or frozen worker is noticed anyway, in seconds). For debugging hangs: TensorFlow keeps a "
-                   "thread per all-reduce for this long.")
-def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_epochs, batch_size, lr, dropout,
-          label_smoothing, qat_lr, qat_distill, limit_train, limit_test, val_fraction, io_type, target, class_maps, head,
-          data_cache, memory_budget_gb, seed, deterministic, resume, workers, worker_index, worker_timeout,
-          collective_timeout) -> None:
+@click.option(
+    "--worker-timeout",
+    type=click.FloatRange(10, 86400),
+    default=600,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a worker waits for the others to start before it stops.",
+)
+@click.option(
+    "--collective-timeout",
+    type=click.FloatRange(0, 86400),
+    default=0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Stop when a step's all-reduce waits this long for a worker that is alive but stuck (0: no limit; "
+    "a dead or frozen worker is noticed anyway, in seconds). For debugging hangs: TensorFlow keeps a "
+    "thread per all-reduce for this long.",
+)
+def build(
+    dataset,
+    data_dir,
+    out,
+    profile,
+    arch,
+    width,
+    input_size,
+    epochs,
+    qat_epochs,
+    batch_size,
+    lr,
+    dropout,
+    label_smoothing,
+    qat_lr,
+    qat_distill,
+    limit_train,
+    limit_test,
+    val_fraction,
+    io_type,
+    target,
+    class_maps,
+    head,
+    data_cache,
+    memory_budget_gb,
+    seed,
+    deterministic,
+    resume,
+    workers,
+    worker_index,
+    worker_timeout,
+    collective_timeout,
+) -> None:
     """Train NiN, fine-tune it with QAT, convert to int8 TFLite and evaluate: one run folder.
 
     On several machines the batch size is global (each of N workers takes batch / N per step, the
@@ -159,26 +249,59 @@ def build(dataset, data_dir, out, profile, arch, width, input_size, epochs, qat_
     if target == "edgetpu" and io_type == "int8":
         raise click.BadParameter("--target edgetpu takes uint8 input and output; leave out --io-type int8", param_hint="--io-type")
     if (workers is None) != (worker_index is None):
-        raise click.UsageError("--workers and --worker-index go together: the same --workers on every machine, "
-                               "each with its own --worker-index (0 is the chief)")
+        raise click.UsageError(
+            "--workers and --worker-index go together: the same --workers on every machine, each with its own --worker-index (0 is the chief)"
+        )
     if workers is not None:
         os.environ["TF_CONFIG"] = tf_config(workers, worker_index)
     cluster = from_env()
-    overrides = {k: v for k, v in dict(width=width, input_size=input_size, epochs=epochs, qat_epochs=qat_epochs,
-                                        batch_size=batch_size, lr=lr, dropout=dropout, label_smoothing=label_smoothing,
-                                        qat_lr=qat_lr, qat_distill=qat_distill, limit_train=limit_train,
-                                        limit_test=limit_test, deterministic=deterministic, head=head).items() if v is not None}
-    request = BuildRequest(dataset=dataset, data_dir=data_dir, profile=profile, arch=arch, overrides=overrides,
-                           val_fraction=val_fraction, io_type=io_type, target=target, class_maps=class_maps, seed=seed,
-                           data_cache=data_cache, memory_budget_gb=memory_budget_gb)
+    overrides = {
+        k: v
+        for k, v in dict(
+            width=width,
+            input_size=input_size,
+            epochs=epochs,
+            qat_epochs=qat_epochs,
+            batch_size=batch_size,
+            lr=lr,
+            dropout=dropout,
+            label_smoothing=label_smoothing,
+            qat_lr=qat_lr,
+            qat_distill=qat_distill,
+            limit_train=limit_train,
+            limit_test=limit_test,
+            deterministic=deterministic,
+            head=head,
+        ).items()
+        if v is not None
+    }
+    request = BuildRequest(
+        dataset=dataset,
+        data_dir=data_dir,
+        profile=profile,
+        arch=arch,
+        overrides=overrides,
+        val_fraction=val_fraction,
+        io_type=io_type,
+        target=target,
+        class_maps=class_maps,
+        seed=seed,
+        data_cache=data_cache,
+        memory_budget_gb=memory_budget_gb,
+    )
     cfg, out = resolve_build(request, out, resume=resume, workers=cluster)
     run = build_run(cfg, out, workers=cluster, worker_timeout=worker_timeout, collective_timeout=collective_timeout)
-    click.echo(f"run folder: {run.root}" if cluster is None or cluster.is_chief else
-               f"{cluster.describe()}: done; the chief writes the run folder {run.root}")
+    click.echo(
+        f"run folder: {run.root}"
+        if cluster is None or cluster.is_chief
+        else f"{cluster.describe()}: done; the chief writes the run folder {run.root}"
+    )
     if (cluster is None or cluster.is_chief) and run.path(REPORT_HTML).is_file():
-        click.echo(f"report: {run.path(REPORT_HTML)}\n"
-                   f"next: edge-app run {run.root} --source 0     (on this machine's camera; --source FILE|FOLDER too)\n"
-                   f"      nin-pipeline package {run.root}     (a bundle to copy to the device)")
+        click.echo(
+            f"report: {run.path(REPORT_HTML)}\n"
+            f"next: edge-app run {run.root} --source 0     (on this machine's camera; --source FILE|FOLDER too)\n"
+            f"      nin-pipeline package {run.root}     (a bundle to copy to the device)"
+        )
 
 
 STAGE_HELP = {
@@ -191,9 +314,14 @@ STAGE_HELP = {
 def _stage_command(name: str) -> None:
     params = [click.Argument(["run_dir"], type=RUN_DIR)]
     if name == "convert":
-        params.append(click.Option(["--target"], type=click.Choice(TARGETS), default=None,
-                                   help="Convert for this target from now on (edgetpu: uint8 I/O, check, compile). "
-                                        "Default: the run's own."))
+        params.append(
+            click.Option(
+                ["--target"],
+                type=click.Choice(TARGETS),
+                default=None,
+                help="Convert for this target from now on (edgetpu: uint8 I/O, check, compile). Default: the run's own.",
+            )
+        )
 
     def callback(run_dir: Path, target: str | None = None) -> None:
         from pipeline.stages.orchestrator import redo_stage
@@ -221,16 +349,16 @@ def report(run_dir: Path, rerun: bool, no_latency: bool) -> None:
 
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--dataset", type=click.Choice(DATASETS), default=None,
-              help="Default: a run folder's own dataset, else cifar10.")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, envvar="NIN_DATA_DIR",
-              help="Default: a run folder's own data directory.")
+@click.option("--dataset", type=click.Choice(DATASETS), default=None, help="Default: a run folder's own dataset, else cifar10.")
+@click.option(
+    "--data-dir", type=click.Path(path_type=Path), default=None, envvar="NIN_DATA_DIR", help="Default: a run folder's own data directory."
+)
 @click.option("--limit-test", type=POSITIVE_INT, default=None, help="Stratified test subset (the same images as `build --limit-test`).")
 @click.option("--threads", type=POSITIVE_INT, default=None, help="TFLite threads (default: the cores this process may use).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the figures to this JSON file.")
-def evaluate(model: Path, dataset: str, data_dir: Path | None, limit_test: int | None, threads: int | None,
-             json_out: Path | None) -> None:
+@click.option(
+    "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the figures to this JSON file."
+)
+def evaluate(model: Path, dataset: str, data_dir: Path | None, limit_test: int | None, threads: int | None, json_out: Path | None) -> None:
     """Test-split accuracy of any classification MODEL (.tflite, .keras, .h5, or a run folder's int8 model) on a dataset."""
     from pipeline.report.predict import evaluate_model
 
@@ -245,8 +373,10 @@ def evaluate(model: Path, dataset: str, data_dir: Path | None, limit_test: int |
 
     res = evaluate_model(model, dataset, data_dir, limit_test=limit_test, threads=threads)
     top5 = f", top-5 {100 * res['top5']:.2f}%" if res["top5"] is not None else ""
-    click.echo(f"{model.name} on {dataset} test ({res['images']:,} images): top-1 {100 * res['top1']:.2f}%{top5} "
-               f"({res['seconds']:.1f} s, {res['images_per_second']:.0f} images/s)")
+    click.echo(
+        f"{model.name} on {dataset} test ({res['images']:,} images): top-1 {100 * res['top1']:.2f}%{top5} "
+        f"({res['seconds']:.1f} s, {res['images_per_second']:.0f} images/s)"
+    )
     if json_out:
         write_text(json_out, json.dumps(res, indent=2) + "\n")
 
@@ -258,8 +388,7 @@ def edgetpu() -> None:
 
 @edgetpu.command(name="check")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the verdicts as JSON.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the verdicts as JSON.")
 @click.option("--strict", is_flag=True, help="Exit 1 unless every operation would run on the Edge TPU.")
 def edgetpu_check(model: Path, json_out: Path | None, strict: bool) -> None:
     """Say, op by op, what of MODEL (a .tflite or a run folder) would run on the Edge TPU. No compiler needed."""
@@ -277,18 +406,25 @@ def edgetpu_check(model: Path, json_out: Path | None, strict: bool) -> None:
 
 @edgetpu.command(name="compile")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where <name>_edgetpu.tflite goes (default: beside the model).")
-@click.option("--compiler", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Path of edgetpu_compiler (default: found on PATH).")
+@click.option(
+    "--out-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where <name>_edgetpu.tflite goes (default: beside the model).",
+)
+@click.option(
+    "--compiler", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Path of edgetpu_compiler (default: found on PATH)."
+)
 @click.option("--timeout", type=click.FloatRange(1, 36000), default=600, show_default=True, help="Seconds.")
 def edgetpu_compile(model: Path, out_dir: Path | None, compiler: Path | None, timeout: float) -> None:
     """Compile MODEL (a .tflite or a run folder's model_int8.tflite) with edgetpu_compiler (x86-64 Linux only)."""
     from pipeline.report.records import edgetpu_compile as compile_
 
     result = compile_(model, out_dir, compiler=str(compiler) if compiler else None, timeout=timeout)
-    click.echo(f"edgetpu_compiler {result.compiler_version}: {result.ops_on_tpu} of {result.ops_total} operations mapped "
-               f"to the Edge TPU ({result.subgraphs} subgraph(s)) in {result.seconds:.1f} s -> {result.output}")
+    click.echo(
+        f"edgetpu_compiler {result.compiler_version}: {result.ops_on_tpu} of {result.ops_total} operations mapped "
+        f"to the Edge TPU ({result.subgraphs} subgraph(s)) in {result.seconds:.1f} s -> {result.output}"
+    )
 
 
 def _record_target(run_dir: Path, result: dict) -> None:
@@ -304,12 +440,26 @@ record_targets_with(cli, _record_target)
 
 @cli.command()
 @click.argument("run_dir", type=RUN_DIR)
-@click.option("--writer-python", type=click.Path(exists=True, dir_okay=False), default=None, envvar="NIN_METADATA_PYTHON",
-              help="A Python with mediapipe 0.10.21 (its metadata writer and ImageClassifier; env NIN_METADATA_PYTHON).")
-@click.option("--check", "check_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Classify these images (a folder, searched recursively) with MediaPipe and with edge_app, and compare.")
-@click.option("--task-python", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="With --check: also classify with the TFLite Task Library in this Python (tflite-support 0.4.4).")
+@click.option(
+    "--writer-python",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    envvar="NIN_METADATA_PYTHON",
+    help="A Python with mediapipe 0.10.21 (its metadata writer and ImageClassifier; env NIN_METADATA_PYTHON).",
+)
+@click.option(
+    "--check",
+    "check_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Classify these images (a folder, searched recursively) with MediaPipe and with edge_app, and compare.",
+)
+@click.option(
+    "--task-python",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="With --check: also classify with the TFLite Task Library in this Python (tflite-support 0.4.4).",
+)
 @click.option("--limit", type=POSITIVE_INT, default=50, show_default=True, help="At most this many check images.")
 def clients(run_dir: Path, writer_python: str | None, check_dir: Path | None, task_python: str | None, limit: int) -> None:
     """The model for MediaPipe Tasks' ImageClassifier and the TFLite Task Library: scores only, uint8 I/O,
@@ -325,9 +475,11 @@ def clients(run_dir: Path, writer_python: str | None, check_dir: Path | None, ta
     click.echo(f"{run_dir / r.file} ({r.bytes:,} bytes): uint8 input, scores only, metadata by {r.writer}")
     c = r.check
     if c:
-        click.echo(f"same top-1 as edge_app on the same file, of {c.images} image(s): "
-                   + ", ".join(f"{a.client} {a.same_top1}" for a in c.clients)
-                   + (f"; edge_app on {c.reference}: {c.same_top1_as_reference}" if c.reference else ""))
+        click.echo(
+            f"same top-1 as edge_app on the same file, of {c.images} image(s): "
+            + ", ".join(f"{a.client} {a.same_top1}" for a in c.clients)
+            + (f"; edge_app on {c.reference}: {c.same_top1_as_reference}" if c.reference else "")
+        )
         if not c.all_agree():
             raise SystemExit(3)
 
@@ -335,15 +487,21 @@ def clients(run_dir: Path, writer_python: str | None, check_dir: Path | None, ta
 @cli.command()
 @click.argument("run_dir", type=RUN_DIR)
 @click.option("--out", "out_dir", type=RUN_DIR, default=Path("dist"), show_default=True, help="Folder for the .tar.gz.")
-@click.option("--wheel", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Use this nin_edge wheel (the device side: pip wheel --no-deps ./edge) instead of building one from the source tree.")
+@click.option(
+    "--wheel",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Use this nin_edge wheel (the device side: pip wheel --no-deps ./edge) instead of building one from the source tree.",
+)
 def package(run_dir: Path, out_dir: Path, wheel: Path | None) -> None:
     """Bundle RUN_DIR's int8 model for a device: wheel, model, launcher, systemd unit, README (.tar.gz)."""
     from pipeline.export.bundle import package_run
 
     archive = package_run(run_dir, out_dir, wheel=wheel)
-    click.echo(f"bundle: {archive} ({archive.stat().st_size:,} bytes). On the device: tar xzf {archive.name} && "
-               f"cd {archive.name[:-7]} && ./install.sh && ./run.sh --max-frames 10")
+    click.echo(
+        f"bundle: {archive} ({archive.stat().st_size:,} bytes). On the device: tar xzf {archive.name} && "
+        f"cd {archive.name[:-7]} && ./install.sh && ./run.sh --max-frames 10"
+    )
 
 
 from pipeline.cli import choose  # noqa: E402  (the commands for choosing a model: compare, describe, sweep)

@@ -50,8 +50,9 @@ class FileImages:
     """Images decoded from their files when read: ``read(i)`` gives entry i's bytes, ``decode`` the
     pixels (the same function the store uses, so every mode sees the same pixels)."""
 
-    def __init__(self, read: Callable[[int], bytes], decode: Callable[[bytes], np.ndarray], hwc: tuple[int, int, int],
-                 index: np.ndarray) -> None:
+    def __init__(
+        self, read: Callable[[int], bytes], decode: Callable[[bytes], np.ndarray], hwc: tuple[int, int, int], index: np.ndarray
+    ) -> None:
         self.read, self.decode, self.hwc = read, decode, tuple(hwc)
         self.index = np.asarray(index, np.int64)
 
@@ -69,8 +70,7 @@ class FileImages:
         try:
             return self.decode(self.read(int(entry)))
         except Exception as exc:  # noqa: BLE001  (changed or removed since the checking pass)
-            log.warning("image %s became unreadable during training (%s); a black image stands in for it",
-                        entry, type(exc).__name__)
+            log.warning("image %s became unreadable during training (%s); a black image stands in for it", entry, type(exc).__name__)
             return np.zeros(self.hwc, np.uint8)
 
     def __getitem__(self, key) -> np.ndarray:

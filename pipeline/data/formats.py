@@ -49,8 +49,7 @@ _KNOWN = {
     "mnist": {"files": ["mnist.npz"], "image_trees": ["mnist*.tar.gz"], "hint": "mnist.npz"},
     "fashion_mnist": {
         "dirs": ["fashion-mnist"],
-        "idx": ["train-labels-idx1-ubyte.gz", "train-images-idx3-ubyte.gz",
-                "t10k-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"],
+        "idx": ["train-labels-idx1-ubyte.gz", "train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"],
         "image_trees": ["fashion*.tar.gz"],
         "hint": "the four files train-{images-idx3,labels-idx1}-ubyte.gz and t10k-{images-idx3,labels-idx1}-ubyte.gz (a fashion-mnist/ folder)",
     },
@@ -62,6 +61,7 @@ NO_FLIP = {"mnist"}
 
 
 # --------------------------------------------------------------------------- raw sources
+
 
 @dataclass
 class RawData:
@@ -166,20 +166,26 @@ def _keras_download(dataset: str) -> RawData:
     import tf_keras as keras
 
     loader = {
-        "cifar10": keras.datasets.cifar10, "cifar100": keras.datasets.cifar100,
-        "mnist": keras.datasets.mnist, "fashion_mnist": keras.datasets.fashion_mnist,
+        "cifar10": keras.datasets.cifar10,
+        "cifar100": keras.datasets.cifar100,
+        "mnist": keras.datasets.mnist,
+        "fashion_mnist": keras.datasets.fashion_mnist,
     }[dataset]
     try:
         (xtr, ytr), (xte, yte) = loader.load_data()
     except Exception as exc:  # urllib raises many kinds; all mean "could not fetch"
         raise DataError(
-            f"could not download {dataset} ({type(exc).__name__}: {exc}). Offline? "
-            + _missing_message(dataset, where=str(keras_cache_dir()))
+            f"could not download {dataset} ({type(exc).__name__}: {exc}). Offline? " + _missing_message(dataset, where=str(keras_cache_dir()))
         ) from None
-    labels = {"cifar10": CIFAR10_LABELS, "fashion_mnist": FASHION_LABELS}.get(
-        dataset, tuple(str(i) for i in range(int(ytr.max()) + 1)))
-    return RawData(_nhwc(xtr), ytr.reshape(-1).astype(np.int64), _nhwc(xte), yte.reshape(-1).astype(np.int64),
-                   tuple(labels), f"keras download ({keras_cache_dir()})")
+    labels = {"cifar10": CIFAR10_LABELS, "fashion_mnist": FASHION_LABELS}.get(dataset, tuple(str(i) for i in range(int(ytr.max()) + 1)))
+    return RawData(
+        _nhwc(xtr),
+        ytr.reshape(-1).astype(np.int64),
+        _nhwc(xte),
+        yte.reshape(-1).astype(np.int64),
+        tuple(labels),
+        f"keras download ({keras_cache_dir()})",
+    )
 
 
 def _nhwc(x: np.ndarray) -> np.ndarray:
@@ -187,6 +193,7 @@ def _nhwc(x: np.ndarray) -> np.ndarray:
 
 
 # ---- CIFAR pickles (directory or the official tarball)
+
 
 def _cifar_members(src: Path) -> Iterator[tuple[str, bytes]]:
     if src.is_dir():
@@ -208,13 +215,16 @@ def _cifar_members(src: Path) -> Iterator[tuple[str, bytes]]:
 # What a CIFAR batch may hold: dicts, lists, bytes, str, numbers and numpy arrays. A pickle can name
 # any importable callable and have it called (os.system, say), so everything else is refused.
 _PICKLE_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
 }
 # md5 of the official archives, as published on https://www.cs.toronto.edu/~kriz/cifar.html
-_OFFICIAL_MD5 = {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
-                 "cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85"}
+_OFFICIAL_MD5 = {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a", "cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85"}
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -240,8 +250,13 @@ def _check_official_checksum(src: Path) -> None:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     if h.hexdigest() != want:
-        log.warning("%s differs from the published archive (md5 %s, expected %s): it was changed or is not the "
-                    "official file; re-download it if that is not what you meant", src, h.hexdigest(), want)
+        log.warning(
+            "%s differs from the published archive (md5 %s, expected %s): it was changed or is not the "
+            "official file; re-download it if that is not what you meant",
+            src,
+            h.hexdigest(),
+            want,
+        )
 
 
 def _load_cifar(src: Path, dataset: str) -> RawData:
@@ -254,8 +269,9 @@ def _load_cifar(src: Path, dataset: str) -> RawData:
             except Exception as exc:
                 raise DataError(f"{src}: {name} is not a CIFAR pickle ({exc}); re-download the archive") from None
             if not isinstance(files[name], dict):
-                raise DataError(f"{src}: {name} is not a CIFAR pickle (it holds a {type(files[name]).__name__}, not a dict); "
-                                "re-download the archive")
+                raise DataError(
+                    f"{src}: {name} is not a CIFAR pickle (it holds a {type(files[name]).__name__}, not a dict); re-download the archive"
+                )
     key = b"labels" if dataset == "cifar10" else b"fine_labels"
     if dataset == "cifar10":
         train_parts = [files[k] for k in sorted(files) if k.startswith("data_batch_")]
@@ -267,8 +283,7 @@ def _load_cifar(src: Path, dataset: str) -> RawData:
         test_parts = [files["test"]] if "test" in files else []
         labels = tuple(v.decode() for v in files.get("meta", {}).get(b"fine_label_names", []))
     if not train_parts or not test_parts:
-        raise DataError(f"{src} does not hold the {dataset} train and test batches; "
-                        + _missing_message(dataset, str(src.parent)))
+        raise DataError(f"{src} does not hold the {dataset} train and test batches; " + _missing_message(dataset, str(src.parent)))
 
     def stack(parts):
         x = np.concatenate([np.asarray(p[b"data"], np.uint8) for p in parts]).reshape(-1, 3, 32, 32)
@@ -298,7 +313,7 @@ def _read_idx(path: Path) -> np.ndarray:
     except (OSError, EOFError) as exc:
         raise DataError(f"{path} is not a readable .gz file ({exc}); re-download it") from None
     ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -316,12 +331,9 @@ def _load_image_tree_cached(src: Path, input_size: int | None) -> RawData:
     good = np.setdiff1d(np.arange(len(listing.names)), info.unreadable)
     tr, te = good[good < listing.n_train], good[good >= listing.n_train]
     if info.unreadable:
-        log.warning("skipped %d unreadable image(s), e.g. %s", len(info.unreadable),
-                    ", ".join(listing.names[i] for i in info.unreadable[:3]))
+        log.warning("skipped %d unreadable image(s), e.g. %s", len(info.unreadable), ", ".join(listing.names[i] for i in info.unreadable[:3]))
     for split, idx in (("train", tr), ("test", te)):
         empty = [listing.labels[i] for i in np.flatnonzero(np.bincount(listing.y[idx], minlength=len(listing.labels)) == 0)]
         if empty:
-            raise DataError(f"{src}: {split}/ has no readable images for class(es) {', '.join(empty)}",
-                            "add images or remove the class folder")
-    return RawData(np.asarray(store[tr]), listing.y[tr], np.asarray(store[te]), listing.y[te], listing.labels, str(src),
-                   len(info.unreadable))
+            raise DataError(f"{src}: {split}/ has no readable images for class(es) {', '.join(empty)}", "add images or remove the class folder")
+    return RawData(np.asarray(store[tr]), listing.y[tr], np.asarray(store[te]), listing.y[te], listing.labels, str(src), len(info.unreadable))

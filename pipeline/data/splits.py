@@ -68,6 +68,7 @@ class Splits(RawData):
 
 # --------------------------------------------------------------------------- splits
 
+
 def test_subset(y_test: np.ndarray, n: int) -> np.ndarray:
     """The ``--limit-test N`` subset: the same rule for `build` and `evaluate` (stratified, drawn with a
     fixed seed, independent of --seed and of any other draw), so both score the same images."""
@@ -113,8 +114,7 @@ def make_splits(cfg: DataConfig, progress: bool = True) -> Splits:
         return _tree_splits(cfg, src, progress)
     raw = load_raw(cfg.dataset, cfg.data_dir, cfg.input_size)
     if raw.x_train.shape[1:] != raw.x_test.shape[1:]:
-        raise DataError(f"train images are {raw.x_train.shape[1:]} but test images {raw.x_test.shape[1:]}",
-                        "pass --input-size N to resize both")
+        raise DataError(f"train images are {raw.x_train.shape[1:]} but test images {raw.x_test.shape[1:]}", "pass --input-size N to resize both")
     if cfg.cache in ("disk", "none"):
         log.warning("--data-cache %s applies to image trees; %s from %s is held in memory", cfg.cache, cfg.dataset, raw.source)
     xtr, xte = raw.x_train, raw.x_test
@@ -135,29 +135,60 @@ def _tree_splits(cfg: DataConfig, src, progress: bool) -> Splits:
     budget = memory_budget(cfg)
     mode = cfg.cache if cfg.cache != "auto" else ("memory" if decoded <= budget else "disk")
     if mode == "none" and listing.archive:
-        log.warning("--data-cache none reads image files as it goes, and %s is an archive (read only front to back): "
-                    "using the decoded-image cache on disk instead", src.name)
+        log.warning(
+            "--data-cache none reads image files as it goes, and %s is an archive (read only front to back): "
+            "using the decoded-image cache on disk instead",
+            src.name,
+        )
         mode = "disk"
-    log.info("data: %d images of %s decoded are %.2f GB (memory budget %.2f GB): --data-cache %s -> %s",
-             len(listing.names), "x".join(map(str, hwc)), decoded / 1e9, budget / 1e9, cfg.cache, mode)
+    log.info(
+        "data: %d images of %s decoded are %.2f GB (memory budget %.2f GB): --data-cache %s -> %s",
+        len(listing.names),
+        "x".join(map(str, hwc)),
+        decoded / 1e9,
+        budget / 1e9,
+        cfg.cache,
+        mode,
+    )
     entries = np.arange(len(listing.names), dtype=np.int64)
     if mode == "none":
         bad = find_unreadable(listing, cfg.input_size, hwc, nin_cache_dir(), progress)
         images: Callable = partial(FileImages, listing.read, partial(decode, size=cfg.input_size, gray=hwc[2] == 1), hwc)
     else:
-        store, info = decode_to_store(listing, cfg.input_size, nin_cache_dir(), in_memory=mode == "memory",
-                                      progress=progress, hwc=hwc)
+        store, info = decode_to_store(listing, cfg.input_size, nin_cache_dir(), in_memory=mode == "memory", progress=progress, hwc=hwc)
         bad = info.unreadable
         images = partial(IndexedImages, store)
     if bad:
         log.warning("skipped %d unreadable image(s), e.g. %s", len(bad), ", ".join(listing.names[i] for i in bad[:3]))
     n = listing.n_train
-    return _carve(cfg, lambda idx: images(entries[:n][idx]), listing.y[:n], lambda idx: images(entries[n:][idx]),
-                  listing.y[n:], bad, listing.labels, str(src), len(bad), mode, bad_offset=n)
+    return _carve(
+        cfg,
+        lambda idx: images(entries[:n][idx]),
+        listing.y[:n],
+        lambda idx: images(entries[n:][idx]),
+        listing.y[n:],
+        bad,
+        listing.labels,
+        str(src),
+        len(bad),
+        mode,
+        bad_offset=n,
+    )
 
 
-def _carve(cfg: DataConfig, train: Callable, y_train: np.ndarray, test: Callable, y_test: np.ndarray, bad,
-           labels: tuple[str, ...], source: str, skipped: int, mode: str, bad_offset: int = 0) -> Splits:
+def _carve(
+    cfg: DataConfig,
+    train: Callable,
+    y_train: np.ndarray,
+    test: Callable,
+    y_test: np.ndarray,
+    bad,
+    labels: tuple[str, ...],
+    source: str,
+    skipped: int,
+    mode: str,
+    bad_offset: int = 0,
+) -> Splits:
     """The stratified subsets and the validation hold-out, as positions into train and test, drawn
     over the readable images (``bad``: the unreadable listing entries; test entries start at
     ``bad_offset``) — the same draws in every mode."""
@@ -167,8 +198,9 @@ def _carve(cfg: DataConfig, train: Callable, y_train: np.ndarray, test: Callable
         readable = np.delete(y, unreadable[split])
         empty = [labels[i] for i in np.flatnonzero(np.bincount(readable, minlength=len(labels)) == 0)]
         if empty:
-            raise DataError(f"{source}: {split}/ has no readable images for class(es) {', '.join(empty)}",
-                            "add images or remove the class folder")
+            raise DataError(
+                f"{source}: {split}/ has no readable images for class(es) {', '.join(empty)}", "add images or remove the class folder"
+            )
     rng = np.random.default_rng(cfg.seed)
     # draws over the readable images only: the unreadable ones are known in every mode before this
     tr = np.setdiff1d(np.arange(len(y_train)), unreadable["train"])
@@ -184,8 +216,19 @@ def _carve(cfg: DataConfig, train: Callable, y_train: np.ndarray, test: Callable
         mask = np.ones(len(tr), bool)
         mask[val_pos] = False
         va, tr = tr[val_pos], tr[mask]
-    return Splits(train(tr), y_train[tr], test(te), y_test[te], labels, source, skipped, x_val=train(va), y_val=y_train[va],
-                  hflip=cfg.dataset not in NO_FLIP, cache=mode)
+    return Splits(
+        train(tr),
+        y_train[tr],
+        test(te),
+        y_test[te],
+        labels,
+        source,
+        skipped,
+        x_val=train(va),
+        y_val=y_train[va],
+        hflip=cfg.dataset not in NO_FLIP,
+        cache=mode,
+    )
 
 
 def _resize_all(x: np.ndarray, size: int) -> np.ndarray:
@@ -201,8 +244,18 @@ def _resize_all(x: np.ndarray, size: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- tf.data
 
-def make_dataset(x, y: np.ndarray, batch_size: int, *, training: bool, hflip: bool = True, translate: bool = True,
-                 seed: int = 0, shard: tuple[int, int] | None = None):
+
+def make_dataset(
+    x,
+    y: np.ndarray,
+    batch_size: int,
+    *,
+    training: bool,
+    hflip: bool = True,
+    translate: bool = True,
+    seed: int = 0,
+    shard: tuple[int, int] | None = None,
+):
     """uint8 images (an array, :class:`IndexedImages` or :class:`FileImages`) -> a batched, prefetched
     tf.data pipeline of float [0, 1] images.
 
@@ -273,8 +326,15 @@ def worker_train_dataset(x, y: np.ndarray, global_batch: int, *, hflip: bool, se
     (``global_batch`` / replicas), repeated."""
 
     def per_worker(ctx):
-        return make_dataset(x, y, ctx.get_per_replica_batch_size(global_batch), training=True, hflip=hflip, seed=seed,
-                            shard=(ctx.input_pipeline_id, ctx.num_input_pipelines)).repeat()
+        return make_dataset(
+            x,
+            y,
+            ctx.get_per_replica_batch_size(global_batch),
+            training=True,
+            hflip=hflip,
+            seed=seed,
+            shard=(ctx.input_pipeline_id, ctx.num_input_pipelines),
+        ).repeat()
 
     return per_worker
 

@@ -140,16 +140,23 @@ def list_tree(src: Path) -> TreeListing:
     if not train_c:
         raise DataError(f"{src}: train/ holds no class folders", "it needs train/<class>/<image>")
     if len(train_c) < 2:
-        raise DataError(f"{src}: only one class ({sorted(train_c)[0]}): a classifier needs at least 2 (it would score "
-                        "100% by answering that class every time)", "add a folder for each other class under train/ and test/, "
-                        "e.g. a 'background' class of images without the object")
+        raise DataError(
+            f"{src}: only one class ({sorted(train_c)[0]}): a classifier needs at least 2 (it would score "
+            "100% by answering that class every time)",
+            "add a folder for each other class under train/ and test/, e.g. a 'background' class of images without the object",
+        )
     odd = sorted(c for c in train_c | test_c if any(ch in c for ch in "\n\r\t") or not c.isprintable())
     if odd:
-        raise DataError(f"{src}: class folder name(s) {odd!r} hold line breaks or control characters (labels.txt has "
-                        "one class per line)", "rename those folders")
+        raise DataError(
+            f"{src}: class folder name(s) {odd!r} hold line breaks or control characters (labels.txt has one class per line)",
+            "rename those folders",
+        )
     if train_c != test_c:
-        raise DataError(f"{src}: train and test class folders differ (only in train: {sorted(train_c - test_c) or '-'}; "
-                        f"only in test: {sorted(test_c - train_c) or '-'})", "every class needs a folder in both")
+        raise DataError(
+            f"{src}: train and test class folders differ (only in train: {sorted(train_c - test_c) or '-'}; "
+            f"only in test: {sorted(test_c - train_c) or '-'})",
+            "every class needs a folder in both",
+        )
     labels = tuple(sorted(train_c))
     index = {c: i for i, c in enumerate(labels)}
     entries: dict[str, list[tuple[str, int]]] = {"train": [], "test": []}
@@ -161,8 +168,9 @@ def list_tree(src: Path) -> TreeListing:
         st = src.stat()
         h.update(f"|{st.st_size}|{st.st_mtime_ns}".encode())
     rows = entries["train"] + entries["test"]
-    return TreeListing(src, labels, tuple(n for n, _ in rows), np.asarray([c for _, c in rows], np.int64),
-                       len(entries["train"]), h.hexdigest()[:16])
+    return TreeListing(
+        src, labels, tuple(n for n, _ in rows), np.asarray([c for _, c in rows], np.int64), len(entries["train"]), h.hexdigest()[:16]
+    )
 
 
 def _scan(src: Path) -> tuple[dict[str, set[str]], list[tuple[str, str, str, int, int]]]:
@@ -203,12 +211,17 @@ def _scan(src: Path) -> tuple[dict[str, set[str]], list[tuple[str, str, str, int
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(f"{src} is corrupt or truncated ({exc})", "re-pack or re-download it") from None
     if unsafe:
-        log.warning("%s: left out %d member(s) that are links or paths outside the tree (e.g. %s): images must be "
-                    "regular files inside it", src.name, len(unsafe), ", ".join(map(repr, unsafe[:3])))
+        log.warning(
+            "%s: left out %d member(s) that are links or paths outside the tree (e.g. %s): images must be regular files inside it",
+            src.name,
+            len(unsafe),
+            ", ".join(map(repr, unsafe[:3])),
+        )
     return classes, found
 
 
 # --------------------------------------------------------------------------- the decoded store
+
 
 @dataclass(frozen=True)
 class StoreInfo:
@@ -236,8 +249,7 @@ def probe(listing: TreeListing, size: int | None) -> tuple[int, int, int]:
     return h, w, (1 if all(img.shape[-1] == 1 for img in first.values()) else 3)
 
 
-def _decode_all(listing: TreeListing, size: int | None, hwc: tuple[int, int, int], out: np.ndarray,
-                progress: bool) -> list[int]:
+def _decode_all(listing: TreeListing, size: int | None, hwc: tuple[int, int, int], out: np.ndarray, progress: bool) -> list[int]:
     """Decode every entry into ``out`` (an array or a writable DiskStore), in parallel threads (Pillow releases
     the GIL while it decodes). Returns the unreadable entries."""
     from pipeline.progress import progress as bar
@@ -260,8 +272,7 @@ def _decode_all(listing: TreeListing, size: int | None, hwc: tuple[int, int, int
 
     with ThreadPoolExecutor(max_workers=usable_cores()) as pool:
         window = []
-        for item in bar(listing.blobs(), total=len(listing.names), desc=f"decoding {listing.src.name}",
-                        disable=not progress):
+        for item in bar(listing.blobs(), total=len(listing.names), desc=f"decoding {listing.src.name}", disable=not progress):
             window.append(pool.submit(work, item))
             if len(window) >= 256:  # bounded: a tree larger than memory never piles up in the queue
                 for f in window:
@@ -273,13 +284,16 @@ def _decode_all(listing: TreeListing, size: int | None, hwc: tuple[int, int, int
             f.result()
     if mismatched:
         name, shape = mismatched[0]
-        raise DataError(f"{listing.src}: images have different sizes ({Path(name).name} is {shape[1]}x{shape[0]}, "
-                        f"the first is {hwc[1]}x{hwc[0]})", "pass --input-size N to resize them")
+        raise DataError(
+            f"{listing.src}: images have different sizes ({Path(name).name} is {shape[1]}x{shape[0]}, the first is {hwc[1]}x{hwc[0]})",
+            "pass --input-size N to resize them",
+        )
     return sorted(bad)
 
 
-def decode_to_store(listing: TreeListing, size: int | None, cache_dir: Path, *, in_memory: bool,
-                    progress: bool = True, hwc: tuple[int, int, int] | None = None) -> tuple[np.ndarray | DiskStore, StoreInfo]:
+def decode_to_store(
+    listing: TreeListing, size: int | None, cache_dir: Path, *, in_memory: bool, progress: bool = True, hwc: tuple[int, int, int] | None = None
+) -> tuple[np.ndarray | DiskStore, StoreInfo]:
     """Every image of the tree decoded into one uint8 ``[images, H, W, C]`` store, cached as
     ``cache_dir/<name>-<key>.u8`` (written under a temporary name, then renamed; its ``.json`` says
     what it holds). ``in_memory``: the store is an array in RAM (decoded straight into it, or read
@@ -318,8 +332,10 @@ def decode_to_store(listing: TreeListing, size: int | None, cache_dir: Path, *, 
                 writer.close()
             os.replace(tmp, data)
         except OSError as exc:
-            raise DataError(f"cannot write the decoded-image cache in {cache_dir} ({exc.strerror or exc})",
-                            "set NIN_CACHE_DIR to a writable folder with room, or use --data-cache memory") from None
+            raise DataError(
+                f"cannot write the decoded-image cache in {cache_dir} ({exc.strerror or exc})",
+                "set NIN_CACHE_DIR to a writable folder with room, or use --data-cache memory",
+            ) from None
         finally:
             Path(tmp).unlink(missing_ok=True)
         store = DiskStore(data, shape)
@@ -380,8 +396,9 @@ def _read_meta(meta: Path, data: Path) -> StoreInfo | None:
     return info
 
 
-def find_unreadable(listing: TreeListing, size: int | None, hwc: tuple[int, int, int], cache_dir: Path,
-                    progress: bool = True) -> tuple[int, ...]:
+def find_unreadable(
+    listing: TreeListing, size: int | None, hwc: tuple[int, int, int], cache_dir: Path, progress: bool = True
+) -> tuple[int, ...]:
     """The entries that cannot be decoded, found by decoding each once (for --data-cache none, which
     decodes while training); remembered in the cache by the tree's fingerprint. An image of another
     size than ``hwc`` (without --input-size) is an error, as when decoding into the store."""
@@ -401,16 +418,21 @@ def find_unreadable(listing: TreeListing, size: int | None, hwc: tuple[int, int,
             return i, None
 
     shapes: list[tuple[int, tuple | None]] = []
-    with ThreadPoolExecutor(max_workers=usable_cores()) as pool, \
-            progress_bar(total=len(listing.names), desc=f"checking {listing.src.name}", disable=not progress) as bar:
+    with (
+        ThreadPoolExecutor(max_workers=usable_cores()) as pool,
+        progress_bar(total=len(listing.names), desc=f"checking {listing.src.name}", disable=not progress) as bar,
+    ):
         for start in range(0, len(listing.names), 1024):  # bounded, as in _decode_all
             shapes += pool.map(check, range(start, min(start + 1024, len(listing.names))))
             bar.update(len(shapes) - bar.n)
     other = [(i, shape) for i, shape in shapes if shape is not None and shape != tuple(hwc)]
     if other:
         i, shape = other[0]
-        raise DataError(f"{listing.src}: images have different sizes ({Path(listing.names[i]).name} is "
-                        f"{shape[1]}x{shape[0]}, the first is {hwc[1]}x{hwc[0]})", "pass --input-size N to resize them")
+        raise DataError(
+            f"{listing.src}: images have different sizes ({Path(listing.names[i]).name} is "
+            f"{shape[1]}x{shape[0]}, the first is {hwc[1]}x{hwc[0]})",
+            "pass --input-size N to resize them",
+        )
     bad = tuple(i for i, shape in shapes if shape is None)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)

@@ -67,9 +67,11 @@ def check_wheel(wheel: Path) -> Path:
         except zipfile.BadZipFile:
             pass
     if "edge_app/cli/main.py" not in inside or any(n.startswith("pipeline/") for n in inside):
-        raise PackageError(f"{wheel.name} is not a nin_edge wheel: the device bundle takes only the device side's "
-                           f"wheel (nin_edge-<version>-py3-none-any.whl, edge_app without the training side); build it "
-                           f"with `{BUILD_EDGE_WHEEL}` from the repository, or leave out --wheel to build it here")
+        raise PackageError(
+            f"{wheel.name} is not a nin_edge wheel: the device bundle takes only the device side's "
+            f"wheel (nin_edge-<version>-py3-none-any.whl, edge_app without the training side); build it "
+            f"with `{BUILD_EDGE_WHEEL}` from the repository, or leave out --wheel to build it here"
+        )
     return wheel
 
 
@@ -77,9 +79,11 @@ def build_wheel(dest: Path, timeout: float = 600) -> Path:
     """Build the device side's wheel, nin_edge (the repository's ``edge/``), with pip (no dependencies) into ``dest``."""
     root = source_tree()
     if root is None:
-        raise PackageError("no source tree to build the nin_edge wheel from: run `nin-pipeline package` from a clone "
-                           "(pip install -e ./edge -e .), or pass --wheel with a nin_edge wheel "
-                           f"(`{BUILD_EDGE_WHEEL}` in a clone)")
+        raise PackageError(
+            "no source tree to build the nin_edge wheel from: run `nin-pipeline package` from a clone "
+            "(pip install -e ./edge -e .), or pass --wheel with a nin_edge wheel "
+            f"(`{BUILD_EDGE_WHEEL}` in a clone)"
+        )
     import shutil
 
     # build from a clean copy: setuptools leaves build/ behind, and a stale build/ can put deleted modules in a wheel.
@@ -99,8 +103,10 @@ def build_wheel(dest: Path, timeout: float = 600) -> Path:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        raise PackageError(f"building the nin_edge wheel took over {timeout:.0f} s (pip wheel): check pip's index access, "
-                           f"or pass --wheel with a nin_edge wheel (`{BUILD_EDGE_WHEEL}`)") from None
+        raise PackageError(
+            f"building the nin_edge wheel took over {timeout:.0f} s (pip wheel): check pip's index access, "
+            f"or pass --wheel with a nin_edge wheel (`{BUILD_EDGE_WHEEL}`)"
+        ) from None
     wheels = sorted(dest.glob(f"{EDGE_DIST}-*.whl"))
     if proc.returncode != 0 or not wheels:
         tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-4:])
@@ -109,14 +115,18 @@ def build_wheel(dest: Path, timeout: float = 600) -> Path:
 
 
 def _edge_requirements() -> str:
-    return ("# ai-edge-litert: the current TFLite runtime (Raspberry Pi OS Bookworm 64-bit, Debian/Ubuntu, macOS)\n"
-            "ai-edge-litert>=1.2\nnumpy\nopencv-python-headless>=4.8\nclick>=8.1\n")
+    return (
+        "# ai-edge-litert: the current TFLite runtime (Raspberry Pi OS Bookworm 64-bit, Debian/Ubuntu, macOS)\n"
+        "ai-edge-litert>=1.2\nnumpy\nopencv-python-headless>=4.8\nclick>=8.1\n"
+    )
 
 
 def _tflite_runtime_requirements() -> str:
-    return ("# tflite-runtime 2.14: the last of its line, for devices that cannot take ai-edge-litert;\n"
-            "# it needs numpy<2 (and an OpenCV built against numpy 1.x)\n"
-            "tflite-runtime==2.14.0\nnumpy<2\nopencv-python-headless>=4.8,<4.11\nclick>=8.1\n")
+    return (
+        "# tflite-runtime 2.14: the last of its line, for devices that cannot take ai-edge-litert;\n"
+        "# it needs numpy<2 (and an OpenCV built against numpy 1.x)\n"
+        "tflite-runtime==2.14.0\nnumpy<2\nopencv-python-headless>=4.8,<4.11\nclick>=8.1\n"
+    )
 
 
 INSTALL_SH = r"""#!/bin/sh
@@ -268,19 +278,34 @@ def package_run(run_dir: Path, out_dir: Path, *, wheel: Path | None = None, name
     files["edge-app.env"] = ENV_FILE.encode()
     files["nin-edge.service.in"] = SERVICE.format(name=name).encode()
     files["README.md"] = DEVICE_README.format(
-        name=name, archive=archive.name, top=name,
-        model_line=(f"Model: {sidecar.dataset} / {sidecar.arch} width {sidecar.width:g}, {sidecar.num_classes} classes, "
-                    f"input {'x'.join(map(str, sidecar.input.shape[1:]))} {sidecar.input.dtype}; built by nin-pipeline "
-                    f"{sidecar.pipeline_version or __version__}."),
-        edgetpu_line=("the compiled model_int8_edgetpu.tflite is in model/." if has_tpu else
-                      "this bundle has no compiled model: run `nin-pipeline edgetpu compile RUN` on an x86-64 Linux "
-                      "host and package again (until then the Edge TPU delegate would run the plain int8 model "
-                      "mostly on the CPU)."),
+        name=name,
+        archive=archive.name,
+        top=name,
+        model_line=(
+            f"Model: {sidecar.dataset} / {sidecar.arch} width {sidecar.width:g}, {sidecar.num_classes} classes, "
+            f"input {'x'.join(map(str, sidecar.input.shape[1:]))} {sidecar.input.dtype}; built by nin-pipeline "
+            f"{sidecar.pipeline_version or __version__}."
+        ),
+        edgetpu_line=(
+            "the compiled model_int8_edgetpu.tflite is in model/."
+            if has_tpu
+            else "this bundle has no compiled model: run `nin-pipeline edgetpu compile RUN` on an x86-64 Linux "
+            "host and package again (until then the Edge TPU delegate would run the plain int8 model "
+            "mostly on the CPU)."
+        ),
     ).encode()
-    files["MANIFEST.json"] = (json.dumps({
-        "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pipeline_version": __version__,
-        "files": {k: _sha256(v) for k, v in sorted(files.items())},
-    }, indent=2) + "\n").encode()
+    files["MANIFEST.json"] = (
+        json.dumps(
+            {
+                "name": name,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "pipeline_version": __version__,
+                "files": {k: _sha256(v) for k, v in sorted(files.items())},
+            },
+            indent=2,
+        )
+        + "\n"
+    ).encode()
     executable = {"install.sh", "run.sh"}
     tmp_archive = archive.with_name(f".{archive.name}.{os.getpid()}.tmp")
     try:

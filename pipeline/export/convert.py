@@ -110,7 +110,7 @@ def calibrate_qat_ranges(qat_model, float_model, images, batch_size: int = 128) 
     hi = {n: [] for n in names}
     in_lo, in_hi = [], []
     for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].astype(np.float32) / PIXEL_RANGE
+        x = images[start : start + batch_size].astype(np.float32) / PIXEL_RANGE
         outs = probe(x, training=False)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         for n, o in zip(names, outs):
@@ -173,8 +173,9 @@ def _rep_gen(images: np.ndarray) -> Iterable[list[np.ndarray]]:
         yield [img[None].astype(np.float32) / PIXEL_RANGE]
 
 
-def describe_tflite(path: Path, labels: tuple[str, ...], *, dataset: str, arch: str, width: float,
-                    hashed: Iterable[Path] = (), input_stats=None) -> Sidecar:
+def describe_tflite(
+    path: Path, labels: tuple[str, ...], *, dataset: str, arch: str, width: float, hashed: Iterable[Path] = (), input_stats=None
+) -> Sidecar:
     """The ``model.json`` sidecar of an int8 .tflite, read from the model's own tensors so the two
     never disagree; ``hashed``: the files whose sha256 it records (those that exist); ``input_stats``:
     the training images' statistics (see :func:`training_input_stats`).
@@ -199,19 +200,35 @@ def describe_tflite(path: Path, labels: tuple[str, ...], *, dataset: str, arch: 
     outputs = []
     for o in sorted(interp.get_output_details(), key=lambda d: len(d["shape"])):
         name = "scores" if len(o["shape"]) == 2 else "class_maps"
-        outputs.append(OutputSpec(name=name, shape=tuple(int(v) for v in o["shape"]), dtype=np.dtype(o["dtype"]).name,
-                                  kind="probabilities" if name == "scores" else "class_maps", quant=quant(o)))
+        outputs.append(
+            OutputSpec(
+                name=name,
+                shape=tuple(int(v) for v in o["shape"]),
+                dtype=np.dtype(o["dtype"]).name,
+                kind="probabilities" if name == "scores" else "class_maps",
+                quant=quant(o),
+            )
+        )
     return Sidecar(
         labels=tuple(labels),
         input=InputSpec(
-            shape=shape, dtype=np.dtype(i["dtype"]).name, layout="NHWC",
-            color_order="GRAY" if channels == 1 else "RGB", pixel_scale=PIXEL_SCALE, value_range=(0.0, 1.0),
-            mean=(0.0,) * channels, std=(1.0,) * channels, quant=quant(i),
+            shape=shape,
+            dtype=np.dtype(i["dtype"]).name,
+            layout="NHWC",
+            color_order="GRAY" if channels == 1 else "RGB",
+            pixel_scale=PIXEL_SCALE,
+            value_range=(0.0, 1.0),
+            mean=(0.0,) * channels,
+            std=(1.0,) * channels,
+            quant=quant(i),
         ),
         outputs=tuple(outputs),
-        dataset=dataset, arch=arch, width=width,
+        dataset=dataset,
+        arch=arch,
+        width=width,
         files={Path(p).name: sha256_file(p) for p in hashed if Path(p).exists()},
-        pipeline_version=__version__, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        pipeline_version=__version__,
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         input_stats=input_stats,
     )
 

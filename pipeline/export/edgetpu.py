@@ -22,9 +22,11 @@ from typing import Any
 from pipeline.errors import EdgeTpuError
 
 COMPILER = "edgetpu_compiler"
-COMPILER_INSTALL = ("install it on an x86-64 Debian/Ubuntu host from Coral's apt repository (package edgetpu-compiler; "
-                    "https://coral.ai/docs/edgetpu/compiler/), or compile in Coral's Colab notebook, then copy "
-                    "model_int8_edgetpu.tflite into the run folder")
+COMPILER_INSTALL = (
+    "install it on an x86-64 Debian/Ubuntu host from Coral's apt repository (package edgetpu-compiler; "
+    "https://coral.ai/docs/edgetpu/compiler/), or compile in Coral's Colab notebook, then copy "
+    "model_int8_edgetpu.tflite into the run folder"
+)
 
 
 @dataclass
@@ -56,6 +58,7 @@ def find_compiler(compiler: str | None = None) -> str:
 def parse_compiler_output(stdout: str, log_text: str) -> dict[str, int | str | None]:
     """Counts from the compiler's summary and its operation log table
     (``Operator  Count  Status`` rows, status "Mapped to Edge TPU" or a reason)."""
+
     def num(pattern: str) -> int | None:
         m = re.search(pattern, stdout)
         return int(m.group(1)) if m else None
@@ -71,12 +74,17 @@ def parse_compiler_output(stdout: str, log_text: str) -> dict[str, int | str | N
     on_tpu = num(r"Number of operations that will run on Edge TPU:\s*(\d+)")
     if on_tpu is None and total_rows:
         on_tpu = mapped
-    return {"version": version.group(1) if version else "", "on_tpu": on_tpu, "total": total,
-            "subgraphs": num(r"Number of Edge TPU subgraphs:\s*(\d+)")}
+    return {
+        "version": version.group(1) if version else "",
+        "on_tpu": on_tpu,
+        "total": total,
+        "subgraphs": num(r"Number of Edge TPU subgraphs:\s*(\d+)"),
+    }
 
 
-def compile_model(model: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, compiler: str | None = None,
-                  timeout: float = 600.0) -> CompileResult:
+def compile_model(
+    model: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, compiler: str | None = None, timeout: float = 600.0
+) -> CompileResult:
     """Run edgetpu_compiler on ``model``; write ``<stem>_edgetpu.tflite`` (and its .log) into ``out_dir``
     (default: beside the model). The compiler writes into a temporary folder first, so a failed or
     interrupted compile never leaves a half-written model."""
@@ -113,6 +121,13 @@ def compile_model(model: str | os.PathLike, out_dir: str | os.PathLike | None = 
         atomic_write_bytes(dest, produced.read_bytes())
         if log_text:
             atomic_write_text(out_dir / log_path.name, log_text)
-    return CompileResult(model=str(model), output=str(dest), compiler_version=str(counts["version"]),
-                         ops_on_tpu=counts["on_tpu"], ops_total=counts["total"], subgraphs=counts["subgraphs"],
-                         seconds=round(seconds, 2), log=log_text or proc.stdout)
+    return CompileResult(
+        model=str(model),
+        output=str(dest),
+        compiler_version=str(counts["version"]),
+        ops_on_tpu=counts["on_tpu"],
+        ops_total=counts["total"],
+        subgraphs=counts["subgraphs"],
+        seconds=round(seconds, 2),
+        log=log_text or proc.stdout,
+    )

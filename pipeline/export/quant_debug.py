@@ -44,13 +44,13 @@ ROUNDING_RMSE_STEPS = 1.0 / math.sqrt(12.0)
 
 @dataclass(frozen=True)
 class LayerError:
-    layer: str         # the float Keras layer compared
-    tensor: str        # the int8 tensor's name in the .tflite
-    scale: float       # its quantisation step
-    rmse: float        # root-mean-square of (dequantised int8 - float), in the tensor's units
+    layer: str  # the float Keras layer compared
+    tensor: str  # the int8 tensor's name in the .tflite
+    scale: float  # its quantisation step
+    rmse: float  # root-mean-square of (dequantised int8 - float), in the tensor's units
     rmse_steps: float  # rmse / scale: 0.29 is rounding alone
-    nsr: float         # rmse / std of the float activations
-    added_nsr: float   # nsr minus the largest nsr of the layers before it: the error this layer adds
+    nsr: float  # rmse / std of the float activations
+    added_nsr: float  # nsr minus the largest nsr of the layers before it: the error this layer adds
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,13 +106,13 @@ def layer_errors(tflite: str | os.PathLike | bytes, float_model, images: np.ndar
     count = {n: 0 for n in layers}
     s_inp = inp["quantization_parameters"]
     for i in range(len(x)):
-        interp.set_tensor(inp["index"], quantize(x[i:i + 1], float(s_inp["scales"][0]), int(s_inp["zero_points"][0]), inp["dtype"]))
+        interp.set_tensor(inp["index"], quantize(x[i : i + 1], float(s_inp["scales"][0]), int(s_inp["zero_points"][0]), inp["dtype"]))
         interp.invoke()
         for n, ref in zip(layers, floats):
             t = candidates[n]
             p = t["quantization_parameters"]
             got = dequantize(interp.get_tensor(t["index"]), float(p["scales"][0]), int(p["zero_points"][0]))
-            sq[n] += float(np.sum((got - ref[i:i + 1]) ** 2))
+            sq[n] += float(np.sum((got - ref[i : i + 1]) ** 2))
             count[n] += got.size
     rows, worst = [], 0.0
     for j, n in enumerate(layers):
@@ -121,8 +121,17 @@ def layer_errors(tflite: str | os.PathLike | bytes, float_model, images: np.ndar
         rmse = math.sqrt(sq[n] / max(count[n], 1))
         spread = float(np.std(floats[j]))
         nsr = rmse / spread if spread > 0 else float("nan")
-        rows.append(LayerError(layer=n, tensor=t["name"], scale=scale, rmse=rmse, rmse_steps=rmse / scale if scale else float("nan"),
-                               nsr=nsr, added_nsr=nsr - worst if not math.isnan(nsr) else float("nan")))
+        rows.append(
+            LayerError(
+                layer=n,
+                tensor=t["name"],
+                scale=scale,
+                rmse=rmse,
+                rmse_steps=rmse / scale if scale else float("nan"),
+                nsr=nsr,
+                added_nsr=nsr - worst if not math.isnan(nsr) else float("nan"),
+            )
+        )
         if not math.isnan(nsr):
             worst = max(worst, nsr)
     return rows
@@ -136,7 +145,7 @@ def worst_first(rows: list[LayerError]) -> list[LayerError]:
 def short_name(tensor: str, width: int = 60) -> str:
     """A readable tensor name: TFLite joins fused ops' names with ';', the first is the op's own."""
     name = tensor.split(";")[0]
-    return name if len(name) <= width else "…" + name[-(width - 1):]
+    return name if len(name) <= width else "…" + name[-(width - 1) :]
 
 
 def layer_error_tables(variants: dict[str, tuple[os.PathLike, Any]], rep: np.ndarray, keep: int = 12) -> dict[str, Any]:
@@ -151,7 +160,11 @@ def layer_error_tables(variants: dict[str, tuple[os.PathLike, Any]], rep: np.nda
             log.warning("per-layer int8 error of %s not measured: %s", key, why)
             out[key] = {"error": why}
             continue
-        out[key] = {"layers": len(rows), "reference": "QAT model" if key == "qat_int8" else "float model",
-                    "rounding_rmse_steps": ROUNDING_RMSE_STEPS, "worst": [r.as_dict() for r in rows[:keep]]}
+        out[key] = {
+            "layers": len(rows),
+            "reference": "QAT model" if key == "qat_int8" else "float model",
+            "rounding_rmse_steps": ROUNDING_RMSE_STEPS,
+            "worst": [r.as_dict() for r in rows[:keep]],
+        }
     log.info("convert: per-layer int8 error measured on %d representative images (%.0f s)", min(32, len(rep)), time.time() - t)
     return out

@@ -43,14 +43,19 @@ def scaled(channels: int, width: float, floor: int = 8) -> int:
     return max(floor, int(round(c)))
 
 
-def conv_bn_relu(x, filters: int, kernel: int, name: str, cfg: ModelConfig, strides: int = 1,
-                 padding: str = "same", relu: bool = True):
+def conv_bn_relu(x, filters: int, kernel: int, name: str, cfg: ModelConfig, strides: int = 1, padding: str = "same", relu: bool = True):
     keras = keras_module()
     layers = keras.layers
     reg = keras.regularizers.l2(cfg.weight_decay) if cfg.weight_decay else None
     x = layers.Conv2D(
-        filters, kernel, strides=strides, padding=padding, use_bias=not cfg.batch_norm,
-        kernel_initializer="he_normal", kernel_regularizer=reg, name=f"{name}_conv",
+        filters,
+        kernel,
+        strides=strides,
+        padding=padding,
+        use_bias=not cfg.batch_norm,
+        kernel_initializer="he_normal",
+        kernel_regularizer=reg,
+        name=f"{name}_conv",
     )(x)
     if cfg.batch_norm:
         # momentum 0.9 (Keras' default is 0.99): the moving statistics settle within a few
@@ -65,14 +70,12 @@ def dense(x, units: int, name: str, cfg: ModelConfig, relu: bool = True):
     """A fully connected layer (ReLU fused in the layer, as tfmot quantises it)."""
     keras = keras_module()
     reg = keras.regularizers.l2(cfg.weight_decay) if cfg.weight_decay else None
-    return keras.layers.Dense(units, activation="relu" if relu else None, kernel_initializer="he_normal",
-                              kernel_regularizer=reg, name=name)(x)
+    return keras.layers.Dense(units, activation="relu" if relu else None, kernel_initializer="he_normal", kernel_regularizer=reg, name=name)(x)
 
 
 def softmax(x, cfg: ModelConfig):
     """The class scores: a softmax named ``scores`` (float32 under mixed precision)."""
-    return keras_module().layers.Activation("softmax", dtype="float32" if cfg.float32_softmax else None,
-                                            name="scores")(x)
+    return keras_module().layers.Activation("softmax", dtype="float32" if cfg.float32_softmax else None, name="scores")(x)
 
 
 def fc_classifier(x, cfg: ModelConfig, hidden: tuple[int, ...] = (), dropout: float = 0.0):

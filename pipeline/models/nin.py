@@ -22,26 +22,33 @@ from dataclasses import dataclass
 from pipeline.models import zoo
 from pipeline.models.layers import HEADS, ModelConfig, conv_bn_relu, fc_classifier, keras_module, scaled, softmax
 
-__all__ = ["ARCHS", "HEADS", "ModelConfig", "build_model", "count_macs", "describe", "has_class_maps", "scaled",
-           "summary_lines", "with_class_maps"]
+__all__ = [
+    "ARCHS",
+    "HEADS",
+    "ModelConfig",
+    "build_model",
+    "count_macs",
+    "describe",
+    "has_class_maps",
+    "scaled",
+    "summary_lines",
+    "with_class_maps",
+]
 
 CLASS_MAPS_LAYER = "class_maps"
 CLASS_MAPS_OUTPUT = f"{CLASS_MAPS_LAYER}_relu"  # the layer whose output is the per-class maps
 
 
-def mlpconv(x, spec: list[tuple[int, int]], name: str, cfg: ModelConfig, first_stride: int = 1,
-            first_padding: str = "same", last_name: str | None = None):
+def mlpconv(
+    x, spec: list[tuple[int, int]], name: str, cfg: ModelConfig, first_stride: int = 1, first_padding: str = "same", last_name: str | None = None
+):
     """One mlpconv block: a k x k convolution followed by 1 x 1 convolutions, each with ReLU.
 
     ``spec`` lists (kernel, filters) per convolution, filters already scaled.
     """
     for i, (kernel, filters) in enumerate(spec):
         layer_name = last_name if (last_name and i == len(spec) - 1) else f"{name}_{i + 1}"
-        x = conv_bn_relu(
-            x, filters, kernel, layer_name, cfg,
-            strides=first_stride if i == 0 else 1,
-            padding=first_padding if i == 0 else "same",
-        )
+        x = conv_bn_relu(x, filters, kernel, layer_name, cfg, strides=first_stride if i == 0 else 1, padding=first_padding if i == 0 else "same")
     return x
 
 
@@ -73,10 +80,7 @@ def nin_cifar(cfg: ModelConfig):
     x = layers.AveragePooling2D(3, strides=2, padding="same", name="pool2")(x)
     if cfg.dropout:
         x = layers.Dropout(cfg.dropout, name="drop2")(x)
-    x = mlpconv(
-        x, [(3, scaled(192, w)), (1, scaled(192, w)), (1, cfg.num_classes)], "block3", cfg,
-        last_name=CLASS_MAPS_LAYER,
-    )
+    x = mlpconv(x, [(3, scaled(192, w)), (1, scaled(192, w)), (1, cfg.num_classes)], "block3", cfg, last_name=CLASS_MAPS_LAYER)
     return keras.Model(inputs, _head(x, cfg), name=f"nin_cifar_w{w:g}")
 
 
@@ -88,8 +92,7 @@ def nin_imagenet(cfg: ModelConfig):
     layers = keras.layers
     w = cfg.width
     inputs = keras.Input(shape=cfg.input_shape, name="image")
-    x = mlpconv(inputs, [(11, scaled(96, w)), (1, scaled(96, w)), (1, scaled(96, w))], "block1", cfg,
-                first_stride=4, first_padding="valid")
+    x = mlpconv(inputs, [(11, scaled(96, w)), (1, scaled(96, w)), (1, scaled(96, w))], "block1", cfg, first_stride=4, first_padding="valid")
     x = layers.MaxPooling2D(3, strides=2, name="pool1")(x)
     x = mlpconv(x, [(5, scaled(256, w)), (1, scaled(256, w)), (1, scaled(256, w))], "block2", cfg)
     x = layers.MaxPooling2D(3, strides=2, name="pool2")(x)
@@ -97,10 +100,7 @@ def nin_imagenet(cfg: ModelConfig):
     x = layers.MaxPooling2D(3, strides=2, name="pool3")(x)
     if cfg.dropout:
         x = layers.Dropout(cfg.dropout, name="drop3")(x)
-    x = mlpconv(
-        x, [(3, cfg.num_classes), (1, cfg.num_classes), (1, cfg.num_classes)], "block4", cfg,
-        last_name=CLASS_MAPS_LAYER,
-    )
+    x = mlpconv(x, [(3, cfg.num_classes), (1, cfg.num_classes), (1, cfg.num_classes)], "block4", cfg, last_name=CLASS_MAPS_LAYER)
     return keras.Model(inputs, _head(x, cfg), name=f"nin_imagenet_w{w:g}")
 
 
@@ -116,10 +116,23 @@ class ArchInfo:
 
 
 ARCHS: dict[str, ArchInfo] = {
-    "nin-cifar": ArchInfo(nin_cifar, 32, 8, "the paper's CIFAR-10 NiN (3 mlpconv blocks, ~0.97M params at width 1)",
-                          "BatchNorm after each conv (folds into it at conversion)", class_maps=True, heads=HEADS),
-    "nin-imagenet": ArchInfo(nin_imagenet, 224, 67, "the larger NiN for camera-sized inputs (4 mlpconv blocks)",
-                             "BatchNorm after each conv (folds into it at conversion)", class_maps=True),
+    "nin-cifar": ArchInfo(
+        nin_cifar,
+        32,
+        8,
+        "the paper's CIFAR-10 NiN (3 mlpconv blocks, ~0.97M params at width 1)",
+        "BatchNorm after each conv (folds into it at conversion)",
+        class_maps=True,
+        heads=HEADS,
+    ),
+    "nin-imagenet": ArchInfo(
+        nin_imagenet,
+        224,
+        67,
+        "the larger NiN for camera-sized inputs (4 mlpconv blocks)",
+        "BatchNorm after each conv (folds into it at conversion)",
+        class_maps=True,
+    ),
     **{name: ArchInfo(*spec) for name, spec in zoo.SEEDS.items()},
 }
 
@@ -140,8 +153,10 @@ def build_model(cfg: ModelConfig):
     if min(h, w) < info.min_input_size:
         raise ValueError(f"{cfg.arch} needs inputs of at least {info.min_input_size}x{info.min_input_size}; got {h}x{w}")
     if cfg.head not in info.heads:
-        raise ValueError(f"--head {cfg.head} is not an option of {cfg.arch} (it has {', '.join(info.heads)}); "
-                         f"{', '.join(h for h in HEADS if h != 'gap')} are nin-cifar's ablation of its GAP head")
+        raise ValueError(
+            f"--head {cfg.head} is not an option of {cfg.arch} (it has {', '.join(info.heads)}); "
+            f"{', '.join(h for h in HEADS if h != 'gap')} are nin-cifar's ablation of its GAP head"
+        )
     return info.build(cfg)
 
 
@@ -187,12 +202,7 @@ def describe(model) -> list[dict]:
         shape = layer.output_shape
         if isinstance(shape, list):
             shape = shape[0]
-        rows.append({
-            "name": layer.name,
-            "type": type(layer).__name__,
-            "output_shape": tuple(shape[1:]),
-            "params": int(layer.count_params()),
-        })
+        rows.append({"name": layer.name, "type": type(layer).__name__, "output_shape": tuple(shape[1:]), "params": int(layer.count_params())})
     return rows
 
 
@@ -201,11 +211,14 @@ def summary_lines(cfg: ModelConfig) -> list[str]:
     model = build_model(cfg)
     h, w, c = cfg.input_shape
     info = ARCHS[cfg.arch]
-    lines = [f"{model.name}: input {h}x{w}x{c}, {cfg.num_classes} classes" + (f", head {cfg.head}" if len(info.heads) > 1 else ""),
-             f"{cfg.arch}: {info.description}; smallest input {info.min_input_size}x{info.min_input_size}",
-             f"differs from the original: {info.changes}" if info.changes else "",
-             "class maps: " + ("yes (a heatmap on the device)" if has_class_maps(cfg) else "no (no heatmap)"),
-             f"{'layer':<22}{'type':<24}{'output shape':<20}{'params':>10}", "-" * 76]
+    lines = [
+        f"{model.name}: input {h}x{w}x{c}, {cfg.num_classes} classes" + (f", head {cfg.head}" if len(info.heads) > 1 else ""),
+        f"{cfg.arch}: {info.description}; smallest input {info.min_input_size}x{info.min_input_size}",
+        f"differs from the original: {info.changes}" if info.changes else "",
+        "class maps: " + ("yes (a heatmap on the device)" if has_class_maps(cfg) else "no (no heatmap)"),
+        f"{'layer':<22}{'type':<24}{'output shape':<20}{'params':>10}",
+        "-" * 76,
+    ]
     lines = [line for line in lines if line]
     lines += [f"{r['name']:<22}{r['type']:<24}{str(r['output_shape']):<20}{r['params']:>10,}" for r in describe(model)]
     return lines + ["-" * 76, f"total parameters: {model.count_params():,}   MACs per image: {count_macs(model):,}"]

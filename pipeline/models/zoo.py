@@ -102,10 +102,17 @@ def inception(x, c1: int, c2: tuple[int, int], c3: tuple[int, int], c4: int, nam
 
 
 GOOGLENET = (
-    ("3a", 64, (96, 128), (16, 32), 32), ("3b", 128, (128, 192), (32, 96), 64), "pool",
-    ("4a", 192, (96, 208), (16, 48), 64), ("4b", 160, (112, 224), (24, 64), 64), ("4c", 128, (128, 256), (24, 64), 64),
-    ("4d", 112, (144, 288), (32, 64), 64), ("4e", 256, (160, 320), (32, 128), 128), "pool",
-    ("5a", 256, (160, 320), (32, 128), 128), ("5b", 384, (192, 384), (48, 128), 128),
+    ("3a", 64, (96, 128), (16, 32), 32),
+    ("3b", 128, (128, 192), (32, 96), 64),
+    "pool",
+    ("4a", 192, (96, 208), (16, 48), 64),
+    ("4b", 160, (112, 224), (24, 64), 64),
+    ("4c", 128, (128, 256), (24, 64), 64),
+    ("4d", 112, (144, 288), (32, 64), 64),
+    ("4e", 256, (160, 320), (32, 128), 128),
+    "pool",
+    ("5a", 256, (160, 320), (32, 128), 128),
+    ("5b", 384, (192, 384), (48, 128), 128),
 )
 
 
@@ -185,24 +192,63 @@ def densenet(cfg: ModelConfig, growth: int = 32, convs: tuple[int, ...] = (4, 4,
 
 # name: (builder, default input size, smallest input size it takes, description, what differs from the original)
 SEEDS = {
-    "lenet": (lenet, 28, 12, "LeNet-5 (2 convs, FC 120-84-classes)",
-              "ReLU and BatchNorm instead of sigmoids (QAT folds BN; sigmoids quantise poorly)"),
-    "alexnet": (alexnet, 224, 67, "AlexNet (5 convs, FC 4096-4096-classes)",
-                "BatchNorm instead of local response normalisation (LRN has no int8 kernel and does not fold)"),
-    "vgg11": (vgg11, 224, 32, "VGG-11 (8 convs in 5 vgg_blocks, FC 4096-4096-classes)",
-              "BatchNorm after each conv (VGG-BN: folds into the conv; the original has none)"),
-    "vgg16": (vgg16, 224, 32, "VGG-16 (13 convs in 5 vgg_blocks, FC 4096-4096-classes)",
-              "BatchNorm after each conv (VGG-BN: folds into the conv; the original has none)"),
-    "googlenet": (googlenet, 96, 32, "GoogLeNet (9 Inception blocks of 4 concatenated branches, GAP, FC)",
-                  "BatchNorm after each conv (Inception-v2 style; folds into the conv); dropout before the "
-                  "classifier at the profile's rate (the paper's 0.4; d2l.ai's version has none)"),
-    "resnet18": (resnet18, 96, 32, "ResNet-18 (8 residual blocks, GAP, FC)",
-                 "as the original (BN after each conv, 1x1 conv + BN projection shortcuts)"),
-    "resnet20": (resnet20, 32, 8, "ResNet-20 for CIFAR (9 residual blocks, 16-32-64 channels, GAP, FC)",
-                 "1x1 conv + BN projection shortcuts where the shape changes (the paper's zero-padding "
-                 "'option A' has no int8 builtin)"),
-    "densenet": (densenet, 96, 32, "DenseNet (4 dense blocks of 4 convs, growth rate 32, transition layers, GAP, FC)",
-                 "Conv -> BN -> ReLU instead of the pre-activation BN -> ReLU -> Conv (only a BN after a conv "
-                 "folds); transitions pool before their 1x1 conv (int8 cannot feed a pooling output into a "
-                 "concatenation after QAT); no BN-ReLU after the last block"),
+    "lenet": (
+        lenet,
+        28,
+        12,
+        "LeNet-5 (2 convs, FC 120-84-classes)",
+        "ReLU and BatchNorm instead of sigmoids (QAT folds BN; sigmoids quantise poorly)",
+    ),
+    "alexnet": (
+        alexnet,
+        224,
+        67,
+        "AlexNet (5 convs, FC 4096-4096-classes)",
+        "BatchNorm instead of local response normalisation (LRN has no int8 kernel and does not fold)",
+    ),
+    "vgg11": (
+        vgg11,
+        224,
+        32,
+        "VGG-11 (8 convs in 5 vgg_blocks, FC 4096-4096-classes)",
+        "BatchNorm after each conv (VGG-BN: folds into the conv; the original has none)",
+    ),
+    "vgg16": (
+        vgg16,
+        224,
+        32,
+        "VGG-16 (13 convs in 5 vgg_blocks, FC 4096-4096-classes)",
+        "BatchNorm after each conv (VGG-BN: folds into the conv; the original has none)",
+    ),
+    "googlenet": (
+        googlenet,
+        96,
+        32,
+        "GoogLeNet (9 Inception blocks of 4 concatenated branches, GAP, FC)",
+        "BatchNorm after each conv (Inception-v2 style; folds into the conv); dropout before the "
+        "classifier at the profile's rate (the paper's 0.4; d2l.ai's version has none)",
+    ),
+    "resnet18": (
+        resnet18,
+        96,
+        32,
+        "ResNet-18 (8 residual blocks, GAP, FC)",
+        "as the original (BN after each conv, 1x1 conv + BN projection shortcuts)",
+    ),
+    "resnet20": (
+        resnet20,
+        32,
+        8,
+        "ResNet-20 for CIFAR (9 residual blocks, 16-32-64 channels, GAP, FC)",
+        "1x1 conv + BN projection shortcuts where the shape changes (the paper's zero-padding 'option A' has no int8 builtin)",
+    ),
+    "densenet": (
+        densenet,
+        96,
+        32,
+        "DenseNet (4 dense blocks of 4 convs, growth rate 32, transition layers, GAP, FC)",
+        "Conv -> BN -> ReLU instead of the pre-activation BN -> ReLU -> Conv (only a BN after a conv "
+        "folds); transitions pool before their 1x1 conv (int8 cannot feed a pooling output into a "
+        "concatenation after QAT); no BN-ReLU after the last block",
+    ),
 }

@@ -76,19 +76,26 @@ class ClientsModel:
     writer: str
     writer_python: str
     check: ClientsCheck | None = None
-    described: dict[str, Any] = field(default_factory=lambda: {
-        "input": "uint8 (pixels as they are: scale 1/255, zero point 0)", "outputs": "scores only",
-        "normalisation": {"mean": [0.0], "std": [255.0]}})
+    described: dict[str, Any] = field(
+        default_factory=lambda: {
+            "input": "uint8 (pixels as they are: scale 1/255, zero point 0)",
+            "outputs": "scores only",
+            "normalisation": {"mean": [0.0], "std": [255.0]},
+        }
+    )
 
     def to_json(self) -> dict[str, Any]:
-        r = {"file": self.file, "bytes": self.bytes, "writer": self.writer, "writer_python": self.writer_python,
-             **self.described}
+        r = {"file": self.file, "bytes": self.bytes, "writer": self.writer, "writer_python": self.writer_python, **self.described}
         if self.check is not None:
             r["check"] = self.check.to_json()
         return r
+
+
 WRITER = "mediapipe==0.10.21"
-WRITER_RECIPE = (f"python3.11 -m venv ~/.venvs/nin-metadata && ~/.venvs/nin-metadata/bin/pip install '{WRITER}', then "
-                 "--writer-python ~/.venvs/nin-metadata/bin/python (or set NIN_METADATA_PYTHON)")
+WRITER_RECIPE = (
+    f"python3.11 -m venv ~/.venvs/nin-metadata && ~/.venvs/nin-metadata/bin/pip install '{WRITER}', then "
+    "--writer-python ~/.venvs/nin-metadata/bin/python (or set NIN_METADATA_PYTHON)"
+)
 
 _WRITE = r"""
 import json, sys
@@ -139,19 +146,23 @@ def writer_python(given: str | None) -> str:
         if not Path(py).is_file():
             raise ClientsError(f"--writer-python {py}: no such file", WRITER_RECIPE)
         return py
-    probe = subprocess.run([sys.executable, "-c", "from mediapipe.tasks.python.metadata.metadata_writers import image_classifier"],
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", "from mediapipe.tasks.python.metadata.metadata_writers import image_classifier"], capture_output=True, text=True
+    )
     if probe.returncode != 0:
-        raise ClientsError("MediaPipe's metadata writer is not importable here (it cannot share an environment with "
-                          "TensorFlow 2.21: protobuf 4 vs 7)", WRITER_RECIPE)
+        raise ClientsError(
+            "MediaPipe's metadata writer is not importable here (it cannot share an environment with TensorFlow 2.21: protobuf 4 vs 7)",
+            WRITER_RECIPE,
+        )
     return sys.executable
 
 
 def _libusb_dir(python: str, folder: Path) -> str | None:
     """tflite-support's native part links libusb-1.0.so.0. Where the system has none, the `libusb-package`
     wheel in that Python carries one (as libusb-1.0.so): a link with the expected name in ``folder``."""
-    p = subprocess.run([python, "-c", "import libusb_package, os; print(os.path.dirname(libusb_package.__file__))"],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [python, "-c", "import libusb_package, os; print(os.path.dirname(libusb_package.__file__))"], capture_output=True, text=True
+    )
     lib = Path(p.stdout.strip()) / "libusb-1.0.so"
     if p.returncode != 0 or not lib.is_file():
         return None
@@ -185,8 +196,7 @@ def scores_model_uint8(run: RunFolder) -> bytes:
     return to_tflite_int8(model, noise, "uint8")
 
 
-def build_clients_model(run_dir: Path, python: str | None = None, check_images: list[Path] = (),
-                        task_python: str | None = None) -> ClientsModel:
+def build_clients_model(run_dir: Path, python: str | None = None, check_images: list[Path] = (), task_python: str | None = None) -> ClientsModel:
     """Write CLIENTS_TFLITE (with metadata) and CLIENTS_JSON in the run folder; with ``check_images``,
     classify them with MediaPipe's ImageClassifier and with this project's runtime on the same file."""
     import tempfile
@@ -199,15 +209,19 @@ def build_clients_model(run_dir: Path, python: str | None = None, check_images: 
         out = Path(tmp) / CLIENTS_TFLITE
         written = _run(py, _WRITE, [str(bare), str(out), str(run.path(LABELS_TXT))], "writing the metadata")
         run.write_bytes(CLIENTS_TFLITE, out.read_bytes())
-    check = (check_in_clients(run.path(CLIENTS_TFLITE), list(check_images), py, task_python,
-                              reference=run.path(INT8_TFLITE)) if check_images else None)
+    check = (
+        check_in_clients(run.path(CLIENTS_TFLITE), list(check_images), py, task_python, reference=run.path(INT8_TFLITE))
+        if check_images
+        else None
+    )
     result = ClientsModel(CLIENTS_TFLITE, run.path(CLIENTS_TFLITE).stat().st_size, written["writer"], py, check)
     run.write_json(CLIENTS_JSON, result.to_json())
     return result
 
 
-def check_in_clients(model: Path, images: list[Path], python: str, task_python: str | None = None,
-                     reference: Path | None = None) -> ClientsCheck:
+def check_in_clients(
+    model: Path, images: list[Path], python: str, task_python: str | None = None, reference: Path | None = None
+) -> ClientsCheck:
     """The top-1 MediaPipe's ImageClassifier gives for each image (and the Task Library's, with
     ``task_python``, a Python with tflite-support 0.4.4) beside this project's runtime's on the same file
     and on ``reference`` (the run's own int8 model). Images are taken at the model's input size as
@@ -243,6 +257,5 @@ def check_in_clients(model: Path, images: list[Path], python: str, task_python: 
             got = _run(py, code, [str(model), *map(str, images)], f"{name}'s ImageClassifier", libusb=libusb)
             answers.append(ClientAnswers(name, got, sum(int(g[0]) == o for g, o in zip(got, ours))))
     if reference is not None and reference.is_file():
-        return ClientsCheck(len(images), ours, tuple(answers), reference.name,
-                            sum(a == b for a, b in zip(top1(reference), ours)))
+        return ClientsCheck(len(images), ours, tuple(answers), reference.name, sum(a == b for a, b in zip(top1(reference), ours)))
     return ClientsCheck(len(images), ours, tuple(answers))

@@ -29,6 +29,7 @@ VARIANT_FILES = {"float_keras": FLOAT_KERAS, "float_tflite": FLOAT_TFLITE, "ptq_
 
 # --------------------------------------------------------------------------- metrics
 
+
 def confusion(y: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
     """Rows: true class; columns: predicted class."""
     return np.bincount(y * n + pred, minlength=n * n).reshape(n, n)
@@ -51,8 +52,7 @@ def variant_metrics(probs: np.ndarray, y: np.ndarray, float_probs: np.ndarray, l
         # how far the probability of the float model's top-1 class moved
         "mean_abs_top1_prob_change": float(np.mean(np.abs(probs[rows, float_pred] - float_probs[rows, float_pred]))),
         "per_class": {
-            labels[i]: {"precision": _nan_none(precision[i]), "recall": _nan_none(recall[i]), "support": int(cm[i].sum())}
-            for i in range(n)
+            labels[i]: {"precision": _nan_none(precision[i]), "recall": _nan_none(recall[i]), "support": int(cm[i].sum())} for i in range(n)
         },
         "confusion_matrix": cm.tolist(),
     }
@@ -75,8 +75,15 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray, alpha: float = 0.05) -
         ks = np.arange(k + 1)
         log_terms = np.array([math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in ks]) - n * math.log(2)
         p = min(1.0, 2.0 * float(np.exp(log_terms).sum()))
-    return {"a_only_correct": a_only, "b_only_correct": b_only, "difference_points": 100.0 * (b.mean() - a.mean()) if len(a) else 0.0,
-            "p_value": p, "significant": bool(p < alpha), "alpha": alpha, "test": "McNemar exact (two-sided)"}
+    return {
+        "a_only_correct": a_only,
+        "b_only_correct": b_only,
+        "difference_points": 100.0 * (b.mean() - a.mean()) if len(a) else 0.0,
+        "p_value": p,
+        "significant": bool(p < alpha),
+        "alpha": alpha,
+        "test": "McNemar exact (two-sided)",
+    }
 
 
 #: the pairs a report tests: (A, B) -> the change from A to B
@@ -86,8 +93,7 @@ SIGNIFICANCE_PAIRS = (("float_keras", "qat_int8"), ("float_keras", "ptq_int8"), 
 def significance(preds: dict[str, np.ndarray], y: np.ndarray) -> dict[str, dict[str, Any]]:
     """McNemar's test for each of :data:`SIGNIFICANCE_PAIRS`, keyed "A_vs_B"."""
     correct = {k: preds[k].argmax(1) == y for k in preds}
-    return {f"{a}_vs_{b}": {"a": a, "b": b, **mcnemar(correct[a], correct[b])}
-            for a, b in SIGNIFICANCE_PAIRS if a in correct and b in correct}
+    return {f"{a}_vs_{b}": {"a": a, "b": b, **mcnemar(correct[a], correct[b])} for a, b in SIGNIFICANCE_PAIRS if a in correct and b in correct}
 
 
 def _nan_none(v: float) -> float | None:
@@ -103,6 +109,7 @@ def latency_ms(model_path: os.PathLike, image: np.ndarray, threads: int, runs: i
 
 # --------------------------------------------------------------------------- predictions and the report
 
+
 def predict_variants(run: RunFolder, x: np.ndarray, progress: bool = True, float_model=None) -> dict[str, np.ndarray]:
     """Every variant's scores on ``x``: the float Keras model, then each .tflite through the edge runtime."""
     from pipeline.errors import ReportError
@@ -110,17 +117,23 @@ def predict_variants(run: RunFolder, x: np.ndarray, progress: bool = True, float
 
     missing = [f for f in VARIANT_FILES.values() if not run.path(f).exists()]
     if missing:
-        raise ReportError(f"{run.root} lacks {', '.join(missing)}",
-                          f"finish the run with `nin-pipeline build --resume --out {run.root}`")
+        raise ReportError(f"{run.root} lacks {', '.join(missing)}", f"finish the run with `nin-pipeline build --resume --out {run.root}`")
     preds = {"float_keras": predict_keras(run.load_float() if float_model is None else float_model, x)}
     for key in VARIANTS[1:]:
         preds[key] = predict_tflite(run.path(VARIANT_FILES[key]), x, progress=progress, desc=TITLES[key])
     return preds
 
 
-def build_report(run: RunFolder, preds: dict[str, np.ndarray], y: np.ndarray, labels: tuple[str, ...],
-                 x: np.ndarray | None = None, meta: dict[str, Any] | None = None, latency: bool = True,
-                 float_model=None) -> dict[str, Any]:
+def build_report(
+    run: RunFolder,
+    preds: dict[str, np.ndarray],
+    y: np.ndarray,
+    labels: tuple[str, ...],
+    x: np.ndarray | None = None,
+    meta: dict[str, Any] | None = None,
+    latency: bool = True,
+    float_model=None,
+) -> dict[str, Any]:
     """Every figure of the report (report.json's content); nothing is written here."""
     from pipeline.models.nin import count_macs
 
@@ -142,23 +155,28 @@ def build_report(run: RunFolder, preds: dict[str, np.ndarray], y: np.ndarray, la
     f_pred, q_pred = float_probs.argmax(1), preds["qat_int8"].argmax(1)
     flipped = np.flatnonzero(f_pred != q_pred)
     class_drop = sorted(
-        ((labels[i], variants["float_keras"]["per_class"][labels[i]]["recall"] or 0.0,
-          variants["qat_int8"]["per_class"][labels[i]]["recall"] or 0.0) for i in range(len(labels))),
+        (
+            (
+                labels[i],
+                variants["float_keras"]["per_class"][labels[i]]["recall"] or 0.0,
+                variants["qat_int8"]["per_class"][labels[i]]["recall"] or 0.0,
+            )
+            for i in range(len(labels))
+        ),
         key=lambda r: r[2] - r[1],
     )
     report = {
         "schema_version": REPORT_SCHEMA_VERSION,
         **(meta or {}),
-        "test_images": int(len(y)), "split": "test", "labels": list(labels),
+        "test_images": int(len(y)),
+        "split": "test",
+        "labels": list(labels),
         "variants": variants,
         "int8_bytes_ratio": variants["qat_int8"]["bytes"] / variants["float_tflite"]["bytes"],
         "significance": significance(preds, y),
         "int8_losses": {
             "classes_by_accuracy_change": [{"class": c, "float": a, "int8": b, "change": b - a} for c, a, b in class_drop],
-            "flipped": [
-                {"index": int(i), "true": labels[y[i]], "float": labels[f_pred[i]], "int8": labels[q_pred[i]]}
-                for i in flipped[:200]
-            ],
+            "flipped": [{"index": int(i), "true": labels[y[i]], "float": labels[f_pred[i]], "int8": labels[q_pred[i]]} for i in flipped[:200]],
             "flipped_count": int(len(flipped)),
         },
         "machine": {"platform": platform.platform(), "cpus": threads},
@@ -179,4 +197,3 @@ def build_report(run: RunFolder, preds: dict[str, np.ndarray], y: np.ndarray, la
 def flipped_indices(preds: dict[str, np.ndarray]) -> np.ndarray:
     """Images whose top-1 differs between the float model and the QAT int8 model."""
     return np.flatnonzero(preds["float_keras"].argmax(1) != preds["qat_int8"].argmax(1))
-

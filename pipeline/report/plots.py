@@ -10,8 +10,14 @@ import numpy as np
 from pipeline.report.figures import TITLES, flipped_indices
 
 
-def make_plots(report: dict, preds: dict[str, np.ndarray], y: np.ndarray, labels: tuple[str, ...],
-               x: np.ndarray | None, history: dict[str, dict[str, list[float]]]) -> dict[str, bytes]:
+def make_plots(
+    report: dict,
+    preds: dict[str, np.ndarray],
+    y: np.ndarray,
+    labels: tuple[str, ...],
+    x: np.ndarray | None,
+    history: dict[str, dict[str, list[float]]],
+) -> dict[str, bytes]:
     """{file name: PNG bytes} for the training curves (``history``: "train"/"qat" -> CSV columns),
     the confusion matrices, the per-class accuracy and the flipped images."""
     import matplotlib
@@ -62,8 +68,7 @@ def make_plots(report: dict, preds: dict[str, np.ndarray], y: np.ndarray, labels
             for i in range(n):
                 for j in range(n):
                     if cm[i, j]:
-                        ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6,
-                                color="white" if norm[i, j] > 0.5 else "black")
+                        ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6, color="white" if norm[i, j] > 0.5 else "black")
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
     save(fig, "plot_confusion.png")
@@ -100,8 +105,7 @@ def make_plots(report: dict, preds: dict[str, np.ndarray], y: np.ndarray, labels
             ax.axis("off")
         for ax, i in zip(axes.flat, show):
             img = x[i]
-            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
-                      interpolation="nearest")
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None, interpolation="nearest")
             ax.set_title(f"true {labels[y[i]]}\nfloat {labels[fp[i]]}\nint8 {labels[qp[i]]}", fontsize=6)
         save(fig, "plot_flipped.png")
     return out

@@ -16,8 +16,10 @@ from edge_app.contract.sidecar import PIXEL_RANGE, PIXEL_SCALE
 
 def predict_keras(model, x, batch_size: int = 256) -> np.ndarray:
     """Scores of uint8 images ``x`` (an array or a pipeline.data.arrays collection), a batch at a time."""
-    out = [np.asarray(model.predict_on_batch(x[i:i + batch_size].astype(np.float32) / PIXEL_RANGE), np.float32)
-           for i in range(0, len(x), batch_size)]
+    out = [
+        np.asarray(model.predict_on_batch(x[i : i + batch_size].astype(np.float32) / PIXEL_RANGE), np.float32)
+        for i in range(0, len(x), batch_size)
+    ]
     return np.concatenate(out) if out else np.zeros((0, int(model.output_shape[-1])), np.float32)
 
 
@@ -31,8 +33,15 @@ def predict_classifier(clf, x: np.ndarray, *, desc: str = "", progress: bool = T
     return out
 
 
-def predict_tflite(path: str | os.PathLike, x: np.ndarray, *, pixel_scale: float = PIXEL_SCALE,
-                   num_threads: int | None = None, progress: bool = True, desc: str | None = None) -> np.ndarray:
+def predict_tflite(
+    path: str | os.PathLike,
+    x: np.ndarray,
+    *,
+    pixel_scale: float = PIXEL_SCALE,
+    num_threads: int | None = None,
+    progress: bool = True,
+    desc: str | None = None,
+) -> np.ndarray:
     from edge_app.errors import ModelLoadError
     from edge_app.runtime import Classifier
 
@@ -56,8 +65,15 @@ def top1(probs: np.ndarray, y: np.ndarray) -> float:
     return topk(probs, y, 1)
 
 
-def evaluate_model(model_path: str | os.PathLike, dataset: str, data_dir: str | os.PathLike | None = None, *,
-                   limit_test: int | None = None, threads: int | None = None, progress: bool = True) -> dict:
+def evaluate_model(
+    model_path: str | os.PathLike,
+    dataset: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    limit_test: int | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Top-1 (and top-5) of any classification model file on a dataset's test split.
 
     ``.tflite`` runs through the edge runtime; ``.keras`` / ``.h5`` through tf_keras.
@@ -101,8 +117,10 @@ def evaluate_model(model_path: str | os.PathLike, dataset: str, data_dir: str | 
         idx = test_subset(y, limit_test)
         x, y = x[idx], y[idx]
     if tuple(x.shape[1:3]) != tuple(shape[:2]):
-        raise ModelLoadError(f"{path.name} takes {shape[0]}x{shape[1]} images but {dataset} test images are "
-                             f"{x.shape[1]}x{x.shape[2]}: evaluate it on the data it was built for")
+        raise ModelLoadError(
+            f"{path.name} takes {shape[0]}x{shape[1]} images but {dataset} test images are "
+            f"{x.shape[1]}x{x.shape[2]}: evaluate it on the data it was built for"
+        )
     if x.shape[3] != shape[2]:
         raise ModelLoadError(f"{path.name} takes {shape[2]}-channel images but {dataset} has {x.shape[3]} channel(s)")
     if classes != len(raw.labels):
@@ -114,5 +132,12 @@ def evaluate_model(model_path: str | os.PathLike, dataset: str, data_dir: str | 
         probs = predict_classifier(clf, x, desc=path.name, progress=progress)
     seconds = time.perf_counter() - t
     top5 = topk(probs, y, 5) if classes > 5 else None
-    return {"model": str(path), "dataset": dataset, "images": int(len(y)), "top1": top1(probs, y), "top5": top5,
-            "seconds": seconds, "images_per_second": len(y) / seconds if seconds else float("nan")}
+    return {
+        "model": str(path),
+        "dataset": dataset,
+        "images": int(len(y)),
+        "top1": top1(probs, y),
+        "top5": top5,
+        "seconds": seconds,
+        "images_per_second": len(y) / seconds if seconds else float("nan"),
+    }

@@ -107,8 +107,9 @@ def edgetpu_compile(model: Path, out_dir: Path | None = None, *, compiler: str |
     return result
 
 
-def target_check(model: Path, runtimes: tuple[str, ...] = (), pythons: tuple[str, ...] = (), *,
-                 here: tuple[str, ...] | None = None) -> dict[str, Any]:
+def target_check(
+    model: Path, runtimes: tuple[str, ...] = (), pythons: tuple[str, ...] = (), *, here: tuple[str, ...] | None = None
+) -> dict[str, Any]:
     """The build's own `check-target` (the command is edge_app.cli.checks'): will the int8 model load on each
     target runtime (edge_app.checks.targets), plus the Edge TPU's mapping (edge_app.checks.edgetpu, Coral's
     rules). A run folder records it in target.json and its report."""
@@ -137,8 +138,10 @@ def after_convert(run: RunFolder) -> None:
 
     target = target_check(run.path(INT8_TFLITE))
     run.write_json(TARGET_JSON, target)
-    log.info("target: %s", "; ".join(f"{t['runtime']} {({True: 'loads', False: 'WILL NOT LOAD', None: 'unknown'})[t['loads']]}"
-                                     for t in target["targets"]))
+    log.info(
+        "target: %s",
+        "; ".join(f"{t['runtime']} {({True: 'loads', False: 'WILL NOT LOAD', None: 'unknown'})[t['loads']]}" for t in target["targets"]),
+    )
     if os.environ.get("NIN_METADATA_PYTHON"):  # the model for MediaPipe / the Task Library (pipeline/report/clients.py)
         from edge_app.contract.files import CLIENTS_TFLITE
 

@@ -16,12 +16,17 @@ def table_rows(report: dict) -> list[list[str]]:
     for key, v in report["variants"].items():
         lat = v.get("latency_ms") or {}
         ms = " / ".join(f"{d['median']:.2f}" for d in lat.values()) if lat else "-"
-        rows.append([
-            TITLES.get(key, key), f"{100 * v['top1']:.2f}%",
-            f"{100 * v['top5']:.2f}%" if v.get("top5") is not None else "-",
-            f"{100 * v['delta_vs_float']:+.2f}", f"{100 * v['agreement_with_float']:.2f}%",
-            f"{v['bytes']:,}", ms,
-        ])
+        rows.append(
+            [
+                TITLES.get(key, key),
+                f"{100 * v['top1']:.2f}%",
+                f"{100 * v['top5']:.2f}%" if v.get("top5") is not None else "-",
+                f"{100 * v['delta_vs_float']:+.2f}",
+                f"{100 * v['agreement_with_float']:.2f}%",
+                f"{v['bytes']:,}",
+                ms,
+            ]
+        )
     return rows
 
 
@@ -30,10 +35,11 @@ def significance_lines(report: dict) -> list[str]:
     out = []
     for t in (report.get("significance") or {}).values():
         a, b = TITLES.get(t["a"], t["a"]), TITLES.get(t["b"], t["b"])
-        verdict = (f"significant at {t['alpha']:g}" if t["significant"] else
-                   f"not significant at {t['alpha']:g} (read it as noise)")
-        out.append(f"{b} vs {a}: {t['difference_points']:+.2f} points ({t['b_only_correct']} images right only in {b}, "
-                   f"{t['a_only_correct']} only in {a}; McNemar p = {t['p_value']:.3g}): {verdict}")
+        verdict = f"significant at {t['alpha']:g}" if t["significant"] else f"not significant at {t['alpha']:g} (read it as noise)"
+        out.append(
+            f"{b} vs {a}: {t['difference_points']:+.2f} points ({t['b_only_correct']} images right only in {b}, "
+            f"{t['a_only_correct']} only in {a}; McNemar p = {t['p_value']:.3g}): {verdict}"
+        )
     return out
 
 
@@ -47,14 +53,22 @@ def layer_error_lines(report: dict, n: int = 5) -> list[str]:
         if "error" in e:
             out += [title, "", f"Not measured: {e['error']}", ""]
             continue
-        out += [title, "",
-                f"Each int8 tensor against the same layer of the {e['reference']} on representative training images. "
-                f"RMSE / scale is in quantisation steps (rounding alone gives {e['rounding_rmse_steps']:.2f}); "
-                f"noise / signal is RMSE / the float activations' spread; *added* is what this layer adds to the worst "
-                f"before it. Largest additions first ({min(n, len(e['worst']))} of {e['layers']} layers):", "",
-                "| layer | int8 tensor | RMSE / scale | noise / signal | added |", "|---|---|---|---|---|",
-                *(f"| {r['layer']} | `{short_name(r['tensor'])}` | {r['rmse_steps']:.2f} | {r['nsr']:.3f} | {r['added_nsr']:+.3f} |"
-                  for r in e["worst"][:n]), ""]
+        out += [
+            title,
+            "",
+            f"Each int8 tensor against the same layer of the {e['reference']} on representative training images. "
+            f"RMSE / scale is in quantisation steps (rounding alone gives {e['rounding_rmse_steps']:.2f}); "
+            f"noise / signal is RMSE / the float activations' spread; *added* is what this layer adds to the worst "
+            f"before it. Largest additions first ({min(n, len(e['worst']))} of {e['layers']} layers):",
+            "",
+            "| layer | int8 tensor | RMSE / scale | noise / signal | added |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {r['layer']} | `{short_name(r['tensor'])}` | {r['rmse_steps']:.2f} | {r['nsr']:.3f} | {r['added_nsr']:+.3f} |"
+                for r in e["worst"][:n]
+            ),
+            "",
+        ]
     return out
 
 
@@ -65,8 +79,9 @@ def print_table(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"{report.get('dataset', '')} {report.get('arch', '')} width {report.get('width', '')}: "
-                    f"{report['test_images']:,} test images")
+    t = Table(
+        title=f"{report.get('dataset', '')} {report.get('arch', '')} width {report.get('width', '')}: {report['test_images']:,} test images"
+    )
     for i, h in enumerate(HEADER):
         t.add_column(h, justify="left" if i == 0 else "right")
     for r in table_rows(report):
@@ -102,8 +117,7 @@ def render_markdown(report: dict) -> str:
         "",
         "| class | float | int8 | change (pts) |",
         "|---|---|---|---|",
-        *(f"| {c['class']} | {100 * c['float']:.1f}% | {100 * c['int8']:.1f}% | {100 * c['change']:+.1f} |"
-          for c in int8_losses(report)),
+        *(f"| {c['class']} | {100 * c['float']:.1f}% | {100 * c['int8']:.1f}% | {100 * c['change']:+.1f} |" for c in int8_losses(report)),
         *([] if int8_losses(report) else ["| (no class is less accurate in int8) | | | |"]),
         "",
         f"{report['int8_losses']['flipped_count']} test images changed their top-1 between float and QAT int8.",
@@ -128,12 +142,16 @@ def edgetpu_lines(report: dict) -> list[str]:
     out = ["## Edge TPU", ""]
     if "check" in e:
         c = e["check"]
-        out.append(f"- check (Coral's documented rules, no compiler): {c['on_tpu']} of {c['total']} operations would run "
-                   f"on the Edge TPU ({Path(c['model']).name}, input {c['input_dtype']})")
+        out.append(
+            f"- check (Coral's documented rules, no compiler): {c['on_tpu']} of {c['total']} operations would run "
+            f"on the Edge TPU ({Path(c['model']).name}, input {c['input_dtype']})"
+        )
     if "compile" in e:
         c = e["compile"]
-        out.append(f"- edgetpu_compiler {c['compiler_version']}: {c['ops_on_tpu']} of {c['ops_total']} operations mapped "
-                   f"to the Edge TPU, {c['subgraphs']} subgraph(s) -> {Path(c['output']).name}")
+        out.append(
+            f"- edgetpu_compiler {c['compiler_version']}: {c['ops_on_tpu']} of {c['ops_total']} operations mapped "
+            f"to the Edge TPU, {c['subgraphs']} subgraph(s) -> {Path(c['output']).name}"
+        )
     return out + [""]
 
 
@@ -145,8 +163,7 @@ def target_lines(report: dict) -> list[str]:
     out = ["## Target runtimes", "", "Ops: " + ", ".join(f"{o['name']} v{o['version']}" for o in t["ops"]), ""]
     for x in t["targets"]:
         state = {True: "loads", False: "**will not load**", None: "unknown"}[x["loads"]]
-        out.append(f"- {x['runtime']}: {state} ({x['how']})"
-                   + "".join(f"; {p['op']} v{p['version']}: {p['advice']}" for p in x["problems"]))
+        out.append(f"- {x['runtime']}: {state} ({x['how']})" + "".join(f"; {p['op']} v{p['version']}: {p['advice']}" for p in x["problems"]))
     if t.get("edgetpu"):
         out.append(f"- Edge TPU (Coral's rules, no compiler): {t['edgetpu']['verdict']}")
     return out + [""]
@@ -155,6 +172,7 @@ def target_lines(report: dict) -> list[str]:
 def render_html(report: dict, images: dict[str, bytes]) -> str:
     """One self-contained page: inline CSS, PNGs (``images``: file name -> bytes) inlined as data
     URIs, no external URL."""
+
     def img(name: str) -> str:
         data = base64.b64encode(images[name]).decode()
         return f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
@@ -163,24 +181,28 @@ def render_html(report: dict, images: dict[str, bytes]) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in HEADER)
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in table_rows(report))
     drops = "".join(
-        f"<tr><td>{esc(c['class'])}</td><td>{100 * c['float']:.1f}%</td><td>{100 * c['int8']:.1f}%</td>"
-        f"<td>{100 * c['change']:+.1f}</td></tr>" for c in int8_losses(report)) or (
-        '<tr><td colspan="4">no class is less accurate in int8</td></tr>')
+        f"<tr><td>{esc(c['class'])}</td><td>{100 * c['float']:.1f}%</td><td>{100 * c['int8']:.1f}%</td><td>{100 * c['change']:+.1f}</td></tr>"
+        for c in int8_losses(report)
+    ) or ('<tr><td colspan="4">no class is less accurate in int8</td></tr>')
     plots = report.get("plots", {})
     sections = [
-        ("Training curves", "plot_training"), ("Confusion matrices", "plot_confusion"),
-        ("Per-class accuracy", "plot_per_class"), ("Images whose prediction flipped", "plot_flipped"),
+        ("Training curves", "plot_training"),
+        ("Confusion matrices", "plot_confusion"),
+        ("Per-class accuracy", "plot_per_class"),
+        ("Images whose prediction flipped", "plot_flipped"),
     ]
     figs = "".join(f"<h2>{esc(t)}</h2>{img(plots[k])}" for t, k in sections if k in plots and plots[k] in images)
     title = f"Float vs int8: {report.get('dataset', '')} / {report.get('arch', '')} width {report.get('width', '')}"
     sig = significance_lines(report)
-    significance = ("<h2>Is the difference real?</h2><ul>" + "".join(f"<li>{esc(x)}</li>" for x in sig) + "</ul>" if sig else "")
+    significance = "<h2>Is the difference real?</h2><ul>" + "".join(f"<li>{esc(x)}</li>" for x in sig) + "</ul>" if sig else ""
     tpu = edgetpu_lines(report)
-    edgetpu = ("<h2>Edge TPU</h2><ul>" + "".join(f"<li>{esc(x[2:])}</li>" for x in tpu if x.startswith("- ")) + "</ul>"
-               if tpu else "")
+    edgetpu = "<h2>Edge TPU</h2><ul>" + "".join(f"<li>{esc(x[2:])}</li>" for x in tpu if x.startswith("- ")) + "</ul>" if tpu else ""
     tgt = target_lines(report)
-    edgetpu += ("<h2>Target runtimes</h2><ul>" + "".join(f"<li>{esc(x[2:].replace('**', ''))}</li>" for x in tgt
-                                                           if x.startswith("- ")) + "</ul>" if tgt else "")
+    edgetpu += (
+        "<h2>Target runtimes</h2><ul>" + "".join(f"<li>{esc(x[2:].replace('**', ''))}</li>" for x in tgt if x.startswith("- ")) + "</ul>"
+        if tgt
+        else ""
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>
@@ -193,14 +215,14 @@ img {{ max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }}
 .note {{ color: #555; }}
 </style></head><body>
 <h1>{esc(title)}</h1>
-<p class="note">{report['test_images']:,} test images. The QAT int8 model is {100 * report['int8_bytes_ratio']:.1f}% of the
+<p class="note">{report["test_images"]:,} test images. The QAT int8 model is {100 * report["int8_bytes_ratio"]:.1f}% of the
 float .tflite's bytes. Latency is invoke-only through the edge runtime on the build host
-({report['machine']['cpus']} cores), median over {_runs(report)} runs.</p>
+({report["machine"]["cpus"]} cores), median over {_runs(report)} runs.</p>
 <table id="summary"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 <h2>Where int8 loses</h2>
 <table id="drops"><thead><tr><th>class</th><th>float</th><th>int8</th><th>change (pts)</th></tr></thead>
 <tbody>{drops}</tbody></table>
-<p>{report['int8_losses']['flipped_count']} test images changed their top-1 between float and QAT int8.</p>
+<p>{report["int8_losses"]["flipped_count"]} test images changed their top-1 between float and QAT int8.</p>
 {significance}{edgetpu}{figs}
 </body></html>
 """

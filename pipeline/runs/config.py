@@ -40,8 +40,12 @@ class BuildConfig:
             m = dict(d["model"])
             m["input_shape"] = tuple(m["input_shape"])
             return cls(
-                data=DataConfig(**d["data"]), model=ModelConfig(**m), train=TrainConfig(**d["train"]),
-                qat=QatConfig(**d["qat"]), convert=ConvertConfig(**d["convert"]), profile=d.get("profile", "quick"),
+                data=DataConfig(**d["data"]),
+                model=ModelConfig(**m),
+                train=TrainConfig(**d["train"]),
+                qat=QatConfig(**d["qat"]),
+                convert=ConvertConfig(**d["convert"]),
+                profile=d.get("profile", "quick"),
             )
         except (KeyError, TypeError) as exc:
             raise RunError(f"config.json does not describe a build ({exc})", "start a new run folder") from None
@@ -94,25 +98,45 @@ class BuildRequest:
             input_size = info.default_input_size
         model = ModelConfig(arch=arch, width=float(p.width), dropout=float(p.dropout), head=p.head)
         if model.head not in info.heads:
-            raise RunError(f"--head {model.head}: {arch} has {' / '.join(info.heads)} only",
-                           "the fc heads are nin-cifar's ablation of its global average pooling; leave out --head")
+            raise RunError(
+                f"--head {model.head}: {arch} has {' / '.join(info.heads)} only",
+                "the fc heads are nin-cifar's ablation of its global average pooling; leave out --head",
+            )
         class_maps = self.class_maps
         if class_maps is None:
             class_maps = has_class_maps(model)
         elif class_maps and not has_class_maps(model):
-            raise RunError(f"--class-maps: {arch}{' with --head ' + model.head if model.head != 'gap' else ''} has no "
-                           "per-class maps (only NiN with its global average pooling head has)", "leave out --class-maps")
+            raise RunError(
+                f"--class-maps: {arch}{' with --head ' + model.head if model.head != 'gap' else ''} has no "
+                "per-class maps (only NiN with its global average pooling head has)",
+                "leave out --class-maps",
+            )
         data_dir = _absolute(self.data_dir)
         return BuildConfig(
-            data=DataConfig(dataset=self.dataset, data_dir=data_dir, input_size=input_size, val_fraction=self.val_fraction,
-                            limit_train=p.limit_train, limit_test=p.limit_test, seed=self.seed,
-                            cache=self.data_cache or "auto", memory_budget_gb=self.memory_budget_gb),
+            data=DataConfig(
+                dataset=self.dataset,
+                data_dir=data_dir,
+                input_size=input_size,
+                val_fraction=self.val_fraction,
+                limit_train=p.limit_train,
+                limit_test=p.limit_test,
+                seed=self.seed,
+                cache=self.data_cache or "auto",
+                memory_budget_gb=self.memory_budget_gb,
+            ),
             model=model,
-            train=TrainConfig(epochs=int(p.epochs), batch_size=int(p.batch_size), lr=float(p.lr),
-                              weight_decay=float(p.weight_decay), schedule=p.schedule, warmup_epochs=float(p.warmup_epochs),
-                              label_smoothing=float(p.label_smoothing), seed=self.seed, deterministic=bool(p.deterministic)),
-            qat=QatConfig(epochs=int(p.qat_epochs), lr=float(p.qat_lr), batch_size=int(p.batch_size),
-                          distill=float(p.qat_distill)),
+            train=TrainConfig(
+                epochs=int(p.epochs),
+                batch_size=int(p.batch_size),
+                lr=float(p.lr),
+                weight_decay=float(p.weight_decay),
+                schedule=p.schedule,
+                warmup_epochs=float(p.warmup_epochs),
+                label_smoothing=float(p.label_smoothing),
+                seed=self.seed,
+                deterministic=bool(p.deterministic),
+            ),
+            qat=QatConfig(epochs=int(p.qat_epochs), lr=float(p.qat_lr), batch_size=int(p.batch_size), distill=float(p.qat_distill)),
             convert=ConvertConfig(io_type=io_for_target(self.target, self.io_type), class_maps=class_maps, target=self.target),
             profile=self.profile,
         )
@@ -121,9 +145,11 @@ class BuildRequest:
         """A run folder's own ``cfg`` (a resume), with where and how the data is held taken from this
         request where it gives them: these may change on resume (the data itself may not: its fingerprint)."""
         data = dataclasses.replace(
-            cfg.data, cache=self.data_cache or cfg.data.cache,
+            cfg.data,
+            cache=self.data_cache or cfg.data.cache,
             memory_budget_gb=self.memory_budget_gb if self.memory_budget_gb is not None else cfg.data.memory_budget_gb,
-            data_dir=_absolute(self.data_dir) if self.data_dir is not None else cfg.data.data_dir)
+            data_dir=_absolute(self.data_dir) if self.data_dir is not None else cfg.data.data_dir,
+        )
         return dataclasses.replace(cfg, data=data)
 
 

@@ -93,14 +93,13 @@ def run_lock(root: Path, command: str) -> Iterator[None]:
                 holder = f"PID {h['pid']} on {h['host']}, `{h['command']}` since {h['since']}"
             except (OSError, ValueError, KeyError, TypeError):
                 holder = "another process"
-            raise RunError(f"{root} is in use by {holder}",
-                           "wait for it to end, or stop it; two commands must not write one run folder") from None
+            raise RunError(
+                f"{root} is in use by {holder}", "wait for it to end, or stop it; two commands must not write one run folder"
+            ) from None
         except OSError as exc:  # a file system without locks (some network mounts): go on, and say so
-            log.warning("cannot lock %s (%s): a second command on this run folder would not be noticed", path,
-                        exc.strerror or exc)
+            log.warning("cannot lock %s (%s): a second command on this run folder would not be noticed", path, exc.strerror or exc)
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-                                 "since": now()}).encode())
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": now()}).encode())
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -134,8 +133,10 @@ class RunFolder:
             saved = run.load_config()
             diffs = diff_configs(saved.to_dict(), cfg.to_dict())
             if diffs:
-                raise RunError(f"{root} was started with other settings ({'; '.join(diffs[:4])})",
-                               "resume it with the same options (or `--resume` alone), or choose a new --out")
+                raise RunError(
+                    f"{root} was started with other settings ({'; '.join(diffs[:4])})",
+                    "resume it with the same options (or `--resume` alone), or choose a new --out",
+                )
             if saved != cfg:  # only settings that change no result (e.g. --data-cache): take the new ones
                 run.save_config(cfg)
         else:
@@ -192,9 +193,14 @@ class RunFolder:
         from edge_app.fsutil import sha256_file
 
         outputs = {n: sha256_file(self.path(n)) for n in STAGE_OUTPUTS.get(stage, ()) if self.path(n).is_file()}
-        self.state[stage] = {"done": True, "at": now(), **info, **({"seconds": round(seconds, 1)} if seconds is not None else {}),
-                             "outputs": outputs}
-        for later in STAGES[STAGES.index(stage) + 1:]:
+        self.state[stage] = {
+            "done": True,
+            "at": now(),
+            **info,
+            **({"seconds": round(seconds, 1)} if seconds is not None else {}),
+            "outputs": outputs,
+        }
+        for later in STAGES[STAGES.index(stage) + 1 :]:
             self.state.pop(later, None)
         self.write_json(STATE_JSON, self.state)
 
@@ -215,7 +221,7 @@ class RunFolder:
 
     def forget(self, stage: str) -> None:
         """Mark ``stage`` and every later one not done."""
-        for s in STAGES[STAGES.index(stage):]:
+        for s in STAGES[STAGES.index(stage) :]:
             self.state.pop(s, None)
         self.write_json(STATE_JSON, self.state)
 
@@ -247,9 +253,11 @@ class RunFolder:
             self.state["data"] = {"fingerprint": fingerprint, "source": source}
             self.write_json(STATE_JSON, self.state)
         elif saved != fingerprint:
-            raise RunError(f"the data from {source} is not the data {self.root} was made with (its labels, splits or "
-                           f"images differ: fingerprint {fingerprint}, recorded {saved})",
-                           "point --data-dir at the same data, or start a new run folder")
+            raise RunError(
+                f"the data from {source} is not the data {self.root} was made with (its labels, splits or "
+                f"images differ: fingerprint {fingerprint}, recorded {saved})",
+                "point --data-dir at the same data, or start a new run folder",
+            )
 
     # ---------------------------------------------------------------- files
 
@@ -311,11 +319,11 @@ class RunFolder:
         """sha256 of each model the evaluation runs (those present)."""
         from edge_app.fsutil import sha256_file
 
-        return {n: sha256_file(self.path(n)) for n in (FLOAT_KERAS, FLOAT_TFLITE, PTQ_TFLITE, INT8_TFLITE)
-                if self.path(n).is_file()}
+        return {n: sha256_file(self.path(n)) for n in (FLOAT_KERAS, FLOAT_TFLITE, PTQ_TFLITE, INT8_TFLITE) if self.path(n).is_file()}
 
-    def save_predictions(self, preds: dict[str, np.ndarray], y: np.ndarray, labels: tuple[str, ...],
-                         models: dict[str, str] | None = None) -> None:
+    def save_predictions(
+        self, preds: dict[str, np.ndarray], y: np.ndarray, labels: tuple[str, ...], models: dict[str, str] | None = None
+    ) -> None:
         """The test predictions, with the sha256 of the models that made them (``models``)."""
         buf = io.BytesIO()
         np.savez_compressed(buf, y=y, labels=np.asarray(labels), _models=np.asarray(json.dumps(models or {})), **preds)

@@ -39,8 +39,29 @@ SETTINGS = tuple(f.name for f in fields(Profile))
 PROFILES: dict[str, Profile] = {
     # no dropout: with it the quick model ended underfitting (benchmarks/README.md, "The quick build");
     # QAT learns the float model's answers (qat_distill): int8 stays closer to float ("QAT targets")
-    "quick": Profile(width=0.25, dropout=0.0, epochs=15, qat_epochs=1, batch_size=128, lr=0.2, weight_decay=5e-4,
-                     schedule="cosine", warmup_epochs=1.0, qat_lr=0.001, qat_distill=1.0),
-    "paper": Profile(width=1.0, dropout=0.5, epochs=200, qat_epochs=5, batch_size=128, lr=0.1, weight_decay=5e-4,
-                     schedule="step", warmup_epochs=0.0, qat_lr=0.001),
+    "quick": Profile(
+        width=0.25,
+        dropout=0.0,
+        epochs=15,
+        qat_epochs=1,
+        batch_size=128,
+        lr=0.2,
+        weight_decay=5e-4,
+        schedule="cosine",
+        warmup_epochs=1.0,
+        qat_lr=0.001,
+        qat_distill=1.0,
+    ),
+    "paper": Profile(
+        width=1.0,
+        dropout=0.5,
+        epochs=200,
+        qat_epochs=5,
+        batch_size=128,
+        lr=0.1,
+        weight_decay=5e-4,
+        schedule="step",
+        warmup_epochs=0.0,
+        qat_lr=0.001,
+    ),
 }

@@ -79,8 +79,7 @@ def parse_workers(text: str) -> tuple[str, ...]:
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ClusterError(f"--workers: {w!r} is not HOST:PORT", "e.g. --workers 10.0.0.1:12345,10.0.0.2:12345")
     if len(workers) < 2:
-        raise ClusterError("--workers needs two or more HOST:PORT addresses",
-                           "leave out --workers to train on this machine alone")
+        raise ClusterError("--workers needs two or more HOST:PORT addresses", "leave out --workers to train on this machine alone")
     if len(set(workers)) != len(workers):
         raise ClusterError("--workers names the same address twice", "give every worker its own HOST:PORT")
     return workers
@@ -89,8 +88,7 @@ def parse_workers(text: str) -> tuple[str, ...]:
 def tf_config(workers: tuple[str, ...], index: int) -> str:
     """The TF_CONFIG that ``--workers ... --worker-index I`` stands for."""
     if not 0 <= index < len(workers):
-        raise ClusterError(f"--worker-index {index} is not one of the {len(workers)} workers",
-                           f"use 0 to {len(workers) - 1} (0 is the chief)")
+        raise ClusterError(f"--worker-index {index} is not one of the {len(workers)} workers", f"use 0 to {len(workers) - 1} (0 is the chief)")
     return json.dumps({"cluster": {"worker": list(workers)}, "task": {"type": "worker", "index": index}})
 
 
@@ -106,12 +104,16 @@ def from_env(environ: dict[str, str] | None = None) -> Cluster | None:
         chief, workers = list(spec.get("chief", [])), list(spec.get("worker", []))
         kind, i = task.get("type", "worker"), int(task.get("index", 0))
     except (ValueError, TypeError, AttributeError) as exc:
-        raise ClusterError(f"TF_CONFIG is not valid ({exc})",
-                           'it is JSON like {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}') from None
+        raise ClusterError(
+            f"TF_CONFIG is not valid ({exc})",
+            'it is JSON like {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}',
+        ) from None
     others = sorted(set(spec) - {"chief", "worker"})
     if others:
-        raise ClusterError(f"TF_CONFIG names task types this build does not use ({', '.join(others)})",
-                           "MultiWorkerMirroredStrategy takes only 'chief' and 'worker' tasks")
+        raise ClusterError(
+            f"TF_CONFIG names task types this build does not use ({', '.join(others)})",
+            "MultiWorkerMirroredStrategy takes only 'chief' and 'worker' tasks",
+        )
     everyone = tuple(chief + workers)
     if len(everyone) < 2:
         return None
@@ -148,14 +150,16 @@ def start(cluster: Cluster, *, collective_s: float = DEFAULT_COLLECTIVE_TIMEOUT_
             sys.stderr.write(
                 f"Error: {cluster.describe()}: the other workers ({', '.join(w for i, w in enumerate(cluster.workers) if i != cluster.index)}) "
                 f"did not all connect within {startup_s:.0f} s; start the same command on every worker with its own "
-                "--worker-index, and check that each HOST:PORT is reachable from every machine\n")
+                "--worker-index, and check that each HOST:PORT is reachable from every machine\n"
+            )
             from edge_app.quiet import restore
 
             restore()
             os._exit(1)
 
-    log.info("TF_CONFIG names %d workers (this is %s): waiting up to %.0f s for all of them to start",
-             cluster.size, cluster.describe(), startup_s)
+    log.info(
+        "TF_CONFIG names %d workers (this is %s): waiting up to %.0f s for all of them to start", cluster.size, cluster.describe(), startup_s
+    )
     threading.Thread(target=watchdog, name="nin-cluster-startup", daemon=True).start()
     # Python's Ctrl-C (and SIGTERM) handlers cannot run while the constructor blocks in C++: let
     # either signal end the process at once instead (nothing is trained yet, nothing to save)
@@ -168,19 +172,27 @@ def start(cluster: Cluster, *, collective_s: float = DEFAULT_COLLECTIVE_TIMEOUT_
         _strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     except tf.errors.OpError as exc:  # e.g. "Could not start gRPC server": the port is taken
         port = cluster.workers[cluster.index].rpartition(":")[2]
-        raise ClusterError(f"{cluster.describe()}: cannot start multi-worker training ({exc.message})",
-                           f"check that port {port} is free on this machine and that its HOST is this machine") from None
+        raise ClusterError(
+            f"{cluster.describe()}: cannot start multi-worker training ({exc.message})",
+            f"check that port {port} is free on this machine and that its HOST is this machine",
+        ) from None
     except RuntimeError as exc:
-        raise ClusterError(f"cannot start multi-worker training: {exc}",
-                           "the strategy must be TensorFlow's first call in the process: run it through `nin-pipeline build`") from None
+        raise ClusterError(
+            f"cannot start multi-worker training: {exc}",
+            "the strategy must be TensorFlow's first call in the process: run it through `nin-pipeline build`",
+        ) from None
     finally:
         done.set()
         for sig, handler in (previous or {}).items():
             signal.signal(sig, handler)
     _cluster = cluster
-    log.info("multi-worker training: %s; %d workers, %d replica(s) in sync (MultiWorkerMirroredStrategy, "
-             "collective timeout %s)", cluster.describe(), cluster.size, _strategy.num_replicas_in_sync,
-             f"{collective_s:.0f} s" if collective_s > 0 else "off: a dead worker is noticed by TensorFlow's heartbeat")
+    log.info(
+        "multi-worker training: %s; %d workers, %d replica(s) in sync (MultiWorkerMirroredStrategy, collective timeout %s)",
+        cluster.describe(),
+        cluster.size,
+        _strategy.num_replicas_in_sync,
+        f"{collective_s:.0f} s" if collective_s > 0 else "off: a dead worker is noticed by TensorFlow's heartbeat",
+    )
     return _strategy
 
 
@@ -207,12 +219,15 @@ def failure(exc: BaseException) -> PipelineError:
 
     said = f"{type(exc).__name__}: {tf_error_line(exc)}"
     if peer_failed(exc):
-        return PeerLost(f"training stopped: a worker stopped responding ({said})",
-                        "finished epochs are backed up in the chief's run folder: start the same command again on "
-                        "every worker and training resumes from the last one")
-    return TrainingError(f"TensorFlow stopped with {said}",
-                         "finished epochs are checkpointed: fix the cause (e.g. a smaller --batch-size for out-of-memory) "
-                         "and run the same command again")
+        return PeerLost(
+            f"training stopped: a worker stopped responding ({said})",
+            "finished epochs are backed up in the chief's run folder: start the same command again on "
+            "every worker and training resumes from the last one",
+        )
+    return TrainingError(
+        f"TensorFlow stopped with {said}",
+        "finished epochs are checkpointed: fix the cause (e.g. a smaller --batch-size for out-of-memory) and run the same command again",
+    )
 
 
 def strategy():
@@ -243,12 +258,13 @@ def agree(values: list[int], what: str) -> None:
     total = all_reduce().numpy()
     n = _cluster.size
     k = len(values)
-    s, s2, chief = total[:k], total[k:2 * k], total[2 * k:]
+    s, s2, chief = total[:k], total[k : 2 * k], total[2 * k :]
     if not (np.allclose(s, n * chief) and np.allclose(s2, n * chief * chief)):
         raise ClusterError(
             f"the workers disagree on {what} (this worker: {values}, the chief: {[int(c) for c in chief]})",
             "every worker must see the chief's run folder at the same --out path (shared storage such as NFS) "
-            "and run the same command; then run them all again")
+            "and run the same command; then run them all again",
+        )
 
 
 _CHIEF_KEY = "nin_pipeline/chief"
@@ -272,8 +288,10 @@ def wait_for_chief() -> None:
 
     log.info("%s: training and QAT done; waiting for the chief to convert and report", _cluster.describe())
     if context.context().get_config_key_value(_CHIEF_KEY) != "ok":
-        raise ClusterError("the chief (worker 0) stopped with an error after training",
-                           "see its log; fix the cause and run the same command on every worker again")
+        raise ClusterError(
+            "the chief (worker 0) stopped with an error after training",
+            "see its log; fix the cause and run the same command on every worker again",
+        )
 
 
 def check_batch_sizes(strategy, batches: dict[str, int]) -> None:
@@ -281,8 +299,10 @@ def check_batch_sizes(strategy, batches: dict[str, int]) -> None:
     n = strategy.num_replicas_in_sync
     for what, b in batches.items():
         if b % n:
-            raise ClusterError(f"{what} {b} does not split over {n} replicas",
-                               f"use a multiple of {n} (the batch size is global: each replica takes batch / {n})")
+            raise ClusterError(
+                f"{what} {b} does not split over {n} replicas",
+                f"use a multiple of {n} (the batch size is global: each replica takes batch / {n})",
+            )
 
 
 def per_worker_dataset(strategy, dataset_fn: Callable):
@@ -301,8 +321,9 @@ def per_worker_dataset(strategy, dataset_fn: Callable):
     local = len(strategy.extended.worker_devices)
     if local != 1 or _cluster is None:
         return strategy.distribute_datasets_from_function(dataset_fn)
-    ctx = tf.distribute.InputContext(num_input_pipelines=_cluster.size, input_pipeline_id=_cluster.index,
-                                     num_replicas_in_sync=strategy.num_replicas_in_sync)
+    ctx = tf.distribute.InputContext(
+        num_input_pipelines=_cluster.size, input_pipeline_id=_cluster.index, num_replicas_in_sync=strategy.num_replicas_in_sync
+    )
 
     class WorkerDataset(tf.distribute.DistributedDataset):
         """One worker's tf.data pipeline, which Keras's ``fit`` iterates without redistributing it

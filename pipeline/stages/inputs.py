@@ -24,8 +24,14 @@ def load_data(cfg: BuildConfig, run: RunFolder) -> Splits:
     splits = make_splits(cfg.data)
     log.info(
         "data: %s from %s: %d train, %d validation, %d test, %d classes, images %s (%.0f s)%s",
-        cfg.data.dataset, splits.source, len(splits.y_train), len(splits.y_val), len(splits.y_test),
-        splits.num_classes, "x".join(map(str, splits.input_shape)), time.time() - t,
+        cfg.data.dataset,
+        splits.source,
+        len(splits.y_train),
+        len(splits.y_val),
+        len(splits.y_test),
+        splits.num_classes,
+        "x".join(map(str, splits.input_shape)),
+        time.time() - t,
         f"; skipped {splits.skipped} unreadable file(s)" if splits.skipped else "",
     )
     run.check_data(data_fingerprint(splits), str(splits.source))

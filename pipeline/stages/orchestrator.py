@@ -72,6 +72,7 @@ def setup_logging(run_dir: Path) -> None:
 
 # --------------------------------------------------------------------------- stages
 
+
 def _model_cfg(cfg: BuildConfig, splits: Splits) -> ModelConfig:
     return dataclasses.replace(cfg.model, input_shape=splits.input_shape, num_classes=splits.num_classes)
 
@@ -96,10 +97,17 @@ def stage_train(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
             try:
                 model = build_model(mcfg)
             except ValueError as exc:  # e.g. nin-imagenet on 32x32 images
-                raise RunError(str(exc), f"pass --input-size {ARCHS[mcfg.arch].min_input_size} (or more) to resize "
-                               "the images, or choose another --arch") from None
-        log.info("model %s: %d parameters; %d replica(s) (%s), policy %s", model.name, model.count_params(),
-                 strategy.num_replicas_in_sync, type(strategy).__name__, keras.mixed_precision.global_policy().name)
+                raise RunError(
+                    str(exc), f"pass --input-size {ARCHS[mcfg.arch].min_input_size} (or more) to resize the images, or choose another --arch"
+                ) from None
+        log.info(
+            "model %s: %d parameters; %d replica(s) (%s), policy %s",
+            model.name,
+            model.count_params(),
+            strategy.num_replicas_in_sync,
+            type(strategy).__name__,
+            keras.mixed_precision.global_policy().name,
+        )
         train_ds, val_ds, steps = fit_datasets(splits, cfg.train.batch_size, cfg.train.seed, cluster.strategy())
         if not tf.config.list_physical_devices("GPU") and cfg.profile == "paper" and not cluster.strategy():
             _warn_slow_on_cpu(cfg, model, train_ds, len(splits.y_train))
@@ -120,8 +128,7 @@ def _fit(run: RunFolder, model, train_ds, val_ds, tcfg: TrainConfig, steps: int,
 
     backup = run.shared / CHECKPOINTS / tag
     cluster.agree([backed_up_epochs(backup)], f"the {tag} epochs already done (the backup in {backup})")
-    fit(model, train_ds, val_ds, tcfg, steps_per_epoch=steps, run_dir=run.root, tag=tag, backup_dir=backup,
-        soft_targets=soft_targets)
+    fit(model, train_ds, val_ds, tcfg, steps_per_epoch=steps, run_dir=run.root, tag=tag, backup_dir=backup, soft_targets=soft_targets)
 
 
 def _warn_slow_on_cpu(cfg: BuildConfig, model, train_ds, n_train: int) -> None:
@@ -135,7 +142,13 @@ def _warn_slow_on_cpu(cfg: BuildConfig, model, train_ds, n_train: int) -> None:
         "profile %s on the CPU: measured %.0f training images/s here, so %d + %d epochs of %d images "
         "take about %.0f hours (%.1f days). It is meant for a GPU; for a CPU run use --profile quick. "
         "Interrupt with Ctrl-C at any time: the run resumes from its last epoch.",
-        cfg.profile, ips, cfg.train.epochs, cfg.qat.epochs, n_train, hours, hours / 24,
+        cfg.profile,
+        ips,
+        cfg.train.epochs,
+        cfg.qat.epochs,
+        n_train,
+        hours,
+        hours / 24,
     )
 
 
@@ -155,14 +168,20 @@ def stage_qat(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
     freeze_batch_norm(float_model)
     qat_model = quantize(float_model)
     strategy = cluster.strategy()
-    log.info("qat: %s, float32", f"on {strategy.num_replicas_in_sync} replicas (MultiWorkerMirroredStrategy)"
-             if strategy else "on one device")
+    log.info("qat: %s, float32", f"on {strategy.num_replicas_in_sync} replicas (MultiWorkerMirroredStrategy)" if strategy else "on one device")
     calib = representative_images(splits.x_train, splits.y_train, cfg.qat.calibration_samples, cfg.train.seed)
     ranges = calibrate_qat_ranges(qat_model, float_model, calib)
     log.info("qat: BatchNorm frozen; %d activation ranges calibrated on %d training images", len(ranges), len(calib))
     qcfg = TrainConfig(
-        epochs=cfg.qat.epochs, batch_size=cfg.qat.batch_size, lr=cfg.qat.lr, momentum=cfg.train.momentum,
-        weight_decay=0.0, schedule="cosine", warmup_epochs=0.0, seed=cfg.train.seed + 1, deterministic=cfg.train.deterministic,
+        epochs=cfg.qat.epochs,
+        batch_size=cfg.qat.batch_size,
+        lr=cfg.qat.lr,
+        momentum=cfg.train.momentum,
+        weight_decay=0.0,
+        schedule="cosine",
+        warmup_epochs=0.0,
+        seed=cfg.train.seed + 1,
+        deterministic=cfg.train.deterministic,
     )
     if cfg.qat.epochs > 0:
         targets = None
@@ -170,8 +189,12 @@ def stage_qat(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
             teacher = run.load_float()  # the float model as trained (the one above is quantised in place)
             teacher.trainable = False
             targets = distillation_targets(teacher, cfg.qat.distill, splits.num_classes)
-            log.info("qat: distilling from the float model (targets %.2g x its probabilities + %.2g x the labels; "
-                     "'accuracy' is agreement with that target's top class)", cfg.qat.distill, 1 - cfg.qat.distill)
+            log.info(
+                "qat: distilling from the float model (targets %.2g x its probabilities + %.2g x the labels; "
+                "'accuracy' is agreement with that target's top class)",
+                cfg.qat.distill,
+                1 - cfg.qat.distill,
+            )
         train_ds, val_ds, steps = fit_datasets(splits, qcfg.batch_size, qcfg.seed, strategy, targets)
         trained = qat_model if strategy is None else cluster.replicate(strategy, float_model, qat_model, quantize)
         _fit(run, trained, train_ds, val_ds, qcfg, steps, "qat", soft_targets=targets is not None)
@@ -198,14 +221,22 @@ def stage_convert(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
     run.write_bytes(INT8_TFLITE, to_tflite_int8(qat_model, rep, cfg.convert.io_type))
     run.write_bytes(PTQ_TFLITE, to_tflite_int8(float_model, rep, cfg.convert.io_type))
     log.info("convert: float32, QAT int8 and PTQ int8 .tflite written (%.0f s)", time.time() - t)
-    sidecar = describe_tflite(run.path(INT8_TFLITE), splits.labels, dataset=cfg.data.dataset, arch=cfg.model.arch,
-                              width=cfg.model.width, hashed=[run.path(n) for n in (INT8_TFLITE, FLOAT_TFLITE, PTQ_TFLITE)],
-                              input_stats=training_input_stats(rep))
+    sidecar = describe_tflite(
+        run.path(INT8_TFLITE),
+        splits.labels,
+        dataset=cfg.data.dataset,
+        arch=cfg.model.arch,
+        width=cfg.model.width,
+        hashed=[run.path(n) for n in (INT8_TFLITE, FLOAT_TFLITE, PTQ_TFLITE)],
+        input_stats=training_input_stats(rep),
+    )
     from edge_app.contract.sidecar import write_sidecar
 
     write_sidecar(run.path(SIDECAR_NAME), sidecar)
-    run.write_json(LAYER_ERRORS_JSON, layer_error_tables({"qat_int8": (run.path(INT8_TFLITE), qat_model),
-                                                          "ptq_int8": (run.path(PTQ_TFLITE), float_model)}, rep))
+    run.write_json(
+        LAYER_ERRORS_JSON,
+        layer_error_tables({"qat_int8": (run.path(INT8_TFLITE), qat_model), "ptq_int8": (run.path(PTQ_TFLITE), float_model)}, rep),
+    )
     from edge_app.contract.files import CLIENTS_JSON, CLIENTS_TFLITE
 
     for stale in (EDGETPU_TFLITE, EDGETPU_LOG, EDGETPU_JSON, CLIENTS_TFLITE, CLIENTS_JSON):  # they described the old model
@@ -217,8 +248,7 @@ def stage_convert(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
     after_convert(run)
 
 
-def evaluate_and_report(cfg: BuildConfig, run: RunFolder, splits: Splits, *, rerun: bool = True,
-                        latency: bool = True) -> dict[str, Any]:
+def evaluate_and_report(cfg: BuildConfig, run: RunFolder, splits: Splits, *, rerun: bool = True, latency: bool = True) -> dict[str, Any]:
     """Every variant on the test split (the only place the test split is used), then the report files.
     ``rerun=False`` reuses predictions.npz when it holds these test images. Shared by `build` and `report`."""
     from pipeline.report.figures import VARIANTS, build_report, predict_variants
@@ -235,8 +265,7 @@ def evaluate_and_report(cfg: BuildConfig, run: RunFolder, splits: Splits, *, rer
         made_by = run.predictions_made_by()
         if made_by != digests:
             changed = sorted(k for k in digests if made_by.get(k) != digests[k]) or ["no record of them"]
-            log.warning("%s was not made by the models now in the folder (%s): evaluating again", PREDICTIONS,
-                        ", ".join(changed))
+            log.warning("%s was not made by the models now in the folder (%s): evaluating again", PREDICTIONS, ", ".join(changed))
         else:
             preds, y, _ = run.load_predictions(VARIANTS)
             if not np.array_equal(y, splits.y_test):
@@ -246,8 +275,7 @@ def evaluate_and_report(cfg: BuildConfig, run: RunFolder, splits: Splits, *, rer
         preds = predict_variants(run, splits.x_test, float_model=float_model)
         run.save_predictions(preds, splits.y_test, splits.labels, digests)
     meta = {"dataset": cfg.data.dataset, "arch": cfg.model.arch, "width": cfg.model.width, "pipeline_version": __version__}
-    report = build_report(run, preds, splits.y_test, splits.labels, x=splits.x_test, meta=meta, latency=latency,
-                          float_model=float_model)
+    report = build_report(run, preds, splits.y_test, splits.labels, x=splits.x_test, meta=meta, latency=latency, float_model=float_model)
     history = {tag: read_history(run.path(history_csv(tag))) for tag in ("train", "qat")}
     pngs = make_plots(report, preds, splits.y_test, splits.labels, splits.x_test, history)
     write_report(run, report, pngs)
@@ -257,6 +285,7 @@ def evaluate_and_report(cfg: BuildConfig, run: RunFolder, splits: Splits, *, rer
 
 
 # --------------------------------------------------------------------------- orchestration
+
 
 @contextlib.contextmanager
 def stage_errors():
@@ -274,9 +303,15 @@ def stage_errors():
 STAGE_FUNCTIONS = {"train": stage_train, "qat": stage_qat, "convert": stage_convert, "evaluate": evaluate_and_report}
 
 
-def run_stages(run: RunFolder, stages: tuple[str, ...] = STAGES, force: tuple[str, ...] = (), *,
-               workers: Cluster | None = None, worker_timeout: float = 600.0,
-               collective_timeout: float = 0.0) -> dict[str, Any]:
+def run_stages(
+    run: RunFolder,
+    stages: tuple[str, ...] = STAGES,
+    force: tuple[str, ...] = (),
+    *,
+    workers: Cluster | None = None,
+    worker_timeout: float = 600.0,
+    collective_timeout: float = 0.0,
+) -> dict[str, Any]:
     """Run ``stages`` in order, skipping those already done unless forced; each is marked done with its seconds.
     With ``workers`` (several machines) training and QAT run under MultiWorkerMirroredStrategy; only
     the chief goes on to conversion and evaluation."""
@@ -322,8 +357,7 @@ def run_stages(run: RunFolder, stages: tuple[str, ...] = STAGES, force: tuple[st
     return run.read_report_if_any()
 
 
-def resolve_build(request: BuildRequest, out: Path | None, *, resume: bool = False,
-                  workers: Cluster | None = None) -> tuple[BuildConfig, Path]:
+def resolve_build(request: BuildRequest, out: Path | None, *, resume: bool = False, workers: Cluster | None = None) -> tuple[BuildConfig, Path]:
     """Where the run goes and with which settings: the one place `build`'s flags become a BuildConfig.
     ``resume`` alone (no setting given): the run folder's own settings (the newest matching run in
     artifacts/ without ``out``); else the request's, which an existing folder must match. ``workers``: one
@@ -343,10 +377,11 @@ def resolve_build(request: BuildRequest, out: Path | None, *, resume: bool = Fal
         if workers is not None and not workers.is_chief:
             from pipeline.stages.cluster import ClusterError
 
-            raise ClusterError(f"{workers.describe()}: --resume, but the chief's run folder {out} is not visible here "
-                               f"(no {CONFIG_JSON})",
-                               "every worker needs the chief's --out on storage they all see (NFS, a ReadWriteMany "
-                               "volume); if the chief never started it, leave out --resume on every worker")
+            raise ClusterError(
+                f"{workers.describe()}: --resume, but the chief's run folder {out} is not visible here (no {CONFIG_JSON})",
+                "every worker needs the chief's --out on storage they all see (NFS, a ReadWriteMany "
+                "volume); if the chief never started it, leave out --resume on every worker",
+            )
         raise RunError(f"--resume: {out} is not a run folder (no {CONFIG_JSON})", "leave out --resume to start it")
     if resume and not request.overrides:
         return request.with_data_place(RunFolder.open(out).load_config()), Path(out)
@@ -355,8 +390,9 @@ def resolve_build(request: BuildRequest, out: Path | None, *, resume: bool = Fal
     return request.config(), Path(out)
 
 
-def build(cfg: BuildConfig, out: Path, *, workers: Cluster | None = None, worker_timeout: float = 600.0,
-          collective_timeout: float = 0.0) -> RunFolder:
+def build(
+    cfg: BuildConfig, out: Path, *, workers: Cluster | None = None, worker_timeout: float = 600.0, collective_timeout: float = 0.0
+) -> RunFolder:
     """`nin-pipeline build`: the run folder at ``out`` with ``cfg`` (made, or reopened when it was started
     with the same settings), every stage to the end. A worker of several (``workers``, not the chief)
     trains in its own folder beside the chief's, which only the chief writes."""
@@ -395,7 +431,7 @@ def redo_stage(run_dir: Path, stage: str, target: str | None = None) -> RunFolde
         if run.done(stage) and stage in ("train", "qat"):
             shutil.rmtree(run.path(CHECKPOINTS) / stage, ignore_errors=True)  # redo from scratch
         # the stage itself is forced; the later ones run because redoing it made them stale
-        run_stages(run, STAGES[STAGES.index(stage):], force=(stage,))
+        run_stages(run, STAGES[STAGES.index(stage) :], force=(stage,))
     return run
 
 

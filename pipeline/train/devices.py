@@ -39,11 +39,18 @@ def configure_devices() -> dict[str, Any]:
     if gpus:
         log.info("training on %d GPU(s) with mixed precision", len(gpus))
     else:
-        log.info("no GPU visible to TensorFlow: training on the CPU (%d cores, oneDNN kernels %s)", usable_cores(),
-                 {True: "on", False: "off: TF_ENABLE_ONEDNN_OPTS=1 is about 2x faster on AVX2 CPUs", None: "unknown"}[onednn])
+        log.info(
+            "no GPU visible to TensorFlow: training on the CPU (%d cores, oneDNN kernels %s)",
+            usable_cores(),
+            {True: "on", False: "off: TF_ENABLE_ONEDNN_OPTS=1 is about 2x faster on AVX2 CPUs", None: "unknown"}[onednn],
+        )
     if replicas > 1:
-        log.info("NIN_CPU_REPLICAS=%d: the CPU split into %d logical devices (MirroredStrategy, as on %d GPUs)",
-                 replicas, len(tf.config.list_logical_devices("CPU")), replicas)
+        log.info(
+            "NIN_CPU_REPLICAS=%d: the CPU split into %d logical devices (MirroredStrategy, as on %d GPUs)",
+            replicas,
+            len(tf.config.list_logical_devices("CPU")),
+            replicas,
+        )
     return {"gpus": len(gpus), "cpus": usable_cores(), "tensorflow": tf.__version__, "onednn": onednn}
 
 

@@ -55,9 +55,7 @@ def make_schedule(cfg: TrainConfig, steps_per_epoch: int):
         warm = min(int(cfg.warmup_epochs * steps_per_epoch), total // 2)
         if warm == 0:
             return keras.optimizers.schedules.CosineDecay(cfg.lr, total, alpha=0.01)
-        return keras.optimizers.schedules.CosineDecay(
-            cfg.lr * 0.1, total - warm, alpha=0.01, warmup_target=cfg.lr, warmup_steps=warm
-        )
+        return keras.optimizers.schedules.CosineDecay(cfg.lr * 0.1, total - warm, alpha=0.01, warmup_target=cfg.lr, warmup_steps=warm)
     if cfg.schedule == "step":
         # The paper lowers the rate 10x when validation accuracy plateaus; fixed drops at
         # half and three quarters of training are that recipe made deterministic and resumable.
@@ -70,8 +68,7 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
     import tf_keras as keras
 
     opt = keras.optimizers.SGD(
-        learning_rate=make_schedule(cfg, steps_per_epoch), momentum=cfg.momentum, nesterov=True,
-        weight_decay=cfg.weight_decay or None,
+        learning_rate=make_schedule(cfg, steps_per_epoch), momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay or None
     )
     if cfg.weight_decay:
         # Decay only convolution / dense kernels: decaying BatchNorm scales and biases
@@ -120,9 +117,20 @@ def backed_up_epochs(backup_dir: Path) -> int:
     return max(0, saved + 1)  # BackupAndRestore stores the 0-based epoch it finished
 
 
-def fit(model, train_ds, val_ds, cfg: TrainConfig, *, steps_per_epoch: int, run_dir: Path, tag: str,
-        verbose: int | None = None, extra_callbacks: list | None = None, backup_dir: Path | None = None,
-        soft_targets: bool = False) -> dict[str, list[float]]:
+def fit(
+    model,
+    train_ds,
+    val_ds,
+    cfg: TrainConfig,
+    *,
+    steps_per_epoch: int,
+    run_dir: Path,
+    tag: str,
+    verbose: int | None = None,
+    extra_callbacks: list | None = None,
+    backup_dir: Path | None = None,
+    soft_targets: bool = False,
+) -> dict[str, list[float]]:
     """Compile and train ``model``; an interrupted run resumes from its last finished epoch.
 
     Fault tolerance is Keras's ``BackupAndRestore`` (model, optimizer — momentum and step
@@ -176,8 +184,16 @@ def fit(model, train_ds, val_ds, cfg: TrainConfig, *, steps_per_epoch: int, run_
 
         def on_epoch_end(self, epoch, logs=None):
             msg = " ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items())
-            log.info("%s epoch %d/%d: %s (lr=%.5f, %.1f s, validation %.1f s)", tag, epoch + 1, cfg.epochs, msg,
-                     _current_lr(optimizer), time.perf_counter() - self.t, self.val)
+            log.info(
+                "%s epoch %d/%d: %s (lr=%.5f, %.1f s, validation %.1f s)",
+                tag,
+                epoch + 1,
+                cfg.epochs,
+                msg,
+                _current_lr(optimizer),
+                time.perf_counter() - self.t,
+                self.val,
+            )
 
     bar = _progress_bar(verbose) if initial_epoch < cfg.epochs else 0
     callbacks = [
@@ -194,10 +210,7 @@ def fit(model, train_ds, val_ds, cfg: TrainConfig, *, steps_per_epoch: int, run_
     ]
     t0 = time.time()
     # with every epoch backed up, fit restores the weights and trains no further epoch
-    model.fit(
-        train_ds, validation_data=val_ds, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
-        verbose=bar,
-    )
+    model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=bar)
     if initial_epoch < cfg.epochs:
         log.info("%s: %d epoch(s) in %.0f s", tag, cfg.epochs - initial_epoch, time.time() - t0)
     if any(math.isnan(v) for v in read_history(csv_path).get("loss", [])):
@@ -291,6 +304,5 @@ def tf_error_line(exc: BaseException) -> str:
     import re
 
     lines = [ln.strip() for ln in (getattr(exc, "message", None) or str(exc)).splitlines() if ln.strip()]
-    said = [ln for ln in lines if not ln.startswith(("Graph execution error", "Detected at node", "File ", "[[",
-                                                     "The error could be"))]
+    said = [ln for ln in lines if not ln.startswith(("Graph execution error", "Detected at node", "File ", "[[", "The error could be"))]
     return re.sub(r"\{\{function_node [^}]*\}\}\s*", "", (said or lines or [""])[0])  # TF's op-name prefix
