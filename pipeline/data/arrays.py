@@ -1,7 +1,7 @@
 """Image collections that behave like uint8 ``[N, H, W, C]`` arrays without holding a copy each.
 
 * :class:`IndexedImages`: rows ``index`` of a *store* — an array in RAM or the decoded-image cache
-  on disk (``imagetree.DiskStore``). A split, a subset or a validation hold-out is a new index, never a copy of
+  on disk (``pipeline.data.store.DiskStore``). A split, a subset or a validation hold-out is a new index, never a copy of
   the pixels.
 * :class:`FileImages`: image files decoded when read (``--data-cache none``).
 

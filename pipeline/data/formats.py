@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.tree import decode_to_store, is_image_tree_source, list_tree, looks_like_image_tree
+from pipeline.data.store import decode_to_store
+from pipeline.data.tree import is_image_tree_source, list_tree, looks_like_image_tree
 from pipeline.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -324,7 +325,7 @@ def _load_idx_dir(src: Path) -> RawData:
 
 
 def _load_image_tree_cached(src: Path, input_size: int | None) -> RawData:
-    """Decode an image tree once (the decoded-image cache, see ``imagetree.decode_to_store``);
+    """Decode an image tree once (the decoded-image cache, see ``pipeline.data.store.decode_to_store``);
     later runs read it back. Unreadable files are left out and counted."""
     listing = list_tree(src)
     store, info = decode_to_store(listing, input_size, nin_cache_dir(), in_memory=True)  # a cache it cannot write: a warning

@@ -127,7 +127,8 @@ def make_splits(cfg: DataConfig, progress: bool = True) -> Splits:
 def _tree_splits(cfg: DataConfig, src, progress: bool) -> Splits:
     from functools import partial
 
-    from pipeline.data.tree import decode, decode_to_store, find_unreadable, list_tree, probe
+    from pipeline.data.store import decode_to_store, find_unreadable, probe
+    from pipeline.data.tree import decode, list_tree
 
     listing = list_tree(src)
     hwc = probe(listing, cfg.input_size)

@@ -1,5 +1,5 @@
-"""The orchestration: one build as stages (`orchestrator`: train -> QAT -> convert -> evaluate, resume,
-redo), what the stages train on (`inputs`), and training on several machines (`cluster`: TF_CONFIG,
+"""The orchestration: the stages of one build (`steps`: train, QAT, convert, evaluate), running
+them in order with resume and redo (`orchestrator`), what the stages train on (`inputs`), and training on several machines (`cluster`: TF_CONFIG,
 MultiWorkerMirroredStrategy, the chief).
 
 May import: every stage before it (data ... report); never the choosing commands or the CLI.
