@@ -94,7 +94,7 @@ def delegate_library(kind: str, library: str | None = None) -> str:
         raise DelegateError(
             "NNAPI exists only on Android",
             "on Linux use --delegate cpu (XNNPACK), gpu or edgetpu; on a phone, load model_int8.tflite with the NNAPI "
-            "delegate from an Android app (see the README)",
+            "delegate from an Android app (see docs/android.md)",
         )
     raise DelegateError(f"unknown delegate {kind!r}", f"choose one of {', '.join(DELEGATES)} or give --delegate-lib")
 

@@ -27,10 +27,9 @@ TRAINING_STACK = ("tensorflow", "tf_keras", "tensorflow_model_optimization", "PI
 
 def tf_env() -> None:
     """Set before TensorFlow is first imported: tfmot needs Keras 2 (tf_keras); and oneDNN's CPU
-    kernels, which TensorFlow turns on by itself only on CPUs with AVX512_VNNI/BF16 or AMX. On a 2-core
-    AVX2 EPYC (2026-11-27), the quick model's bare `fit` ran at 554-597 images/s with them against
-    200-302 without, the same weights bit for bit in two deterministic runs (benchmarks/README.md,
-    "Training speed"). TF_ENABLE_ONEDNN_OPTS=0 in the environment keeps them off. The benchmarks
+    kernels, which TensorFlow turns on by itself only on CPUs with AVX512_VNNI/BF16 or AMX: on AVX2 they
+    about double the training step, with the same bits (docs/benchmarks/training-speed.md).
+    TF_ENABLE_ONEDNN_OPTS=0 in the environment keeps them off. The benchmarks
     call it too, so that they measure what the command runs."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
@@ -173,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     "--deterministic/--no-deterministic",
     default=None,
     help="Same --seed, same machine -> the same report figures and byte-identical .tflite files "
-    "(default: on; see the README for what it costs).",
+    "(default: on; see docs/training.md for what it costs).",
 )
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (--out, or the newest matching one in artifacts/).")
 @click.option(

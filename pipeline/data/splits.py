@@ -270,7 +270,7 @@ def make_dataset(
 
     Per batch, not per image: tf.data's per-element map (unbatch, augment each image, batch again)
     took a core's worth of time beside training once oneDNN made the training step twice as fast
-    (benchmarks/README.md, "Training speed").
+    (docs/benchmarks/quick-build.md).
     """
     import tensorflow as tf
 

@@ -64,8 +64,7 @@ def freeze_batch_norm(model) -> int:
 
     Used for QAT: the converter folds BatchNorm into the convolution with its *moving*
     statistics, so fine-tuning with those same fixed statistics trains what gets deployed
-    (measured on CIFAR-10, width 0.25, before range calibration existed: 72.3% validation
-    top-1 after 100 QAT steps with frozen BatchNorm, 67.7% with batch statistics).
+    (the figures: docs/benchmarks/training-speed.md, "QAT targets").
     """
     import tf_keras as keras
 
@@ -135,10 +134,9 @@ def _converter(model):
     # A model with several outputs becomes a .tflite with several outputs, in an order the
     # converter chooses: readers tell them apart by shape (scores [1, C], maps [1, H, W, C]).
     # The converter saves what it is given as a SavedModel first. Given the Keras model, tf_keras
-    # serialises every layer (traces each call): 25 s of the 28 s the test suite's fast build spent
-    # on its three conversions (cProfile, 2-core EPYC). A bare module holding only the function and
-    # the weights gives the same .tflite bytes (float, QAT int8, PTQ int8) in about a third of the
-    # time: a quick-profile run 28.7-30.8 s -> 7.9-9.4 s (benchmarks/convert_speed.py).
+    # serialises every layer (traces each call), most of a conversion's time. A bare module holding
+    # only the function and the weights gives the same .tflite bytes (float, QAT int8, PTQ int8) in
+    # about a third of the time (docs/benchmarks/convert.md).
     holder = tf.Module()
     holder.weights = list(model.variables)
     holder.serve = tf.function(lambda x: model(x, training=False))

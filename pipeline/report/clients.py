@@ -184,9 +184,8 @@ def scores_model_uint8(run: RunFolder) -> bytes:
     """The QAT model converted again: scores only, uint8 input and output.
 
     The converter insists on a representative dataset for full-integer output, but a QAT model carries
-    every activation range itself: measured on the quick NiN run, converting with 64 noise images gave a
-    .tflite byte-identical to the one the build converted with 256 training images. So noise it is, and
-    no dataset is needed here."""
+    every activation range itself, so noise images give the same .tflite bytes as training images
+    (docs/clients.md): no dataset is needed here."""
     import numpy as np
 
     from pipeline.export.convert import to_tflite_int8

@@ -1,7 +1,7 @@
 """Named settings bundles for `nin-pipeline build --profile`: one typed :class:`Profile` each.
 
 quick: a small-width NiN that trains, fine-tunes and converts on a 2-core CPU (time and accuracy
-       per machine: benchmarks/README.md, "The quick build").
+       per machine: docs/benchmarks/quick-build.md).
 paper: the paper's CIFAR-10 recipe (full width, dropout 0.5, SGD with momentum and weight
        decay, 10x learning-rate drops, flips and translations), meant for a GPU.
 """
@@ -37,7 +37,7 @@ class Profile:
 SETTINGS = tuple(f.name for f in fields(Profile))
 
 PROFILES: dict[str, Profile] = {
-    # no dropout: with it the quick model ended underfitting (benchmarks/README.md, "The quick build");
+    # no dropout: with it the quick model ended underfitting (docs/benchmarks/quick-build.md);
     # QAT learns the float model's answers (qat_distill): int8 stays closer to float ("QAT targets")
     "quick": Profile(
         width=0.25,

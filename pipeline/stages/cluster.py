@@ -43,8 +43,8 @@ DEFAULT_TIMEOUT_S = 600.0
 #: workers of the quick model here grew by ~30 threads a second while training (2,054 threads after
 #: ~190 steps; 110 with no limit); at that rate this module's former 600 s would come to ~18,000
 #: at once, which a long run or a container with a pids limit answers with "Resource temporarily
-#: unavailable". A dead or frozen worker is noticed anyway, by TensorFlow's heartbeat (0.3 s after
-#: a SIGKILL, 8.6 s after a SIGSTOP, measured here).
+#: unavailable". A dead or frozen worker is noticed anyway, by TensorFlow's heartbeat (how soon:
+#: docs/distributed.md).
 DEFAULT_COLLECTIVE_TIMEOUT_S = 0.0
 
 
@@ -311,9 +311,8 @@ def per_worker_dataset(strategy, dataset_fn: Callable):
     With one replica per worker (a CPU or a single GPU each, the usual case), the worker's dataset
     is handed to Keras as it is, and each step's batch goes straight to the worker's only replica.
     The standard route, ``distribute_datasets_from_function``, always puts a MultiDeviceIterator
-    in between, which cost 300 ms of CPU per step of ~650 ms here (quick model, batch 128, one
-    pinned core; Keras step 961-1,085 ms with it, 645-696 ms without; the multi-device-only
-    alternative, ``InputReplicationMode.PER_REPLICA``, is refused by this strategy). Workers with
+    in between, which costs about half a step of CPU with one replica (docs/benchmarks/multi-worker.md;
+    the multi-device-only alternative, ``InputReplicationMode.PER_REPLICA``, is refused by this strategy). Workers with
     several replicas take the standard route.
     """
     import tensorflow as tf

@@ -127,7 +127,7 @@ def _warn_slow_on_cpu(cfg: BuildConfig, model, train_ds, n_train: int) -> None:
     from pipeline.train.fit import measure_throughput
 
     ips = measure_throughput(model, train_ds)
-    # QAT steps cost about as much as float steps on the CPU (measured: within 5% at width 0.25).
+    # QAT steps cost about as much as float steps on the CPU, so one rate covers both.
     hours = (cfg.train.epochs + cfg.qat.epochs) * n_train / ips / 3600
     log.warning(
         "profile %s on the CPU: measured %.0f training images/s here, so %d + %d epochs of %d images "

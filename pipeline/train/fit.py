@@ -92,11 +92,9 @@ def distribution_strategy():
 
 
 # Training steps per call into TensorFlow's graph: fewer round trips through Python, the executor and
-# the per-batch callbacks (progress bar, TerminateOnNaN) between steps. On a 2-core AVX2 host with oneDNN
-# on (2026-11-27) a small gain within noise: the quick build's 15 epochs in 1,094 s against 1,120 s with 1,
-# bare `fit` 1.02x over 3 alternating rounds (benchmarks/README.md, "Training speed"). The same steps in the
-# same order: that build's .tflite files were byte-identical to the one-step build's. Callbacks that act
-# per batch see every 8th step.
+# the per-batch callbacks (progress bar, TerminateOnNaN) between steps (a small gain, within noise on a
+# 2-core CPU: docs/benchmarks/training-speed.md). The same steps in the same order, so the same bits.
+# Callbacks that act per batch see every 8th step.
 STEPS_PER_EXECUTION = 8
 
 
