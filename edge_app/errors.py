@@ -52,19 +52,34 @@ class ServeError(EdgeAppError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (``systemctl stop``, ``docker stop``, Kubernetes), ended like Ctrl-C: the loop's summary,
-    the build's "finished epochs are checkpointed" message."""
+    """SIGTERM (``systemctl stop``, ``docker stop``, Kubernetes) or SIGHUP (the ssh session or terminal
+    gone), ended like Ctrl-C: the loop's summary, the build's "finished epochs are checkpointed" message.
+    ``signal_name`` says which; ``exit_code`` is 128 + its number, as a shell reports it."""
+
+    def __init__(self, signal_name: str = "SIGTERM") -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+    @property
+    def exit_code(self) -> int:
+        import signal
+
+        return 128 + int(getattr(signal, self.signal_name, signal.SIGTERM))
 
 
 def stop_on_sigterm() -> None:
-    """Make SIGTERM raise :class:`Terminated` in the main thread. Entry points call it (a library
-    import must not change a process's signal handling); elsewhere than the main thread it does nothing."""
+    """Make SIGTERM, and SIGHUP where the platform has it, raise :class:`Terminated` in the main thread.
+    Entry points call it (a library import must not change a process's signal handling); elsewhere than
+    the main thread it does nothing. A SIGHUP already ignored (``nohup``) stays ignored."""
     import signal
 
     def handler(signum, frame):
-        raise Terminated()
+        raise Terminated(signal.Signals(signum).name)
 
     try:
         signal.signal(signal.SIGTERM, handler)
+        hup = getattr(signal, "SIGHUP", None)  # not on Windows
+        if hup is not None and signal.getsignal(hup) is not signal.SIG_IGN:
+            signal.signal(hup, handler)
     except ValueError:  # not the main thread: an embedding application keeps its own handling
         pass

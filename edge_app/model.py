@@ -97,16 +97,30 @@ def read_labels(path: Path, num_classes: int) -> list[str]:
     return labels
 
 
+def _not_recorded(sc: Sidecar, path: Path) -> str:
+    """Why ``path`` is not the file model.json records ("" when its sha256 is the one recorded)."""
+    recorded = sc.files.get(path.name)
+    if not recorded:
+        # a sidecar without the entry proves nothing about the file beside it (deleting `files` must not
+        # turn the check off)
+        return f"the model.json beside {path.name} records no sha256 for it, so nothing shows it is the model model.json describes"
+    if sha256_file(path) != recorded:
+        return f"{path.name} is not the model its model.json describes (its sha256 differs from the one recorded there)"
+    return ""
+
+
 def changed_files(sc: Sidecar, folder: Path, names) -> list[str]:
-    """Those of ``names`` in ``folder`` whose sha256 differs from what model.json records for them (files
-    it records nothing for, or that are absent, are not judged). One rule for the device and the bundle."""
-    return [n for n in names if sc.files.get(n) and (folder / n).is_file() and sha256_file(folder / n) != sc.files[n]]
+    """Those of ``names`` present in ``folder`` that are not what model.json records: a sha256 that differs,
+    or a model (.tflite) it records none for. Other files it records nothing for (model.json itself,
+    labels.txt) and absent ones are not judged. One rule for the device and the bundle."""
+    return [n for n in names if (folder / n).is_file() and (sc.files.get(n) or n.endswith(".tflite")) and _not_recorded(sc, folder / n)]
 
 
 def check_checksum(path: Path, sc: Sidecar, ignore: bool) -> None:
-    if not changed_files(sc, path.parent, [path.name]):
+    """Refuse the model at ``path`` unless model.json beside it records its sha256 (``ignore``: warn and go on)."""
+    msg = _not_recorded(sc, path)  # whatever the file's name: this is the model about to run
+    if not msg:
         return
-    msg = f"{path.name} is not the model its model.json describes (its sha256 differs from the one recorded there)"
     if ignore:
         log.warning("%s; running it anyway (--ignore-checksum)", msg)
         return

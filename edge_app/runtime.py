@@ -1,8 +1,8 @@
 """TFLite runtime adapter: numpy and an interpreter, nothing else.
 
 Imports the interpreter lazily: ``ai_edge_litert`` (current), then ``tflite_runtime``
-(2.14, the last of its line, on Raspberry Pi OS; needs numpy<2), then
-``tensorflow.lite`` only as a last resort on a development machine.
+(2.14, the last of its line, on Raspberry Pi OS; needs numpy<2). TensorFlow's ``tf.lite.Interpreter``
+only when ``--runtime tensorflow`` names it: nothing else here imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -17,11 +17,19 @@ import numpy as np
 from edge_app.contract.sidecar import PIXEL_SCALE
 from edge_app.errors import DelegateError, ModelLoadError, RuntimeNotFound
 
-RUNTIMES = ("ai-edge-litert", "tflite-runtime", "tensorflow")
+RUNTIMES = ("ai-edge-litert", "tflite-runtime")  # the device's runtimes: what "auto" tries, in this order
+TENSORFLOW = "tensorflow"  # tf.lite.Interpreter: only when named (it imports all of TensorFlow, and is deprecated there)
+RUNTIME_NAMES = (*RUNTIMES, TENSORFLOW)
+_MODULES = {"ai-edge-litert": "ai_edge_litert", "tflite-runtime": "tflite_runtime", TENSORFLOW: "tensorflow"}
+_INSTALL = {  # how to install each
+    "ai-edge-litert": "`pip install ai-edge-litert`",
+    "tflite-runtime": "`pip install tflite-runtime` (2.14, its last release: Python 3.11 at most, numpy<2)",
+    TENSORFLOW: "`pip install tensorflow`",
+}
 DELEGATES = ("cpu", "edgetpu", "gpu", "nnapi")
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     """A library's error text, possibly several lines, as one line."""
     return " ".join(str(text).split())
 
@@ -36,24 +44,57 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def interpreter_class(runtime: str = "auto") -> tuple[Any, str]:
-    """The Interpreter class of the runtime asked for ("auto": the first one installed) and its name."""
-    order = RUNTIMES if runtime == "auto" else (runtime,)
-    for name in order:
+def _import_interpreter(name: str) -> Any:
+    if name == "ai-edge-litert":
+        from ai_edge_litert.interpreter import Interpreter
+    elif name == "tflite-runtime":
+        from tflite_runtime.interpreter import Interpreter
+    else:
+        import tensorflow as tf  # only here, when asked for: TF 2.21 has no `from tensorflow.lite import Interpreter`
+
+        Interpreter = tf.lite.Interpreter
+    return Interpreter
+
+
+def installed_runtimes() -> list[str]:
+    """The runtimes whose package is present, found without importing it (finding TensorFlow must not start it)."""
+    from importlib.util import find_spec
+
+    found = []
+    for name in RUNTIME_NAMES:
         try:
-            if name == "ai-edge-litert":
-                from ai_edge_litert.interpreter import Interpreter
-            elif name == "tflite-runtime":
-                from tflite_runtime.interpreter import Interpreter
-            elif name == "tensorflow":
-                from tensorflow.lite import Interpreter  # type: ignore[no-redef]
-            else:
-                raise RuntimeNotFound(f"unknown runtime {name!r}", f"choose one of {', '.join(RUNTIMES)}")
-        except ImportError:
+            if find_spec(_MODULES[name]) is not None:
+                found.append(name)
+        except (ImportError, ValueError):  # an import hook that refuses it, a broken package
             continue
-        return Interpreter, name
+    return found
+
+
+def interpreter_class(runtime: str = "auto") -> tuple[Any, str]:
+    """The Interpreter class of the runtime asked for ("auto": the first of RUNTIMES installed) and its name."""
+    if runtime != "auto" and runtime not in RUNTIME_NAMES:
+        raise RuntimeNotFound(f"unknown runtime {runtime!r}", f"choose auto or one of {', '.join(RUNTIME_NAMES)}")
+    failed: dict[str, str] = {}  # why each import failed
+    for name in RUNTIMES if runtime == "auto" else (runtime,):
+        try:
+            return _import_interpreter(name), name
+        except Exception as exc:  # noqa: BLE001  (a runtime built for another numpy fails with more than ImportError)
+            failed[name] = _one_line(exc)[:200] or type(exc).__name__
+    installed = installed_runtimes()
+    failed = {n: why for n, why in failed.items() if n in installed}  # present, and yet it does not import
+    elsewhere = f"installed here: {', '.join(installed)}" if installed else "none is installed here"
+    if runtime != "auto":
+        if runtime in failed:
+            raise RuntimeNotFound(
+                f"the {runtime} runtime is installed but does not import ({failed[runtime]})",
+                f"reinstall it for this Python and numpy ({_INSTALL[runtime]}), or choose another with --runtime; {elsewhere}",
+            )
+        raise RuntimeNotFound(f"the {runtime} runtime is not installed", f"{_INSTALL[runtime]}, or choose another with --runtime; {elsewhere}")
+    broken = "; ".join(f"{n} is installed but does not import ({why})" for n, why in failed.items())
+    tf_too = f"; TensorFlow is installed: --runtime {TENSORFLOW} runs its tf.lite.Interpreter" if TENSORFLOW in installed else ""
     raise RuntimeNotFound(
-        "no TFLite runtime is installed", "`pip install ai-edge-litert` (or, on Raspberry Pi OS with numpy<2, `pip install tflite-runtime`)"
+        f"no TFLite runtime is installed{f' ({broken})' if broken else ''}",
+        f"{_INSTALL['ai-edge-litert']} (or, on Raspberry Pi OS with numpy<2, `pip install tflite-runtime`){tf_too}",
     )
 
 
@@ -76,7 +117,9 @@ def _load_delegate_fn(runtime_name: str):
     elif runtime_name == "tflite-runtime":
         from tflite_runtime.interpreter import load_delegate
     else:
-        from tensorflow.lite.experimental import load_delegate  # type: ignore[no-redef]
+        import tensorflow as tf  # only for --runtime tensorflow
+
+        load_delegate = tf.lite.experimental.load_delegate
     return load_delegate
 
 
@@ -230,6 +273,7 @@ class Classifier:
         delegates: list | None = None,
     ) -> None:
         self.interpreter, self.runtime = load_interpreter(model_path, runtime, num_threads, delegates)
+        self.path = Path(model_path)
         inputs = self.interpreter.get_input_details()
         if len(inputs) != 1 or len(inputs[0]["shape"]) != 4:
             raise ModelLoadError(f"{model_path} is not an image classifier", "it needs one NHWC image input")
@@ -258,14 +302,25 @@ class Classifier:
 
     def _identity_uint8(self) -> bool:
         # uint8 input with scale == pixel_scale, zero point 0 and no normalisation: q == pixel.
-        return abs(self.input.scale - self.pixel_scale) < 1e-9 and self.input.zero_point == 0 and not self.mean.any() and np.all(self.std == 1)
+        return (
+            abs(self.input.scale - self.pixel_scale) < 1e-9
+            and self.input.zero_point == 0
+            and not self.mean.any()
+            and bool(np.all(self.std == 1))
+        )
 
     def invoke(self, x: np.ndarray) -> np.ndarray:
         """One invoke on an input tensor from :meth:`preprocess`: the raw scores-output tensor of the one image.
 
         Feed it to :meth:`postprocess` for float scores; :meth:`class_maps` then reads this invoke's maps."""
         self.interpreter.set_tensor(self.input.index, x)
-        self.interpreter.invoke()
+        try:
+            self.interpreter.invoke()
+        except (RuntimeError, ValueError) as exc:  # e.g. "Input tensor 26 lacks data": it loaded, but cannot run
+            raise ModelLoadError(
+                f"{self.path} loaded but cannot run: {_one_line(exc)[:300]}",
+                "it may be corrupt or not made by this runtime's converter: rebuild it (`nin-pipeline convert RUN`)",
+            ) from None
         return self.interpreter.get_tensor(self.output.index)[0]
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:

@@ -66,6 +66,8 @@ def test_rerun_with_other_settings_is_refused(runner, tmp_path):
 
     cfg = BuildRequest(dataset="folder", data_dir=tree, arch="nin-cifar", overrides={"epochs": 1}, io_type="int8").config()
     (out / "config.json").write_text(json.dumps(cfg.to_dict()))
+    # a folder where something finished (with nothing finished, new settings are taken: test_run_safety)
+    (out / "state.json").write_text(json.dumps({"train": {"done": True, "seconds": 1.0}}))
     res = runner.invoke(cli, ["build", "--dataset", "folder", "--data-dir", str(tree), "--out", str(out), "--epochs", "2"])
     assert res.exit_code == 1
     assert "train.epochs: 1 then, 2 now" in res.output

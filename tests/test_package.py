@@ -181,7 +181,7 @@ def test_package_refuses_a_run_without_models_or_with_a_changed_model(edge_model
     with open(edge_model_copy / "model_int8.tflite", "ab") as f:
         f.write(b"\0")
     res = CliRunner().invoke(cli, ["package", str(edge_model_copy), "--out", str(dist)])
-    assert res.exit_code == 1 and "does not match the sha256 in model.json" in res.output
+    assert res.exit_code == 1 and "does not match a sha256 recorded in model.json" in res.output
     res = CliRunner().invoke(cli, ["package", str(edge_model), "--out", str(dist), "--wheel", str(tmp_path / "no.whl")])
     assert res.exit_code == 1 and "no wheel at" in res.output
     assert list(dist.iterdir()) == []  # nothing half-made: no archive, no temporary file

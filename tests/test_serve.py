@@ -191,10 +191,10 @@ def test_stalled_and_vanished_clients_never_stall_the_loop(live_fast):
     stalled = socket.socket()
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stalled.connect(("127.0.0.1", server.port))
-    stalled.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
+    stalled.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     # a client that reads a little and disappears
     gone = socket.create_connection(("127.0.0.1", server.port))
-    gone.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
+    gone.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     gone.recv(1000)
     gone.close()
     time.sleep(1.0)  # long enough for the stalled client's buffers to fill

@@ -11,12 +11,12 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from edge_app.checks.inputcheck import StartCheck
-from edge_app.errors import SourceError, Terminated
+from edge_app.errors import OutputError, SourceError, Terminated
 from edge_app.frames.geometry import RESIZE_MODES, fit_to_input, heatmap_peak, map_placement
 from edge_app.model import LoadedModel, require_class_maps
 from edge_app.runtime import median_p95
@@ -24,6 +24,12 @@ from edge_app.runtime import median_p95
 log = logging.getLogger("edge_app")
 STAGES = ("capture", "pre", "invoke", "post")
 TIMING_WINDOW = 10_000  # frames kept for the summary's median and p95
+
+
+class Lines(Protocol):
+    """Where the JSON lines go: a text stream, or fsutil's LineFile / NamedStream."""
+
+    def write(self, text: str, /) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,7 @@ class Summary:
     source: str = ""
     runtime: str = ""
     delegate: str = ""
-    error: str = ""  # set when the source failed for good mid-run
+    error: str = ""  # set when the source failed for good mid-run, or an output could not be written
     # The most recent TIMING_WINDOW frames per stage: a camera loop runs for days, so the lists
     # behind the median and p95 must not grow with it.
     ms: dict[str, deque] = field(default_factory=lambda: {s: deque(maxlen=TIMING_WINDOW) for s in STAGES})
@@ -186,9 +192,10 @@ def _prepared(source, prepare):
 
 
 def run_loop(
-    model: LoadedModel, source, options: LoopOptions = LoopOptions(), *, out: IO[str] | None = None, sink=None, window=None, preview=None
+    model: LoadedModel, source, options: LoopOptions = LoopOptions(), *, out: Lines | None = None, sink=None, window=None, preview=None
 ) -> Summary:
-    """Classify every frame of ``source``; one JSON line per frame to ``out``. Ctrl-C ends it cleanly.
+    """Classify every frame of ``source``; one JSON line per frame to ``out``. Ctrl-C, SIGTERM, SIGHUP and
+    an output that cannot be written (an OutputError from ``out`` or ``sink``) end it cleanly, said in the summary.
 
     ``sink`` (draw.VideoSink) and ``window`` (draw.Window) get the annotated frame; their cost
     is counted in the "post" stage. ``preview`` (serve.Preview) is handed each frame's data; the
@@ -252,7 +259,7 @@ def run_loop(
             record: dict[str, Any] = {}
             if opt.heatmap:
                 maps = clf.class_maps()
-                if placed_for != frame.rgb.shape:  # frames of a folder of images differ in size
+                if placement is None or placed_for != frame.rgb.shape:  # frames of a folder of images differ in size
                     placed_for = frame.rgb.shape
                     placement = map_placement(placed_for, maps.shape, h, w, opt.resize)
                 record["heatmap"] = heatmap_peak(maps, int(np.argmax(scores)), placement)
@@ -272,7 +279,6 @@ def run_loop(
             ms = {"capture": capture_ms, "pre": pre_ms, "invoke": (t3 - t2) * 1e3, "post": (t4 - t3) * 1e3}
             for k, v in ms.items():
                 summary.ms[k].append(v)
-            summary.frames += 1
             if out is not None:
                 out.write(
                     json.dumps(
@@ -287,6 +293,7 @@ def run_loop(
                     )
                     + "\n"
                 )
+            summary.frames += 1  # counted once its line is out: a failed write (a full disk) is not a frame done
             if preview is not None:
                 preview.publish(
                     draw,
@@ -298,9 +305,11 @@ def run_loop(
         else:
             summary.stopped_by = f"--max-frames {opt.max_frames}"
     except KeyboardInterrupt as exc:
-        summary.stopped_by = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+        summary.stopped_by = exc.signal_name if isinstance(exc, Terminated) else "Ctrl-C"
     except SourceError as exc:  # e.g. a camera that stopped delivering frames, after retries
         summary.stopped_by, summary.error = "source failure", str(exc)
+    except OutputError as exc:  # e.g. a full disk under --output or --save-video: the summary still says how far it got
+        summary.stopped_by, summary.error = "output failure", str(exc)
     finally:
         summary.seconds = time.perf_counter() - t_start
         if isinstance(feed, Prefetcher):
@@ -313,5 +322,8 @@ def run_loop(
         source.close()
         for closer in (sink, window):
             if closer is not None:
-                closer.close()
+                try:
+                    closer.close()
+                except OutputError as exc:  # a video no frame reached (a full disk): said with the summary
+                    summary.error = "; ".join(e for e in (summary.error, str(exc)) if e)
     return summary

@@ -14,7 +14,9 @@ no drawing, no JPEG): drawing and encoding happen in the HTTP threads, once per 
 many viewers there are, and a client that reads slowly or vanishes only ever holds up its own
 thread. Each connection has a socket timeout, so a dead one ends.
 
-Access: on a loopback address only this machine can connect. On any other address the camera
+Access: on a loopback address only this machine can connect, and only requests whose Host names it
+(127.0.0.0/8, ::1, localhost or its hostname, any port) are answered: a web page whose own name was
+made to resolve to 127.0.0.1 (DNS rebinding) gets 403, not the camera. On any other address the camera
 would stream to everyone on the network, so every route wants a token (``--serve-token``, or one
 made up and printed once in the URL): ``?token=`` in the URL (which also sets a cookie for the
 page's own requests), that cookie, or ``Authorization: Bearer``; compared in constant time.
@@ -34,8 +36,9 @@ from collections.abc import Callable
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from edge_app.camera.page import PAGE as PAGE  # the page (tests read it from here)
 from edge_app.errors import ServeError
 
 log = logging.getLogger("edge_app")
@@ -52,6 +55,30 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:  # a host name: it may resolve to anything
         return False
+
+
+def host_names_loopback(header: str, hostname: str = "") -> bool:
+    """Does a Host header (any port) name this machine: a loopback address, localhost, or ``hostname``?
+    On loopback this is what keeps a DNS-rebinding page (evil.example.com resolved to 127.0.0.1) out:
+    its browser still sends ``Host: evil.example.com``."""
+    h = header.strip().lower()
+    if h.startswith("["):  # [IPv6]:port
+        name = h[1 : h.find("]")] if "]" in h else ""
+    else:
+        name = h.rpartition(":")[0] if h.count(":") == 1 else h
+    name = name.rstrip(".")
+    if not name:
+        return False
+    if is_loopback(name):
+        return True
+    try:
+        mapped = ipaddress.ip_address(name)
+        if isinstance(mapped, ipaddress.IPv6Address) and mapped.ipv4_mapped is not None:  # ::ffff:127.0.0.1
+            return mapped.ipv4_mapped.is_loopback
+    except ValueError:
+        pass
+    hostname = hostname.lower().rstrip(".")
+    return bool(hostname) and name in (hostname, hostname.split(".")[0])
 
 
 def access_token(host: str, token: str | None, insecure: bool) -> str | None:
@@ -157,72 +184,8 @@ class Preview:
             self._cond.notify_all()
 
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>edge-app preview</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body { font-family: system-ui, sans-serif; margin: 1em; background: #111; color: #eee; }
-main { display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; }
-main > img { flex: 0 1 auto; max-width: 100%; min-width: 0; border: 1px solid #444; background: #000; }
-main > section { flex: 1 1 18em; max-width: 30em; }
-table { border-collapse: collapse; min-width: 18em; }
-td, th { padding: 3px 8px; border-bottom: 1px solid #333; text-align: left; }
-td.n { text-align: right; font-variant-numeric: tabular-nums; }
-.muted { color: #999; font-size: 0.9em; }
-</style></head><body>
-<h1>edge-app preview</h1>
-<main>
-<img id="stream" alt="annotated camera stream">
-<section>
-<h2>Top classes</h2><table id="top"><tbody><tr><td class="muted">waiting for the first frame</td></tr></tbody></table>
-<h2>Speed</h2><table id="speed"><tbody></tbody></table>
-<p class="muted" id="about"></p>
-</section>
-</main>
-<script>
-function row(cells) {
-  const tr = document.createElement("tr");
-  for (const [text, cls] of cells) {
-    const td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; tr.appendChild(td);
-  }
-  return tr;
-}
-function show(s) {
-    const top = document.querySelector("#top tbody"), speed = document.querySelector("#speed tbody");
-    if (s.frame !== null) {
-      top.replaceChildren(...s.top.map(t => row([[t.label], [(100 * t.score).toFixed(1) + "%", "n"]])));
-      speed.replaceChildren(row([["FPS"], [s.fps.toFixed(1), "n"]]),
-        ...Object.entries(s.ms).map(([k, v]) => row([[k + " ms"], [v.toFixed(2), "n"]])));
-      document.getElementById("about").textContent =
-        `frame ${s.frame} · ${s.source} · ${s.model} on ${s.runtime}, delegate ${s.delegate} · ${s.viewers} viewer(s)`;
-    }
-}
-// one request per frame: the picture and its numbers (X-Frame-Status) come from the same frame
-let seq = 0, shown = null;
-const me = Math.random().toString(36).slice(2);
-async function next() {
-  try {
-    const r = await fetch(`/frame.jpg?after=${seq}&page=${me}`, {cache: "no-store"});
-    if (r.ok) {
-      seq = Number(r.headers.get("X-Frame-Seq"));
-      const s = JSON.parse(r.headers.get("X-Frame-Status")), url = URL.createObjectURL(await r.blob());
-      if (shown) URL.revokeObjectURL(shown);  // one picture's memory at a time, however long the page is open
-      document.getElementById("stream").src = shown = url;
-      show(s);
-    }
-    setTimeout(next, r.ok ? 0 : 500);
-  } catch (e) {
-    document.getElementById("about").textContent = "the loop has stopped";
-    setTimeout(next, 2000);
-  }
-}
-next();
-</script>
-</body></html>
-"""
-
-
-def _handler(preview: Preview, token: str | None):
+def _handler(preview: Preview, token: str | None, hostname: str | None = None):
+    """``hostname``: served on loopback, answer only requests whose Host names this machine (None: any)."""
     want = token.encode() if token else None
 
     class Handler(BaseHTTPRequestHandler):
@@ -231,6 +194,20 @@ def _handler(preview: Preview, token: str | None):
 
         def log_message(self, fmt: str, *args: Any) -> None:  # keep stderr for the loop's own messages
             log.debug("preview %s: " + fmt, self.client_address[0], *args)
+
+        def parse_request(self) -> bool:
+            if not super().parse_request():
+                return False
+            hosts = self.headers.get_all("Host") or []  # none: an HTTP/1.0 tool, not a browser
+            if hostname is not None and not all(host_names_loopback(h, hostname) for h in hosts):
+                self.close_connection = True
+                bound = self.server.server_address
+                addr, port = (str(bound[0]), bound[1]) if isinstance(bound, tuple) else ("127.0.0.1", "")
+                here = f"[{addr}]" if ":" in addr else addr
+                log.debug("preview: refused a request for Host %r", hosts[0][:100])
+                self._send(403, f"this preview answers only requests for this machine: open http://{here}:{port}/\n".encode(), "text/plain")
+                return False
+            return True
 
         def _send(self, code: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
             self.send_response(code)
@@ -264,7 +241,7 @@ def _handler(preview: Preview, token: str | None):
             except Exception:  # noqa: BLE001  (a malformed Cookie header is no token)
                 pass
             if TOKEN_COOKIE in cookie:
-                offered.append(cookie[TOKEN_COOKIE].value)
+                offered.append(unquote(cookie[TOKEN_COOKIE].value))  # set quoted, see _send
             ok = any(hmac.compare_digest(o.encode(), want) for o in offered)
             return ok, ok and via_query
 
@@ -353,7 +330,7 @@ class PreviewServer:
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
         try:
-            self.httpd = Server((host, port), _handler(self.preview, token))
+            self.httpd = Server((host, port), _handler(self.preview, token, socket.gethostname() if is_loopback(host) else None))
         except OSError as exc:
             raise ServeError(
                 f"cannot serve the preview on {host}:{port}: {exc.strerror or exc}", "choose another port (--serve PORT) or address"

@@ -105,7 +105,7 @@ def findings(
                 Finding(
                     "channel_order",
                     f"the channels look swapped: per-channel means {_fmt(m)} vs training {_fmt(t)} "
-                    f"({color_order}); reversed they match {same / max(swapped, 1e-9):.1f}x better",
+                    f"({color_order}); reversed they match {same / max(float(swapped), 1e-9):.1f}x better",
                     f"the model wants {color_order}; frames that arrive as {other} (OpenCV's imread and "
                     "VideoCapture, picamera2's RGB888) need a cvtColor. If the scene really is that colour, "
                     "point the camera at a typical one and check again",

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from edge_app.checks.specs import is_loaded, normalise
 from edge_app.errors import ModelLoadError
 from edge_app.subpython import ask
 
@@ -260,7 +261,8 @@ def table_verdict(ops: list[OpUse], runtime: str) -> dict:
     entry = _table().get("runtimes", {}).get(runtime)
     if entry is None:
         raise ModelLoadError(f"no op-version table for {runtime!r}", "known: " + ", ".join(table_runtimes()))
-    rows, loads = [], True
+    rows: list[dict] = []
+    loads: bool | None = True  # None: some op is not in the table
     for op in ops:
         have = entry["ops"].get(op.name)
         ok = None if have is None else op.version in have
@@ -270,6 +272,11 @@ def table_verdict(ops: list[OpUse], runtime: str) -> dict:
         elif ok is None and loads:
             loads = None
     return {"runtime": runtime, "how": f"op table from {entry['source'].split(' (')[0]}", "source": entry["source"], "loads": loads, "ops": rows}
+
+
+def runtime_spec(spec: str) -> str:
+    """A target as given (``tflite-runtime==2.14``, as pip writes it) as the op table names it (its 2.14.0)."""
+    return normalise(spec, (*_table().get("runtimes", {}), *_table().get("probed", {})))
 
 
 def _known(name: str) -> dict | None:
@@ -306,7 +313,8 @@ def check_target(path: str | os.PathLike, runtimes: list[str] | tuple[str, ...] 
     those is. Returns {"model", "ops", "targets": [{"runtime", "how", "loads", "problems": [...]}]}."""
     path = Path(path)
     ops = model_ops(path)
-    here = tuple(here) + (("tensorflow",) if "tensorflow" in runtimes else ())
+    runtimes = tuple(runtime_spec(n) for n in runtimes)
+    here = tuple(here) + (("tensorflow",) if any(n.partition("==")[0] == "tensorflow" for n in runtimes) else ())
     loaded = load_here(path, here) + [r for py in pythons for r in load_with(py, path, runtimes=here)]
     targets = []
     for r in loaded:
@@ -324,7 +332,7 @@ def check_target(path: str | os.PathLike, runtimes: list[str] | tuple[str, ...] 
         targets.append({"runtime": r["runtime"], "how": r["how"], "loads": r["loads"], "error": r["error"], "problems": problems})
     have_loaded = {t["runtime"].replace(" ", "==") for t in targets}
     for name in runtimes:
-        if name in have_loaded or any(h.startswith(name + "==") for h in have_loaded):
+        if any(is_loaded(name, h) for h in have_loaded):
             continue
         if name not in table_runtimes():
             targets.append(

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import click
 
-from edge_app.cli.common import RUNTIME_CHOICES, model_anywhere, write_text
+from edge_app.cli.common import RUNTIME_CHOICES, check_outputs, model_anywhere, model_inputs, source_inputs, write_text
+from edge_app.cli.params import NonEmptyPath
 from edge_app.frames.geometry import RESIZE_MODES
-from edge_app.runtime import RUNTIMES
+from edge_app.runtime import RUNTIME_NAMES
 
 
 @click.command(name="check-input")
-@click.option("--model", default=None, type=click.Path(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
+@click.option("--model", default=None, type=NonEmptyPath(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
 @click.option("--source", default="0", show_default=True, help="The real source, as for `run`: a camera, picamera, a video, images.")
 @click.option("--frames", type=click.IntRange(1, 1000), default=8, show_default=True, help="How many frames to judge.")
 @click.option("--resize", type=click.Choice(RESIZE_MODES), default="crop", show_default=True)
@@ -27,7 +28,7 @@ from edge_app.runtime import RUNTIMES
 @click.option("--height", type=click.IntRange(1, 10000), default=None, help="Camera capture height.")
 @click.option(
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=NonEmptyPath(file_okay=False, path_type=Path),
     default=None,
     help="Where the pictures and check-input.json go (default: check-input/ in the run folder, else here).",
 )
@@ -53,8 +54,13 @@ def check_input_cmd(
     from edge_app.frames.sources import open_source
     from edge_app.model import open_model
 
-    loaded = open_model(model, runtime=runtime, ignore_checksum=ignore_checksum)
     out = out or (Path(model) / "check-input" if Path(model).is_dir() else Path("check-input"))
+    # what check_source writes, and the pictures of an earlier check it deletes first
+    pictures = [out / f"{kind}_{i}.{ext}" for i in range(frames) for kind, ext in (("frame", "jpg"), ("input", "png"))]
+    pictures += [*out.glob("frame_*.jpg"), *out.glob("input_*.png")] if out.is_dir() else []
+    inputs, runs = model_inputs(model)
+    check_outputs([("--out", f) for f in dict.fromkeys([out / "check-input.json", *pictures])], [*inputs, *source_inputs(source)], runs)
+    loaded = open_model(model, runtime=runtime, ignore_checksum=ignore_checksum)
     with contextlib.closing(open_source(source, width=width, height=height)) as src:
         r = check_source(loaded, src, frames=frames, resize=resize, out_dir=out)
     if not r["frames"]:
@@ -80,20 +86,21 @@ def record_targets_with(group: click.Group, record: Callable[[Path, dict], None]
 
 
 def target_names(ctx, param, values):
-    from edge_app.checks.targets import table_runtimes
+    from edge_app.checks.targets import runtime_spec, table_runtimes
 
     known = table_runtimes()
+    values = tuple(runtime_spec(v) for v in values)  # as pip writes it: tflite-runtime==2.14 is the table's 2.14.0
     for v in values:
-        if v not in known and v not in (*RUNTIMES, EDGETPU):
+        if v not in known and v not in (*RUNTIME_NAMES, EDGETPU):
             raise click.BadParameter(
                 f"{v!r} is neither a runtime with an op table ({', '.join(known)}) nor one to load "
-                f"here by name ({', '.join(RUNTIMES)}), nor {EDGETPU}"
+                f"here by name ({', '.join(RUNTIME_NAMES)}), nor {EDGETPU}"
             )
     return tuple(values) or tuple(known)
 
 
 @click.command(name="check-target")
-@click.option("--model", default=None, type=click.Path(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
+@click.option("--model", default=None, type=NonEmptyPath(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
 @click.option(
     "--runtime",
     "runtimes",
@@ -108,11 +115,11 @@ def target_names(ctx, param, values):
     "--python",
     "pythons",
     multiple=True,
-    type=click.Path(exists=True, dir_okay=False),
+    type=NonEmptyPath(exists=True, dir_okay=False),
     metavar="PY",
     help="Also load the model in the runtimes another Python has (e.g. a venv with tflite-runtime 2.14).",
 )
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--json", "json_out", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None)
 @model_anywhere
 def check_target_cmd(model: Path, runtimes: tuple[str, ...], pythons: tuple[str, ...], json_out: Path | None) -> None:
     """Will MODEL (a run folder or a .tflite) load on the target runtimes? Every op with its builtin code and
@@ -126,6 +133,11 @@ def check_target_cmd(model: Path, runtimes: tuple[str, ...], pythons: tuple[str,
     from edge_app.contract.files import DEMO_DIR, TARGET_JSON, resolve_model_path
 
     path = resolve_model_path(model)
+    run = Path(model)
+    a_run = run.is_dir() and run.resolve() != DEMO_DIR.resolve()  # the bundled demo is the package's, not a run's
+    inputs, runs = model_inputs(model)
+    outputs = {"--json": json_out, f"the run's own {TARGET_JSON}": run / TARGET_JSON if a_run else None}
+    check_outputs(outputs, [*inputs, *(("--python", Path(p)) for p in pythons)], runs, writes=(TARGET_JSON,))
     r = check_target(path, tuple(n for n in runtimes if n != EDGETPU), pythons)
     tpu = with_edgetpu(r, path)
     lines = format_check(r)
@@ -134,8 +146,7 @@ def check_target_cmd(model: Path, runtimes: tuple[str, ...], pythons: tuple[str,
     click.echo("\n".join([*lines, f"Edge TPU (Coral's rules, no compiler): {r['edgetpu']['verdict']}"]))
     if json_out:
         write_text(json_out, json.dumps(r, indent=2) + "\n")
-    run = Path(model)
-    if run.is_dir() and run.resolve() != DEMO_DIR.resolve():  # the bundled demo is the package's, not a run's
+    if a_run:
         write_text(run / TARGET_JSON, json.dumps(r, indent=2) + "\n")
         record = _RECORDERS.get(click.get_current_context().find_root().command)
         if record is not None:

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import click
 
+from edge_app.cli.params import NonEmptyPath
 from edge_app.errors import HintedError, OutputError
 from edge_app.quiet import VerboseGroup, verbose_option
-from edge_app.runtime import DELEGATES, RUNTIMES
+from edge_app.runtime import DELEGATES, RUNTIME_NAMES
 
-RUNTIME_CHOICES = ("auto", *RUNTIMES)
+RUNTIME_CHOICES = ("auto", *RUNTIME_NAMES)
 
 
 def one_line(text: str) -> str:
@@ -119,7 +120,7 @@ def model_anywhere(command):
             raise click.UsageError("which model? give a run folder or a .tflite as MODEL or --model MODEL")
         return command(**kwargs)
 
-    return click.argument("model_arg", required=False, metavar="[MODEL]", type=click.Path(path_type=Path))(wrapper)
+    return click.argument("model_arg", required=False, metavar="[MODEL]", type=NonEmptyPath(path_type=Path))(wrapper)
 
 
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelChoice))
@@ -166,7 +167,115 @@ def write_text(path: Path, text: str) -> None:
 
 
 def open_text(path: Path):
+    """A file of lines written whole (a full disk cuts it back to its last complete line), its errors naming it."""
+    from edge_app.fsutil import LineFile
+
+    return LineFile(path)
+
+
+def _key(p: Path) -> tuple:
+    """What makes two paths one file: the inode where it exists (symlinks, hard links), else the real path."""
     try:
-        return open(path, "w", buffering=1)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        st = os.stat(p)
+        return ("inode", st.st_dev, st.st_ino)
+    except OSError:
+        return ("path", os.path.normcase(os.path.realpath(p)))
+
+
+def _inside(p: Path, folder: Path) -> bool:
+    return Path(os.path.realpath(p)).is_relative_to(os.path.realpath(folder))
+
+
+def _run_folder_names() -> frozenset[str]:
+    """Every name edge_app.contract.files gives a file (or subfolder) of a run folder."""
+    from edge_app.contract import files
+
+    names = {v for k, v in vars(files).items() if k.isupper() and isinstance(v, str) and k != "DEMO"}
+    return frozenset({*names, files.history_csv("train"), files.history_csv("qat")})
+
+
+def check_outputs(outputs, inputs=(), runs: tuple | list = (), writes: tuple[str, ...] = ()) -> None:
+    """Refuse, before anything is opened, an output that would destroy what the command reads or another output.
+
+    ``outputs``: {option: path} or (option, path) pairs (None: not given). ``inputs``: (what, path) pairs read
+    by the command, e.g. ("the model", p); a folder means the images in it, as a folder source, a labelled folder and a
+    data tree are read (but a folder of ``runs`` is judged
+    by the next rule only). ``runs``: run folders whose files (edge_app.contract.files' names) no output may
+    be, but for ``writes``, the names the command itself records there (e.g. eval.json). An existing device or
+    pipe (/dev/null, /dev/stdout) is no file to lose and passes. One file through symlinks and hard links is one file."""
+    from edge_app.frames.sources import IMAGE_EXTS
+    from edge_app.fsutil import is_special
+
+    reads = {*IMAGE_EXTS, ".gif"}  # what a folder of inputs is read for (the training side's data trees take .gif too)
+    pairs = outputs.items() if isinstance(outputs, dict) else outputs
+    outs = [(opt, Path(p)) for opt, p in pairs if p is not None and not is_special(p)]
+    seen: dict[tuple, tuple[str, Path]] = {}
+    for opt, p in outs:
+        first = seen.setdefault(_key(p), (opt, p))
+        if first != (opt, p):
+            both = f"both name {p}" if first[1] == p else f"are one file ({first[1]}, {p})"
+            raise OutputError(f"{first[0]} and {opt} {both}", "give each output its own file")
+    run_dirs = [Path(r) for r in runs if r is not None and Path(r).is_dir()]
+    files: dict[tuple, tuple[str, Path]] = {}
+    folders: list[tuple[str, Path]] = []
+    for what, p in inputs:
+        if p is None or not Path(p).exists():
+            continue
+        if not Path(p).is_dir():
+            files.setdefault(_key(Path(p)), (what, Path(p)))
+        elif not any(os.path.samefile(p, r) for r in run_dirs):
+            folders.append((what, Path(p)))
+    names = _run_folder_names() - set(writes)
+    run_files = {_key(r / n): (n, r) for r in run_dirs for n in names if (r / n).exists()}
+    for opt, p in outs:
+        key = _key(p)
+        if key in files:
+            what, f = files[key]
+            raise OutputError(f"{opt} {p} would overwrite {what} ({f})", "give another file")
+        for what, folder in folders if p.exists() else ():
+            # a hard link's other name may be anywhere in the folder: looked for only where there is one
+            read = p.suffix.lower() in reads and _inside(p, folder)
+            if read or (os.stat(p).st_nlink > 1 and any(_key(f) == key for f in folder.rglob("*") if f.suffix.lower() in reads)):
+                raise OutputError(f"{opt} {p} would overwrite an image of {what} {folder}", "write it outside that folder or under another name")
+        for run in run_dirs:
+            part = (Path(os.path.realpath(p)).relative_to(os.path.realpath(run)).parts or ("",))[0] if _inside(p, run) else None
+            if part in names or key in run_files:
+                name, run = (part, run) if part in names else run_files[key]
+                raise OutputError(f"{opt} {p} is the run folder's own {name} ({run})", "write it outside the run folder or under another name")
+
+
+def model_inputs(
+    model: str | os.PathLike, delegate: str = "cpu", labels: str | os.PathLike | None = None
+) -> tuple[list[tuple[str, Path | None]], list[Path]]:
+    """What loading ``model`` (a run folder, a .tflite or ``demo``) reads, as ``inputs`` for :func:`check_outputs`,
+    and the run folder it is in (a folder given, or one with a model.json or config.json beside the model)."""
+    from edge_app.contract.files import CONFIG_JSON, LABELS_TXT, SIDECAR_NAME, resolve_model_path
+    from edge_app.errors import ModelLoadError
+
+    found = []
+    for d in dict.fromkeys(("cpu", delegate)):  # an Edge TPU model falls back to the plain one on the CPU
+        try:
+            found.append(resolve_model_path(model, d))
+        except ModelLoadError:
+            pass
+    if not found:
+        resolve_model_path(model, delegate)  # the wrong path said first, as loading would
+    folder = found[0].parent
+    inputs: list[tuple[str, Path | None]] = [("the model", p) for p in dict.fromkeys(found)]
+    inputs += [("the model's sidecar", folder / SIDECAR_NAME), ("the labels", folder / LABELS_TXT)]
+    inputs.append(("--labels", Path(labels) if labels is not None else None))
+    is_run = Path(model).is_dir() or (folder / SIDECAR_NAME).is_file() or (folder / CONFIG_JSON).is_file()
+    return inputs, [folder] if is_run else []
+
+
+def source_inputs(spec: str, option: str = "--source") -> list[tuple[str, Path | None]]:
+    """The files a `run`/`check-input` source reads (a file, a folder, a glob's matches), as edge_app.frames.sources
+    tells the kinds apart: a camera, picamera or a URL reads none."""
+    import glob
+
+    if spec == "picamera" or spec.isdigit() or spec.startswith("/dev/video") or "://" in spec:
+        return []
+    p = Path(spec).expanduser()
+    if p.exists() or not any(c in spec for c in "*?["):
+        return [(option, p)]
+    return [(option, Path(f)) for f in glob.glob(spec)]

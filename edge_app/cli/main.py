@@ -22,15 +22,19 @@ from edge_app.cli.common import (
     ErrorGroup,
     ModelChoice,
     bundle,
+    check_outputs,
     command_group,
     model_anywhere,
+    model_inputs,
     one_line,
     open_text,
     runtime_options,
+    source_inputs,
     write_text,
 )
+from edge_app.cli.params import TOKEN, FiniteFloat, NonEmptyPath
 from edge_app.contract.files import EVAL_JSON
-from edge_app.errors import stop_on_sigterm
+from edge_app.errors import OutputError, stop_on_sigterm
 from edge_app.frames.geometry import RESIZE_MODES
 from edge_app.quiet import is_verbose
 
@@ -78,7 +82,7 @@ def _bench_text(r: dict) -> str:
 
 
 @cli.command()
-@click.option("--model", default=None, type=click.Path(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
+@click.option("--model", default=None, type=NonEmptyPath(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
 @runtime_options()
 @model_anywhere
 @bundle("model", ModelChoice, MODEL_FIELDS)
@@ -101,7 +105,9 @@ def info(model: ModelChoice) -> None:
 
 
 @cli.command()
-@click.option("--model", default=None, type=click.Path(path_type=Path), help="A run folder (model_int8.tflite + model.json) or a .tflite file.")
+@click.option(
+    "--model", default=None, type=NonEmptyPath(path_type=Path), help="A run folder (model_int8.tflite + model.json) or a .tflite file."
+)
 @click.option(
     "--source",
     default="0",
@@ -111,26 +117,30 @@ def info(model: ModelChoice) -> None:
 @runtime_options(fallback=True)
 @click.option(
     "--labels",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
     default=None,
     help="Class names, one per line (default: model.json's, or a labels.txt beside a bare .tflite).",
 )
 @click.option("--width", type=click.IntRange(1, 10000), default=None, help="Camera capture width.")
 @click.option("--height", type=click.IntRange(1, 10000), default=None, help="Camera capture height.")
-@click.option("--fps", type=click.FloatRange(0, 1000, min_open=True), default=None, help="Camera frame rate.")
+@click.option("--fps", type=FiniteFloat(0, 1000, min_open=True), default=None, help="Camera frame rate.")
 @click.option(
     "--resize", type=click.Choice(RESIZE_MODES), default="crop", show_default=True, help="How a frame becomes the model's square input."
 )
 @click.option("--top-k", "top", type=click.IntRange(1, 1000), default=3, show_default=True)
-@click.option("--threshold", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option("--threshold", type=FiniteFloat(0, 1), default=0.0, show_default=True)
 @click.option("--max-frames", type=click.IntRange(1, None), default=None)
 @click.option("--loop", is_flag=True, help="Replay a video file, image, folder or glob source from the start when it ends.")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the JSON lines here instead of stdout.")
+@click.option("--output", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None, help="Write the JSON lines here instead of stdout.")
 @click.option(
-    "--summary", "summary_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the end-of-run summary as JSON."
+    "--summary",
+    "summary_path",
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the end-of-run summary as JSON.",
 )
 @click.option(
-    "--save-video", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the annotated frames to this .avi or .mp4."
+    "--save-video", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None, help="Write the annotated frames to this .avi or .mp4."
 )
 @click.option("--display", is_flag=True, help="Show annotated frames in a window (q or Esc quits). Default: headless.")
 @click.option(
@@ -142,6 +152,7 @@ def info(model: ModelChoice) -> None:
 )
 @click.option(
     "--serve-token",
+    type=TOKEN,
     default=None,
     envvar="EDGE_APP_SERVE_TOKEN",
     metavar="TEXT",
@@ -152,7 +163,7 @@ def info(model: ModelChoice) -> None:
 )
 @click.option(
     "--max-fps",
-    type=click.FloatRange(0, 1000, min_open=True),
+    type=FiniteFloat(0, 1000, min_open=True),
     default=None,
     help="Cap the frame rate (play a video file at its speed, or spare a device's CPU).",
 )
@@ -195,8 +206,11 @@ def run(
     from edge_app.checks.placement import describe as describe_placement
     from edge_app.checks.placement import placement
     from edge_app.frames.sources import open_source
+    from edge_app.fsutil import NamedStream
     from edge_app.model import require_class_maps
 
+    inputs, runs = model_inputs(model.model, model.delegate, model.labels)
+    check_outputs({"--output": output, "--summary": summary_path, "--save-video": save_video}, [*inputs, *source_inputs(source)], runs)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     loaded = model.open()
     if options.heatmap:
@@ -224,16 +238,21 @@ def run(
         click.echo(describe_placement(placed, loaded.delegate), err=True)
         if server is not None:
             click.echo(f"preview: {server.url}", err=True)
-        out = stack.enter_context(open_text(output)) if output else sys.stdout
+        out = stack.enter_context(open_text(output)) if output else NamedStream(sys.stdout)
         health_start = health.read()
         summary = run_loop(loaded, src, options, out=out, sink=sink, window=window, preview=server.preview if server else None)
     d = {**summary.to_dict(), "device_health": {"start": health_start, "end": health.read()}, "delegate_placement": placed}
-    click.echo(_summary_line(d), err=True)
-    click.echo(health.describe(health_start, d["device_health"]["end"]), err=True)
+    problems = [summary.error] if summary.error else []
+    for line in (_summary_line(d), health.describe(health_start, d["device_health"]["end"])):
+        with contextlib.suppress(OSError):  # a terminal gone with its ssh session must not cost the summary file
+            click.echo(line, err=True)
     if summary_path:
-        write_text(summary_path, json.dumps(d, indent=2) + "\n")
-    if summary.error:
-        raise click.ClickException(one_line(summary.error))
+        try:  # on another disk than a full --output, it is still written
+            write_text(summary_path, json.dumps(d, indent=2) + "\n")
+        except OutputError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise click.ClickException(one_line("; ".join(problems)))
     if summary.frames == 0 and summary.stopped_by == "end of source":
         why = f"its {summary.skipped} image(s) could not be read" if summary.skipped else "it gave no frames"
         raise click.ClickException(
@@ -242,10 +261,10 @@ def run(
 
 
 @cli.command(name="bench")
-@click.option("--model", default=None, type=click.Path(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
+@click.option("--model", default=None, type=NonEmptyPath(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
 @runtime_options()
 @click.option("--runs", type=click.IntRange(10, 1_000_000), default=300, show_default=True)
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--json", "json_out", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None)
 @click.option(
     "--all",
     "all_models",
@@ -254,7 +273,7 @@ def run(
 )
 @click.option(
     "--data",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=NonEmptyPath(file_okay=False, path_type=Path),
     default=None,
     help="With --all: also top-1 on this labelled folder (DIR/<class>/*.jpg).",
 )
@@ -277,6 +296,7 @@ def bench_cmd(model: ModelChoice, runs: int, json_out: Path | None, all_models: 
             raise click.UsageError(
                 "--all tries every delegate itself (cpu, edgetpu, gpu, nnapi); leave out --delegate, --delegate-lib and --device"
             )
+        check_outputs({"--json": json_out}, [("--data", data)], [model.model])
         rows = bench_all(
             model.model,
             runs=runs,
@@ -293,6 +313,7 @@ def bench_cmd(model: ModelChoice, runs: int, json_out: Path | None, all_models: 
         return
     if data is not None or limit is not None:
         raise click.UsageError("--data and --limit go with --all")
+    check_outputs({"--json": json_out}, *model_inputs(model.model, model.delegate, model.labels))
     loaded = model.open()
     r = bench(loaded, runs=runs, threads=model.threads)
     click.echo(f"{loaded.path.name} on {loaded.classifier.runtime}, delegate {loaded.delegate}, {runs} runs")
@@ -302,17 +323,17 @@ def bench_cmd(model: ModelChoice, runs: int, json_out: Path | None, all_models: 
 
 
 @cli.command(name="eval")
-@click.option("--model", default=None, type=click.Path(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
+@click.option("--model", default=None, type=NonEmptyPath(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
 @click.option(
     "--source",
-    type=click.Path(path_type=Path),
+    type=NonEmptyPath(path_type=Path),
     required=True,
     help="A labelled folder: DIR/<class>/*.jpg (class names as in labels.txt; found recursively).",
 )
 @runtime_options()
 @click.option(
     "--labels",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
     default=None,
     help="Class names, one per line (default: model.json's, or a labels.txt beside a bare .tflite).",
 )
@@ -327,21 +348,25 @@ def bench_cmd(model: ModelChoice, runs: int, json_out: Path | None, all_models: 
 @click.option(
     "--json",
     "json_out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
     default=None,
     help=f"Where to write the result (default: {EVAL_JSON} in the run folder, else here).",
 )
+@click.option("--follow-links", is_flag=True, help="Read images that links in DIR point to outside it (default: such a link is refused).")
 @model_anywhere
 @bundle("model", ModelChoice, MODEL_FIELDS)
-def eval_cmd(model: ModelChoice, source: Path, resize: str, limit: int | None, json_out: Path | None) -> None:
+def eval_cmd(model: ModelChoice, source: Path, resize: str, limit: int | None, json_out: Path | None, follow_links: bool) -> None:
     """Accuracy on this device: a labelled folder through the real runtime, delegate and preprocessing."""
     import json
 
     from edge_app.measure.bench import measured_on
     from edge_app.measure.evaluate import evaluate_folder
 
+    out = json_out or (Path(model.model) / EVAL_JSON if Path(model.model).is_dir() else Path(EVAL_JSON))
+    inputs, runs = model_inputs(model.model, model.delegate, model.labels)
+    check_outputs({"--json": out}, [*inputs, ("--source", source)], runs, writes=(EVAL_JSON,))
     loaded = model.open()
-    r = {**measured_on(loaded, model.threads), **evaluate_folder(loaded, source, resize=resize, limit=limit)}
+    r = {**measured_on(loaded, model.threads), **evaluate_folder(loaded, source, resize=resize, limit=limit, follow_links=follow_links)}
     worst = sorted((v, k) for k, v in r["per_class_recall"].items() if v is not None)[:3]
     click.echo(
         f"{loaded.path.name} on {r['runtime']}, delegate {r['delegate']}: {r['images']:,} images of "
@@ -350,7 +375,6 @@ def eval_cmd(model: ModelChoice, source: Path, resize: str, limit: int | None, j
         + (f"; skipped {r['skipped']} unreadable" if r["skipped"] else "")
     )
     click.echo("lowest recall: " + ", ".join(f"{k} {100 * v:.1f}%" for v, k in worst))
-    out = json_out or (Path(model.model) / EVAL_JSON if Path(model.model).is_dir() else Path(EVAL_JSON))
     write_text(out, json.dumps(r, indent=2) + "\n")
     click.echo(f"eval: {out}")
 

@@ -34,6 +34,7 @@ SCHEMA_VERSION = 1
 PIXEL_RANGE = 255.0
 PIXEL_SCALE = 1.0 / PIXEL_RANGE
 
+MAX_SIDECAR_BYTES = 2**20  # a model.json is a few KB (50,000 labels fit); a larger file is refused before it is parsed
 _DTYPES = {"int8", "uint8", "float32"}
 _OUTPUT_KINDS = {"probabilities", "logits", "class_maps"}
 _COLOR_ORDERS = {"RGB", "BGR", "GRAY"}
@@ -163,6 +164,13 @@ def _stats(d: dict[str, Any] | None, channels: int) -> InputStats | None:
     return st
 
 
+def _value_range(values: Any) -> tuple[float, float]:
+    pair = tuple(float(v) for v in values)
+    if len(pair) != 2:
+        raise SidecarError(f"input.value_range must be [low, high]; got {list(pair)}")
+    return pair
+
+
 def _check_choice(what: str, value: str, allowed: set[str]) -> str:
     if value not in allowed:
         raise SidecarError(f"{what} is {value!r}", f"expected one of {sorted(allowed)}")
@@ -187,7 +195,7 @@ def sidecar_from_dict(d: dict[str, Any]) -> Sidecar:
             layout=_check_choice("input.layout", i.get("layout", "NHWC"), {"NHWC"}),
             color_order=_check_choice("input.color_order", i.get("color_order", "RGB"), _COLOR_ORDERS),
             pixel_scale=float(i["pixel_scale"]),
-            value_range=tuple(float(v) for v in i["value_range"]),
+            value_range=_value_range(i["value_range"]),
             mean=tuple(float(v) for v in i["mean"]),
             std=tuple(float(v) for v in i["std"]),
             quant=_quant(i["quant"]),
@@ -216,10 +224,10 @@ def sidecar_from_dict(d: dict[str, Any]) -> Sidecar:
         )
     except KeyError as exc:
         raise SidecarError(f"model.json lacks the key {exc.args[0]!r}") from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:  # e.g. a list where an object goes, int(1e999)
         if isinstance(exc, SidecarError):
             raise
-        raise SidecarError(f"model.json has a malformed value: {' '.join(str(exc).split())}") from None
+        raise SidecarError(f"model.json has a malformed value: {' '.join(str(exc).split())[:200]}") from None
     if len(inp.shape) != 4:
         raise SidecarError(f"input.shape must be [1, H, W, C]; got {list(inp.shape)}")
     if len(inp.mean) not in (1, inp.channels) or len(inp.std) not in (1, inp.channels):
@@ -240,18 +248,30 @@ def read_sidecar(path: str | os.PathLike) -> Sidecar:
         path = path / SIDECAR_NAME
     if not path.is_file():
         raise SidecarError(f"no sidecar at {path}", "a run folder from `nin-pipeline build` holds model.json")
+    with open(path, "rb") as f:
+        raw = f.read(MAX_SIDECAR_BYTES + 1)  # no more than that is read, whatever the file's size
+    if len(raw) > MAX_SIDECAR_BYTES:
+        raise SidecarError(
+            f"{path} is larger than {MAX_SIDECAR_BYTES // 2**20} MB: not a model.json (a few KB)", "rebuild it with `nin-pipeline convert`"
+        )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SidecarError(f"{path} is not valid JSON ({exc})", "rebuild it with `nin-pipeline convert`") from None
-    try:
+        # ValueError: bad JSON, or an integer of more digits than Python converts; RecursionError: nested too deep
+        data = json.loads(raw.decode("utf-8"))
         return sidecar_from_dict(data)
     except SidecarError as exc:
         raise SidecarError(f"{path}: {exc.message}", exc.hint) from None
+    except (ValueError, RecursionError) as exc:
+        why = "nested too deep" if isinstance(exc, RecursionError) else " ".join(str(exc).split())[:200]
+        if "integer string conversion" in why:  # Python's own hint (set_int_max_str_digits) is no fix for a user
+            why = "an integer of more digits than Python reads"
+        raise SidecarError(f"{path} is not valid JSON ({why})", "rebuild it with `nin-pipeline convert`") from None
 
 
 def write_sidecar(path: str | os.PathLike, sidecar: Sidecar) -> Path:
     """Validate by round-tripping, then write atomically."""
     d = sidecar.to_dict()
     sidecar_from_dict(json.loads(json.dumps(d)))
-    return atomic_write_text(path, json.dumps(d, indent=2) + "\n")
+    text = json.dumps(d, indent=2) + "\n"
+    if len(text.encode("utf-8")) > MAX_SIDECAR_BYTES:  # it could not be read back
+        raise SidecarError(f"model.json would be larger than {MAX_SIDECAR_BYTES // 2**20} MB", "give fewer or shorter labels")
+    return atomic_write_text(path, text)

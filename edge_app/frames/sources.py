@@ -4,6 +4,7 @@ images, folders and globs. Every source yields RGB uint8 frames (OpenCV's BGR is
 from __future__ import annotations
 
 import glob as _glob
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,7 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from edge_app.errors import SourceError
+from edge_app.frames.imagesize import MAX_PIXELS, image_size, over_limit
 
+log = logging.getLogger("edge_app")
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
@@ -35,8 +38,24 @@ def _cv2():
     return cv2
 
 
+def read_image(cv2, path: Path, warn: bool = True) -> np.ndarray | None:
+    """An image file as BGR pixels, or None when it is unreadable or too large to decode: its size is read
+    from its header first (a small file can hold an image of gigabytes), and one above MAX_PIXELS is
+    refused with a warning that says so."""
+    size = image_size(path)
+    if size is None:  # none of the formats whose size the header gives: decoding it could take any memory
+        return None
+    too_large = over_limit(size)
+    if too_large:
+        if warn:
+            log.warning("skipped %s: %s", path, too_large)
+        return None
+    return cv2.imread(str(path), cv2.IMREAD_COLOR)
+
+
 class ImageSource:
-    """An image file, a folder of images or a glob. Unreadable files are skipped and counted."""
+    """An image file, a folder of images or a glob. Unreadable files, and images too large to decode
+    (see read_image), are skipped and counted."""
 
     def __init__(self, paths: list[Path], label: str, loop: bool = False):
         self.paths, self.label, self.skipped, self.loop = paths, label, 0, loop
@@ -50,7 +69,7 @@ class ImageSource:
         while True:
             shown = 0
             for p in self.paths:
-                bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
+                bgr = read_image(cv2, p, warn=first)  # warned of once, not once per pass
                 if bgr is None:
                     self.skipped += first  # counted once, not once per pass
                     continue
@@ -98,6 +117,11 @@ class CaptureSource:
         for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, width), (cv2.CAP_PROP_FRAME_HEIGHT, height), (cv2.CAP_PROP_FPS, fps)):
             if value:
                 self.cap.set(prop, value)
+        size = (int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))  # 0 where unknown
+        too_large = over_limit(size, MAX_PIXELS)
+        if too_large:  # as for an image: each frame would be decoded, converted and resized at that size
+            self.cap.release()
+            raise SourceError(f"{label}: its frame size {too_large}", "give a video of a smaller frame size")
         self.retries = 0
 
     def frames(self) -> Iterator[Frame]:
@@ -155,6 +179,8 @@ class PiCameraSource:
         i = 0
         while True:
             try:
+                if self.cam is None:  # close() was called
+                    raise RuntimeError("the camera is closed")
                 bgr = self.cam.capture_array()
             except Exception as exc:  # noqa: BLE001  (libcamera's errors have no common type)
                 raise SourceError(f"the Pi camera stopped delivering frames ({_one_line(exc)})") from None
@@ -167,12 +193,26 @@ class PiCameraSource:
             cam.stop()
 
 
+SOURCE_FORMS = "a camera number (0), /dev/videoN, picamera, a video or image file, a folder of images, a glob or an RTSP/HTTP URL"
+# cv2 reads an index as a camera number plus a backend's id in the hundreds (200: V4L2's camera 0), up to
+# a few thousand; a larger one overflows its int
+MAX_CAMERA_INDEX = 9999
+
+
 def open_source(spec: str, *, width: int | None = None, height: int | None = None, fps: float | None = None, loop: bool = False):
     """Pick the source kind from ``--source``; ``loop`` replays a video file, image, folder or glob."""
+    if not spec.strip():  # Path("") is the current folder: every image below it would be classified
+        raise SourceError(f"--source {spec!r} is empty", f"give {SOURCE_FORMS}")
     if spec == "picamera":
         return PiCameraSource(width, height)
-    if spec.isdigit():
-        return CaptureSource(int(spec), f"camera {spec}", live=True, width=width, height=height, fps=fps)
+    if spec.isascii() and spec.isdigit():
+        number = spec.lstrip("0") or "0"
+        if len(number) > len(str(MAX_CAMERA_INDEX)) or int(number) > MAX_CAMERA_INDEX:  # int() of 5000 digits fails too
+            raise SourceError(
+                f"--source {spec if len(spec) <= 30 else spec[:30] + '...'}: no camera has that number (cv2 takes 0-{MAX_CAMERA_INDEX})",
+                "`ls /dev/video*` lists the cameras: /dev/video0 is --source 0",
+            )
+        return CaptureSource(int(number), f"camera {number}", live=True, width=width, height=height, fps=fps)
     if spec.startswith("/dev/video"):
         return CaptureSource(spec, spec, live=True, width=width, height=height, fps=fps)
     if "://" in spec:
@@ -187,7 +227,7 @@ def open_source(spec: str, *, width: int | None = None, height: int | None = Non
         return CaptureSource(str(p), str(p), live=False, loop=loop)
     if any(c in spec for c in "*?["):
         return ImageSource(sorted(Path(f) for f in _glob.glob(spec) if Path(f).suffix.lower() in IMAGE_EXTS), spec, loop)
-    raise SourceError(f"--source {spec}: no such camera, file, folder, glob or URL")
+    raise SourceError(f"--source {spec}: no such camera, file, folder, glob or URL", f"give {SOURCE_FORMS}")
 
 
 class SyntheticSource:

@@ -95,7 +95,7 @@ def bench_all(
     sc = read_sidecar(folder / SIDECAR_NAME) if (folder / SIDECAR_NAME).is_file() else None
     if sc is not None and (folder / INT8_TFLITE).is_file():
         check_checksum(folder / INT8_TFLITE, sc, ignore_checksum)  # the same rule as run and bench
-    settings = (
+    settings: dict[str, Any] = (
         {"pixel_scale": sc.input.pixel_scale, "mean": sc.input.mean, "std": sc.input.std, "output_kind": sc.output("scores").kind} if sc else {}
     )
     labels: list[str] = []

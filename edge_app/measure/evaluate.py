@@ -3,11 +3,13 @@ and preprocessing (the camera loop's resize), on a labelled folder ``DIR/<class>
 
 Class folders are matched to the model's labels by name; a folder whose name is no label is an
 error that lists them (a typo would otherwise silently count as wrong answers). Images are found
-recursively below each class folder; unreadable ones are skipped and counted.
+recursively below each class folder; unreadable ones, and those above the pixel limit (read from
+their headers before decoding: edge_app.frames.imagesize), are skipped and counted.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -20,10 +22,16 @@ from edge_app.frames.sources import IMAGE_EXTS, ImageSource
 from edge_app.model import LoadedModel
 from edge_app.runtime import median_p95
 
+log = logging.getLogger("edge_app")
 
-def labelled_images(root: Path, labels: list[str], option: str = "--source") -> tuple[list[tuple[Path, int]], list[str]]:
+
+def labelled_images(
+    root: Path, labels: list[str], option: str = "--source", follow_links: bool = False
+) -> tuple[list[tuple[Path, int]], list[str]]:
     """(image, class index) for every image below ``root/<class>/``, and the class folders found
-    (``option``: the command-line option that named ``root``, for the messages)."""
+    (``option``: the command-line option that named ``root``, for the messages). A class folder or
+    image that is a link out of ``root`` is refused unless ``follow_links`` (then it is said); links
+    inside it are fine, and links to folders below a class folder are not descended into."""
     root = Path(root)
     if not root.is_dir():
         raise SourceError(f"{option} {root}: no such folder", "give a folder with one subfolder per class (DIR/<class>/*.jpg)")
@@ -38,7 +46,25 @@ def labelled_images(root: Path, labels: list[str], option: str = "--source") -> 
             f"are none of the model's {len(labels)} labels ({', '.join(labels[:10])}{' ...' if len(labels) > 10 else ''})",
             "rename or remove those folders (names must match labels.txt exactly)",
         )
-    items = [(f, index[d.name]) for d in folders for f in sorted(d.rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_EXTS]
+    real = root.resolve()
+    items: list[tuple[Path, int]] = []
+    out: list[Path] = []  # the links out of root: a class folder, or an image in one
+    for d in folders:
+        d_out = not d.resolve().is_relative_to(real)
+        out += [d] if d_out else []
+        for f in sorted(d.rglob("*")):
+            if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
+                items.append((f, index[d.name]))
+                if not d_out and not f.resolve().is_relative_to(real):
+                    out.append(f)
+    if out:
+        shown = ", ".join(f"{p} -> {p.resolve()}" for p in out[:3]) + (f" (and {len(out) - 3} more)" if len(out) > 3 else "")
+        if not follow_links:
+            raise SourceError(
+                f"{option} {root}: {len(out)} link(s) lead out of the folder: {shown}",
+                "copy those images into it, or pass --follow-links (edge-app eval) to read them where they are",
+            )
+        log.warning("%s %s: following %d link(s) out of the folder (--follow-links): %s", option, root, len(out), shown)
     if not items:
         raise SourceError(
             f"{option} {root}: no images in its class folders", f"give images with one of the extensions {', '.join(sorted(IMAGE_EXTS))}"
@@ -54,13 +80,14 @@ def evaluate_folder(
     limit: int | None = None,
     option: str = "--source",
     items: list[tuple[Path, int]] | None = None,
+    follow_links: bool = False,
 ) -> dict[str, Any]:
     """Top-1/top-5, per-class recall, the confusion matrix and per-image latency on a labelled folder
     (``items``: its :func:`labelled_images` list when the caller already has it)."""
     labels = list(model.labels)
     found = None
     if items is None:
-        items, found = labelled_images(root, labels, option)
+        items, found = labelled_images(root, labels, option, follow_links)
     found = found or sorted({labels[t] for _, t in items})
     if limit and limit < len(items):  # evenly spread over the (class-sorted) list: every class, not the first folders
         items = [items[int(i)] for i in np.linspace(0, len(items) - 1, limit)]

@@ -18,6 +18,7 @@ import base64
 import html
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,7 @@ def finished(folder: Path, expected=None) -> bool:
     """Every stage done and nothing changed since (a damaged output makes the build redo its stage).
     ``expected`` (a BuildConfig): a finished folder built with other training settings is an error,
     not a result to reuse."""
-    from pipeline.runs.config import diff_configs
+    from pipeline.runs.config import diff_configs, format_diffs
     from pipeline.runs.folder import STAGES, RunFolder
 
     if not RunFiles(folder).is_built():
@@ -63,7 +64,7 @@ def finished(folder: Path, expected=None) -> bool:
         return False
     if diffs:
         raise RunError(
-            f"{folder} was built with other settings ({'; '.join(diffs[:3])})",
+            f"{folder} was built with other settings ({format_diffs(diffs)})",
             "run the sweep with the settings it was started with, or give a new --out",
         )
     return all(run.done(s) and not run.damaged_outputs(s) for s in STAGES)
@@ -100,6 +101,11 @@ def device_latencies(files: list[Path]) -> dict[str, dict[str, Any]]:
                 f"--device-latency {f} is not an `edge-app bench --json` file (no model_sha256 and invoke_ms)",
                 "on the device, run `edge-app bench MODEL --json F` with this version of edge-app",
             ) from None
+        if not math.isfinite(ms) or ms < 0:  # JSON readers take NaN, Infinity and 1e309; a Pareto front of them is no answer
+            raise RunError(
+                f"--device-latency {f}: its invoke_ms median is {ms!r}, not a number of milliseconds",
+                "measure again on the device (`edge-app bench MODEL --json F`), or leave that file out",
+            )
         if sha in out:
             raise RunError(
                 f"--device-latency {out[sha]['file']} and {f} measured the same model",

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 
-from edge_app.cli.common import write_text
+from edge_app.cli.common import check_outputs, write_text
+from edge_app.cli.params import NonEmptyPath
 
-from pipeline.cli.params import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, RUN_DIR, CommaList
+from pipeline.cli.params import FOLLOW_LINKS, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, RUN_DIR, SEED, CommaList
 from pipeline.data.formats import DATASETS
 from pipeline.models.nin import ARCHS, HEADS
 from pipeline.runs.profiles import PROFILES
@@ -19,11 +20,11 @@ from pipeline.runs.profiles import PROFILES
 def register(cli: click.Group) -> None:
     @cli.command()
     @click.argument("runs", nargs=-1, required=True, type=RUN_DIR)
-    @click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the table here.")
-    @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="The figures as JSON.")
+    @click.option("--markdown", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None, help="Also write the table here.")
+    @click.option("--json", "json_out", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None, help="The figures as JSON.")
     @click.option(
         "--plot",
-        type=click.Path(dir_okay=False, path_type=Path),
+        type=NonEmptyPath(dir_okay=False, path_type=Path),
         default=None,
         help="A PNG: QAT int8 top-1 vs int8 ms per image, marker area = bytes, Pareto front marked.",
     )
@@ -31,6 +32,7 @@ def register(cli: click.Group) -> None:
         """Put run folders side by side: size, accuracy, int8 speed and Edge TPU ops (e.g. to pick a model)."""
         from pipeline.choose import compare as cmp
 
+        check_outputs({"--markdown": markdown, "--json": json_out, "--plot": plot}, runs=runs)
         recs = cmp.records(list(runs))
         cmp.print_table(recs)
         if markdown:
@@ -79,19 +81,20 @@ def register(cli: click.Group) -> None:
         "--input-sizes", type=CommaList(POSITIVE_INT, "sizes"), default=None, help="Input sizes, comma-separated (default: the data's own)."
     )
     @click.option("--dataset", type=click.Choice(DATASETS), default="cifar10", show_default=True)
-    @click.option("--data-dir", type=click.Path(path_type=Path), default=None, envvar="NIN_DATA_DIR")
+    @click.option("--data-dir", type=NonEmptyPath(path_type=Path), default=None, envvar="NIN_DATA_DIR")
+    @FOLLOW_LINKS
     @click.option("--profile", type=click.Choice(list(PROFILES)), default="quick", show_default=True)
     @click.option("--epochs", type=POSITIVE_INT, default=None, help="Float epochs per candidate (the budget).")
     @click.option("--qat-epochs", type=NON_NEGATIVE_INT, default=None)
     @click.option("--batch-size", type=POSITIVE_INT, default=None)
     @click.option("--limit-train", type=POSITIVE_INT, default=None)
     @click.option("--limit-test", type=POSITIVE_INT, default=None)
-    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--seed", type=SEED, default=0, show_default=True)
     @click.option(
         "--device-latency",
         "device_files",
         multiple=True,
-        type=click.Path(path_type=Path),
+        type=NonEmptyPath(path_type=Path),
         help="An `edge-app bench MODEL --json F` file from the device, or a folder of them (repeat the option): "
         "the device's latency replaces this host's.",
     )
@@ -126,6 +129,8 @@ def register(cli: click.Group) -> None:
         files = [f for p in device_files for f in (sorted(p.glob("*.json")) if p.is_dir() else [p])]
         if device_files and not files:
             raise click.BadParameter(f"no .json files in {', '.join(map(str, device_files))}", param_hint="--device-latency")
+        outputs = [("--out", out / n) for n in (sw.SWEEP_JSON, sw.SWEEP_MD, sw.SWEEP_PNG, sw.SWEEP_HTML)]
+        check_outputs(outputs, [("--device-latency", f) for f in files])
         device = sw.device_latencies(files) if files else {}
         common = {
             k: v

@@ -8,13 +8,15 @@ import os
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
-from edge_app.cli.common import ErrorGroup, command_group, write_text
+from edge_app.cli.common import ErrorGroup, check_outputs, command_group, write_text
+from edge_app.cli.params import NonEmptyPath
 from edge_app.contract.files import REPORT_HTML, RunFiles
 from edge_app.quiet import is_verbose
 
 from pipeline import __version__
-from pipeline.cli.params import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, RUN_DIR, WORKERS
+from pipeline.cli.params import FOLLOW_LINKS, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, RUN_DIR, SEED, WORKERS, FiniteFloat
 from pipeline.data.formats import DATASETS
 from pipeline.data.splits import DATA_CACHES
 from pipeline.export.convert import IO_TYPES, TARGETS
@@ -23,6 +25,8 @@ from pipeline.runs.folder import STAGES
 from pipeline.runs.profiles import PROFILES
 
 TRAINING_STACK = ("tensorflow", "tf_keras", "tensorflow_model_optimization", "PIL", "tqdm", "matplotlib", "rich")
+# the options of `build` that are BuildRequest fields (besides the profile overrides and the data place)
+_REQUEST_FLAGS = ("dataset", "profile", "arch", "val_fraction", "io_type", "target", "class_maps", "seed")
 
 
 def tf_env() -> None:
@@ -55,13 +59,15 @@ class _Cli(ErrorGroup):
         except KeyboardInterrupt as exc:
             from edge_app.errors import Terminated
 
-            by = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
-            click.echo(
-                f"\n{by}: finished epochs are checkpointed; run the same command again "
-                "(or `nin-pipeline build --resume --out RUN`) to continue.",
-                err=True,
+            by = f"stopped by {exc.signal_name}" if isinstance(exc, Terminated) else "interrupted"
+            # the command that was stopped says how to finish its work (pipeline.stages.orchestrator); else by the command's name
+            hint = getattr(exc, "resume_hint", None) or (
+                "finished epochs are checkpointed; run the same command again (or `nin-pipeline build --resume --out RUN`) to continue"
+                if ctx.invoked_subcommand == "build"
+                else "run the same command again"
             )
-            raise click.exceptions.Exit(143 if isinstance(exc, Terminated) else 130) from None
+            click.echo(f"\n{by}: {hint}.", err=True)
+            raise click.exceptions.Exit(exc.exit_code if isinstance(exc, Terminated) else 130) from None
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.split(".")[0] in TRAINING_STACK:
                 raise click.ClickException(
@@ -92,11 +98,12 @@ def main(argv: list[str] | None = None) -> None:
 @click.option("--dataset", type=click.Choice(DATASETS), default="cifar10", show_default=True)
 @click.option(
     "--data-dir",
-    type=click.Path(path_type=Path),
+    type=NonEmptyPath(path_type=Path),
     default=None,
     envvar="NIN_DATA_DIR",
     help="Folder or archive with the data (env NIN_DATA_DIR); else the Keras cache or download.",
 )
+@FOLLOW_LINKS
 @click.option("--out", type=RUN_DIR, default=None, help="Run folder (default artifacts/<dataset>-<arch>-<timestamp>). Re-running on it resumes.")
 @click.option(
     "--profile",
@@ -114,19 +121,19 @@ def main(argv: list[str] | None = None) -> None:
 @click.option("--qat-epochs", type=NON_NEGATIVE_INT, default=None, help="QAT fine-tuning epochs.")
 @click.option("--batch-size", type=POSITIVE_INT, default=None)
 @click.option("--lr", type=POSITIVE_FLOAT, default=None, help="Peak learning rate.")
-@click.option("--dropout", type=click.FloatRange(0, 0.95), default=None)
-@click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=None, help="Label smoothing of the float training loss (e.g. 0.1).")
+@click.option("--dropout", type=FiniteFloat(0, 0.95), default=None)
+@click.option("--label-smoothing", type=FiniteFloat(0, 0.5), default=None, help="Label smoothing of the float training loss (e.g. 0.1).")
 @click.option("--qat-lr", type=POSITIVE_FLOAT, default=None, help="Peak learning rate of QAT fine-tuning.")
 @click.option(
     "--qat-distill",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=None,
     metavar="W",
     help="QAT learns W x the float model's answers + (1 - W) x the labels (keeps int8 closer to float; 0: labels only).",
 )
 @click.option("--limit-train", type=POSITIVE_INT, default=None, help="Stratified train subset (smoke runs).")
 @click.option("--limit-test", type=POSITIVE_INT, default=None, help="Stratified test subset.")
-@click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=0.1, show_default=True, help="Share of train held out for validation.")
+@click.option("--val-fraction", type=FiniteFloat(0, 0.5), default=0.1, show_default=True, help="Share of train held out for validation.")
 @click.option(
     "--io-type",
     type=click.Choice(IO_TYPES),
@@ -167,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     metavar="GB",
     help="Decoded images auto keeps in memory (default: a quarter of this machine's RAM).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
     "--deterministic/--no-deterministic",
     default=None,
@@ -186,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
 @click.option("--worker-index", type=NON_NEGATIVE_INT, default=None, help="This machine's place in --workers (0 is the chief).")
 @click.option(
     "--worker-timeout",
-    type=click.FloatRange(10, 86400),
+    type=FiniteFloat(10, 86400),
     default=600,
     show_default=True,
     metavar="SECONDS",
@@ -194,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
 )
 @click.option(
     "--collective-timeout",
-    type=click.FloatRange(0, 86400),
+    type=FiniteFloat(0, 86400),
     default=0,
     show_default=True,
     metavar="SECONDS",
@@ -286,6 +293,8 @@ def build(
         seed=seed,
         data_cache=data_cache,
         memory_budget_gb=memory_budget_gb,
+        # which of these the command line gave (a resume changes only those; the rest are the run's own)
+        given=frozenset(k for k in _REQUEST_FLAGS if click.get_current_context().get_parameter_source(k) == ParameterSource.COMMANDLINE),
     )
     cfg, out = resolve_build(request, out, resume=resume, workers=cluster)
     run = build_run(cfg, out, workers=cluster, worker_timeout=worker_timeout, collective_timeout=collective_timeout)
@@ -310,7 +319,7 @@ STAGE_HELP = {
 
 
 def _stage_command(name: str) -> None:
-    params = [click.Argument(["run_dir"], type=RUN_DIR)]
+    params: list[click.Parameter] = [click.Argument(["run_dir"], type=RUN_DIR)]
     if name == "convert":
         params.append(
             click.Option(
@@ -346,17 +355,21 @@ def report(run_dir: Path, rerun: bool, no_latency: bool) -> None:
 
 
 @cli.command()
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model", type=NonEmptyPath(path_type=Path))
 @click.option("--dataset", type=click.Choice(DATASETS), default=None, help="Default: a run folder's own dataset, else cifar10.")
 @click.option(
-    "--data-dir", type=click.Path(path_type=Path), default=None, envvar="NIN_DATA_DIR", help="Default: a run folder's own data directory."
+    "--data-dir", type=NonEmptyPath(path_type=Path), default=None, envvar="NIN_DATA_DIR", help="Default: a run folder's own data directory."
 )
+@FOLLOW_LINKS
 @click.option("--limit-test", type=POSITIVE_INT, default=None, help="Stratified test subset (the same images as `build --limit-test`).")
 @click.option("--threads", type=POSITIVE_INT, default=None, help="TFLite threads (default: the cores this process may use).")
+@click.option("--ignore-checksum", is_flag=True, help="Run a .tflite whose sha256 model.json beside it does not record (warns).")
 @click.option(
-    "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the figures to this JSON file."
+    "--json", "json_out", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None, help="Also write the figures to this JSON file."
 )
-def evaluate(model: Path, dataset: str, data_dir: Path | None, limit_test: int | None, threads: int | None, json_out: Path | None) -> None:
+def evaluate(
+    model: Path, dataset: str, data_dir: Path | None, limit_test: int | None, threads: int | None, ignore_checksum: bool, json_out: Path | None
+) -> None:
     """Test-split accuracy of any classification MODEL (.tflite, .keras, .h5, or a run folder's int8 model) on a dataset."""
     from pipeline.report.predict import evaluate_model
 
@@ -368,8 +381,9 @@ def evaluate(model: Path, dataset: str, data_dir: Path | None, limit_test: int |
         if data_dir is None and cfg.data.data_dir:
             data_dir = Path(cfg.data.data_dir)
     dataset = dataset or "cifar10"
+    check_outputs({"--json": json_out}, [("MODEL", model), ("--data-dir", data_dir)], [model])
 
-    res = evaluate_model(model, dataset, data_dir, limit_test=limit_test, threads=threads)
+    res = evaluate_model(model, dataset, data_dir, limit_test=limit_test, threads=threads, ignore_checksum=ignore_checksum)
     top5 = f", top-5 {100 * res['top5']:.2f}%" if res["top5"] is not None else ""
     click.echo(
         f"{model.name} on {dataset} test ({res['images']:,} images): top-1 {100 * res['top1']:.2f}%{top5} "

@@ -10,9 +10,10 @@ from pathlib import Path
 import click
 
 from edge_app.cli.checks import check_target_cmd, record_targets_with
-from edge_app.cli.common import write_text
+from edge_app.cli.common import check_outputs, write_text
+from edge_app.cli.params import NonEmptyPath
 
-from pipeline.cli.params import POSITIVE_INT, RUN_DIR
+from pipeline.cli.params import POSITIVE_INT, RUN_DIR, FiniteFloat
 
 
 @click.group()
@@ -21,8 +22,8 @@ def edgetpu() -> None:
 
 
 @edgetpu.command(name="check")
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the verdicts as JSON.")
+@click.argument("model", type=NonEmptyPath(path_type=Path))
+@click.option("--json", "json_out", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None, help="Also write the verdicts as JSON.")
 @click.option("--strict", is_flag=True, help="Exit 1 unless every operation would run on the Edge TPU.")
 def edgetpu_check(model: Path, json_out: Path | None, strict: bool) -> None:
     """Say, op by op, what of MODEL (a .tflite or a run folder) would run on the Edge TPU. No compiler needed."""
@@ -30,6 +31,7 @@ def edgetpu_check(model: Path, json_out: Path | None, strict: bool) -> None:
 
     from pipeline.report.records import edgetpu_check as check
 
+    check_outputs({"--json": json_out}, [("MODEL", model)], [model])
     result = check(model)
     click.echo("\n".join(format_check(result)))
     if json_out:
@@ -39,17 +41,17 @@ def edgetpu_check(model: Path, json_out: Path | None, strict: bool) -> None:
 
 
 @edgetpu.command(name="compile")
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model", type=NonEmptyPath(path_type=Path))
 @click.option(
     "--out-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=NonEmptyPath(file_okay=False, path_type=Path),
     default=None,
     help="Where <name>_edgetpu.tflite goes (default: beside the model).",
 )
 @click.option(
-    "--compiler", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Path of edgetpu_compiler (default: found on PATH)."
+    "--compiler", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None, help="Path of edgetpu_compiler (default: found on PATH)."
 )
-@click.option("--timeout", type=click.FloatRange(1, 36000), default=600, show_default=True, help="Seconds.")
+@click.option("--timeout", type=FiniteFloat(1, 36000), default=600, show_default=True, help="Seconds.")
 def edgetpu_compile(model: Path, out_dir: Path | None, compiler: Path | None, timeout: float) -> None:
     """Compile MODEL (a .tflite or a run folder's model_int8.tflite) with edgetpu_compiler (x86-64 Linux only)."""
     from pipeline.report.records import edgetpu_compile as compile_
@@ -72,7 +74,7 @@ def _record_target(run_dir: Path, result: dict) -> None:
 @click.argument("run_dir", type=RUN_DIR)
 @click.option(
     "--writer-python",
-    type=click.Path(exists=True, dir_okay=False),
+    type=NonEmptyPath(exists=True, dir_okay=False),
     default=None,
     envvar="NIN_METADATA_PYTHON",
     help="A Python with mediapipe 0.10.21 (its metadata writer and ImageClassifier; env NIN_METADATA_PYTHON).",
@@ -80,13 +82,13 @@ def _record_target(run_dir: Path, result: dict) -> None:
 @click.option(
     "--check",
     "check_dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    type=NonEmptyPath(exists=True, file_okay=False, path_type=Path),
     default=None,
     help="Classify these images (a folder, searched recursively) with MediaPipe and with edge_app, and compare.",
 )
 @click.option(
     "--task-python",
-    type=click.Path(exists=True, dir_okay=False),
+    type=NonEmptyPath(exists=True, dir_okay=False),
     default=None,
     help="With --check: also classify with the TFLite Task Library in this Python (tflite-support 0.4.4).",
 )
@@ -119,7 +121,7 @@ def clients(run_dir: Path, writer_python: str | None, check_dir: Path | None, ta
 @click.option("--out", "out_dir", type=RUN_DIR, default=Path("dist"), show_default=True, help="Folder for the .tar.gz.")
 @click.option(
     "--wheel",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
     default=None,
     help="Use this nin_edge wheel (the device side: pip wheel --no-deps ./edge) instead of building one from the source tree.",
 )

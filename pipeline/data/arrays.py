@@ -12,16 +12,20 @@ Both give ``len``, ``shape``, ``x[i]`` / ``x[a:b]`` / ``x[index array]`` (a real
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pipeline.data.store import DiskStore
 
 log = logging.getLogger("pipeline")
 
 
 class IndexedImages:
-    def __init__(self, store: np.ndarray, index: np.ndarray | None = None) -> None:
+    def __init__(self, store: np.ndarray | DiskStore, index: np.ndarray | None = None) -> None:
         self.store = store
         self.index = np.arange(len(store), dtype=np.int64) if index is None else np.asarray(index, np.int64)
 
@@ -50,9 +54,7 @@ class FileImages:
     """Images decoded from their files when read: ``read(i)`` gives entry i's bytes, ``decode`` the
     pixels (the same function the store uses, so every mode sees the same pixels)."""
 
-    def __init__(
-        self, read: Callable[[int], bytes], decode: Callable[[bytes], np.ndarray], hwc: tuple[int, int, int], index: np.ndarray
-    ) -> None:
+    def __init__(self, read: Callable[[int], bytes], decode: Callable[[bytes], np.ndarray], hwc: Sequence[int], index: np.ndarray) -> None:
         self.read, self.decode, self.hwc = read, decode, tuple(hwc)
         self.index = np.asarray(index, np.int64)
 

@@ -22,6 +22,7 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
@@ -33,8 +34,18 @@ log = logging.getLogger(__name__)
 
 DATASETS = ("cifar10", "cifar100", "mnist", "fashion_mnist", "folder")
 
+
+class _Layout(TypedDict, total=False):
+    dirs: list[str]
+    archives: list[str]
+    files: list[str]
+    idx: list[str]
+    image_trees: list[str]
+    hint: str
+
+
 # What each built-in dataset looks like on disk: official names and Keras cache names.
-_KNOWN = {
+_KNOWN: dict[str, _Layout] = {
     "cifar10": {
         "dirs": ["cifar-10-batches-py"],
         "archives": ["cifar-10-python.tar.gz"],
@@ -59,6 +70,8 @@ CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog"
 FASHION_LABELS = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot")
 # Horizontal flips change what a digit means; they are safe for objects and clothes.
 NO_FLIP = {"mnist"}
+# The images (H, W, C) each built-in dataset is: data of another shape under its name is another dataset.
+DATASET_SHAPES = {"cifar10": (32, 32, 3), "cifar100": (32, 32, 3), "mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1)}
 
 
 # --------------------------------------------------------------------------- raw sources
@@ -309,13 +322,35 @@ def _load_mnist_npz(src: Path) -> RawData:
 
 
 def _read_idx(path: Path) -> np.ndarray:
+    """An idx file of unsigned bytes (gzipped). The header's dimensions are checked against a bound and
+    against what the file can hold (deflate packs at most ~1032:1) before anything is allocated, and
+    the data is read in chunks: a header that claims 2**31 items is an error, not a 2 GB allocation."""
+    import math
+    import zlib
+
+    max_bytes, chunk = 2**31 - 1, 1 << 22
     try:
-        data = gzip.decompress(path.read_bytes())
-    except (OSError, EOFError) as exc:
+        with gzip.open(path, "rb") as fh:
+            head = fh.read(4)
+            if len(head) < 4 or head[:3] != b"\0\0\x08" or not 1 <= head[3] <= 4:
+                raise DataError(f"{path} is not an idx file of unsigned bytes (its header is {head.hex() or 'empty'})", "re-download it")
+            raw_dims = fh.read(4 * head[3])
+            dims = [int.from_bytes(raw_dims[4 * i : 4 * i + 4], "big") for i in range(head[3])]
+            n = math.prod(dims)
+            if len(raw_dims) < 4 * head[3]:
+                raise DataError(f"{path} is cut short in its header", "re-download it")
+            if n > max_bytes or n > 1100 * path.stat().st_size:
+                raise DataError(f"{path}: its header claims {' x '.join(map(str, dims))} items, more than the file can hold", "re-download it")
+            parts, got = [], 0
+            while got <= n and (part := fh.read(min(chunk, n + 1 - got))):
+                parts.append(part)
+                got += len(part)
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path} is not a readable .gz file ({exc}); re-download it") from None
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    if got != n:
+        held = "more" if got > n else got
+        raise DataError(f"{path}: its header says {' x '.join(map(str, dims))} = {n} bytes, the file holds {held}", "re-download it")
+    return np.frombuffer(b"".join(parts), np.uint8).reshape(dims)
 
 
 def _load_idx_dir(src: Path) -> RawData:

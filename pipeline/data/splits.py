@@ -25,7 +25,7 @@ import numpy as np
 from edge_app.contract.sidecar import PIXEL_RANGE
 
 from pipeline.data.arrays import FileImages, IndexedImages
-from pipeline.data.formats import NO_FLIP, RawData, load_raw, nin_cache_dir, resolve_source
+from pipeline.data.formats import DATASET_SHAPES, NO_FLIP, RawData, load_raw, nin_cache_dir, resolve_source
 from pipeline.errors import DataError
 
 log = logging.getLogger("pipeline")
@@ -89,12 +89,34 @@ def stratified_indices(y: np.ndarray, n: int, rng: np.random.Generator) -> np.nd
     return rng.permutation(np.concatenate(picks))[:n]
 
 
+@dataclass(frozen=True)
+class DataPlan:
+    """What the data will be, known before any image is decoded at its final size: what ``make_splits``
+    hands its ``fits`` check (e.g. does this machine hold it, and a model trained on it)."""
+
+    hwc: tuple[int, int, int]  # every image's shape as trained on (after --input-size)
+    images: int  # train and test, as listed
+    classes: int
+    mode: str  # memory | disk | none: where the decoded images will live
+    source: str
+    cache_dir: Path  # where the decoded-image cache goes (mode disk)
+
+    @property
+    def decoded_bytes(self) -> int:
+        return self.images * int(np.prod(self.hwc))
+
+
 def memory_budget(cfg: DataConfig) -> float:
     """Bytes of decoded images ``auto`` keeps in memory."""
     if cfg.memory_budget_gb is not None:
         return cfg.memory_budget_gb * 1e9
+    return DEFAULT_BUDGET_SHARE * machine_ram()
+
+
+def machine_ram() -> float:
+    """Bytes of RAM this process may use: the machine's, or its container's share."""
     try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        ram: float = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         ram = 8e9
     for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):  # a container's share
@@ -102,36 +124,56 @@ def memory_budget(cfg: DataConfig) -> float:
             ram = min(ram, int(Path(limit).read_text().strip()))
         except (OSError, ValueError):  # absent, or "max"
             pass
-    return DEFAULT_BUDGET_SHARE * ram
+    return ram
 
 
-def make_splits(cfg: DataConfig, progress: bool = True) -> Splits:
-    """Load the dataset and carve train / validation (held out of train) / test."""
+def check_known_shape(dataset: str, hwc: tuple[int, ...], source: str) -> None:
+    """A built-in dataset's name on data of another shape (e.g. --dataset mnist on colour photos) is refused:
+    the run would record (and the device be told) a dataset it is not."""
+    want = DATASET_SHAPES.get(dataset)
+    if want is not None and tuple(hwc) != want:
+        kind = "grayscale" if want[2] == 1 else "colour"
+        raise DataError(
+            f"{source} holds {'x'.join(map(str, hwc))} images, but {dataset} is {'x'.join(map(str, want))} ({kind})",
+            "for images of your own, pass --dataset folder (with --input-size N to resize them)",
+        )
+
+
+def make_splits(cfg: DataConfig, progress: bool = True, fits: Callable[[DataPlan], None] | None = None) -> Splits:
+    """Load the dataset and carve train / validation (held out of train) / test. ``fits``, given what the data
+    will be (a :class:`DataPlan`), raises when it is more than this machine can hold: before anything is decoded at that size."""
     from pipeline.data.tree import is_image_tree_source
 
     src = resolve_source(cfg.dataset, cfg.data_dir)
     if src is not None and is_image_tree_source(src):
-        return _tree_splits(cfg, src, progress)
+        return _tree_splits(cfg, src, progress, fits)
     raw = load_raw(cfg.dataset, cfg.data_dir, cfg.input_size)
     if raw.x_train.shape[1:] != raw.x_test.shape[1:]:
         raise DataError(f"train images are {raw.x_train.shape[1:]} but test images {raw.x_test.shape[1:]}", "pass --input-size N to resize both")
+    check_known_shape(cfg.dataset, raw.x_train.shape[1:], raw.source)
     if cfg.cache in ("disk", "none"):
         log.warning("--data-cache %s applies to image trees; %s from %s is held in memory", cfg.cache, cfg.dataset, raw.source)
     xtr, xte = raw.x_train, raw.x_test
+    if fits is not None:
+        size = cfg.input_size
+        h, w, c = (int(v) for v in xtr.shape[1:])
+        fits(DataPlan((size or h, size or w, c), len(xtr) + len(xte), len(raw.labels), "memory", raw.source, nin_cache_dir()))
     if cfg.input_size and xtr.shape[1:3] != (cfg.input_size, cfg.input_size):
         xtr, xte = _resize_all(xtr, cfg.input_size), _resize_all(xte, cfg.input_size)
     train, test = IndexedImages(xtr), IndexedImages(xte)
     return _carve(cfg, train.subset, raw.y_train, test.subset, raw.y_test, (), raw.labels, raw.source, raw.skipped, "memory")
 
 
-def _tree_splits(cfg: DataConfig, src, progress: bool) -> Splits:
+def _tree_splits(cfg: DataConfig, src, progress: bool, fits: Callable[[DataPlan], None] | None = None) -> Splits:
     from functools import partial
 
     from pipeline.data.store import decode_to_store, find_unreadable, probe
     from pipeline.data.tree import decode, list_tree
 
     listing = list_tree(src)
-    hwc = probe(listing, cfg.input_size)
+    native = probe(listing, None)  # the images' own size: probing at --input-size would decode one image at it
+    check_known_shape(cfg.dataset, native, str(src))
+    hwc = (cfg.input_size, cfg.input_size, native[2]) if cfg.input_size else native
     decoded = len(listing.names) * int(np.prod(hwc))
     budget = memory_budget(cfg)
     mode = cfg.cache if cfg.cache != "auto" else ("memory" if decoded <= budget else "disk")
@@ -151,6 +193,8 @@ def _tree_splits(cfg: DataConfig, src, progress: bool) -> Splits:
         cfg.cache,
         mode,
     )
+    if fits is not None:
+        fits(DataPlan(hwc, len(listing.names), len(listing.labels), mode, str(src), nin_cache_dir()))
     entries = np.arange(len(listing.names), dtype=np.int64)
     if mode == "none":
         bad = find_unreadable(listing, cfg.input_size, hwc, nin_cache_dir(), progress)
@@ -238,7 +282,8 @@ def _resize_all(x: np.ndarray, size: int) -> np.ndarray:
     out = []
     for img in x:
         im = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
-        arr = np.asarray(im.resize((size, size), Image.BILINEAR), np.uint8)
+        # Pillow sets BILINEAR in a loop its types cannot see (Image.Resampling needs Pillow >= 9.1)
+        arr = np.asarray(im.resize((size, size), Image.BILINEAR), np.uint8)  # type: ignore[attr-defined]
         out.append(arr[..., None] if arr.ndim == 2 else arr)
     return np.stack(out)
 

@@ -50,7 +50,7 @@ def probe(listing: TreeListing, size: int | None) -> tuple[int, int, int]:
     return h, w, (1 if all(img.shape[-1] == 1 for img in first.values()) else 3)
 
 
-def _decode_all(listing: TreeListing, size: int | None, hwc: tuple[int, int, int], out: np.ndarray, progress: bool) -> list[int]:
+def _decode_all(listing: TreeListing, size: int | None, hwc: tuple[int, int, int], out: np.ndarray | DiskStore, progress: bool) -> list[int]:
     """Decode every entry into ``out`` (an array or a writable DiskStore), in parallel threads (Pillow releases
     the GIL while it decodes). Returns the unreadable entries."""
     from pipeline.progress import progress as bar
@@ -109,6 +109,7 @@ def decode_to_store(
     hwc = probe(listing, size) if hwc is None else hwc  # the caller may have probed already (it reads the tree)
     shape = (len(listing.names), *hwc)
     tmp = data.with_name(f".{data.name}.{os.getpid()}.tmp")
+    store: np.ndarray | DiskStore
     if in_memory:
         store = np.zeros(shape, np.uint8)
         bad = _decode_all(listing, size, hwc, store, progress)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from pipeline.errors import DataError
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+FOLLOW_LINKS_ENV = "NIN_FOLLOW_LINKS"  # "1": list_tree follows links out of a folder tree (--follow-links sets it)
 
 
 def looks_like_image_tree(d: Path) -> bool:
@@ -71,6 +73,7 @@ def decode(blob: bytes, size: int | None, gray: bool | None = None) -> np.ndarra
     centre-crop to a square and resize to ``size`` when given."""
     from PIL import Image
 
+    im: Image.Image  # open() gives an ImageFile; convert, crop and resize give plain Images
     with Image.open(io.BytesIO(blob)) as im:
         im.load()
         if gray is None:
@@ -80,7 +83,8 @@ def decode(blob: bytes, size: int | None, gray: bool | None = None) -> np.ndarra
             w, h = im.size
             s = min(w, h)
             im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-            im = im.resize((size, size), Image.BILINEAR)
+            # Pillow sets BILINEAR in a loop its types cannot see (Image.Resampling needs Pillow >= 9.1)
+            im = im.resize((size, size), Image.BILINEAR)  # type: ignore[attr-defined]
         arr = np.asarray(im, np.uint8)
     return arr[..., None] if arr.ndim == 2 else arr
 
@@ -118,18 +122,24 @@ class TreeListing:
         try:
             with tarfile.open(self.src) as tf:
                 for m in tf:
-                    i = where.pop(m.name, None)  # pop: a repeated name (left out of the listing) fills nothing
-                    fh = tf.extractfile(m) if i is not None else None
-                    if fh is not None:
-                        yield i, fh.read()
+                    entry = where.pop(m.name, None)  # pop: a repeated name (left out of the listing) fills nothing
+                    fh = tf.extractfile(m) if entry is not None else None
+                    if entry is not None and fh is not None:
+                        yield entry, fh.read()
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise DataError(f"{self.src} is corrupt or truncated ({exc})", "re-pack or re-download it") from None
 
 
-def list_tree(src: Path) -> TreeListing:
+def list_tree(src: Path, follow_links: bool | None = None) -> TreeListing:
     """List an image tree (no decoding; an archive is read once). Raises DataError for a tree without
-    classes or whose train and test class folders differ."""
-    classes, found = _scan(src)
+    classes or whose train and test class folders differ.
+
+    In a folder, links are followed where they stay inside the tree; one that leaves it (a split or
+    class folder, or an image, that is a link to elsewhere) is refused unless ``follow_links`` (None:
+    the environment's NIN_FOLLOW_LINKS=1), and then said. An archive's links are never followed."""
+    if follow_links is None:
+        follow_links = os.environ.get(FOLLOW_LINKS_ENV, "").strip().lower() in ("1", "true", "yes")
+    classes, found = _scan(src, follow_links)
     train_c, test_c = classes["train"], classes["test"]
     if not train_c:
         raise DataError(f"{src}: train/ holds no class folders", "it needs train/<class>/<image>")
@@ -167,20 +177,47 @@ def list_tree(src: Path) -> TreeListing:
     )
 
 
-def _scan(src: Path) -> tuple[dict[str, set[str]], list[tuple[str, str, str, int, int]]]:
+def _links_out(src: Path, paths: list[Path], follow: bool) -> None:
+    """Refuse (or, with ``follow``, say) the links among ``paths`` that lead out of the tree ``src``."""
+    if not paths:
+        return
+    shown = ", ".join(f"{p} -> {p.resolve()}" for p in paths[:3]) + (f" (and {len(paths) - 3} more)" if len(paths) > 3 else "")
+    if follow:
+        log.warning("%s: following %d link(s) out of the tree (--follow-links): %s", src, len(paths), shown)
+        return
+    raise DataError(
+        f"{src}: {len(paths)} link(s) lead out of the image tree: {shown}",
+        f"copy those images into the tree, or pass --follow-links (env {FOLLOW_LINKS_ENV}=1) to read them where they are",
+    )
+
+
+def _scan(src: Path, follow_links: bool = False) -> tuple[dict[str, set[str]], list[tuple[str, str, str, int, int]]]:
     """The class folders per split (empty ones included) and (split, class, name, size, mtime) of every
     image-looking file, without reading any; an archive in one pass. An archive member that repeats
     an earlier name (``tar -r``) is left out: names must say which image is which."""
     classes: dict[str, set[str]] = {"train": set(), "test": set()}
     found: list[tuple[str, str, str, int, int]] = []
     if src.is_dir():
+        root = src.resolve()
+        out: list[Path] = []  # the outermost link of each way out: a split or class folder, or an image
+
+        def leaves(p: Path, parent_left: bool) -> bool:
+            if parent_left or p.resolve().is_relative_to(root):
+                return parent_left
+            out.append(p)
+            return True
+
         for split in ("train", "test"):
+            split_out = leaves(src / split, False)
             for cls_dir in sorted(p for p in (src / split).iterdir() if p.is_dir()):
+                cls_out = leaves(cls_dir, split_out)
                 classes[split].add(cls_dir.name)
                 for f in sorted(cls_dir.iterdir()):
                     if f.suffix.lower() in IMAGE_EXTS and f.is_file():
+                        leaves(f, cls_out)
                         st = f.stat()
                         found.append((split, cls_dir.name, str(f), st.st_size, st.st_mtime_ns))
+        _links_out(src, out, follow_links)
         return classes, found
     seen: set[str] = set()
     unsafe: list[str] = []

@@ -33,6 +33,7 @@ import zipfile
 from pathlib import Path
 
 from edge_app.contract.files import EDGETPU_TFLITE, INT8_TFLITE, LABELS_TXT, SIDECAR_NAME
+from edge_app.subpython import run_bounded
 
 from pipeline import __version__
 from pipeline.errors import PackageError
@@ -54,25 +55,62 @@ def source_tree() -> Path | None:
 
 
 def check_wheel(wheel: Path) -> Path:
-    """``wheel`` if it is a nin_edge wheel holding edge_app and not the training side, else PackageError."""
+    """``wheel`` if it is a whole nin_edge wheel holding edge_app and not the training side, else PackageError."""
     wheel = Path(wheel)
     if not wheel.is_file():
         raise PackageError(f"no wheel at {wheel}")
-    dist = wheel.name.split("-")[0].replace(".", "_").lower() if wheel.suffix == ".whl" else ""
-    inside: list[str] = []
-    if dist == EDGE_DIST:
-        try:
-            with zipfile.ZipFile(wheel) as z:
-                inside = z.namelist()
-        except zipfile.BadZipFile:
-            pass
-    if "edge_app/cli/main.py" not in inside or any(n.startswith("pipeline/") for n in inside):
+    problem = _wheel_problem(wheel)
+    if problem:
         raise PackageError(
-            f"{wheel.name} is not a nin_edge wheel: the device bundle takes only the device side's "
+            f"{wheel.name} is not a nin_edge wheel ({problem}): the device bundle takes only the device side's "
             f"wheel (nin_edge-<version>-py3-none-any.whl, edge_app without the training side); build it "
             f"with `{BUILD_EDGE_WHEEL}` from the repository, or leave out --wheel to build it here"
         )
     return wheel
+
+
+def _wheel_problem(wheel: Path) -> str | None:
+    """What makes ``wheel`` something pip would not install as nin_edge (None: nothing): its name, a zip
+    that does not read back whole, its .dist-info (METADATA naming nin-edge at the file name's version,
+    WHEEL, RECORD with the sha256 of every file), or what it holds."""
+    import base64
+    import csv
+    import re
+    import zlib
+    from email.parser import HeaderParser
+
+    parts = wheel.name[: -len(".whl")].split("-") if wheel.name.endswith(".whl") else []
+    if len(parts) not in (5, 6) or parts[0].replace(".", "_").lower() != EDGE_DIST:
+        return "its name is not nin_edge-<version>-<python>-<abi>-<platform>.whl"
+    info = f"{parts[0]}-{parts[1]}.dist-info"
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            names = set(z.namelist())
+            damaged = z.testzip()  # every member read back against its CRC
+            if damaged:
+                return f"{damaged} in it is damaged"
+            missing = [f"{info}/{f}" for f in ("METADATA", "WHEEL", "RECORD") if f"{info}/{f}" not in names]
+            if missing:
+                return f"it has no {', '.join(missing)}"
+            meta = HeaderParser().parsestr(z.read(f"{info}/METADATA").decode("utf-8"))
+            if "Wheel-Version" not in HeaderParser().parsestr(z.read(f"{info}/WHEEL").decode("utf-8")):
+                return f"{info}/WHEEL has no Wheel-Version"
+            record = {row[0]: row[1] for row in csv.reader(z.read(f"{info}/RECORD").decode("utf-8").splitlines()) if len(row) >= 2}
+            contents = {n: z.read(n) for n in names if not n.endswith("/") and n != f"{info}/RECORD"}
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError, UnicodeDecodeError) as exc:
+        return f"not a readable zip: {exc}"
+    if re.sub(r"[-_.]+", "_", str(meta.get("Name", "")).lower()) != EDGE_DIST or meta.get("Version") != parts[1]:
+        return f"its METADATA names {meta.get('Name')} {meta.get('Version')}, not nin-edge {parts[1]}"
+    if "edge_app/cli/main.py" not in names:
+        return "it holds no edge_app"
+    if any(n.startswith("pipeline/") for n in names):
+        return "it holds the training side, pipeline/"
+    for name, data in sorted(contents.items()):
+        want = record.get(name, "")
+        digest = "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        if want != digest:
+            return f"{name} is {'not in its RECORD' if not want else 'not what its RECORD says'}"
+    return None
 
 
 def build_wheel(dest: Path, timeout: float = 600) -> Path:
@@ -101,7 +139,7 @@ def build_wheel(dest: Path, timeout: float = 600) -> Path:
     except ImportError:
         pass
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        proc = run_bounded(cmd, timeout=timeout)  # on the limit, what it started is killed too
     except subprocess.TimeoutExpired:
         raise PackageError(
             f"building the nin_edge wheel took over {timeout:.0f} s (pip wheel): check pip's index access, "
@@ -256,7 +294,10 @@ def package_run(run_dir: Path, out_dir: Path, *, wheel: Path | None = None, name
     sidecar = read_sidecar(run_dir)
     changed = changed_files(sidecar, run_dir, MODEL_FILES)  # a model changed since model.json was written: refuse
     if changed:
-        raise PackageError(f"{run_dir / changed[0]} does not match the sha256 in model.json: re-run `nin-pipeline convert {run_dir}`")
+        raise PackageError(
+            f"{run_dir / changed[0]} does not match a sha256 recorded in model.json (or none is recorded): "
+            f"re-run `nin-pipeline convert {run_dir}`"
+        )
     if wheel is not None:
         wheel = check_wheel(wheel)
     name = name or f"nin-edge-{run_dir.resolve().name}"

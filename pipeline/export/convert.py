@@ -105,8 +105,8 @@ def calibrate_qat_ranges(qat_model, float_model, images, batch_size: int = 128) 
                 targets.append((layer, vmin[0], vmax[0], None))
     names = [t[3] for t in targets if t[3] is not None]
     probe = keras.Model(float_model.inputs, [float_model.get_layer(n).output for n in names])
-    lo = {n: [] for n in names}
-    hi = {n: [] for n in names}
+    lo: dict[str, list[float]] = {n: [] for n in names}
+    hi: dict[str, list[float]] = {n: [] for n in names}
     in_lo, in_hi = [], []
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].astype(np.float32) / PIXEL_RANGE

@@ -17,7 +17,9 @@ import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
+
+from edge_app.subpython import run_bounded
 
 from pipeline.errors import EdgeTpuError
 
@@ -55,7 +57,14 @@ def find_compiler(compiler: str | None = None) -> str:
     raise EdgeTpuError(where, COMPILER_INSTALL)
 
 
-def parse_compiler_output(stdout: str, log_text: str) -> dict[str, int | str | None]:
+class CompilerCounts(TypedDict):
+    version: str
+    on_tpu: int | None
+    total: int | None
+    subgraphs: int | None
+
+
+def parse_compiler_output(stdout: str, log_text: str) -> CompilerCounts:
     """Counts from the compiler's summary and its operation log table
     (``Operator  Count  Status`` rows, status "Mapped to Edge TPU" or a reason)."""
 
@@ -102,7 +111,7 @@ def compile_model(
         cmd = [exe, "--show_operations", "--out_dir", tmp, str(model)]
         t = time.time()
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+            proc = run_bounded(cmd, timeout=timeout)  # on the limit, what it started is killed too
         except subprocess.TimeoutExpired:
             raise EdgeTpuError(f"{COMPILER} did not finish in {timeout:.0f} s on {model}", "raise --timeout") from None
         except OSError as exc:

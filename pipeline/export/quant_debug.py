@@ -151,7 +151,8 @@ def short_name(tensor: str, width: int = 60) -> str:
 def layer_error_tables(variants: dict[str, tuple[os.PathLike, Any]], rep: np.ndarray, keep: int = 12) -> dict[str, Any]:
     """Per int8 variant (its .tflite and the Keras model it came from), the layers that add the
     most error first (:func:`layer_errors`), or why they could not be measured."""
-    t, out = time.time(), {}
+    t = time.time()
+    out: dict[str, Any] = {}
     for key, (path, model) in variants.items():
         try:
             rows = worst_first(layer_errors(path, model, rep))

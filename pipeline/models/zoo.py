@@ -17,6 +17,8 @@ NiN's global average pooling. None of these models has per-class maps, so none h
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pipeline.models.layers import ModelConfig, conv_bn_relu, fc_classifier, gap_classifier, keras_module, scaled
 
 
@@ -101,7 +103,9 @@ def inception(x, c1: int, c2: tuple[int, int], c3: tuple[int, int], c4: int, nam
     return layers.Concatenate(name=f"{name}_concat")([p1, p2, p3, p4])
 
 
-GOOGLENET = (
+# (block name, c1, c2, c3, c4): an ``inception`` block; "pool": a 3x3/2 max pool between stages
+InceptionSpec = tuple[str, int, tuple[int, int], tuple[int, int], int]
+GOOGLENET: tuple[InceptionSpec | Literal["pool"], ...] = (
     ("3a", 64, (96, 128), (16, 32), 32),
     ("3b", 128, (128, 192), (32, 96), 64),
     "pool",

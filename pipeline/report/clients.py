@@ -19,8 +19,8 @@ MediaPipe's ImageClassifier, so the file is proven in the client before it is ca
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,7 @@ class ClientsModel:
 
 
 WRITER = "mediapipe==0.10.21"
+PROBE_S, RUN_S = 120, 600  # time limits (s): an import probe; writing the metadata or classifying the check images
 WRITER_RECIPE = (
     f"python3.11 -m venv ~/.venvs/nin-metadata && ~/.venvs/nin-metadata/bin/pip install '{WRITER}', then "
     "--writer-python ~/.venvs/nin-metadata/bin/python (or set NIN_METADATA_PYTHON)"
@@ -146,12 +147,11 @@ def writer_python(given: str | None) -> str:
         if not Path(py).is_file():
             raise ClientsError(f"--writer-python {py}: no such file", WRITER_RECIPE)
         return py
-    probe = subprocess.run(
-        [sys.executable, "-c", "from mediapipe.tasks.python.metadata.metadata_writers import image_classifier"], capture_output=True, text=True
-    )
-    if probe.returncode != 0:
+    probe = ask(sys.executable, "from mediapipe.tasks.python.metadata.metadata_writers import image_classifier; print('@@1')", timeout=PROBE_S)
+    if not probe.ok:
         raise ClientsError(
-            "MediaPipe's metadata writer is not importable here (it cannot share an environment with TensorFlow 2.21: protobuf 4 vs 7)",
+            "MediaPipe's metadata writer is not importable here (it cannot share an environment with TensorFlow 2.21: protobuf 4 vs 7)"
+            + (f" ({probe.why})" if probe.timed_out else ""),
             WRITER_RECIPE,
         )
     return sys.executable
@@ -160,21 +160,21 @@ def writer_python(given: str | None) -> str:
 def _libusb_dir(python: str, folder: Path) -> str | None:
     """tflite-support's native part links libusb-1.0.so.0. Where the system has none, the `libusb-package`
     wheel in that Python carries one (as libusb-1.0.so): a link with the expected name in ``folder``."""
-    p = subprocess.run(
-        [python, "-c", "import libusb_package, os; print(os.path.dirname(libusb_package.__file__))"], capture_output=True, text=True
-    )
-    lib = Path(p.stdout.strip()) / "libusb-1.0.so"
-    if p.returncode != 0 or not lib.is_file():
+    p = ask(python, "import json, libusb_package, os; print('@@' + json.dumps(os.path.dirname(libusb_package.__file__)))", timeout=PROBE_S)
+    lib = Path(str(p.answer)) / "libusb-1.0.so"
+    if not p.ok or not lib.is_file():
         return None
     (folder / "libusb-1.0.so.0").symlink_to(lib)
     return str(folder)
 
 
-def _run(python: str, code: str, args: list[str], what: str, timeout: float = 600, libusb: str | None = None):
+def _run(python: str, code: str, args: list[str], what: str, timeout: float = RUN_S, libusb: str | None = None):
     env = {"GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "3"}
     if libusb:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [libusb, os.environ.get("LD_LIBRARY_PATH")]))
-    reply = ask(python, code, args, timeout=timeout, env=env)
+    reply = ask(python, code, args, timeout=timeout, env=env)  # past the limit it is killed, with what it started
+    if reply.timed_out:
+        raise ClientsError(f"{what} in {python} gave no answer within {timeout:g} s (stopped it)", WRITER_RECIPE)
     if not reply.ok:
         raise ClientsError(f"{what} failed in {python}: {reply.why}", f"is {WRITER} installed there? {WRITER_RECIPE}")
     return reply.answer
@@ -195,7 +195,9 @@ def scores_model_uint8(run: RunFolder) -> bytes:
     return to_tflite_int8(model, noise, "uint8")
 
 
-def build_clients_model(run_dir: Path, python: str | None = None, check_images: list[Path] = (), task_python: str | None = None) -> ClientsModel:
+def build_clients_model(
+    run_dir: Path, python: str | None = None, check_images: Sequence[Path] = (), task_python: str | None = None
+) -> ClientsModel:
     """Write CLIENTS_TFLITE (with metadata) and CLIENTS_JSON in the run folder; with ``check_images``,
     classify them with MediaPipe's ImageClassifier and with this project's runtime on the same file."""
     import tempfile
@@ -208,6 +210,7 @@ def build_clients_model(run_dir: Path, python: str | None = None, check_images: 
         out = Path(tmp) / CLIENTS_TFLITE
         written = _run(py, _WRITE, [str(bare), str(out), str(run.path(LABELS_TXT))], "writing the metadata")
         run.write_bytes(CLIENTS_TFLITE, out.read_bytes())
+    run.record_model_file(run.path(CLIENTS_TFLITE))
     check = (
         check_in_clients(run.path(CLIENTS_TFLITE), list(check_images), py, task_python, reference=run.path(INT8_TFLITE))
         if check_images
@@ -230,13 +233,14 @@ def check_in_clients(
     import numpy as np
 
     from edge_app.frames.geometry import fit_to_input
+    from edge_app.frames.sources import read_image
     from edge_app.runtime import Classifier
 
     pixels = []
     for p in images:
-        bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        bgr = read_image(cv2, p, warn=False)  # the header's size first: a small file may decode to gigabytes
         if bgr is None:
-            raise ClientsError(f"{p} is not a readable image", "give --check a folder of JPEG or PNG images")
+            raise ClientsError(f"{p} is not a readable image, or is too large to decode", "give --check a folder of JPEG or PNG images")
         pixels.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
     def top1(path: Path) -> list[int]:
@@ -246,7 +250,7 @@ def check_in_clients(
 
     ours = top1(model)
     answers = []
-    clients = {"mediapipe": (python, _CLASSIFY, None)}
+    clients: dict[str, tuple[str, str, str | None]] = {"mediapipe": (python, _CLASSIFY, None)}
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="nin-libusb-") as libs:

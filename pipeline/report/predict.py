@@ -73,17 +73,21 @@ def evaluate_model(
     limit_test: int | None = None,
     threads: int | None = None,
     progress: bool = True,
+    ignore_checksum: bool = False,
 ) -> dict:
     """Top-1 (and top-5) of any classification model file on a dataset's test split.
 
     ``.tflite`` runs through the edge runtime; ``.keras`` / ``.h5`` through tf_keras.
     A model whose input size, channels or class count does not fit the data is refused
-    with a message saying which.
+    with a message saying which; so is a .tflite whose sha256 the model.json beside it does not
+    record, as on the device (``ignore_checksum``: warn and go on).
     """
     import time
 
-    from edge_app.contract.files import INT8_TFLITE
+    from edge_app.contract.files import INT8_TFLITE, SIDECAR_NAME
+    from edge_app.contract.sidecar import read_sidecar
     from edge_app.errors import ModelLoadError
+    from edge_app.model import check_checksum
     from edge_app.runtime import Classifier
 
     from pipeline.data.formats import load_raw
@@ -96,6 +100,8 @@ def evaluate_model(
         raise ModelLoadError(f"no model file at {path}")
     suffix = path.suffix.lower()
     if suffix == ".tflite":
+        if (path.parent / SIDECAR_NAME).is_file():
+            check_checksum(path, read_sidecar(path.parent / SIDECAR_NAME), ignore_checksum)
         clf = Classifier(path, num_threads=threads)
         shape, classes = clf.input_size, clf.num_classes
         keras_model = None

@@ -5,12 +5,11 @@ and the clients' model. Used by ``pipeline.stages.orchestrator`` and by the `nin
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
-from edge_app.contract.files import EDGETPU_JSON, INT8_TFLITE, REPORT_HTML, REPORT_JSON, REPORT_MD, SIDECAR_NAME, TARGET_JSON
+from edge_app.contract.files import EDGETPU_JSON, INT8_TFLITE, REPORT_HTML, REPORT_JSON, REPORT_MD, TARGET_JSON
 
 from pipeline.errors import ReportError
 from pipeline.runs.folder import RunFolder
@@ -72,15 +71,10 @@ def _into_report(run: RunFolder, key: str, value: Any) -> None:
 
 def record_compiled(run: RunFolder, compiled) -> None:
     """The compiler's summary into edgetpu.json and the report; the compiled model's hash into model.json."""
-    from edge_app.contract.sidecar import read_sidecar, write_sidecar
-    from edge_app.fsutil import sha256_file
 
     record_edgetpu(run, "compile", {k: v for k, v in compiled.to_dict().items() if k != "log"})
     out = Path(compiled.output)
-    sidecar_path = run.path(SIDECAR_NAME)
-    if out.parent.resolve() == run.root.resolve() and sidecar_path.is_file():
-        sc = read_sidecar(sidecar_path)
-        write_sidecar(sidecar_path, dataclasses.replace(sc, files={**sc.files, out.name: sha256_file(out)}))
+    run.record_model_file(out)
     log.info("edgetpu: %s of %s operations mapped to the Edge TPU -> %s", compiled.ops_on_tpu, compiled.ops_total, out)
 
 

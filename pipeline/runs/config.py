@@ -83,6 +83,9 @@ class BuildRequest:
     seed: int = 0
     data_cache: str | None = None
     memory_budget_gb: float | None = None
+    # which of the fields above (dataset ... seed, not the data place) the user gave explicitly: a resume with
+    # flags changes only those (and ``overrides``); the others are the run's own, not the command's defaults
+    given: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         unknown = set(self.overrides) - set(SETTINGS)
@@ -141,6 +144,31 @@ class BuildRequest:
             profile=self.profile,
         )
 
+    def changes_to(self, cfg: BuildConfig) -> list[str]:
+        """What this request changes in a run folder's own settings ``cfg`` (``build --resume`` with flags):
+        exactly the settings given explicitly (``overrides``, ``given``) that differ, as ``diff_configs`` says them."""
+        own: dict[str, Any] = {
+            "dataset": cfg.data.dataset,
+            "profile": cfg.profile,
+            "arch": cfg.model.arch,
+            "val_fraction": cfg.data.val_fraction,
+            "io_type": cfg.convert.io_type,
+            "target": cfg.convert.target,
+            "class_maps": cfg.convert.class_maps,
+            "seed": cfg.train.seed,
+        }
+        base = dataclasses.replace(self, **own, overrides=_profile_settings(cfg), given=frozenset())
+        # settings that follow from a given one take its default, not the run's (e.g. --target edgetpu: uint8)
+        if "target" in self.given:
+            own["io_type"] = None
+        if "arch" in self.given or "head" in self.overrides:
+            own["class_maps"] = None
+        settings = {} if "profile" in self.given else _profile_settings(cfg)
+        kept = {k: v for k, v in own.items() if k not in self.given}
+        asked = dataclasses.replace(self, **kept, overrides={**settings, **self.overrides}, given=frozenset())
+        # against the run's settings as this version resolves them, so that nothing the user did not give is blamed on them
+        return diff_configs(base.config().to_dict(), asked.config().to_dict())
+
     def with_data_place(self, cfg: BuildConfig) -> BuildConfig:
         """A run folder's own ``cfg`` (a resume), with where and how the data is held taken from this
         request where it gives them: these may change on resume (the data itself may not: its fingerprint)."""
@@ -151,6 +179,30 @@ class BuildRequest:
             data_dir=_absolute(self.data_dir) if self.data_dir is not None else cfg.data.data_dir,
         )
         return dataclasses.replace(cfg, data=data)
+
+
+def _profile_settings(cfg: BuildConfig) -> dict[str, Any]:
+    """A run's own value of every setting a flag of `build` can override (the fields of Profile)."""
+    d, m, t, q = cfg.data, cfg.model, cfg.train, cfg.qat
+    return dict(
+        width=m.width,
+        dropout=m.dropout,
+        epochs=t.epochs,
+        qat_epochs=q.epochs,
+        batch_size=t.batch_size,
+        lr=t.lr,
+        weight_decay=t.weight_decay,
+        schedule=t.schedule,
+        warmup_epochs=t.warmup_epochs,
+        qat_lr=q.lr,
+        qat_distill=q.distill,
+        label_smoothing=t.label_smoothing,
+        deterministic=t.deterministic,
+        head=m.head,
+        input_size=d.input_size,
+        limit_train=d.limit_train,
+        limit_test=d.limit_test,
+    )
 
 
 def with_target(cfg: BuildConfig, target: str) -> BuildConfig:
@@ -165,15 +217,32 @@ def with_target(cfg: BuildConfig, target: str) -> BuildConfig:
 NOT_TRAINING_SETTINGS = {"data.cache", "data.memory_budget_gb", "data.data_dir"}  # where the data lives: its fingerprint is checked
 
 
+# settings that follow from another one (one flag sets both): said once, under the one the flag names
+DERIVED = {"qat.batch_size": "train.batch_size", "data.seed": "train.seed", "convert.io_type": "convert.target"}
+
+
 def diff_configs(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """``key: old then, new now`` for every training setting that differs (lists and tuples compare equal)."""
+    """``key: old then, new now`` for every training setting that differs (lists and tuples compare equal);
+    one that follows from another that differs too (``DERIVED``) is left to that one."""
+    out = _diffs(a, b, prefix)
+    return [line for key, line in out if DERIVED.get(key) not in {k for k, _ in out}]
+
+
+def _diffs(a: dict, b: dict, prefix: str) -> list[tuple[str, str]]:
     out = []
     for k in sorted(set(a) | set(b)):
-        if f"{prefix}{k}" in NOT_TRAINING_SETTINGS:
+        key = f"{prefix}{k}"
+        if key in NOT_TRAINING_SETTINGS:
             continue
         va, vb = a.get(k), b.get(k)
         if isinstance(va, dict) and isinstance(vb, dict):
-            out += diff_configs(va, vb, f"{prefix}{k}.")
+            out += _diffs(va, vb, f"{key}.")
         elif (list(va) if isinstance(va, (list, tuple)) else va) != (list(vb) if isinstance(vb, (list, tuple)) else vb):
-            out.append(f"{prefix}{k}: {va!r} then, {vb!r} now")
+            out.append((key, f"{key}: {va!r} then, {vb!r} now"))
     return out
+
+
+def format_diffs(diffs: list[str], most: int = 6) -> str:
+    """``diffs`` on one line: all of them, or the first ``most`` and how many more."""
+    shown = "; ".join(diffs[:most])
+    return shown + (f"; and {len(diffs) - most} more" if len(diffs) > most else "")

@@ -8,16 +8,14 @@ Every write is atomic (a temporary name, then a rename).
 
 from __future__ import annotations
 
-import contextlib
-import datetime as _dt
+import dataclasses
 import io
 import json
 import logging
 import os
-import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -41,10 +39,11 @@ from edge_app.contract.files import (
     TENSORBOARD,
     TRAIN_LOG,
 )
-from edge_app.fsutil import atomic_write_bytes, atomic_write_text
+from edge_app.fsutil import atomic_write_bytes
 
 from pipeline.errors import ReportError, RunError
 from pipeline.runs.config import BuildConfig
+from pipeline.runs.lock import now, run_lock, writing
 
 log = logging.getLogger("pipeline")
 
@@ -60,53 +59,7 @@ STAGE_OUTPUTS = {
     "evaluate": (REPORT_JSON, PREDICTIONS),
 }
 
-__all__ = ["STAGES", "RunError", "RunFolder", "run_lock"]
-
-
-def now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-
-
-@contextlib.contextmanager
-def run_lock(root: Path, command: str) -> Iterator[None]:
-    """Hold the run folder ``root`` for this process while ``command`` works in it.
-
-    Two commands writing one folder (two builds, a build and ``report``) corrupt each other's
-    history and checkpoints, so the second is refused with the holder's PID, host and command.
-    The lock is ``flock`` on ``root/.lock``: the kernel drops it when its process ends, however it
-    ends (kill -9 included), so a dead holder never blocks the next command. A folder this made
-    and that holds nothing else afterwards is removed again.
-    """
-    import fcntl
-
-    root = Path(root)
-    made = not root.exists()
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # held by another process
-            try:
-                h = json.loads(path.read_text())
-                holder = f"PID {h['pid']} on {h['host']}, `{h['command']}` since {h['since']}"
-            except (OSError, ValueError, KeyError, TypeError):
-                holder = "another process"
-            raise RunError(
-                f"{root} is in use by {holder}", "wait for it to end, or stop it; two commands must not write one run folder"
-            ) from None
-        except OSError as exc:  # a file system without locks (some network mounts): go on, and say so
-            log.warning("cannot lock %s (%s): a second command on this run folder would not be noticed", path, exc.strerror or exc)
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": now()}).encode())
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-        with contextlib.suppress(OSError):  # the folder may be gone (a build that never started removes it)
-            if made and [p.name for p in root.iterdir()] == [LOCK_FILE]:
-                path.unlink(missing_ok=True)
-                root.rmdir()
+__all__ = ["STAGES", "RunError", "RunFolder", "run_lock", "writing"]
 
 
 class RunFolder:
@@ -116,6 +69,8 @@ class RunFolder:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.state: dict[str, Any] = {}
+        self.state_lost: str | None = None  # "missing" or "unreadable": state.json could not say which stages finished
+        self.notes: list[str] = []  # what opening it decided, for the command to log once its log is set up
         # where the training backups live: this folder, except on a multi-worker build's other
         # workers, whose own folder is temporary and who restore from the chief's backups
         self.shared = self.root
@@ -125,24 +80,34 @@ class RunFolder:
     @classmethod
     def create(cls, root: Path, cfg: BuildConfig) -> RunFolder:
         """A new run folder with ``cfg``; an existing one is reopened if it was started with the same settings."""
-        from pipeline.runs.config import diff_configs
+        from pipeline.runs.config import diff_configs, format_diffs
 
         root = Path(root)
         run = cls(root)
         if run.path(CONFIG_JSON).exists():
             saved = run.load_config()
-            diffs = diff_configs(saved.to_dict(), cfg.to_dict())
-            if diffs:
+            run.load_state()
+            pending = run.pending_config()
+            diffs = diff_configs((pending or saved).to_dict(), cfg.to_dict())
+            if diffs and run.nothing_finished():
+                # e.g. a build killed (kill -9, out of memory) before its first epoch, which could not clean up
+                run.notes.append(f"{root}: nothing had finished with its earlier settings ({format_diffs(diffs)}): starting it with these")
+                run.state = {}
+                run._save_state()
+                run.save_config(cfg)
+            elif diffs:
                 raise RunError(
-                    f"{root} was started with other settings ({'; '.join(diffs[:4])})",
+                    f"{root} was started with other settings ({format_diffs(diffs)})",
                     "resume it with the same options (or `--resume` alone), or choose a new --out",
                 )
-            if saved != cfg:  # only settings that change no result (e.g. --data-cache): take the new ones
+            elif pending and pending != cfg:  # only settings that change no result (e.g. --data-cache): take the new ones
+                run.set_pending(run.state["pending"]["stage"], cfg)
+            elif not pending and saved != cfg:
                 run.save_config(cfg)
         else:
             root.mkdir(parents=True, exist_ok=True)
             run.save_config(cfg)
-        run.load_state()
+            run.load_state()
         return run
 
     @classmethod
@@ -173,17 +138,54 @@ class RunFolder:
         self.write_json(CONFIG_JSON, cfg.to_dict())
 
     def load_state(self) -> None:
+        """state.json; where it is missing or unreadable, ``state_lost`` says so (what that means is the command's to say)."""
         p = self.path(STATE_JSON)
-        self.state = {}
-        if p.exists():
-            try:
-                state = json.loads(p.read_text())
-            except (ValueError, UnicodeDecodeError):
-                state = None
-            if isinstance(state, dict) and all(isinstance(v, dict) for v in state.values()):
-                self.state = state
-            else:  # unreadable, or JSON of another shape (e.g. [1])
-                log.warning("%s is unreadable; treating every stage as not done", STATE_JSON)
+        self.state, self.state_lost = {}, None
+        if not p.exists():
+            self.state_lost = "missing"
+            return
+        try:
+            state = json.loads(p.read_text())
+        except (ValueError, UnicodeDecodeError):
+            state = None
+        if isinstance(state, dict) and all(isinstance(v, dict) for v in state.values()):
+            self.state = state
+        else:  # unreadable, or JSON of another shape (e.g. [1])
+            self.state_lost = "unreadable"
+
+    def _save_state(self) -> None:
+        self.write_json(STATE_JSON, self.state)
+        self.state_lost = None
+
+    def finished_outputs(self) -> list[str]:
+        """The files in this folder that only a finished stage writes (the models, the report)."""
+        return [n for stage in STAGES for n in STAGE_OUTPUTS[stage] if self.path(n).is_file()]
+
+    def nothing_finished(self) -> bool:
+        """No stage done, no epoch backed up and no stage's output here: nothing to lose by starting over."""
+        if any(self.done(s) for s in STAGES) or self.finished_outputs():
+            return False
+        return not any(self.path(CHECKPOINTS).glob("*/*/checkpoint"))  # BackupAndRestore's index, written with an epoch
+
+    # Settings a command changes (`convert --target`) are kept aside until the stage that honours them is
+    # done, so config.json always describes the models in the folder, and a resume finishes the request.
+
+    def pending_config(self) -> BuildConfig | None:
+        """The settings a stage that has not finished yet was asked to run with (None: config.json's)."""
+        pending = self.state.get("pending")
+        return BuildConfig.from_dict(pending["config"]) if isinstance(pending, dict) and "config" in pending else None
+
+    def effective_config(self) -> BuildConfig:
+        """The settings the next stage runs with: the pending ones, else config.json's."""
+        return self.pending_config() or self.load_config()
+
+    def set_pending(self, stage: str, cfg: BuildConfig) -> None:
+        """Run ``stage`` (and the later ones) with ``cfg``; config.json takes it when ``stage`` is done."""
+        if cfg == self.load_config():
+            self.state.pop("pending", None)
+        else:
+            self.state["pending"] = {"stage": stage, "config": cfg.to_dict()}
+        self._save_state()
 
     def done(self, stage: str) -> bool:
         return bool(self.state.get(stage, {}).get("done"))
@@ -202,7 +204,11 @@ class RunFolder:
         }
         for later in STAGES[STAGES.index(stage) + 1 :]:
             self.state.pop(later, None)
-        self.write_json(STATE_JSON, self.state)
+        pending = self.state.get("pending")
+        if isinstance(pending, dict) and pending.get("stage") == stage:  # config.json first: a crash between the two redoes the stage
+            self.save_config(BuildConfig.from_dict(pending["config"]))
+            self.state.pop("pending")
+        self._save_state()
 
     def damaged_outputs(self, stage: str) -> list[str]:
         """The outputs of a done ``stage`` that are missing or not what the stage wrote (by sha256).
@@ -223,15 +229,17 @@ class RunFolder:
         """Mark ``stage`` and every later one not done."""
         for s in STAGES[STAGES.index(stage) :]:
             self.state.pop(s, None)
-        self.write_json(STATE_JSON, self.state)
+        self._save_state()
 
-    def discard_unstarted(self, folder_was_there: bool) -> None:
+    def discard_unstarted(self, folder_was_there: bool) -> bool:
         """A new build that failed (or was stopped) before its first epoch was backed up leaves nothing
-        behind: the next attempt, with the problem fixed, starts clean instead of being refused."""
+        behind: the next attempt, with the problem fixed, starts clean instead of being refused. (A build
+        that could not get here, killed with -9, leaves its config: ``create`` takes new settings over it.)
+        True when it removed the folder's files."""
         import shutil
 
-        if any(self.done(s) for s in STAGES) or (self.path(CHECKPOINTS) / "train").exists():
-            return
+        if not self.nothing_finished():
+            return False
         root = logging.getLogger("pipeline")
         for h in list(root.handlers):  # stop writing train.log (the terminal keeps the messages)
             if isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == self.root.resolve():
@@ -240,10 +248,11 @@ class RunFolder:
         log.info("%s removed: the build stopped before its first epoch was saved, so there is nothing to resume", self.root)
         if not folder_was_there:
             shutil.rmtree(self.root, ignore_errors=True)
-            return
-        for name in (CONFIG_JSON, STATE_JSON, TRAIN_LOG, LABELS_TXT, TENSORBOARD, LOCK_FILE):
+            return True
+        for name in (CONFIG_JSON, STATE_JSON, TRAIN_LOG, LABELS_TXT, TENSORBOARD, LOCK_FILE, CHECKPOINTS):
             p = self.path(name)
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        return True
 
     def check_data(self, fingerprint: str, source: str) -> None:
         """Record the data's fingerprint on first load; later loads (a resume, ``report``) must give the
@@ -251,7 +260,7 @@ class RunFolder:
         saved = self.state.get("data", {}).get("fingerprint")
         if saved is None:
             self.state["data"] = {"fingerprint": fingerprint, "source": source}
-            self.write_json(STATE_JSON, self.state)
+            self._save_state()
         elif saved != fingerprint:
             raise RunError(
                 f"the data from {source} is not the data {self.root} was made with (its labels, splits or "
@@ -261,14 +270,27 @@ class RunFolder:
 
     # ---------------------------------------------------------------- files
 
+    def record_model_file(self, model: Path) -> None:
+        """A model made later in this folder (compiled, the clients' one): its sha256 into model.json, so a
+        device checks it as it checks the others (a model that model.json records nothing for is refused)."""
+        from edge_app.contract.sidecar import read_sidecar, write_sidecar
+        from edge_app.fsutil import sha256_file
+
+        sidecar_path = self.path(SIDECAR_NAME)
+        if model.parent.resolve() == self.root.resolve() and sidecar_path.is_file():
+            sc = read_sidecar(sidecar_path)
+            with writing(sidecar_path):
+                write_sidecar(sidecar_path, dataclasses.replace(sc, files={**sc.files, model.name: sha256_file(model)}))
+
     def write_json(self, name: str, data: Any) -> Path:
-        return atomic_write_text(self.path(name), json.dumps(data, indent=2) + "\n")
+        return self.write_text(name, json.dumps(data, indent=2) + "\n")
 
     def write_text(self, name: str, text: str) -> Path:
-        return atomic_write_text(self.path(name), text)
+        return self.write_bytes(name, text.encode("utf-8"))
 
     def write_bytes(self, name: str, data: bytes) -> Path:
-        return atomic_write_bytes(self.path(name), data)
+        with writing(self.path(name)):
+            return atomic_write_bytes(self.path(name), data)
 
     def write_labels(self, labels: tuple[str, ...]) -> None:
         self.write_text(LABELS_TXT, "\n".join(labels) + "\n")
@@ -326,7 +348,8 @@ class RunFolder:
     ) -> None:
         """The test predictions, with the sha256 of the models that made them (``models``)."""
         buf = io.BytesIO()
-        np.savez_compressed(buf, y=y, labels=np.asarray(labels), _models=np.asarray(json.dumps(models or {})), **preds)
+        # cast: the keys are the variants' names, never savez_compressed's own keyword allow_pickle
+        np.savez_compressed(buf, y=y, labels=np.asarray(labels), _models=np.asarray(json.dumps(models or {})), **cast(dict[str, Any], preds))
         self.write_bytes(PREDICTIONS, buf.getvalue())
 
     def predictions_made_by(self) -> dict[str, str]:
@@ -388,7 +411,8 @@ def _atomic_save(path: Path, suffix: str, save: Callable[[Path], None]) -> None:
     """Keras picks the file format from the name's ending, so the temporary name keeps it."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{suffix}")
     try:
-        save(tmp)
-        os.replace(tmp, path)
+        with writing(path):
+            save(tmp)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -19,9 +19,10 @@ log = logging.getLogger("pipeline")
 
 def load_data(cfg: BuildConfig, run: RunFolder) -> Splits:
     from pipeline.data.splits import make_splits
+    from pipeline.stages.budget import fits_machine
 
     t = time.time()
-    splits = make_splits(cfg.data)
+    splits = make_splits(cfg.data, fits=fits_machine(cfg))  # a size this machine cannot hold is refused before it is decoded
     log.info(
         "data: %s from %s: %d train, %d validation, %d test, %d classes, images %s (%.0f s)%s",
         cfg.data.dataset,

@@ -35,7 +35,7 @@ from pipeline.errors import RunError
 from pipeline.models.nin import ARCHS, ModelConfig
 from pipeline.report.records import edgetpu_stage, write_report
 from pipeline.runs.config import BuildConfig
-from pipeline.runs.folder import RunFolder
+from pipeline.runs.folder import RunFolder, writing
 from pipeline.stages.inputs import distillation_targets, fit_datasets
 from pipeline.train.fit import TrainConfig
 
@@ -56,7 +56,7 @@ def setup_logging(run_dir: Path) -> None:
     sh = logging.StreamHandler()
     sh.setFormatter(fmt)
     for h in (fh, sh):
-        h._nin = True  # type: ignore[attr-defined]
+        h._nin = True  # type: ignore[union-attr]  # our own marker on the handler, read back with getattr above
         root.addHandler(h)
     root.propagate = False
 
@@ -223,7 +223,8 @@ def stage_convert(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
     )
     from edge_app.contract.sidecar import write_sidecar
 
-    write_sidecar(run.path(SIDECAR_NAME), sidecar)
+    with writing(run.path(SIDECAR_NAME)):  # a full disk names the file
+        write_sidecar(run.path(SIDECAR_NAME), sidecar)
     run.write_json(
         LAYER_ERRORS_JSON,
         layer_error_tables({"qat_int8": (run.path(INT8_TFLITE), qat_model), "ptq_int8": (run.path(PTQ_TFLITE), float_model)}, rep),
