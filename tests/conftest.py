@@ -136,7 +136,7 @@ def make_edge_model(folder: Path, seed: int = 0) -> Path:
     (folder / FLOAT_TFLITE).write_bytes(to_tflite_float(model))
     (folder / LABELS_TXT).write_text("\n".join(FAST_CLASSES) + "\n")
     write_sidecar(folder / SIDECAR_NAME, describe_tflite(folder / INT8_TFLITE, FAST_CLASSES, dataset="cifar10",
-                                                         arch="nin-cifar", width=0.125, hashed=[folder / INT8_TFLITE],
+                                                         arch="nin-cifar", width=0.125, hashed=[folder / INT8_TFLITE, folder / FLOAT_TFLITE],
                                                          input_stats=training_input_stats(rep)))
     return folder
 

@@ -360,3 +360,14 @@ def test_a_runtime_version_compares_as_a_version(edge_model, tmp_path):
         assert res.exit_code in (0, 3), res.output
         out[spec] = [t for t in json.loads((tmp_path / "t.json").read_text())["targets"] if t["runtime"].startswith("tflite-runtime")]
     assert out["tflite-runtime==2.14"] == out["tflite-runtime==2.14.0"] and out["tflite-runtime==2.14"]
+
+
+def test_bench_all_checks_every_model_it_runs(edge_model_copy):
+    """`bench --all` runs every model of the folder: a swapped PTQ model is refused, not only the int8 one."""
+    import shutil
+
+    from edge_app.contract.files import PTQ_TFLITE
+
+    shutil.copy(edge_model_copy / "model_int8.tflite", edge_model_copy / PTQ_TFLITE)  # model.json records nothing for it
+    res = CliRunner().invoke(cli, ["bench", str(edge_model_copy), "--all", "--runs", "10"])
+    _one_line_error(res, PTQ_TFLITE, "--ignore-checksum")

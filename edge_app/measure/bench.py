@@ -93,8 +93,10 @@ def bench_all(
 
     folder = Path(folder)
     sc = read_sidecar(folder / SIDECAR_NAME) if (folder / SIDECAR_NAME).is_file() else None
-    if sc is not None and (folder / INT8_TFLITE).is_file():
-        check_checksum(folder / INT8_TFLITE, sc, ignore_checksum)  # the same rule as run and bench
+    if sc is not None:  # every model the table runs, by the same rule as run and bench
+        for v in MODEL_VARIANTS:
+            if (folder / v.file).is_file():
+                check_checksum(folder / v.file, sc, ignore_checksum)
     settings: dict[str, Any] = (
         {"pixel_scale": sc.input.pixel_scale, "mean": sc.input.mean, "std": sc.input.std, "output_kind": sc.output("scores").kind} if sc else {}
     )
