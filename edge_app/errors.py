@@ -51,6 +51,23 @@ class ServeError(EdgeAppError):
     """The preview server cannot start (a bad address, a port in use)."""
 
 
+class AgentError(EdgeAppError):
+    """A request the device agent refuses, or a job of it that failed. ``kind`` is its key in
+    edge_app.agent.protocol.STATUS (the HTTP status it is answered with); ``reply`` the job's reply, if it ran."""
+
+    def __init__(self, kind: str, message: str, hint: str = "", reply: dict | None = None) -> None:
+        super().__init__(message, hint)
+        self.kind, self.reply = kind, reply
+
+
+class AgentUnreachable(AgentError):
+    """No agent answers at the address (refused, timed out, the connection dropped mid-request): the device
+    is off, its agent not started, or the network gone. The host tells it apart to keep what it measured and resume."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__("unreachable", message, hint)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``systemctl stop``, ``docker stop``, Kubernetes) or SIGHUP (the ssh session or terminal
     gone), ended like Ctrl-C: the loop's summary, the build's "finished epochs are checkpointed" message.

@@ -196,3 +196,16 @@ def describe_model(model: str | os.PathLike, runtime: str = "auto", loaded: Load
             + (" ..." if sidecar.num_classes > 10 else "")
         )
     return lines
+
+
+def model_io(loaded: LoadedModel) -> dict[str, Any]:
+    """`edge-app info --json`: the model as opened and its tensors (what describe_model prints, as data)."""
+    interp = loaded.classifier.interpreter
+    out: dict[str, Any] = {"model": str(loaded.path), "runtime": loaded.classifier.runtime, "delegate": loaded.delegate}
+    for kind, details in (("inputs", interp.get_input_details()), ("outputs", interp.get_output_details())):
+        out[kind] = [
+            {"name": t["name"], "shape": [int(v) for v in t["shape"]], "dtype": t["dtype"].__name__, "scale": float(t["quantization"][0]),
+             "zero_point": int(t["quantization"][1])}
+            for t in details
+        ]  # fmt: skip
+    return out

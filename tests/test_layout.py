@@ -20,7 +20,7 @@ LAYERS = {
                  "cli __main__"],
     # the contract (run-folder files, sidecar) is the device side's base: the runtime takes its defaults from it
     "edge_app": ["errors fsutil quiet subpython health contract runtime", "frames", "model", "checks", "camera",
-                 "measure", "cli __main__"],
+                 "measure", "agent", "cli __main__"],
 }
 
 

@@ -34,6 +34,7 @@ from edge_app.runtime import RUNTIME_NAMES
 )
 @click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True)
 @click.option("--ignore-checksum", is_flag=True, help="Check a model whose sha256 differs from its model.json (warns).")
+@click.option("--json", "json_out", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None, help="Also write check-input.json here.")
 @model_anywhere
 def check_input_cmd(
     model: Path,
@@ -45,6 +46,7 @@ def check_input_cmd(
     out: Path | None,
     runtime: str,
     ignore_checksum: bool,
+    json_out: Path | None,
 ) -> None:
     """Is the camera frame what the model expects? Saves the model's input as pictures and compares the
     frames with the training images (channel order, scale, exposure). Exit status 3: a problem found."""
@@ -59,7 +61,8 @@ def check_input_cmd(
     pictures = [out / f"{kind}_{i}.{ext}" for i in range(frames) for kind, ext in (("frame", "jpg"), ("input", "png"))]
     pictures += [*out.glob("frame_*.jpg"), *out.glob("input_*.png")] if out.is_dir() else []
     inputs, runs = model_inputs(model)
-    check_outputs([("--out", f) for f in dict.fromkeys([out / "check-input.json", *pictures])], [*inputs, *source_inputs(source)], runs)
+    outputs = [("--out", f) for f in dict.fromkeys([out / "check-input.json", *pictures])] + [("--json", json_out)]
+    check_outputs(outputs, [*inputs, *source_inputs(source)], runs)
     loaded = open_model(model, runtime=runtime, ignore_checksum=ignore_checksum)
     with contextlib.closing(open_source(source, width=width, height=height)) as src:
         r = check_source(loaded, src, frames=frames, resize=resize, out_dir=out)
@@ -69,7 +72,10 @@ def check_input_cmd(
         )
     for line in table(r):
         click.echo(line)
-    write_text(out / "check-input.json", json.dumps({"model": str(loaded.path), "source": source, **r}, indent=2) + "\n")
+    text = json.dumps({"model": str(loaded.path), "source": source, **r}, indent=2) + "\n"
+    for dest in (out / "check-input.json", json_out):
+        if dest is not None:
+            write_text(dest, text)
     click.echo(f"the model's input as pictures: {out}/input_*.png (beside each frame_*.jpg)")
     if r["findings"]:
         raise SystemExit(3)
@@ -99,6 +105,66 @@ def target_names(ctx, param, values):
     return tuple(values) or tuple(known)
 
 
+def _device_url(ctx, param, value):
+    from edge_app.agent.client import parse_url
+    from edge_app.errors import AgentError
+
+    if value is not None:
+        try:
+            parse_url(value)  # a wrong address is a usage error, before any model is read
+        except AgentError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def device_options(command):
+    """``--device URL`` and ``--device-token``: ask that device's `edge-app agent` (edge_app.agent.client) instead
+    of this machine. One definition for every command that takes them (check-target here; nin-pipeline's sweep,
+    compare and evaluate)."""
+    command = click.option("--device-token", default=None, metavar="TOKEN", help="The agent's token (default: env NIN_DEVICE_TOKEN).")(command)
+    return click.option(
+        "--device",
+        "device_url",
+        default=None,
+        metavar="URL",
+        callback=_device_url,
+        help="Ask the device instead: its `edge-app agent` at HOST:PORT or http://HOST:PORT (plain HTTP; elsewhere, an SSH tunnel).",
+    )(command)
+
+
+def _check_on_device(model: Path, runtimes: tuple[str, ...], pythons, json_out: Path | None, url: str, token: str | None, run: Path | None):
+    """`check-target --device URL`: the device's own answer (its runtimes, through its agent), kept as the run's
+    device_target.json; target.json and the report stay this machine's."""
+    import json
+
+    from click.core import ParameterSource
+
+    from edge_app.agent.client import AgentClient
+    from edge_app.checks.targets import format_check
+    from edge_app.contract.files import DEVICE_TARGET_JSON
+    from edge_app.errors import AgentError
+
+    given = click.get_current_context().get_parameter_source("runtimes") == ParameterSource.COMMANDLINE
+    if pythons or (given and len(runtimes) != 1):
+        raise click.UsageError("with --device the device checks its own runtimes: give at most one --runtime, and no --python")
+    client = AgentClient(url, token)
+    reply = client.run("check-target", model, {"runtime": runtimes[0]} if given else {})
+    r, d = reply.result, reply.device
+    try:
+        tpu = [f"Edge TPU (Coral's rules, no compiler): {r['edgetpu']['verdict']}"] if "edgetpu" in r else []
+        lines = [*format_check(r), *tpu]
+        loads = [t["loads"] for t in r["targets"]]
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise AgentError("bad reply", f"the check-target result of {client.url} is not `edge-app check-target --json`'s ({exc!r})") from None
+    click.echo("\n".join([f"on {d.hostname} ({d.board or d.machine}, {client.url}):", *lines]))
+    out = json.dumps({**r, "agent": {"url": client.url, "device": d.to_json()}}, indent=2) + "\n"
+    for path in (json_out, run / DEVICE_TARGET_JSON if run is not None else None):
+        if path is not None:
+            write_text(path, out)
+    if any(v is False for v in loads):
+        raise SystemExit(3)
+
+
 @click.command(name="check-target")
 @click.option("--model", default=None, type=NonEmptyPath(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
 @click.option(
@@ -120,8 +186,11 @@ def target_names(ctx, param, values):
     help="Also load the model in the runtimes another Python has (e.g. a venv with tflite-runtime 2.14).",
 )
 @click.option("--json", "json_out", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None)
+@device_options
 @model_anywhere
-def check_target_cmd(model: Path, runtimes: tuple[str, ...], pythons: tuple[str, ...], json_out: Path | None) -> None:
+def check_target_cmd(
+    model: Path, runtimes: tuple[str, ...], pythons: tuple[str, ...], json_out: Path | None, device_url: str | None, device_token: str | None
+) -> None:
     """Will MODEL (a run folder or a .tflite) load on the target runtimes? Every op with its builtin code and
     version, and for each runtime whether it loads (loaded where it is installed; from the release's op table
     where not); and the Edge TPU's mapping (Coral's rules, no compiler). A run folder records it (target.json;
@@ -138,6 +207,9 @@ def check_target_cmd(model: Path, runtimes: tuple[str, ...], pythons: tuple[str,
     inputs, runs = model_inputs(model)
     outputs = {"--json": json_out, f"the run's own {TARGET_JSON}": run / TARGET_JSON if a_run else None}
     check_outputs(outputs, [*inputs, *(("--python", Path(p)) for p in pythons)], runs, writes=(TARGET_JSON,))
+    if device_url is not None:
+        _check_on_device(model, runtimes, pythons, json_out, device_url, device_token, run if a_run else None)
+        return
     r = check_target(path, tuple(n for n in runtimes if n != EDGETPU), pythons)
     tpu = with_edgetpu(r, path)
     lines = format_check(r)

@@ -1,5 +1,5 @@
 """`edge-app`: the device-side command: `run` (the camera loop), `bench`, `eval`, `info`,
-`check-input` and `check-target` (in edge_app.cli.checks).
+`check-input` and `check-target` (in edge_app.cli.checks), `agent` (in edge_app.cli.agent).
 
 Each command validates its options with click types and calls the library; every error a user
 can fix (an :class:`~edge_app.errors.EdgeAppError`, or an OSError) is turned into one
@@ -16,6 +16,7 @@ import click
 
 from edge_app import __version__
 from edge_app.camera.loop import LoopOptions
+from edge_app.cli.agent import agent_cmd
 from edge_app.cli.checks import check_input_cmd, check_target_cmd
 from edge_app.cli.common import (
     MODEL_FIELDS,
@@ -84,24 +85,29 @@ def _bench_text(r: dict) -> str:
 @cli.command()
 @click.option("--model", default=None, type=NonEmptyPath(path_type=Path), help="A run folder or a .tflite file (or give it as MODEL).")
 @runtime_options()
+@click.option("--json", "json_out", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None, help="Also write it as JSON.")
 @model_anywhere
 @bundle("model", ModelChoice, MODEL_FIELDS)
-def info(model: ModelChoice) -> None:
+def info(model: ModelChoice, json_out: Path | None) -> None:
     """Load MODEL (a run folder or a .tflite) and print its inputs, outputs, sidecar, and which ops the
     delegate (--delegate; XNNPACK on the CPU) took and which stayed on TFLite's built-in CPU kernels."""
+    import json
+
     from edge_app.checks.placement import compiled_placement, describe, placement
     from edge_app.contract.files import resolve_model_path
-    from edge_app.model import describe_model
+    from edge_app.model import describe_model, model_io
 
-    compiled = compiled_placement(resolve_model_path(model.model, model.delegate))
+    check_outputs({"--json": json_out}, *model_inputs(model.model, model.delegate, model.labels))
+    path = resolve_model_path(model.model, model.delegate)
+    compiled, lines, d = compiled_placement(path), [], {"model": str(path), "runtime": None, "delegate": model.delegate}
     if compiled is None or model.delegate == "edgetpu":
         loaded = model.open()
-        for line in describe_model(loaded.path, loaded=loaded):
-            click.echo(line)
-    if compiled is not None:  # read from the file: the compiler's mapping
-        click.echo(describe(compiled, "edgetpu"))
-    else:
-        click.echo(describe(placement(loaded.classifier.interpreter, loaded.delegate, model=loaded.path), loaded.delegate))
+        lines, d = describe_model(loaded.path, loaded=loaded), model_io(loaded)
+    placed = compiled if compiled is not None else placement(loaded.classifier.interpreter, loaded.delegate, model=loaded.path)
+    lines = [*lines, describe(placed, "edgetpu" if compiled is not None else loaded.delegate)]  # compiled: read from the file
+    click.echo("\n".join(lines))
+    if json_out:
+        write_text(json_out, json.dumps({**d, "lines": lines, "placement": placed}, indent=2) + "\n")
 
 
 @cli.command()
@@ -353,9 +359,17 @@ def bench_cmd(model: ModelChoice, runs: int, json_out: Path | None, all_models: 
     help=f"Where to write the result (default: {EVAL_JSON} in the run folder, else here).",
 )
 @click.option("--follow-links", is_flag=True, help="Read images that links in DIR point to outside it (default: such a link is refused).")
+@click.option(
+    "--predictions",
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write each image's answer here, one JSON line each (file under DIR, truth, predicted): to compare devices.",
+)
 @model_anywhere
 @bundle("model", ModelChoice, MODEL_FIELDS)
-def eval_cmd(model: ModelChoice, source: Path, resize: str, limit: int | None, json_out: Path | None, follow_links: bool) -> None:
+def eval_cmd(
+    model: ModelChoice, source: Path, resize: str, limit: int | None, json_out: Path | None, follow_links: bool, predictions: Path | None
+) -> None:
     """Accuracy on this device: a labelled folder through the real runtime, delegate and preprocessing."""
     import json
 
@@ -364,9 +378,11 @@ def eval_cmd(model: ModelChoice, source: Path, resize: str, limit: int | None, j
 
     out = json_out or (Path(model.model) / EVAL_JSON if Path(model.model).is_dir() else Path(EVAL_JSON))
     inputs, runs = model_inputs(model.model, model.delegate, model.labels)
-    check_outputs({"--json": out}, [*inputs, ("--source", source)], runs, writes=(EVAL_JSON,))
+    check_outputs({"--json": out, "--predictions": predictions}, [*inputs, ("--source", source)], runs, writes=(EVAL_JSON,))
     loaded = model.open()
-    r = {**measured_on(loaded, model.threads), **evaluate_folder(loaded, source, resize=resize, limit=limit, follow_links=follow_links)}
+    found = evaluate_folder(loaded, source, resize=resize, limit=limit, follow_links=follow_links, per_image=predictions is not None)
+    answers = found.pop("predictions", [])
+    r = {**measured_on(loaded, model.threads), **found}
     worst = sorted((v, k) for k, v in r["per_class_recall"].items() if v is not None)[:3]
     click.echo(
         f"{loaded.path.name} on {r['runtime']}, delegate {r['delegate']}: {r['images']:,} images of "
@@ -377,10 +393,14 @@ def eval_cmd(model: ModelChoice, source: Path, resize: str, limit: int | None, j
     click.echo("lowest recall: " + ", ".join(f"{k} {100 * v:.1f}%" for v, k in worst))
     write_text(out, json.dumps(r, indent=2) + "\n")
     click.echo(f"eval: {out}")
+    if predictions is not None:
+        write_text(predictions, "".join(json.dumps(a) + "\n" for a in answers))
+        click.echo(f"predictions: {predictions}")
 
 
 cli.add_command(check_input_cmd)
 cli.add_command(check_target_cmd)
+cli.add_command(agent_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:

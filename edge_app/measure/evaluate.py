@@ -81,9 +81,11 @@ def evaluate_folder(
     option: str = "--source",
     items: list[tuple[Path, int]] | None = None,
     follow_links: bool = False,
+    per_image: bool = False,
 ) -> dict[str, Any]:
     """Top-1/top-5, per-class recall, the confusion matrix and per-image latency on a labelled folder
-    (``items``: its :func:`labelled_images` list when the caller already has it)."""
+    (``items``: its :func:`labelled_images` list when the caller already has it; ``per_image``: also
+    "predictions", each image's answer, to compare two devices answer by answer)."""
     labels = list(model.labels)
     found = None
     if items is None:
@@ -99,6 +101,7 @@ def evaluate_folder(
     top5 = 0
     read: set[str] = set()
     ms: list[float] = []
+    answers: list[tuple[str, int, int]] = []
     t0 = time.perf_counter()
     for frame in ImageSource([p for p, _ in items], str(root)).frames():  # unreadable files skipped, as in `run`
         truth = truth_of[frame.name]
@@ -107,7 +110,9 @@ def evaluate_folder(
         t = time.perf_counter()
         scores = clf.predict(pixels)
         ms.append(1000 * (time.perf_counter() - t))
-        confusion[truth, int(np.argmax(scores))] += 1
+        answer = int(np.argmax(scores))
+        confusion[truth, answer] += 1
+        answers.append((frame.name, truth, answer))
         top5 += truth in np.argsort(-scores, kind="stable")[:5]  # ties broken as the loop's top-k does
     skipped = [str(p) for p, _ in items if str(p) not in read]
     seen = int(confusion.sum())
@@ -115,6 +120,7 @@ def evaluate_folder(
         raise SourceError(f"{option} {root}: none of its {len(items)} image(s) could be read", "check the files")
     support = confusion.sum(1)
     recall = {labels[i]: (float(confusion[i, i] / support[i]) if support[i] else None) for i in range(n)}
+    extra = {"predictions": [_answer(f, t, a, root, labels) for f, t, a in answers]} if per_image else {}
     return {
         "source": str(root),
         "images": seen,
@@ -129,4 +135,11 @@ def evaluate_folder(
         "confusion_matrix": confusion.tolist(),
         "latency_ms": dict(zip(("median", "p95"), map(float, median_p95(ms)))),
         "seconds": round(time.perf_counter() - t0, 2),
+        **extra,
     }
+
+
+def _answer(name: str, truth: int, answer: int, root: Path, labels: list[str]) -> dict[str, Any]:
+    path = Path(name)  # named from the labelled folder's top: the same on every device
+    rel = path.relative_to(root) if path.is_relative_to(root) else path
+    return {"file": rel.as_posix(), "truth": labels[truth], "predicted": labels[answer]}

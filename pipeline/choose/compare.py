@@ -1,7 +1,8 @@
 """`nin-pipeline compare RUN...`: run folders side by side — the columns that matter when choosing a
 model for a device across architectures: size (params, MACs, int8 bytes), accuracy (float, QAT
 int8, PTQ int8, agreement), int8 speed on this host (1 thread and all cores) and the Edge TPU check
-— as a terminal table, markdown, JSON and a plot (accuracy vs int8 latency, marker area = bytes)."""
+— as a terminal table, markdown, JSON and a plot (accuracy vs int8 latency, marker area = bytes).
+With ``--device URL`` the int8 speed is the device's (pipeline.choose.device), this host's beside it."""
 
 from __future__ import annotations
 
@@ -111,17 +112,33 @@ def _arch(r: dict) -> str:
     return r["arch"] + (f" ({r['head']})" if r.get("head") and r["head"] != "gap" else "")
 
 
+LATENCY = "int8 ms 1 thread / all"
+
+
+def _on_device(recs: list[dict[str, Any]]) -> bool:
+    """Latency measured on a device (sweep.with_device_latency): its column, and this host's beside it."""
+    return any("host_int8_ms_1_thread" in r for r in recs)
+
+
 def header(recs: list[dict[str, Any]]) -> list[str]:
-    return HEADER + (["device int8 top-1 (Δ vs host)"] if any("device_top1" in r for r in recs) else [])
+    h = list(HEADER)
+    if _on_device(recs):
+        names = sorted({r.get("latency_device") or "?" for r in recs})
+        h[h.index(LATENCY) : h.index(LATENCY) + 1] = [f"int8 ms on {', '.join(names)}", f"host {LATENCY}"]
+    return h + (["device int8 top-1 (Δ vs host)"] if any("device_top1" in r for r in recs) else [])
+
+
+def _ms(one: float | None, many: float | None) -> str:
+    return ("-" if one is None else f"{one:.2f}") + ("" if many is None else f" / {many:.2f}")
 
 
 def rows(recs: list[dict[str, Any]]) -> list[list[str]]:
     device = any("device_top1" in r for r in recs)
     out = []
     for r in recs:
-        ms = "-" if r["int8_ms_1_thread"] is None else f"{r['int8_ms_1_thread']:.2f}"
-        if r["int8_ms_all"] is not None:
-            ms += f" / {r['int8_ms_all']:.2f}"
+        ms = [_ms(r["int8_ms_1_thread"], r["int8_ms_all"])]
+        if _on_device(recs):
+            ms.append(_ms(r.get("host_int8_ms_1_thread"), r.get("host_int8_ms_all")))
         out.append(
             [
                 r["run"],
@@ -134,7 +151,7 @@ def rows(recs: list[dict[str, Any]]) -> list[list[str]]:
                 _pct(r["ptq_int8_top1"]),
                 _pct(r["agreement"]),
                 f"{r['int8_bytes']:,}" if r["int8_bytes"] is not None else "-",
-                ms,
+                *ms,
                 r["edgetpu_ops"],
             ]
         )

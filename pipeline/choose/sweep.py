@@ -6,7 +6,9 @@ built as normal run folders under one sweep folder, then the accuracy-vs-latency
   resumes from its last epoch (the build's own resume).
 - Latency comes from this host's report, or from the device itself: ``edge-app bench MODEL --json F``
   run on the device records the model's sha256 beside its milliseconds, and ``--device-latency F...``
-  puts those figures in place of the host's (a file whose model is none of the candidates is an error).
+  puts those figures in place of the host's (a file whose model is none of the candidates is an error);
+  or ``--device URL`` asks the device's `edge-app agent` for each candidate (pipeline.choose.device), kept
+  as the candidate's device_bench.json and read the same way.
 - ``--latency-budget MS`` / ``--size-budget KB`` pick the most accurate candidate within both, and say
   what the next more accurate one would cost.
 - Writes ``sweep.json``, ``sweep.md`` and a self-contained ``sweep.html`` (table and plot inline).
@@ -157,6 +159,10 @@ def with_device_latency(recs: list[dict], folders: list[Path], device: dict[str,
                 int8_ms_1_thread=v["ms"],
                 int8_ms_all=None,
                 latency_source=(f"device {v['device'].get('hostname', '?')} ({v['runtime']}, {v['delegate']}, {v['threads']} threads)"),
+                latency_device=v["device"].get("hostname", "?"),
+                # this host's own figures stay beside the device's (the table shows both)
+                host_int8_ms_1_thread=r.get("int8_ms_1_thread"),
+                host_int8_ms_all=r.get("int8_ms_all"),
             )
         )
     return out

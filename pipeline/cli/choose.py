@@ -3,11 +3,13 @@ the main group by :func:`register`; thin, as the others: they validate and call 
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import click
 
+from edge_app.cli.checks import device_options
 from edge_app.cli.common import check_outputs, write_text
 from edge_app.cli.params import NonEmptyPath
 
@@ -15,6 +17,43 @@ from pipeline.cli.params import FOLLOW_LINKS, NON_NEGATIVE_INT, POSITIVE_FLOAT, 
 from pipeline.data.formats import DATASETS
 from pipeline.models.nin import ARCHS, HEADS
 from pipeline.runs.profiles import PROFILES
+
+
+def _echo(text: str, end_line: bool) -> None:
+    click.echo(text, nl=end_line)
+
+
+DEVICE_EVAL = click.option(
+    "--device-eval",
+    metavar="ALIAS",
+    default=None,
+    help="With --device: the int8 top-1 on the device's labelled folder ALIAS (given to its agent as --data ALIAS=DIR).",
+)
+
+
+def device_evaluate(command):
+    """`evaluate MODEL --device URL --device-eval ALIAS`: the eval job on the device's labelled folder instead of
+    this host's test split. Adds the three options to ``command`` and takes them off before it runs."""
+
+    @functools.wraps(command)
+    def wrapper(device_url: str | None, device_token: str | None, device_eval: str | None, **kwargs):
+        if device_url is None and device_eval is None:
+            return command(**kwargs)
+        if device_url is None or device_eval is None:
+            raise click.UsageError("--device URL and --device-eval ALIAS go together: the device, and the labelled folder it offers")
+        from edge_app.contract.files import EVAL_JSON
+
+        from pipeline.choose import device as dv
+
+        model, json_out = kwargs["model"], kwargs["json_out"]
+        check_outputs({"--json": json_out}, [("MODEL", model)], [model], writes=(EVAL_JSON,))
+        dev = dv.connect(device_url, device_token, device_eval)
+        result, lines = dv.evaluate_on_device(model, dev, device_eval, kwargs["limit_test"], kwargs["threads"])
+        click.echo("\n".join(lines))
+        if json_out:
+            write_text(json_out, json.dumps(result, indent=2) + "\n")
+
+    return device_options(DEVICE_EVAL(wrapper))
 
 
 def register(cli: click.Group) -> None:
@@ -28,12 +67,23 @@ def register(cli: click.Group) -> None:
         default=None,
         help="A PNG: QAT int8 top-1 vs int8 ms per image, marker area = bytes, Pareto front marked.",
     )
-    def compare(runs: tuple[Path, ...], markdown: Path | None, json_out: Path | None, plot: Path | None) -> None:
-        """Put run folders side by side: size, accuracy, int8 speed and Edge TPU ops (e.g. to pick a model)."""
+    @device_options
+    def compare(
+        runs: tuple[Path, ...], markdown: Path | None, json_out: Path | None, plot: Path | None, device_url: str | None, device_token: str | None
+    ) -> None:
+        """Put run folders side by side: size, accuracy, int8 speed and Edge TPU ops (e.g. to pick a model).
+        With --device, the int8 speed measured on the device (kept as each run's device_bench.json), this host's beside it."""
         from pipeline.choose import compare as cmp
 
         check_outputs({"--markdown": markdown, "--json": json_out, "--plot": plot}, runs=runs)
         recs = cmp.records(list(runs))
+        xlabel = None
+        if device_url is not None:
+            from pipeline.choose import device as dv
+
+            dev = dv.connect(device_url, device_token)
+            recs = dv.with_device(recs, list(runs), dev, _echo)
+            xlabel = f"QAT int8 ms per image on {dev.name} (log scale)"
         cmp.print_table(recs)
         if markdown:
             write_text(markdown, cmp.markdown(recs))
@@ -42,7 +92,7 @@ def register(cli: click.Group) -> None:
         if plot:
             from edge_app.fsutil import atomic_write_bytes
 
-            atomic_write_bytes(plot, cmp.plot(recs))
+            atomic_write_bytes(plot, cmp.plot(recs, xlabel=xlabel))
 
     @cli.command()
     @click.option("--arch", type=click.Choice(list(ARCHS)), default="nin-cifar", show_default=True)
@@ -98,6 +148,8 @@ def register(cli: click.Group) -> None:
         help="An `edge-app bench MODEL --json F` file from the device, or a folder of them (repeat the option): "
         "the device's latency replaces this host's.",
     )
+    @device_options
+    @DEVICE_EVAL
     @click.option("--latency-budget", type=POSITIVE_FLOAT, default=None, metavar="MS", help="Pick within this int8 latency.")
     @click.option("--size-budget", type=POSITIVE_FLOAT, default=None, metavar="KB", help="Pick within this int8 file size.")
     def sweep(
@@ -115,11 +167,16 @@ def register(cli: click.Group) -> None:
         limit_test,
         seed,
         device_files,
+        device_url,
+        device_token,
+        device_eval,
         latency_budget,
         size_budget,
     ) -> None:
-        """Build every ARCH x WIDTH x SIZE candidate (resumable), then the accuracy-vs-latency Pareto front."""
+        """Build every ARCH x WIDTH x SIZE candidate (resumable), then the accuracy-vs-latency Pareto front
+        (with --device, the latency measured on the device, each candidate once: run again, it measures only the rest)."""
         from pipeline.choose import compare as cmp
+        from pipeline.choose import device as dv
         from pipeline.choose import sweep as sw
         from pipeline.data.formats import resolve_source
         from pipeline.runs.config import BuildRequest
@@ -132,6 +189,11 @@ def register(cli: click.Group) -> None:
         outputs = [("--out", out / n) for n in (sw.SWEEP_JSON, sw.SWEEP_MD, sw.SWEEP_PNG, sw.SWEEP_HTML)]
         check_outputs(outputs, [("--device-latency", f) for f in files])
         device = sw.device_latencies(files) if files else {}
+        if device_url is not None and device_files:
+            raise click.UsageError("--device and --device-latency both give the device's latency: give one")
+        if device_eval is not None and device_url is None:
+            raise click.UsageError("--device-eval goes with --device URL (the device whose folder it names)")
+        dev = dv.connect(device_url, device_token, device_eval) if device_url is not None else None  # before hours of building
         common = {
             k: v
             for k, v in dict(epochs=epochs, qat_epochs=qat_epochs, batch_size=batch_size, limit_train=limit_train, limit_test=limit_test).items()
@@ -151,7 +213,9 @@ def register(cli: click.Group) -> None:
         cands = sw.candidates(archs, widths, input_sizes or [])
         folders = sw.run_sweep(out, cands, build_one, expected)
         recs = cmp.records(folders)
-        if device:
+        if dev is not None:
+            recs = dv.with_device(recs, folders, dev, _echo, device_eval)
+        elif device:
             recs = sw.with_device_latency(recs, folders, device)
         choice = sw.pick(recs, latency_budget, size_budget) if latency_budget or size_budget else None
         settings = {
@@ -163,6 +227,7 @@ def register(cli: click.Group) -> None:
             **common,
             "seed": seed,
             "device_latency": [str(f) for f in device_files],
+            **({"device": {"url": dev.client.url, **dev.identity()}, "device_eval": device_eval} if dev is not None else {}),
             "latency_budget_ms": latency_budget,
             "size_budget_kb": size_budget,
         }
@@ -170,7 +235,7 @@ def register(cli: click.Group) -> None:
         cmp.print_table(recs)
         click.echo(
             f"Pareto front (fastest first): {', '.join(front) or '-'}"
-            + (" — latency from the device" if device else " — latency from this host's reports")
+            + (f" — latency from {dev.name}" if dev else " — latency from the device" if device else " — latency from this host's reports")
         )
         if choice:
             click.echo(f"pick: {choice['why']}")

@@ -16,6 +16,7 @@ from edge_app.contract.files import REPORT_HTML, RunFiles
 from edge_app.quiet import is_verbose
 
 from pipeline import __version__
+from pipeline.cli.choose import device_evaluate
 from pipeline.cli.params import FOLLOW_LINKS, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, RUN_DIR, SEED, WORKERS, FiniteFloat
 from pipeline.data.formats import DATASETS
 from pipeline.data.splits import DATA_CACHES
@@ -367,6 +368,7 @@ def report(run_dir: Path, rerun: bool, no_latency: bool) -> None:
 @click.option(
     "--json", "json_out", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None, help="Also write the figures to this JSON file."
 )
+@device_evaluate  # --device URL --device-eval ALIAS: on the device's own labelled folder instead
 def evaluate(
     model: Path, dataset: str, data_dir: Path | None, limit_test: int | None, threads: int | None, ignore_checksum: bool, json_out: Path | None
 ) -> None:

@@ -10,6 +10,7 @@ Layout of the archive (one top folder, ``nin-edge-<run>/``)::
     run.sh                                             the launcher: edge-app run on the bundled model
     edge-app.env                                       the launcher's settings (source, delegate, ...)
     nin-edge.service                                   systemd unit: start on boot, restart on failure
+    nin-edge-agent.service                             systemd unit of the device agent (install.sh --agent: its token)
     README.md                                          how to do all that on the device
     MANIFEST.json                                      sha256 of every file above
 
@@ -37,6 +38,7 @@ from edge_app.subpython import run_bounded
 
 from pipeline import __version__
 from pipeline.errors import PackageError
+from pipeline.export.bundle_files import AGENT_README, AGENT_SERVICE, AGENT_TOKEN
 
 MODEL_FILES = (INT8_TFLITE, EDGETPU_TFLITE, SIDECAR_NAME, LABELS_TXT)
 REQUIRED = (INT8_TFLITE, SIDECAR_NAME, LABELS_TXT)
@@ -170,23 +172,36 @@ def _tflite_runtime_requirements() -> str:
 INSTALL_SH = r"""#!/bin/sh
 # Install the camera loop into .venv beside this file. No TensorFlow is installed.
 #   ./install.sh                      ai-edge-litert (default)
-#   ./install.sh --tflite-runtime     tflite-runtime 2.14 with numpy<2 (older Raspberry Pi OS)
+#   ./install.sh --tflite-runtime     tflite-runtime 2.14 with numpy<2 (older Raspberry Pi OS; Python 3.8 to 3.11)
 #   ./install.sh --picamera           also see the system's picamera2 (sudo apt install python3-picamera2)
 #   ./install.sh --display            OpenCV with its GUI (for edge-app run --display on a screen), not -headless
+#   ./install.sh --agent              also the device agent's token (agent.token, mode 600) for nin-edge-agent.service
 set -eu
 DIR="$(cd "$(dirname "$0")" && pwd)"
 PYTHON="${PYTHON:-python3}"
 REQ="$DIR/requirements-edge.txt"
 VENV_OPTS=""
 DISPLAY_CV=""
+TFLITE_RT=""
+AGENT=""
 for arg in "$@"; do
   case "$arg" in
-    --tflite-runtime) REQ="$DIR/requirements-tflite-runtime.txt" ;;
+    --tflite-runtime) REQ="$DIR/requirements-tflite-runtime.txt"; TFLITE_RT=1 ;;
     --picamera) VENV_OPTS="--system-site-packages" ;;
     --display) DISPLAY_CV=1 ;;
-    *) echo "install.sh: unknown option $arg (use --tflite-runtime, --picamera, --display)" >&2; exit 2 ;;
+    --agent) AGENT=1 ;;
+    *) echo "install.sh: unknown option $arg (use --tflite-runtime, --picamera, --display, --agent)" >&2; exit 2 ;;
   esac
 done
+if [ -n "$TFLITE_RT" ]; then  # its wheels stop at CPython 3.11: say so before pip's "from versions: none"
+  PYV="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+  case "$PYV" in
+    3.8|3.9|3.10|3.11|"") ;;  # "": a Python that did not say: pip decides
+    *) echo "install.sh: tflite-runtime 2.14 has no wheel for Python $PYV (only 3.8 to 3.11):" \
+         "use ai-edge-litert instead, ./install.sh without --tflite-runtime" >&2
+       exit 1 ;;
+  esac
+fi
 if [ -n "$DISPLAY_CV" ]; then  # the same pins, the GUI build of OpenCV instead of the headless one
   sed 's/^opencv-python-headless/opencv-python/' "$REQ" > "$DIR/.requirements-display.txt"
   REQ="$DIR/.requirements-display.txt"
@@ -194,9 +209,19 @@ fi
 "$PYTHON" -m venv $VENV_OPTS "$DIR/.venv"
 "$DIR/.venv/bin/python" -m pip install --quiet -r "$REQ"
 "$DIR/.venv/bin/python" -m pip install --quiet --no-deps "$DIR"/wheels/*.whl
-sed -e "s#@DIR@#$DIR#g" -e "s#@USER@#$(id -un)#g" "$DIR/nin-edge.service.in" > "$DIR/nin-edge.service"
+for unit in nin-edge nin-edge-agent; do
+  sed -e "s#@DIR@#$DIR#g" -e "s#@USER@#$(id -un)#g" "$DIR/$unit.service.in" > "$DIR/$unit.service"
+done
 echo "installed. Try:   $DIR/run.sh --max-frames 10"
 echo "start on boot:    sudo cp $DIR/nin-edge.service /etc/systemd/system/ && sudo systemctl enable --now nin-edge"
+if [ -n "$AGENT" ]; then  # made once, readable by its owner alone; a second install keeps it
+  if [ ! -s "$DIR/agent.token" ]; then
+    (umask 077 && "$DIR/.venv/bin/python" -c "import secrets; print(secrets.token_urlsafe(24))" > "$DIR/agent.token")
+  fi
+  chmod 600 "$DIR/agent.token"
+  echo "agent token:      $DIR/agent.token (the host needs it; set NIN_AGENT_LISTEN and NIN_AGENT_ARGS in edge-app.env)"
+  echo "start the agent:  sudo cp $DIR/nin-edge-agent.service /etc/systemd/system/ && sudo systemctl enable --now nin-edge-agent"
+fi
 """
 
 RUN_SH = r"""#!/bin/sh
@@ -222,6 +247,10 @@ NIN_DELEGATE=cpu
 # NIN_ARGS: any other edge-app run options, e.g. "--serve 0.0.0.0:8080 --heatmap --top-k 5".
 # Without --output the JSON lines go to stdout, i.e. the journal (journalctl -u nin-edge), which rotates.
 NIN_ARGS=""
+# The device agent (nin-edge-agent.service): where it listens (off loopback it wants agent.token:
+# ./install.sh --agent), and its other options, e.g. "--data cifar=/home/pi/cifar10-test --job-timeout 900"
+NIN_AGENT_LISTEN=0.0.0.0:8765
+NIN_AGENT_ARGS=""
 """
 
 SERVICE = """[Unit]
@@ -318,6 +347,7 @@ def package_run(run_dir: Path, out_dir: Path, *, wheel: Path | None = None, name
     files["run.sh"] = RUN_SH.encode()
     files["edge-app.env"] = ENV_FILE.encode()
     files["nin-edge.service.in"] = SERVICE.format(name=name).encode()
+    files["nin-edge-agent.service.in"] = AGENT_SERVICE.format(name=name, token=AGENT_TOKEN).encode()
     files["README.md"] = DEVICE_README.format(
         name=name,
         archive=archive.name,
@@ -335,6 +365,7 @@ def package_run(run_dir: Path, out_dir: Path, *, wheel: Path | None = None, name
             "mostly on the CPU)."
         ),
     ).encode()
+    files["README.md"] += AGENT_README.encode()
     files["MANIFEST.json"] = (
         json.dumps(
             {
