@@ -286,12 +286,22 @@ def in_root(
     return run(argv, timeout, env={**os.environ, "QEMU_CPU": env["QEMU_CPU"]})
 
 
+def _wheels_stamp(copy: Path, requirements: str, release: str) -> Path:
+    import hashlib
+
+    return cache_dir() / release / "wheels" / f".have-{hashlib.sha256((copy / requirements.lstrip('/')).read_bytes()).hexdigest()[:16]}"
+
+
+def wheels_kept(copy: Path, requirements: str, release: str) -> bool:
+    """Does the release's wheels folder hold every wheel of ``requirements`` (a path inside ``copy``)? Then pip
+    may take them there alone (PIP_NO_INDEX), as on a device without network access."""
+    return _wheels_stamp(copy, requirements, release).exists()
+
+
 def keep_wheels(copy: Path, python: str, requirements: str, release: str, timeout: float = 1200) -> None:
     """After an install from ``requirements`` (paths inside ``copy``) with ``python`` (a venv's), download its
     wheels into the release's wheels folder once (a stamp per requirements file), so later installs take them there."""
-    import hashlib
-
-    stamp = cache_dir() / release / "wheels" / f".have-{hashlib.sha256((copy / requirements.lstrip('/')).read_bytes()).hexdigest()[:16]}"
+    stamp = _wheels_stamp(copy, requirements, release)
     if stamp.exists():
         return
     proc = in_root(copy, f"{python} -m pip download --quiet -r {requirements} -d {WHEELHOUSE}", timeout)

@@ -315,3 +315,26 @@ def mediapipe_python(tmp_path_factory):
 def task_library_python(tmp_path_factory):
     """A venv with the TFLite Task Library (tflite-support 0.4.4) and a libusb for its native part."""
     return tool_venv(tmp_path_factory, "tasklib", ["tflite-support==0.4.4", "libusb-package"], "the TFLite Task Library")
+
+
+# --------------------------------------------------------------------------- the arm64 tests, beside the rest
+
+def pytest_collection_modifyitems(session, config, items):
+    """tests/test_arm64.py's emulated installs run in the background from the start (start_in_background):
+    its slow tests go last, to wait as little as possible for them."""
+    last = [i for i in items if i.module.__name__ == "test_arm64" and i.get_closest_marker("slow")]
+    if last:
+        ids = {id(i) for i in last}
+        items[:] = [i for i in items if id(i) not in ids] + last
+
+
+def pytest_collection_finish(session):
+    module = sys.modules.get("test_arm64")
+    if module is not None and session.items and not session.config.option.collectonly:
+        module.start_in_background(session.items, session.config._tmp_path_factory)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    module = sys.modules.get("test_arm64")
+    if module is not None:
+        module.stop_background()

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -161,26 +162,23 @@ def emulation():
     return arm64
 
 
-@pytest.fixture(scope="module")
-def demo_bundle(tmp_path_factory) -> Path:
-    """`nin-pipeline package` on a run folder holding the demo model (a real quick CIFAR-10 build)."""
-    from pipeline.cli.main import cli
-
-    run = tmp_path_factory.mktemp("demo") / "run"
-    run.mkdir()
+def make_demo_bundle(dest: Path) -> Path:
+    """`nin-pipeline package` (a subprocess: this may run in a thread beside other tests) on a run folder holding
+    the demo model (a real quick CIFAR-10 build)."""
+    run = dest / "run"
+    run.mkdir(parents=True)
     for f in ("model_int8.tflite", "model.json", "labels.txt"):
         shutil.copy2(DEMO / f, run / f)
-    out = tmp_path_factory.mktemp("dist")
-    res = CliRunner().invoke(cli, ["package", str(run), "--out", str(out)])
-    assert res.exit_code == 0, res.output
-    (archive,) = out.glob("*.tar.gz")
+    cmd = [sys.executable, "-m", "pipeline", "package", str(run), "--out", str(dest / "dist")]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (archive,) = (dest / "dist").glob("*.tar.gz")
     return archive
 
 
-@pytest.fixture(scope="module")
-def cifar_1000(cifar_jpg, tmp_path_factory) -> Path:
+def extract_cifar_1000(cifar_jpg: Path, dest: Path) -> Path:
     """The first 100 test JPEGs of each CIFAR-10 class, as test/<class>/NNNN.jpg."""
-    dest = tmp_path_factory.mktemp("cifar1000") / "test"
+    dest = dest / "test"
     chosen: dict[str, list[tarfile.TarInfo]] = {}
     with tarfile.open(cifar_jpg) as tar:
         members = [m for m in tar if m.isfile() and re.fullmatch(r"test/[^/]+/[^/]+\.jpg", m.name)]
@@ -192,6 +190,11 @@ def cifar_1000(cifar_jpg, tmp_path_factory) -> Path:
                 (dest / cls / Path(m.name).name).write_bytes(tar.extractfile(m).read())
     assert len(chosen) == 10 and sum(1 for _ in dest.rglob("*.jpg")) == 10 * PER_CLASS
     return dest
+
+
+@pytest.fixture(scope="module")
+def cifar_1000(cifar_jpg, tmp_path_factory) -> Path:
+    return extract_cifar_1000(cifar_jpg, tmp_path_factory.mktemp("cifar1000"))
 
 
 def _answers(eval_json: Path, predictions: Path) -> tuple[dict, dict[str, str]]:
@@ -227,19 +230,20 @@ def _on_device(emulation, release: str, archive: Path, images: Path | None, flag
         work.mkdir(parents=True)
         shutil.copy2(archive, work / archive.name)
         top = archive.name.removesuffix(".tar.gz")
+        req = "requirements-tflite-runtime.txt" if "--tflite-runtime" in flags else "requirements-edge.txt"
+        with tarfile.open(archive) as tar:  # unpacked natively, as `tar xzf` on the device would
+            tar.extractall(work, filter="tar")
+        # every wheel kept from an earlier run: pip takes them from there alone (20 s less per install here)
+        offline = {"PIP_NO_INDEX": "1"} if emulation.wheels_kept(copy, f"/opt/nin/{top}/{req}", release) else {}
         t0 = time.monotonic()
         install = emulation.in_root(
-            copy,
-            f"cd /opt/nin && tar xzf {archive.name} && cd {top} && ./install.sh {' '.join(flags)}",
-            INSTALL_TIMEOUT,
-            env={"PIP_ROOT_USER_ACTION": "ignore"},
+            copy, f"cd /opt/nin/{top} && ./install.sh {' '.join(flags)}", INSTALL_TIMEOUT, env={"PIP_ROOT_USER_ACTION": "ignore", **offline}
         )
         times["install"] = time.monotonic() - t0
         installed = (work / top / ".venv" / "bin" / "edge-app").exists()
         if install.returncode != 0 or images is None:
             return install, installed, None, None, times
         t0 = time.monotonic()  # the first time only: keep the wheels, for the next run to take them from the cache
-        req = "requirements-tflite-runtime.txt" if "--tflite-runtime" in flags else "requirements-edge.txt"
         emulation.keep_wheels(copy, f"/opt/nin/{top}/.venv/bin/python", f"/opt/nin/{top}/{req}", release)
         times["keep wheels"] = time.monotonic() - t0
         shutil.copytree(images, work / "cifar")
@@ -282,17 +286,45 @@ CASES = {
 WORKS = ["bookworm-litert", "trixie-litert", "bookworm-tflite-runtime"]
 
 
-@pytest.fixture(scope="module")
-def device_runs(request, emulation, demo_bundle):
-    """The selected cases, two at a time (an emulated install keeps one core busy: on 2 cores this halves the
-    wall time); each test waits for its own. {case: Future of _on_device's result}."""
-    from concurrent.futures import ThreadPoolExecutor
+_BACKGROUND: dict[str, Future] = {}
+_POOL: list[ThreadPoolExecutor] = []
 
-    wanted = {item.callspec.params.get("case") for item in request.session.items if hasattr(item, "callspec")}
-    cases = [c for c in CASES if c in wanted]
-    images = request.getfixturevalue("cifar_1000") if set(cases) & set(WORKS) else None
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        yield {c: pool.submit(_on_device, emulation, *CASES[c][:1], demo_bundle, images if c in WORKS else None, CASES[c][1]) for c in cases}
+
+def start_in_background(items: list[pytest.Item], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Called by conftest once the tests are collected: the selected cases' emulated installs and evals start
+    at once, one at a time in a thread, beside the rest of the suite (an emulated install keeps one core busy,
+    and most other tests leave the second core idle); the tests here run last (conftest) and wait for theirs.
+    Nothing starts where emulation is not available: the tests then skip, or fail in CI, saying why."""
+    mine = {i.callspec.params.get("case") for i in items if i.module.__name__ == __name__ and hasattr(i, "callspec")}
+    cases = [c for c in CASES if c in mine]
+    if not cases or arm64.emulation_problem():
+        return
+    from conftest import CIFAR_JPG
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="arm64")
+    _POOL.append(pool)
+    bundle = pool.submit(make_demo_bundle, tmp_path_factory.mktemp("demo"))
+    needs_images = set(cases) & set(WORKS) and CIFAR_JPG.is_file()  # without the copy the test says so (cifar_jpg)
+    images = pool.submit(extract_cifar_1000, CIFAR_JPG, tmp_path_factory.mktemp("cifar1000-device")) if needs_images else None
+
+    def case(c: str):
+        release, flags = CASES[c]
+        return _on_device(arm64, release, bundle.result(), images.result() if (images and c in WORKS) else None, flags)
+
+    for c in cases:
+        _BACKGROUND[c] = pool.submit(case, c)
+
+
+def stop_background() -> None:
+    """At the end of the session (conftest): what has not started is dropped (e.g. after a failure with -x)."""
+    for pool in _POOL:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture(scope="module")
+def device_runs(emulation):
+    """{case: Future of _on_device's result}, started by start_in_background."""
+    return _BACKGROUND
 
 
 @pytest.mark.slow

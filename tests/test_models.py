@@ -53,3 +53,37 @@ def test_bad_arch_and_tiny_input():
         build_model(ModelConfig(arch="resnet"))
     with pytest.raises(ValueError, match="at least 67x67"):
         build_model(ModelConfig(arch="nin-imagenet", input_shape=(32, 32, 3)))
+
+
+@pytest.mark.parametrize("pool2", ["avg", "max", "depthwise"])
+def test_pool2_forms_keep_the_shapes_and_the_parameters(pool2):
+    m = build_model(ModelConfig(width=0.25, pool2=pool2))
+    layer = m.get_layer("pool2")
+    assert type(layer).__name__ == {"avg": "AveragePooling2D", "max": "MaxPooling2D", "depthwise": "DepthwiseConv2D"}[pool2]
+    assert _shape(m, "pool2") == (8, 8, 48)
+    trained = sum(int(w.shape.num_elements()) for w in m.trainable_weights)
+    assert trained == 64_132 and m.count_params() == 64_856 + (432 if pool2 == "depthwise" else 0)  # 48 x 3 x 3 fixed weights
+    if pool2 == "depthwise":  # the mean of each window: fixed 1/9 weights, never trained
+        assert not layer.trainable and (layer.get_weights()[0] == pytest.approx(1 / 9))
+
+
+def test_the_fixed_depthwise_pool_stays_fixed_under_qat():
+    import numpy as np
+    import tf_keras as keras
+
+    from pipeline.export.convert import quantize
+
+    qat = quantize(build_model(ModelConfig(width=0.125, pool2="depthwise", dropout=0.0)))
+    assert not [w.name for w in qat.trainable_weights if w.name.startswith("pool2/")]
+    qat.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).random((16, 32, 32, 3), dtype=np.float32)
+    qat.fit(x, np.arange(16) % 10, epochs=1, verbose=0)
+    kernel = next(w for w in qat.weights if w.name.startswith("pool2/") and "depthwise_kernel:" in w.name)
+    assert np.all(kernel.numpy() == np.float32(1 / 9))
+
+
+def test_pool2_is_nin_cifars_only():
+    with pytest.raises(ValueError, match="--pool2 max is not an option of nin-imagenet"):
+        build_model(ModelConfig(arch="nin-imagenet", input_shape=(224, 224, 3), pool2="max"))
+    with pytest.raises(ValueError, match=r"--pool2 mean is not an option of nin-cifar \(it has avg, max, depthwise\)"):
+        build_model(ModelConfig(pool2="mean"))

@@ -21,7 +21,7 @@ from pipeline.cli.params import FOLLOW_LINKS, NON_NEGATIVE_INT, POSITIVE_FLOAT, 
 from pipeline.data.formats import DATASETS
 from pipeline.data.splits import DATA_CACHES
 from pipeline.export.convert import IO_TYPES, TARGETS
-from pipeline.models.nin import ARCHS, HEADS
+from pipeline.models.nin import ARCHS, HEADS, POOLS
 from pipeline.runs.folder import STAGES
 from pipeline.runs.profiles import PROFILES
 
@@ -161,6 +161,13 @@ def main(argv: list[str] | None = None) -> None:
     help="nin-cifar's classifier: gap (the paper's, default), fc or fc-dropout (its ablation, section 4.6).",
 )
 @click.option(
+    "--pool2",
+    type=click.Choice(POOLS),
+    default=None,
+    help="nin-cifar's second pooling: avg (the paper's), max, or depthwise (the average as a fixed 1/9 convolution). "
+    "max and depthwise run in one XNNPACK partition in int8.",
+)
+@click.option(
     "--data-cache",
     type=click.Choice(DATA_CACHES),
     default=None,
@@ -233,6 +240,7 @@ def build(
     target,
     class_maps,
     head,
+    pool2,
     data_cache,
     memory_budget_gb,
     seed,
@@ -278,6 +286,7 @@ def build(
             limit_test=limit_test,
             deterministic=deterministic,
             head=head,
+            pool2=pool2,
         ).items()
         if v is not None
     }

@@ -56,7 +56,16 @@ def quantize(model):
     """Wrap ``model`` for quantisation-aware training (tfmot's default 8-bit scheme)."""
     import tensorflow_model_optimization as tfmot
 
-    return tfmot.quantization.keras.quantize_model(model)
+    qat = tfmot.quantization.keras.quantize_model(model)
+    # tfmot's wrapper lists every quantised kernel as its own trainable weight (QuantizeWrapper.build), even
+    # a fixed one's (nin-cifar's 1/9 depthwise pool): moved back among the weights that are never trained
+    fixed = {layer.name for layer in model.layers if not layer.trainable and layer.weights}
+    for layer in qat.layers:
+        inner = getattr(layer, "layer", None)
+        if inner is not None and inner.name in fixed:
+            layer._non_trainable_weights.extend(layer._trainable_weights)  # a fixed layer trains nothing, not even its ranges
+            layer._trainable_weights = []
+    return qat
 
 
 def freeze_batch_norm(model) -> int:

@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 HEADS = ("gap", "fc", "fc-dropout")
+# nin-cifar's second 3x3/2 pooling: the paper's average pool, or a form XNNPACK runs in int8 (it has no
+# int8 AVERAGE_POOL_2D, google/XNNPACK#3040, and cuts the graph there): a max pool, or the average written
+# as a depthwise convolution with fixed 1/9 weights
+POOLS = ("avg", "max", "depthwise")
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,7 @@ class ModelConfig:
     weight_decay: float = 0.0  # L2 on kernels; the trainer prefers decoupled decay
     float32_softmax: bool = True  # keep the softmax in float32 under mixed precision
     head: str = "gap"  # nin-cifar only: gap (the paper's), fc or fc-dropout (its ablation, section 4.6)
+    pool2: str = "avg"  # nin-cifar only: one of POOLS (a run folder without it was built with the paper's avg)
 
 
 def keras_module():
@@ -64,6 +69,23 @@ def conv_bn_relu(x, filters: int, kernel: int, name: str, cfg: ModelConfig, stri
     if relu:
         x = layers.ReLU(name=f"{name}_relu")(x)
     return x
+
+
+def fixed_pool(x, kind: str, name: str):
+    """A 3x3/2 pooling of ``kind`` (one of POOLS). ``depthwise``: the mean of each 3x3 window as a depthwise
+    convolution whose weights are 1/9 and never trained (exact in int8: one weight per channel, 127 x its
+    scale); at the borders it divides by 9 where the average pool divides by the pixels inside."""
+    keras = keras_module()
+    layers = keras.layers
+    if kind == "avg":
+        return layers.AveragePooling2D(3, strides=2, padding="same", name=name)(x)
+    if kind == "max":
+        return layers.MaxPooling2D(3, strides=2, padding="same", name=name)(x)
+    if kind == "depthwise":
+        return layers.DepthwiseConv2D(
+            3, strides=2, padding="same", use_bias=False, depthwise_initializer=keras.initializers.Constant(1 / 9), trainable=False, name=name
+        )(x)
+    raise ValueError(f"unknown pooling {kind!r}; choose one of {', '.join(POOLS)}")
 
 
 def dense(x, units: int, name: str, cfg: ModelConfig, relu: bool = True):

@@ -20,11 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipeline.models import zoo
-from pipeline.models.layers import HEADS, ModelConfig, conv_bn_relu, fc_classifier, keras_module, scaled, softmax
+from pipeline.models.layers import HEADS, POOLS, ModelConfig, conv_bn_relu, fc_classifier, fixed_pool, keras_module, scaled, softmax
 
 __all__ = [
     "ARCHS",
     "HEADS",
+    "POOLS",
     "ModelConfig",
     "build_model",
     "count_macs",
@@ -66,7 +67,7 @@ def nin_cifar(cfg: ModelConfig):
     """The paper's CIFAR-10 NiN: three mlpconv blocks, 3x3/2 pooling and dropout between them.
 
     192-160-96 (5x5), 192-192-192 (5x5), 192-192-classes (3x3), as in the authors' Caffe model
-    (max pooling after block 1, average pooling after block 2).
+    (max pooling after block 1, average pooling after block 2; ``pool2`` other forms of the latter).
     """
     keras = keras_module()
     layers = keras.layers
@@ -77,7 +78,7 @@ def nin_cifar(cfg: ModelConfig):
     if cfg.dropout:
         x = layers.Dropout(cfg.dropout, name="drop1")(x)
     x = mlpconv(x, [(5, scaled(192, w)), (1, scaled(192, w)), (1, scaled(192, w))], "block2", cfg)
-    x = layers.AveragePooling2D(3, strides=2, padding="same", name="pool2")(x)
+    x = fixed_pool(x, cfg.pool2, "pool2")
     if cfg.dropout:
         x = layers.Dropout(cfg.dropout, name="drop2")(x)
     x = mlpconv(x, [(3, scaled(192, w)), (1, scaled(192, w)), (1, cfg.num_classes)], "block3", cfg, last_name=CLASS_MAPS_LAYER)
@@ -113,6 +114,7 @@ class ArchInfo:
     changes: str = ""  # what differs from the original, and why (QAT-friendly forms)
     class_maps: bool = False  # per-class confidence maps before a global average pooling (NiN's)
     heads: tuple[str, ...] = ("gap",)  # --head values it takes; the first is its own
+    pools: tuple[str, ...] = ("avg",)  # --pool2 values it takes (only nin-cifar has a choice)
 
 
 ARCHS: dict[str, ArchInfo] = {
@@ -124,6 +126,7 @@ ARCHS: dict[str, ArchInfo] = {
         "BatchNorm after each conv (folds into it at conversion)",
         class_maps=True,
         heads=HEADS,
+        pools=POOLS,
     ),
     "nin-imagenet": ArchInfo(
         nin_imagenet,
@@ -157,6 +160,8 @@ def build_model(cfg: ModelConfig):
             f"--head {cfg.head} is not an option of {cfg.arch} (it has {', '.join(info.heads)}); "
             f"{', '.join(h for h in HEADS if h != 'gap')} are nin-cifar's ablation of its GAP head"
         )
+    if cfg.pool2 not in info.pools:
+        raise ValueError(f"--pool2 {cfg.pool2} is not an option of {cfg.arch} (it has {', '.join(info.pools)})")
     return info.build(cfg)
 
 

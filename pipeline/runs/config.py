@@ -99,7 +99,10 @@ class BuildRequest:
         input_size = p.input_size
         if arch != "nin-cifar" and input_size is None and self.dataset == "folder":
             input_size = info.default_input_size
-        model = ModelConfig(arch=arch, width=float(p.width), dropout=float(p.dropout), head=p.head)
+        pool2 = p.pool2 if p.pool2 in info.pools else info.pools[0]  # a profile's pool2 is nin-cifar's
+        if "pool2" in self.overrides and p.pool2 not in info.pools:
+            raise RunError(f"--pool2 {p.pool2}: {arch} has {' / '.join(info.pools)} only", "--pool2 is nin-cifar's; leave it out")
+        model = ModelConfig(arch=arch, width=float(p.width), dropout=float(p.dropout), head=p.head, pool2=pool2)
         if model.head not in info.heads:
             raise RunError(
                 f"--head {model.head}: {arch} has {' / '.join(info.heads)} only",
@@ -199,6 +202,7 @@ def _profile_settings(cfg: BuildConfig) -> dict[str, Any]:
         label_smoothing=t.label_smoothing,
         deterministic=t.deterministic,
         head=m.head,
+        pool2=m.pool2,
         input_size=d.input_size,
         limit_train=d.limit_train,
         limit_test=d.limit_test,

@@ -29,6 +29,7 @@ class Profile:
     label_smoothing: float = 0.0
     deterministic: bool = True
     head: str = "gap"
+    pool2: str = "avg"
     input_size: int | None = None
     limit_train: int | None = None
     limit_test: int | None = None
