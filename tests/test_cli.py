@@ -222,3 +222,21 @@ def test_a_tensorflow_runtime_error_in_training_is_one_line(runner, tmp_path, mo
     monkeypatch.setitem(pipeline.stages.orchestrator.STAGE_FUNCTIONS, "train", lambda *a: 1 / 0)  # a bug stays a traceback
     res = runner.invoke(cli, [*args, "--out", str(tmp_path / "r2")])
     assert isinstance(res.exception, ZeroDivisionError)
+
+
+def test_pool2_is_refused_for_an_arch_without_the_choice(runner, tmp_path):
+    tree = make_image_tree(tmp_path / "tree", size=16)
+    res = runner.invoke(cli, ["build", "--dataset", "folder", "--data-dir", str(tree), "--arch", "lenet", "--pool2", "max",
+                              "--out", str(tmp_path / "run"), "--epochs", "1"])
+    assert res.exit_code != 0 and "--pool2 max: lenet has avg only" in res.output and "Traceback" not in res.output
+    res = runner.invoke(cli, ["build", "--dataset", "folder", "--data-dir", str(tree), "--pool2", "mean", "--out", str(tmp_path / "r2")])
+    assert res.exit_code == 2 and "'mean' is not one of 'avg', 'max', 'depthwise'" in res.output
+
+
+def test_a_run_recorded_before_pool2_existed_is_the_papers_average():
+    from pipeline.runs.config import BuildConfig, BuildRequest
+
+    d = BuildRequest(overrides={"pool2": "max"}).config().to_dict()
+    assert d["model"]["pool2"] == "max"
+    del d["model"]["pool2"]
+    assert BuildConfig.from_dict(d).model.pool2 == "avg"
