@@ -1,0 +1,129 @@
+"""`build --time-budget MINUTES`: the number of float epochs planned from this machine's measured speed,
+so that the whole build (data, training, QAT, conversion, report) ends within the budget.
+
+The plan is made once, before training starts, and recorded in config.json (``BuildConfig.plan``):
+a resume takes it from there, and a new build with the recorded ``--epochs`` trains the same model.
+The probe trains throwaway copies, before the build seeds its own weights, so it changes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.errors import RunError
+
+log = logging.getLogger("pipeline")
+
+MARGIN = 0.92  # of the time left, what the plan fills: the probe's rate is measured on a few steps only
+AFTER_FIXED_S = 60.0  # conversion (float, PTQ and QAT int8) and the report's files, besides evaluating
+
+
+@dataclass(frozen=True)
+class Speeds:
+    """Measured on this machine with the real model and batch: images per second."""
+
+    train_ips: float  # float training steps
+    qat_ips: float  # QAT steps (with the distillation teacher's forward pass where the build distils)
+    eval_ips: float  # inference (validation each epoch, the report's evaluations)
+
+
+def plan_epochs(budget_s: float, spent_s: float, speeds: Speeds, n_train: int, n_val: int, n_test: int, qat_epochs: int) -> dict[str, Any]:
+    """The float epochs that fit, and the sums that say why. Raises RunError when not even one fits."""
+    float_epoch_s = n_train / speeds.train_ips + n_val / speeds.eval_ips
+    qat_s = qat_epochs * (n_train / speeds.qat_ips + n_val / speeds.eval_ips)
+    after_s = AFTER_FIXED_S + 4 * n_test / speeds.eval_ips  # float Keras, float TFLite, PTQ and QAT int8 on the test split
+    left = (budget_s - spent_s - qat_s - after_s) * MARGIN
+    epochs = math.floor(left / float_epoch_s) if left > 0 else 0
+    need = (spent_s + float_epoch_s / MARGIN + qat_s + after_s) / 60
+    if epochs < 1:
+        raise RunError(
+            f"--time-budget {budget_s / 60:g} min: not even one epoch fits here (one epoch, QAT and the report need about {need:.0f} min on this machine)",
+            f"give --time-budget {math.ceil(need) + 1} or more, or --epochs N, or fewer images (--limit-train)",
+        )
+    return {
+        "budget_min": budget_s / 60,
+        "epochs": epochs,
+        "spent_before_training_s": round(spent_s, 1),
+        "float_epoch_s": round(float_epoch_s, 1),
+        "qat_s": round(qat_s, 1),
+        "after_training_s": round(after_s, 1),
+        "planned_total_min": round((spent_s + epochs * float_epoch_s + qat_s + after_s) / 60, 2),
+        "train_images_per_s": round(speeds.train_ips, 1),
+        "qat_images_per_s": round(speeds.qat_ips, 1),
+        "eval_images_per_s": round(speeds.eval_ips, 1),
+    }
+
+
+def _timed_steps(model, loss, ds, steps: int) -> float:
+    """Images per second of ``steps`` training steps of ``model`` on ``ds``, after one warm-up step."""
+    import tf_keras as keras
+
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss=loss)
+    it = iter(ds)
+    model.train_on_batch(*next(it))
+    n, t = 0, time.perf_counter()
+    for _ in range(steps):
+        x, y = next(it)
+        model.train_on_batch(x, y)
+        n += int(x.shape[0])
+    return n / (time.perf_counter() - t)
+
+
+def measure_speeds(cfg, splits, steps: int = 12) -> Speeds:
+    """Train, QAT and inference rates of this build's own model, batch and input pipeline, on copies."""
+    import numpy as np
+    import tf_keras as keras
+
+    from pipeline.export.convert import quantize
+    from pipeline.models.nin import build_model
+    from pipeline.stages.inputs import distillation_targets, fit_datasets
+
+    mcfg = dataclasses.replace(cfg.model, input_shape=splits.input_shape, num_classes=splits.num_classes)
+    model = build_model(mcfg)
+    train_ds, _, _ = fit_datasets(splits, cfg.train.batch_size, cfg.train.seed)
+    train_ips = _timed_steps(model, keras.losses.SparseCategoricalCrossentropy(), train_ds, steps)
+    qat = quantize(build_model(dataclasses.replace(mcfg)))
+    if cfg.qat.distill:
+        ds, loss = fit_datasets(splits, cfg.qat.batch_size, cfg.train.seed, targets=distillation_targets(model, cfg.qat.distill, splits.num_classes))[0], "categorical_crossentropy"
+    else:
+        ds, loss = fit_datasets(splits, cfg.qat.batch_size, cfg.train.seed)[0], keras.losses.SparseCategoricalCrossentropy()
+    qat_ips = _timed_steps(qat, loss, ds, max(4, steps // 3))
+    x = np.asarray(splits.x_train[: min(len(splits.y_train), 1024)], dtype=np.float32)
+    model.predict(x[:256], batch_size=256, verbose=0)
+    t = time.perf_counter()
+    model.predict(x, batch_size=256, verbose=0)
+    eval_ips = len(x) / (time.perf_counter() - t)
+    return Speeds(train_ips, qat_ips, eval_ips)
+
+
+def plan_build(cfg, run, splits, started: float):
+    """``cfg`` with the planned epochs and the plan, recorded in the run folder's config.json."""
+    speeds = measure_speeds(cfg, splits)
+    n_test = len(splits.y_test) if hasattr(splits, "y_test") else 10000
+    plan = plan_epochs(
+        cfg.time_budget_min * 60, time.time() - started, speeds, len(splits.y_train), len(splits.y_val), n_test, cfg.qat.epochs
+    )
+    planned = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=plan["epochs"]), plan=plan)
+    run.save_config(planned)
+    log.info(
+        "time budget %g min: measured %.0f training images/s, %.0f in QAT, %.0f inferences/s here; planned %d float epochs "
+        "(%.0f s each) + %d QAT epoch(s) (%.0f s) + conversion and report (~%.0f s), about %.1f min in all "
+        "(recorded in config.json: `--epochs %d` repeats it)",
+        plan["budget_min"],
+        speeds.train_ips,
+        speeds.qat_ips,
+        speeds.eval_ips,
+        plan["epochs"],
+        plan["float_epoch_s"],
+        cfg.qat.epochs,
+        plan["qat_s"],
+        plan["after_training_s"],
+        plan["planned_total_min"],
+        plan["epochs"],
+    )
+    return planned
