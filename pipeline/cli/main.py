@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     "--input-size", type=POSITIVE_INT, default=None, help="Resize images to N x N (image folders, nin-imagenet). Default: the data's own size."
 )
 @click.option("--epochs", type=POSITIVE_INT, default=None, help="Float training epochs.")
+@click.option("--time-budget", type=POSITIVE_FLOAT, default=None, metavar="MINUTES", help="Plan the epochs so the build ends in time.")
 @click.option("--qat-epochs", type=NON_NEGATIVE_INT, default=None, help="QAT fine-tuning epochs.")
 @click.option("--batch-size", type=POSITIVE_INT, default=None)
 @click.option("--lr", type=POSITIVE_FLOAT, default=None, help="Peak learning rate.")
@@ -160,13 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     default=None,
     help="nin-cifar's classifier: gap (the paper's, default), fc or fc-dropout (its ablation, section 4.6).",
 )
-@click.option(
-    "--pool2",
-    type=click.Choice(POOLS),
-    default=None,
-    help="nin-cifar's second pooling: avg (the paper's), max, or depthwise (the average as a fixed 1/9 convolution). "
-    "max and depthwise run in one XNNPACK partition in int8.",
-)
+@click.option("--pool2", type=click.Choice(POOLS), default=None, help="nin-cifar's second pooling: avg (the paper's), max or depthwise.")
 @click.option(
     "--data-cache",
     type=click.Choice(DATA_CACHES),
@@ -226,6 +221,7 @@ def build(
     width,
     input_size,
     epochs,
+    time_budget,
     qat_epochs,
     batch_size,
     lr,
@@ -262,6 +258,8 @@ def build(
 
     if target == "edgetpu" and io_type == "int8":
         raise click.BadParameter("--target edgetpu takes uint8 input and output; leave out --io-type int8", param_hint="--io-type")
+    if time_budget is not None and workers is not None:
+        raise click.UsageError("--time-budget plans on one machine; with --workers give --epochs")
     if (workers is None) != (worker_index is None):
         raise click.UsageError(
             "--workers and --worker-index go together: the same --workers on every machine, each with its own --worker-index (0 is the chief)"
@@ -303,6 +301,7 @@ def build(
         seed=seed,
         data_cache=data_cache,
         memory_budget_gb=memory_budget_gb,
+        time_budget_min=time_budget,
         # which of these the command line gave (a resume changes only those; the rest are the run's own)
         given=frozenset(k for k in _REQUEST_FLAGS if click.get_current_context().get_parameter_source(k) == ParameterSource.COMMANDLINE),
     )

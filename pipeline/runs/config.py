@@ -30,6 +30,10 @@ class BuildConfig:
     qat: QatConfig
     convert: ConvertConfig
     profile: str = "quick"
+    # --time-budget MINUTES (None: not given, or --epochs given, which wins); ``plan``: what was measured and
+    # planned before training (pipeline.stages.plan), None until then
+    time_budget_min: float | None = None
+    plan: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -46,9 +50,18 @@ class BuildConfig:
                 qat=QatConfig(**d["qat"]),
                 convert=ConvertConfig(**d["convert"]),
                 profile=d.get("profile", "quick"),
+                time_budget_min=d.get("time_budget_min"),
+                plan=d.get("plan"),
             )
         except (KeyError, TypeError) as exc:
             raise RunError(f"config.json does not describe a build ({exc})", "start a new run folder") from None
+
+    def planned_as(self, saved: BuildConfig) -> BuildConfig:
+        """The same command again on a run folder whose epochs were planned for the same --time-budget: the
+        recorded plan (a plan is made once; the same budget on another day would plan other epochs)."""
+        if self.time_budget_min is None or self.plan is not None or saved.plan is None or saved.time_budget_min != self.time_budget_min:
+            return self
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, epochs=saved.train.epochs), plan=saved.plan)
 
 
 def io_for_target(target: str, io_type: str | None) -> str:
@@ -83,6 +96,7 @@ class BuildRequest:
     seed: int = 0
     data_cache: str | None = None
     memory_budget_gb: float | None = None
+    time_budget_min: float | None = None
     # which of the fields above (dataset ... seed, not the data place) the user gave explicitly: a resume with
     # flags changes only those (and ``overrides``); the others are the run's own, not the command's defaults
     given: frozenset[str] = frozenset()
@@ -145,6 +159,7 @@ class BuildRequest:
             qat=QatConfig(epochs=int(p.qat_epochs), lr=float(p.qat_lr), batch_size=int(p.batch_size), distill=float(p.qat_distill)),
             convert=ConvertConfig(io_type=io_for_target(self.target, self.io_type), class_maps=class_maps, target=self.target),
             profile=self.profile,
+            time_budget_min=self.time_budget_min if "epochs" not in self.overrides else None,  # --epochs given wins
         )
 
     def changes_to(self, cfg: BuildConfig) -> list[str]:

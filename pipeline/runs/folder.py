@@ -86,6 +86,7 @@ class RunFolder:
         run = cls(root)
         if run.path(CONFIG_JSON).exists():
             saved = run.load_config()
+            cfg = cfg.planned_as(saved)
             run.load_state()
             pending = run.pending_config()
             diffs = diff_configs((pending or saved).to_dict(), cfg.to_dict())

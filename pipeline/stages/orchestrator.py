@@ -72,6 +72,7 @@ def run_stages(
     from pipeline.stages import cluster
     from pipeline.train.devices import configure_devices
 
+    started = time.time()
     cfg = run.effective_config()  # with the settings a redone stage was asked for (`convert --target`), until it is done
     settle_lost_state(run, force)
     if workers is not None:
@@ -93,6 +94,10 @@ def run_stages(
     try:
         if todo:
             splits = load_data(cfg, run)
+            if cfg.time_budget_min is not None and cfg.plan is None and "train" in todo and (workers is None or workers.is_chief):
+                from pipeline.stages.plan import plan_build
+
+                cfg = plan_build(cfg, run, splits, started)  # once: recorded in config.json
         else:
             log.info("every stage is already done; nothing to do")
         for stage in STAGES if todo else ():

@@ -42,7 +42,8 @@ def plan_epochs(budget_s: float, spent_s: float, speeds: Speeds, n_train: int, n
     need = (spent_s + float_epoch_s / MARGIN + qat_s + after_s) / 60
     if epochs < 1:
         raise RunError(
-            f"--time-budget {budget_s / 60:g} min: not even one epoch fits here (one epoch, QAT and the report need about {need:.0f} min on this machine)",
+            f"--time-budget {budget_s / 60:g} min: not even one epoch fits here "
+            f"(one epoch, QAT and the report need about {need:.0f} min on this machine)",
             f"give --time-budget {math.ceil(need) + 1} or more, or --epochs N, or fewer images (--limit-train)",
         )
     return {
@@ -88,10 +89,9 @@ def measure_speeds(cfg, splits, steps: int = 12) -> Speeds:
     train_ds, _, _ = fit_datasets(splits, cfg.train.batch_size, cfg.train.seed)
     train_ips = _timed_steps(model, keras.losses.SparseCategoricalCrossentropy(), train_ds, steps)
     qat = quantize(build_model(dataclasses.replace(mcfg)))
-    if cfg.qat.distill:
-        ds, loss = fit_datasets(splits, cfg.qat.batch_size, cfg.train.seed, targets=distillation_targets(model, cfg.qat.distill, splits.num_classes))[0], "categorical_crossentropy"
-    else:
-        ds, loss = fit_datasets(splits, cfg.qat.batch_size, cfg.train.seed)[0], keras.losses.SparseCategoricalCrossentropy()
+    targets = distillation_targets(model, cfg.qat.distill, splits.num_classes) if cfg.qat.distill else None
+    ds = fit_datasets(splits, cfg.qat.batch_size, cfg.train.seed, targets=targets)[0]
+    loss = "categorical_crossentropy" if targets else keras.losses.SparseCategoricalCrossentropy()
     qat_ips = _timed_steps(qat, loss, ds, max(4, steps // 3))
     x = np.asarray(splits.x_train[: min(len(splits.y_train), 1024)], dtype=np.float32)
     model.predict(x[:256], batch_size=256, verbose=0)
@@ -105,9 +105,7 @@ def plan_build(cfg, run, splits, started: float):
     """``cfg`` with the planned epochs and the plan, recorded in the run folder's config.json."""
     speeds = measure_speeds(cfg, splits)
     n_test = len(splits.y_test) if hasattr(splits, "y_test") else 10000
-    plan = plan_epochs(
-        cfg.time_budget_min * 60, time.time() - started, speeds, len(splits.y_train), len(splits.y_val), n_test, cfg.qat.epochs
-    )
+    plan = plan_epochs(cfg.time_budget_min * 60, time.time() - started, speeds, len(splits.y_train), len(splits.y_val), n_test, cfg.qat.epochs)
     planned = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=plan["epochs"]), plan=plan)
     run.save_config(planned)
     log.info(
