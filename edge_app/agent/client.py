@@ -1,5 +1,5 @@
 """The host's side of the agent: :class:`AgentClient` speaks :mod:`edge_app.agent.protocol` to one
-`edge-app agent`, with the standard library only (http.client, json, hashlib).
+`edge-app agent`, with the standard library only (http.client, json; the sha256 of edge_app.fsutil).
 
 Every failure is one :class:`~edge_app.errors.AgentError` naming the agent's address and what to do:
 :class:`~edge_app.errors.AgentUnreachable` when nothing answers (refused, timed out, the connection
@@ -13,7 +13,6 @@ Plain HTTP only: the agent is for a trusted network; elsewhere reach it through 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import http.client
 import json
 import os
@@ -24,6 +23,7 @@ from urllib.parse import urlsplit
 
 from edge_app.agent.protocol import API, COMMANDS, DEFAULT_PORT, MODEL_PARTS, SHA256, STATUS, DeviceInfo, JobReply, JobRequest
 from edge_app.errors import AgentError, AgentUnreachable, ModelLoadError
+from edge_app.fsutil import sha256_file
 
 TOKEN_ENV = "NIN_DEVICE_TOKEN"
 MAX_REPLY = 16 * 1024 * 1024  # a reply is a few KB of JSON; more is no agent's
@@ -59,14 +59,6 @@ def parse_url(url: str) -> tuple[str, int]:
     if not parts.hostname or port == -1 or port == 0 or parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
         raise AgentError("bad address", bad, form)
     return parts.hostname, port or DEFAULT_PORT
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _known(cls: type, d: Any) -> dict[str, Any]:
@@ -128,7 +120,7 @@ class AgentClient:
         """Put the model on the agent unless it has it (by sha256), and its sidecar and labels (small: always);
         returns the model's sha256."""
         model_path = Path(model_path)
-        sha = sha256_of(model_path)
+        sha = sha256_file(model_path)
         if not self.has_model(sha):
             with open(model_path, "rb") as f:
                 headers = {"Content-Type": "application/octet-stream", "Content-Length": str(os.fstat(f.fileno()).st_size)}
