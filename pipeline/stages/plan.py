@@ -88,7 +88,7 @@ def measure_speeds(cfg, splits, steps: int = 12) -> Speeds:
     model = build_model(mcfg)
     train_ds, _, _ = fit_datasets(splits, cfg.train.batch_size, cfg.train.seed)
     train_ips = _timed_steps(model, keras.losses.SparseCategoricalCrossentropy(), train_ds, steps)
-    qat = quantize(build_model(dataclasses.replace(mcfg)))
+    qat = quantize(build_model(mcfg))
     targets = distillation_targets(model, cfg.qat.distill, splits.num_classes) if cfg.qat.distill else None
     ds = fit_datasets(splits, cfg.qat.batch_size, cfg.train.seed, targets=targets)[0]
     loss = "categorical_crossentropy" if targets else keras.losses.SparseCategoricalCrossentropy()
@@ -104,7 +104,7 @@ def measure_speeds(cfg, splits, steps: int = 12) -> Speeds:
 def plan_build(cfg, run, splits, started: float):
     """``cfg`` with the planned epochs and the plan, recorded in the run folder's config.json."""
     speeds = measure_speeds(cfg, splits)
-    n_test = len(splits.y_test) if hasattr(splits, "y_test") else 10000
+    n_test = len(splits.y_test)
     plan = plan_epochs(cfg.time_budget_min * 60, time.time() - started, speeds, len(splits.y_train), len(splits.y_val), n_test, cfg.qat.epochs)
     planned = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=plan["epochs"]), plan=plan)
     run.save_config(planned)
