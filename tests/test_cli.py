@@ -25,6 +25,7 @@ def runner():
     (["build", "--io-type", "fp16"], "'fp16' is not one of"),
     (["describe", "--arch", "vgg"], "'vgg' is not one of"),
     (["build", "--label-smoothing", "0.9"], "0.9 is not in the range 0<=x<=0.5"),
+    (["build", "--ema", "1"], "1.0 is not in the range 0<=x<=0.9999"),
     (["build", "--qat-lr", "0"], "must be greater than 0"),
 ])
 def test_bad_option_values(runner, args, needle):
@@ -81,9 +82,9 @@ def test_training_flags_reach_the_stage_configs(runner, tmp_path, monkeypatch):
         raise SystemExit(0)
 
     monkeypatch.setattr("pipeline.stages.orchestrator.build", fake_build)
-    runner.invoke(cli, ["build", "--label-smoothing", "0.1", "--qat-lr", "0.0002", "--out", str(tmp_path / "r")])
+    runner.invoke(cli, ["build", "--label-smoothing", "0.1", "--qat-lr", "0.0002", "--ema", "0.999", "--out", str(tmp_path / "r")])
     cfg = seen["cfg"]
-    assert cfg.train.label_smoothing == 0.1 and cfg.qat.lr == 0.0002
+    assert cfg.train.label_smoothing == 0.1 and cfg.qat.lr == 0.0002 and cfg.train.ema == 0.999
     from pipeline.runs.profiles import PROFILES
 
     assert cfg.train.lr == PROFILES["quick"].lr  # the profile's own where no flag is given

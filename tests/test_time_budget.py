@@ -14,11 +14,36 @@ from pipeline.stages import plan
 
 def test_the_plan_fills_what_is_left_after_qat_and_the_report():
     speeds = plan.Speeds(train_ips=100.0, qat_ips=50.0, eval_ips=1000.0)
-    # an epoch: 1,000 / 100 + 100 / 1,000 = 10.1 s; QAT: 20.1 s; after: 60 + 4 x 500 / 1,000 = 62 s
+    # an epoch: 1,000 / 100 + 100 / 1,000 = 10.1 s; QAT: 20 + 20.1 s; after: 20 + 4 x 500 / 1,000 = 22 s
     p = plan.plan_epochs(600, 30, speeds, n_train=1000, n_val=100, n_test=500, qat_epochs=1)
-    assert (p["float_epoch_s"], p["qat_s"], p["after_training_s"]) == (10.1, 20.1, 62.0)
-    assert p["epochs"] == int((600 - 30 - 20.1 - 62) * plan.MARGIN / 10.1) == 44
+    assert (plan.QAT_FIXED_S, plan.AFTER_FIXED_S) == (20.0, 20.0)
+    assert (p["float_epoch_s"], p["qat_s"], p["after_training_s"]) == (10.1, 40.1, 22.0)
+    assert p["epochs"] == int((600 - 30 - 40.1 - 22) * plan.MARGIN / 10.1) == 46
     assert p["planned_total_min"] <= 10 and p["budget_min"] == 10
+
+
+def test_tracing_the_train_functions_is_counted_once_not_per_epoch():
+    fast, traced = plan.Speeds(100.0, 50.0, 1000.0), plan.Speeds(100.0, 50.0, 1000.0, trace_s=40.0)
+    a = plan.plan_epochs(600, 30, fast, n_train=1000, n_val=100, n_test=500, qat_epochs=1)
+    b = plan.plan_epochs(600, 30, traced, n_train=1000, n_val=100, n_test=500, qat_epochs=1)
+    assert b["after_training_s"] == a["after_training_s"] + 40 and b["float_epoch_s"] == a["float_epoch_s"]
+    assert b["epochs"] == int((600 - 30 - 40.1 - 22 - 40) * plan.MARGIN / 10.1) == 42 and b["tracing_s"] == 40.0
+
+
+def test_the_probe_times_the_builds_own_fit_on_copies():
+    """measure_speeds on a tiny split: positive rates, the tracing apart from them, nothing of the build touched."""
+    import numpy as np
+
+    from pipeline.data.splits import Splits
+    from pipeline.runs.config import BuildRequest
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (160, 16, 16, 3), dtype=np.uint8)
+    y = np.arange(160) % 4
+    splits = Splits(x[:96], y[:96], x[128:], y[128:], ("a", "b", "c", "d"), "test", x_val=x[96:128], y_val=y[96:128])
+    cfg = BuildRequest(overrides={"width": 0.125, "batch_size": 8, "qat_epochs": 1}, time_budget_min=10).config()
+    speeds = plan.measure_speeds(cfg, splits, executions=2)
+    assert speeds.train_ips > 0 and speeds.qat_ips > 0 and speeds.eval_ips > 0 and speeds.trace_s >= 0
 
 
 def test_a_budget_too_small_for_one_epoch_says_what_would_do():
@@ -51,6 +76,7 @@ def test_a_planned_build_records_its_plan_and_epochs_n_repeats_it(tree, tmp_path
     # measured speeds replaced by ones that make an epoch "take" 100 s, so the plan is 2 epochs whatever this machine does
     monkeypatch.setattr(plan, "measure_speeds", lambda cfg, splits: plan.Speeds(len(splits.y_train) / 100, 1e9, 1e9))
     monkeypatch.setattr(plan, "AFTER_FIXED_S", 0.0)
+    monkeypatch.setattr(plan, "QAT_FIXED_S", 0.0)
     monkeypatch.setenv("NIN_CACHE_DIR", str(tmp_path / "cache"))
     runner = CliRunner()
     planned = tmp_path / "planned"

@@ -62,6 +62,36 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
     assert backed_up_epochs(tmp_path / "nowhere") == 0
 
 
+def test_ema_ends_with_the_moving_average_of_the_weights_also_after_a_resume(tmp_path, monkeypatch):
+    import tf_keras as keras
+
+    from pipeline.train import fit as fit_module
+
+    monkeypatch.setattr(fit_module, "STEPS_PER_EXECUTION", 1)  # so that the callback sees every step
+
+    class Trail(keras.callbacks.Callback):  # the average done by hand: from the first weights, after each step
+        def on_train_begin(self, logs=None):
+            self.avg = [v.numpy() for v in self.model.trainable_variables]
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.avg = [0.9 * a + 0.1 * v.numpy() for a, v in zip(self.avg, self.model.trainable_variables)]
+
+    cfg = TrainConfig(epochs=2, lr=0.05, warmup_epochs=0, ema=0.9, weight_decay=0.0)
+    m, trail = _model(), Trail()
+    fit(m, _data(), None, cfg, steps_per_epoch=4, run_dir=tmp_path, tag="e", verbose=0, extra_callbacks=[trail])
+    raw = [v.numpy() for v in m.trainable_variables]
+    assert m.optimizer.use_ema
+    for a, b in zip(raw, trail.avg):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    again = _model()  # a resumed process with every epoch backed up: the same averaged weights
+    fit(again, _data(), None, cfg, steps_per_epoch=4, run_dir=tmp_path, tag="e", verbose=0)
+    for a, b in zip(raw, (v.numpy() for v in again.trainable_variables)):
+        np.testing.assert_array_equal(a, b)
+    plain, no_ema = _model(), TrainConfig(epochs=2, lr=0.05, warmup_epochs=0, weight_decay=0.0)
+    fit(plain, _data(), None, no_ema, steps_per_epoch=4, run_dir=tmp_path / "p", tag="e", verbose=0)
+    assert any(not np.allclose(a, v.numpy()) for a, v in zip(raw, plain.trainable_variables))
+
+
 def test_schedules():
     from pipeline.train.fit import make_schedule
 

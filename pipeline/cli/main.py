@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
 @click.option("--lr", type=POSITIVE_FLOAT, default=None, help="Peak learning rate.")
 @click.option("--dropout", type=FiniteFloat(0, 0.95), default=None)
 @click.option("--label-smoothing", type=FiniteFloat(0, 0.5), default=None, help="Label smoothing of the float training loss (e.g. 0.1).")
+@click.option("--ema", type=FiniteFloat(0, 0.9999), default=None, metavar="M", help="End with the moving average of the weights (e.g. 0.999).")
 @click.option("--qat-lr", type=POSITIVE_FLOAT, default=None, help="Peak learning rate of QAT fine-tuning.")
 @click.option(
     "--qat-distill",
@@ -227,6 +228,7 @@ def build(
     lr,
     dropout,
     label_smoothing,
+    ema,
     qat_lr,
     qat_distill,
     limit_train,
@@ -278,6 +280,7 @@ def build(
             lr=lr,
             dropout=dropout,
             label_smoothing=label_smoothing,
+            ema=ema,
             qat_lr=qat_lr,
             qat_distill=qat_distill,
             limit_train=limit_train,

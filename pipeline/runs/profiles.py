@@ -27,6 +27,7 @@ class Profile:
     qat_lr: float
     qat_distill: float = 0.0
     label_smoothing: float = 0.0
+    ema: float = 0.0
     deterministic: bool = True
     head: str = "gap"
     pool2: str = "avg"

@@ -30,6 +30,7 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine: linear warm-up then cosine decay; step: 10x drops at 50% and 75%
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
+    ema: float = 0.0  # > 0: the model ends with the moving average of its weights (this momentum per step)
     seed: int = 0
     deterministic: bool = True  # op determinism: the same seed gives the same model, bit for bit
 
@@ -67,8 +68,15 @@ def make_schedule(cfg: TrainConfig, steps_per_epoch: int):
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
     import tf_keras as keras
 
+    # EMA: Keras keeps the average in the optimizer (checkpointed with it, so a resume keeps it) and
+    # writes it into the model when fit ends; validation during training sees the raw weights
     opt = keras.optimizers.SGD(
-        learning_rate=make_schedule(cfg, steps_per_epoch), momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay or None
+        learning_rate=make_schedule(cfg, steps_per_epoch),
+        momentum=cfg.momentum,
+        nesterov=True,
+        weight_decay=cfg.weight_decay or None,
+        use_ema=cfg.ema > 0,
+        ema_momentum=cfg.ema or 0.99,
     )
     if cfg.weight_decay:
         # Decay only convolution / dense kernels: decaying BatchNorm scales and biases
