@@ -82,6 +82,24 @@ def test_the_fixed_depthwise_pool_stays_fixed_under_qat():
     assert np.all(kernel.numpy() == np.float32(1 / 9))
 
 
+def test_a_qat_model_with_the_fixed_pool_saves_and_loads_its_weights(tmp_path):
+    """The run folder's model_qat.weights.h5 round trip (a build once stopped at `convert` on it: Keras re-tracks
+    a loaded layer's variables and listed the fixed kernel twice)."""
+    import numpy as np
+
+    from pipeline.export.convert import quantize
+
+    cfg = ModelConfig(width=0.125, pool2="depthwise", dropout=0.0)
+    a = quantize(build_model(cfg))
+    x = np.random.default_rng(0).random((4, 32, 32, 3), dtype=np.float32)
+    a(x, training=False)
+    a.save_weights(tmp_path / "q.weights.h5")
+    b = quantize(build_model(cfg))
+    b.load_weights(tmp_path / "q.weights.h5")
+    np.testing.assert_array_equal(a(x, training=False).numpy(), b(x, training=False).numpy())
+    assert not [w.name for w in b.trainable_weights if w.name.startswith("pool2/")]
+
+
 def test_pool2_is_nin_cifars_only():
     with pytest.raises(ValueError, match="--pool2 max is not an option of nin-imagenet"):
         build_model(ModelConfig(arch="nin-imagenet", input_shape=(224, 224, 3), pool2="max"))

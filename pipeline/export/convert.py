@@ -63,7 +63,12 @@ def quantize(model):
     for layer in qat.layers:
         inner = getattr(layer, "layer", None)
         if inner is not None and inner.name in fixed:
-            layer._non_trainable_weights.extend(layer._trainable_weights)  # a fixed layer trains nothing, not even its ranges
+            # a fixed layer trains nothing, not even its ranges. The variables themselves are marked too: Keras
+            # re-tracks a layer's variables when it loads weights (Layer._update_trackables) and would list a
+            # still-"trainable" one again among the trainable, so that the saved weights no longer load
+            for w in layer._trainable_weights:
+                w._trainable = False
+            layer._non_trainable_weights.extend(w for w in layer._trainable_weights if all(w is not v for v in layer._non_trainable_weights))
             layer._trainable_weights = []
     return qat
 

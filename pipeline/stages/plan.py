@@ -66,22 +66,27 @@ def plan_epochs(budget_s: float, spent_s: float, speeds: Speeds, n_train: int, n
 
 def _timed_fit(model, loss, ds, batch: int, executions: int) -> tuple[float, float]:
     """Images per second of ``model.fit`` on ``ds`` as the build runs it (the same steps per execution),
-    timed over ``executions`` calls into the graph, and the seconds that tracing the graph adds once.
-    A probe of single ``train_on_batch`` calls measured 446 images/s where the build then trained at
-    ~1,100: each call's round trip through Python is most of a small model's step."""
+    and the seconds that tracing the graph adds once: one ``fit`` call, each call into the graph timed
+    from the callbacks, the median of those after the first two. Measured otherwise, the probe missed:
+    single ``train_on_batch`` calls gave 446 images/s where the build trained at ~690 (each call's round
+    trip through Python), and separate short ``fit`` calls under op determinism 399 (a new iterator each)."""
+    import statistics
+
     import tf_keras as keras
 
     from pipeline.train.fit import STEPS_PER_EXECUTION
 
+    ends: list[float] = []
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):  # once per execution (STEPS_PER_EXECUTION steps)
+            ends.append(time.perf_counter())
+
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss=loss, steps_per_execution=STEPS_PER_EXECUTION)
     t = time.perf_counter()
-    model.fit(ds, steps_per_epoch=STEPS_PER_EXECUTION, epochs=1, verbose=0)  # traces the train function
-    first_s = time.perf_counter() - t
-    model.fit(ds, steps_per_epoch=STEPS_PER_EXECUTION, epochs=1, verbose=0)  # the first steps after it run slower
-    t = time.perf_counter()
-    model.fit(ds, steps_per_epoch=executions * STEPS_PER_EXECUTION, epochs=1, verbose=0)
-    per_execution_s = (time.perf_counter() - t) / executions
-    return STEPS_PER_EXECUTION * batch / per_execution_s, max(0.0, first_s - per_execution_s)
+    model.fit(ds, steps_per_epoch=(2 + executions) * STEPS_PER_EXECUTION, epochs=1, verbose=0, callbacks=[Clock()])
+    per_execution_s = statistics.median(b - a for a, b in zip(ends[1:], ends[2:]))
+    return STEPS_PER_EXECUTION * batch / per_execution_s, max(0.0, ends[0] - t - per_execution_s)
 
 
 def measure_speeds(cfg, splits, executions: int = 8) -> Speeds:
