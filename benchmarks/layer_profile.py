@@ -36,7 +36,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
-from quick_build import machine, tf_env  # noqa: E402
+from quick_build import machine, save_result, tf_env  # noqa: E402
 from train_speed import matmul_peak  # noqa: E402
 
 OP_EVENT = re.compile(r"^([^:\s]+):([A-Za-z0-9_]+)$")  # "<op name>:<op type>", as the TF profiler names op events
@@ -106,9 +106,12 @@ def profile(arch: str, width: float, batch: int, steps: int, warmup: int, n: int
     import tf_keras as keras
 
     from pipeline.models.nin import ModelConfig, build_model
+    from pipeline.runs.profiles import PROFILES
 
     keras.utils.set_random_seed(0)
-    m = build_model(ModelConfig(arch=arch, num_classes=10, input_shape=(32, 32, 3), width=width, dropout=0.1))
+    quick = PROFILES["quick"]  # the model the build trains (its dropout, its form of block 2's pooling)
+    m = build_model(ModelConfig(arch=arch, num_classes=10, input_shape=(32, 32, 3), width=width, dropout=quick.dropout,
+                                pool2=quick.pool2 if arch == "nin-cifar" else "avg"))
     m.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
               loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
     rng = np.random.default_rng(0)
@@ -196,11 +199,11 @@ def main() -> None:
     print(json.dumps(summary, indent=1))
     out = {"date": dt.date.today().isoformat(), "machine": machine(), "matmul_peak_gflops": round(peak, 1),
            "settings": {k: str(v) for k, v in vars(args).items()},
-           "threads": {k: os.environ.get(k) for k in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")},
+           "threads": {k: os.environ.get(k) for k in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS")},
            "cpu_affinity": sorted(os.sched_getaffinity(0)), "summary": summary,
            "layers": {k: {kk: (round(vv, 4) if isinstance(vv, float) else vv) for kk, vv in v.items()} for k, v in per_layer.items()}}
-    path = args.out or HERE / "results" / f"layer_profile-{args.arch}-w{args.width:g}-b{args.batch_size}-{dt.date.today().isoformat()}.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    default = HERE / "results" / f"layer_profile-{args.arch}-w{args.width:g}-b{args.batch_size}-{dt.date.today().isoformat()}.json"
+    path = save_result(args.out or default, out)
     print("->", path)
 
 

@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from quick_build import machine, tf_env, train_speed  # noqa: E402
+from quick_build import machine, save_result, tf_env, train_speed  # noqa: E402
 
 
 def matmul_peak(n: int = 2048, seconds: float = 5.0) -> float:
@@ -60,8 +60,9 @@ def bare_fit(jit: bool, spe: int, width: float, batch: int, n: int = 4096, epoch
     keras.utils.set_random_seed(0)
     from pipeline.runs.profiles import PROFILES
 
-    dropout = PROFILES["quick"].dropout  # the model the build trains
-    m = build_model(ModelConfig(arch="nin-cifar", num_classes=10, input_shape=(32, 32, 3), width=width, dropout=dropout))
+    quick = PROFILES["quick"]  # the model the build trains
+    m = build_model(ModelConfig(arch="nin-cifar", num_classes=10, input_shape=(32, 32, 3), width=width, dropout=quick.dropout,
+                                pool2=quick.pool2))
     m.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True), loss=keras.losses.SparseCategoricalCrossentropy(),
               metrics=["accuracy"], jit_compile=jit, steps_per_execution=spe)
     rng = np.random.default_rng(0)
@@ -130,6 +131,8 @@ def main() -> None:
         "bare fit, XLA (jit_compile=True)": {**base, "jit": True},
         "bare fit, steps_per_execution=8": {**base, "spe": 8},
         "bare fit, TF_NUM_INTEROP_THREADS=1": {**base, "env": {"TF_NUM_INTEROP_THREADS": 1}},
+        "bare fit, TF_NUM_INTRAOP_THREADS=1": {**base, "env": {"TF_NUM_INTRAOP_THREADS": 1}},
+        "bare fit, batch 64": {**base, "batch": 64},
         "bare fit, batch 256": {**base, "batch": 256},
     }
     if args.cases:
@@ -166,8 +169,7 @@ def main() -> None:
                 summary[f"{name} / bare fit"] = round(median_ips(name) / bare, 3)
     out = {"date": dt.date.today().isoformat(), "machine": machine(), "settings": {k: str(v) for k, v in vars(args).items()},
            "results": res, "summary": summary}
-    path = HERE / "results" / f"train_speed-{dt.date.today().isoformat()}.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    path = save_result(HERE / "results" / f"train_speed-{dt.date.today().isoformat()}.json", out)
     print(json.dumps(summary, indent=1), "->", path)
 
 

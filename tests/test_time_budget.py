@@ -96,3 +96,79 @@ def test_a_planned_build_records_its_plan_and_epochs_n_repeats_it(tree, tmp_path
     assert json.loads((by_hand / "config.json").read_text())["plan"] is None
     for name in ("model_float32.tflite", "model_int8.tflite"):
         assert (planned / name).read_bytes() == (by_hand / name).read_bytes(), name
+
+
+# ----------------------------------------------------------------------------- holding to the budget
+
+
+def test_the_deadline_cuts_only_when_the_pace_of_the_last_epochs_would_end_late():
+    d = plan.Deadline(end=1000.0, float_epoch_s=10.0, after_training_s=50.0)
+    # 10 s epochs as planned: 20 done at t=200, 60 left end at 800 + 50 after: on time
+    assert d.epochs(20, [12.0] + [10.0] * 19, 80, now=200.0) is None
+    assert d.epochs(1, [50.0], 80, now=60.0) is None  # the first epoch carries the tracing: not judged alone
+    # one slow epoch among on-time ones is outvoted (median of the last three)
+    assert d.epochs(20, [12.0] + [10.0] * 17 + [40.0, 10.0], 80, now=230.0) is None
+    # 20 s epochs: 60 left would end at 200 + 1200 + 100 (after, slowed down alike); what fits: (1000-200-100)*0.95/20
+    assert d.epochs(10, [20.0] * 10, 70, now=200.0) == 10 + int((1000 - 200 - 100) * plan.CUT_MARGIN / 20) == 43
+    assert d.epochs(10, [20.0] * 10, 70, now=950.0) == 10  # nothing more fits: stop here
+    assert d.epochs(10, [20.0] * 10, 10, now=950.0) is None  # done already
+
+
+def test_a_shortened_schedule_goes_on_from_its_rate_and_ends_at_the_floor_and_replays_from_its_record():
+    import numpy as np
+
+    from pipeline.train.fit import LR_FLOOR, TrainConfig, make_schedule
+
+    cfg = TrainConfig(epochs=10, lr=0.1, warmup_epochs=1)
+    base = make_schedule(cfg, steps_per_epoch=10)
+    live = make_schedule(cfg, steps_per_epoch=10, cuttable=True)
+    before = [float(live(s)) for s in range(101)]
+    assert before == [float(base(s)) for s in range(101)]  # uncut, the same rates as the plain schedule
+    live.cut(40, 70)  # after 4 of 10 epochs: 7 in all
+    rates = np.array([float(live(s)) for s in range(101)])
+    assert rates[:41].tolist() == before[:41]  # the steps before the cut are untouched, and step 40 too
+    assert np.all(np.diff(rates[40:71]) < 0) and rates[70] == pytest.approx(0.1 * LR_FLOOR) and rates[80] == rates[70]
+    replayed = make_schedule(TrainConfig(epochs=7, lr=0.1, warmup_epochs=1, cuts=[[4, 10, 7]]), steps_per_epoch=10)
+    assert [float(replayed(s)) for s in range(101)] == rates.tolist()  # config.json's record gives the same rates
+    live.cut(50, 60)  # a second cut (after 5 epochs, 6 in all) goes on from the rate the first gave there
+    twice = np.array([float(live(s)) for s in range(101)])
+    # (only the steps from a cut on are trained with it: the schedule keeps the latest cut, the record all of them)
+    assert twice[50] == rates[50] and np.all(np.diff(twice[50:61]) < 0) and twice[60] == pytest.approx(0.1 * LR_FLOOR)
+    replayed = make_schedule(TrainConfig(epochs=6, lr=0.1, warmup_epochs=1, cuts=((4, 10, 7), (5, 7, 6))), steps_per_epoch=10)
+    assert [float(replayed(s)) for s in range(101)] == twice.tolist()
+
+
+def test_a_build_that_falls_behind_shortens_its_schedule_records_the_cut_and_a_rerun_of_the_record_repeats_it(tree, tmp_path, monkeypatch):
+    import shutil
+
+    # the plan: 4 epochs; then "the machine slows down": after epoch 2 the deadline asks for 3 in all
+    monkeypatch.setattr(plan, "measure_speeds", lambda cfg, splits: plan.Speeds(len(splits.y_train) / 60, 1e9, 1e9))
+    monkeypatch.setattr(plan, "AFTER_FIXED_S", 0.0)
+    monkeypatch.setattr(plan, "QAT_FIXED_S", 0.0)
+    asked: list[tuple[int, int]] = []
+
+    def slower(self, done, seconds, planned, now):
+        asked.append((done, planned))
+        return 3 if (done, planned) == (2, 4) else None
+
+    monkeypatch.setattr(plan.Deadline, "epochs", slower)
+    monkeypatch.setenv("NIN_CACHE_DIR", str(tmp_path / "cache"))
+    runner = CliRunner()
+    cut = tmp_path / "cut"
+    res = runner.invoke(cli, ["build", *FLAGS, "--data-dir", str(tree), "--out", str(cut), "--time-budget", "5"])
+    assert res.exit_code == 0, res.output
+    assert asked == [(1, 4), (2, 4)]  # asked after each epoch, and not once training is at its (new) end
+    cfg = json.loads((cut / "config.json").read_text())
+    assert cfg["plan"]["epochs"] == 4 and cfg["train"]["epochs"] == 3 and cfg["train"]["cuts"] == [[2, 4, 3]]
+    assert len((cut / "history_train.csv").read_text().splitlines()) == 1 + 3
+    log = (cut / "train.log").read_text()
+    assert "shortened to 3 epochs" in log and "train epoch 3/3" in log and "train epoch 4" not in log
+    # the same command on a folder holding only that config.json: the recorded plan and cut, no new deadline
+    monkeypatch.setattr(plan.Deadline, "epochs", lambda *a: pytest.fail("a recorded plan is not re-planned"))
+    rerun = tmp_path / "rerun"
+    rerun.mkdir()
+    shutil.copy(cut / "config.json", rerun / "config.json")
+    res = runner.invoke(cli, ["build", *FLAGS, "--data-dir", str(tree), "--out", str(rerun), "--time-budget", "5"])
+    assert res.exit_code == 0, res.output
+    for name in ("model_float32.tflite", "model_int8.tflite"):
+        assert (cut / name).read_bytes() == (rerun / name).read_bytes(), name

@@ -61,7 +61,8 @@ class BuildConfig:
         recorded plan (a plan is made once; the same budget on another day would plan other epochs)."""
         if self.time_budget_min is None or self.plan is not None or saved.plan is None or saved.time_budget_min != self.time_budget_min:
             return self
-        return dataclasses.replace(self, train=dataclasses.replace(self.train, epochs=saved.train.epochs), plan=saved.plan)
+        train = dataclasses.replace(self.train, epochs=saved.train.epochs, cuts=saved.train.cuts)  # and where a deadline cut them
+        return dataclasses.replace(self, train=train, plan=saved.plan)
 
 
 def io_for_target(target: str, io_type: str | None) -> str:

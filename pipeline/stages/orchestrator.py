@@ -10,6 +10,7 @@ The functions at the end are what the ``nin-pipeline`` commands call, one each.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import logging
 import time
@@ -91,13 +92,14 @@ def run_stages(
     todo = [s for s in stages if s in force or not run.done(s)]
     cluster.agree([int(s in todo) for s in ("train", "qat")], "the training stages still to run")
     ok, t0 = False, time.time()
+    deadline = None  # the time budget, held to while training, by the process that planned it
     try:
         if todo:
             splits = load_data(cfg, run)
             if cfg.time_budget_min is not None and cfg.plan is None and "train" in todo and (workers is None or workers.is_chief):
                 from pipeline.stages.plan import plan_build
 
-                cfg = plan_build(cfg, run, splits, started)  # once: recorded in config.json
+                cfg, deadline = plan_build(cfg, run, splits, started)  # once: recorded in config.json
         else:
             log.info("every stage is already done; nothing to do")
         for stage in STAGES if todo else ():
@@ -110,7 +112,11 @@ def run_stages(
             log.info("stage %s ...", stage)
             try:
                 with stage_errors():
-                    STAGE_FUNCTIONS[stage](cfg, run, splits)
+                    if stage == "train" and deadline is not None:
+                        stage_train(cfg, run, splits, deadline=deadline)
+                        cfg = dataclasses.replace(cfg, train=run.load_config().train)  # with the epochs the deadline left
+                    else:
+                        STAGE_FUNCTIONS[stage](cfg, run, splits)
             except KeyboardInterrupt as exc:
                 exc.stage = getattr(exc, "stage", stage)  # type: ignore[attr-defined]  # for the hint that says how to finish it
                 raise

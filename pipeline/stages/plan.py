@@ -4,6 +4,11 @@ so that the whole build (data, training, QAT, conversion, report) ends within th
 The plan is made once, before training starts, and recorded in config.json (``BuildConfig.plan``):
 a resume takes it from there, and a new build with the recorded ``--epochs`` trains the same model.
 The probe trains throwaway copies, before the build seeds its own weights, so it changes nothing.
+
+A plan is a forecast, and a shared machine can slow down after the probe (other jobs, a noisy VM
+neighbour). While training, the build holds to the budget (:class:`Deadline`): after each epoch it
+projects the end from the epochs just measured, and where that is late it shortens the schedule
+(fewer epochs, the rate annealed over the ones left), and records the cut in config.json.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +30,32 @@ log = logging.getLogger("pipeline")
 MARGIN = 0.85
 AFTER_FIXED_S = 20.0  # conversion (float, PTQ and QAT int8) and the report's files, besides evaluating
 QAT_FIXED_S = 20.0  # QAT's setup: wrapping the model, calibrating its ranges on 1,024 images, saving it
+# of the time left at a cut, what the shortened schedule fills (the epochs it measured are the forecast now)
+CUT_MARGIN = 0.95
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """The budget, held to while training: ``end`` (time.time()) by which the build should have ended, and
+    the plan's figures for one float epoch and for everything after training."""
+
+    end: float
+    float_epoch_s: float
+    after_training_s: float  # QAT, conversion and the report, as planned
+
+    def epochs(self, done: int, seconds: list[float], planned: int, now: float) -> int | None:
+        """Fewer epochs than ``planned`` where the build would end late at the pace of the last epochs
+        (``seconds``: each epoch run so far in this process), else None. The first epoch carries the
+        graph's tracing, so nothing is judged before two; a single slow epoch is outvoted (median of
+        three). What follows training is assumed slowed down as much as the epochs were."""
+        if done >= planned or len(seconds) < 2:
+            return None
+        pace = statistics.median(seconds[1:][-3:])
+        after = self.after_training_s * max(1.0, pace / self.float_epoch_s)
+        if now + (planned - done) * pace + after <= self.end:
+            return None
+        more = math.floor((self.end - now - after) * CUT_MARGIN / pace)
+        return max(done, min(planned - 1, done + max(0, more)))
 
 
 @dataclass(frozen=True)
@@ -117,8 +149,9 @@ def measure_speeds(cfg, splits, executions: int = 8) -> Speeds:
     return Speeds(train_ips, qat_ips, eval_ips, train_trace_s + qat_trace_s)
 
 
-def plan_build(cfg, run, splits, started: float):
-    """``cfg`` with the planned epochs and the plan, recorded in the run folder's config.json."""
+def plan_build(cfg, run, splits, started: float) -> tuple[Any, Deadline]:
+    """``cfg`` with the planned epochs and the plan, recorded in the run folder's config.json, and the
+    deadline that training holds to."""
     speeds = measure_speeds(cfg, splits)
     n_test = len(splits.y_test)
     plan = plan_epochs(cfg.time_budget_min * 60, time.time() - started, speeds, len(splits.y_train), len(splits.y_val), n_test, cfg.qat.epochs)
@@ -140,4 +173,43 @@ def plan_build(cfg, run, splits, started: float):
         plan["planned_total_min"],
         plan["epochs"],
     )
-    return planned
+    deadline = Deadline(started + plan["budget_min"] * 60, plan["float_epoch_s"], plan["qat_s"] + plan["after_training_s"])
+    return planned, deadline
+
+
+def holding_to(deadline: Deadline, cfg, run):
+    """The ``replan`` that training (pipeline.train.fit) calls after each epoch: where the deadline asks for
+    fewer epochs, it records the cut in config.json before the next epoch starts, and says so."""
+    current = [cfg]
+
+    def replan(done: int, seconds: list[float], planned: int) -> int | None:
+        new = deadline.epochs(done, seconds, planned, time.time())
+        if new is None:
+            return None
+        c = current[0]
+        train = dataclasses.replace(c.train, epochs=new, cuts=(*c.train.cuts, (done, planned, new)))
+        current[0] = dataclasses.replace(c, train=train)
+        run.save_config(current[0])
+        pace = statistics.median(seconds[1:][-3:])
+        if new == done:
+            log.warning(
+                "time budget: epochs take %.0f s here, not the %.0f s planned; no further epoch fits before the %g min are up: "
+                "training stops after epoch %d, before its schedule ended (recorded in config.json)",
+                pace,
+                deadline.float_epoch_s,
+                c.time_budget_min,
+                done,
+            )
+        else:
+            log.warning(
+                "time budget: epochs take %.0f s here, not the %.0f s planned (the machine is slower than when it was probed); "
+                "shortened to %d epochs, the rate annealed over the %d left, to end within the %g min (recorded in config.json)",
+                pace,
+                deadline.float_epoch_s,
+                new,
+                new - done,
+                c.time_budget_min,
+            )
+        return new
+
+    return replan

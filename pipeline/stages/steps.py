@@ -68,7 +68,8 @@ def _model_cfg(cfg: BuildConfig, splits: Splits) -> ModelConfig:
     return dataclasses.replace(cfg.model, input_shape=splits.input_shape, num_classes=splits.num_classes)
 
 
-def stage_train(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
+def stage_train(cfg: BuildConfig, run: RunFolder, splits: Splits, deadline=None) -> None:
+    """The float model. ``deadline`` (pipeline.stages.plan.Deadline, --time-budget): held to while training."""
     import tensorflow as tf
     import tf_keras as keras
 
@@ -102,7 +103,12 @@ def stage_train(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
         train_ds, val_ds, steps = fit_datasets(splits, cfg.train.batch_size, cfg.train.seed, cluster.strategy())
         if not tf.config.list_physical_devices("GPU") and cfg.profile == "paper" and not cluster.strategy():
             _warn_slow_on_cpu(cfg, model, train_ds, len(splits.y_train))
-        _fit(run, model, train_ds, val_ds, cfg.train, steps, "train")
+        replan = None
+        if deadline is not None:
+            from pipeline.stages.plan import holding_to
+
+            replan = holding_to(deadline, cfg, run)
+        _fit(run, model, train_ds, val_ds, cfg.train, steps, "train", replan=replan)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     # Save a float32 copy (mixed precision only changes compute dtypes; weights are float32), built
@@ -112,14 +118,25 @@ def stage_train(cfg: BuildConfig, run: RunFolder, splits: Splits) -> None:
     run.save_float(final)
 
 
-def _fit(run: RunFolder, model, train_ds, val_ds, tcfg: TrainConfig, steps: int, tag: str, soft_targets: bool = False) -> None:
+def _fit(run: RunFolder, model, train_ds, val_ds, tcfg: TrainConfig, steps: int, tag: str, soft_targets: bool = False, replan=None) -> None:
     """train.fit into the run folder; the backup lives in the chief's folder (``run.shared``) on every worker."""
     from pipeline.stages import cluster
     from pipeline.train.fit import backed_up_epochs, fit
 
     backup = run.shared / CHECKPOINTS / tag
     cluster.agree([backed_up_epochs(backup)], f"the {tag} epochs already done (the backup in {backup})")
-    fit(model, train_ds, val_ds, tcfg, steps_per_epoch=steps, run_dir=run.root, tag=tag, backup_dir=backup, soft_targets=soft_targets)
+    fit(
+        model,
+        train_ds,
+        val_ds,
+        tcfg,
+        steps_per_epoch=steps,
+        run_dir=run.root,
+        tag=tag,
+        backup_dir=backup,
+        soft_targets=soft_targets,
+        replan=replan,
+    )
 
 
 def _warn_slow_on_cpu(cfg: BuildConfig, model, train_ds, n_train: int) -> None:

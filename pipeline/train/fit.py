@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,16 @@ class TrainConfig:
     ema: float = 0.0  # > 0: the model ends with the moving average of its weights (this momentum per step)
     seed: int = 0
     deterministic: bool = True  # op determinism: the same seed gives the same model, bit for bit
+    # where a deadline shortened the schedule, in order: (epochs done, epochs before, epochs after); from
+    # each, the rate goes from its value there down to the schedule's floor over the epochs left (cosine)
+    cuts: tuple[tuple[int, int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cuts", tuple(tuple(int(v) for v in c) for c in self.cuts))  # JSON gives lists
+
+
+# of the peak rate, where the cosine schedules end (CosineDecay's alpha) and a shortened one ends too
+LR_FLOOR = 0.01
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -47,16 +58,68 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def make_schedule(cfg: TrainConfig, steps_per_epoch: int):
-    """The learning rate as a function of the optimizer's step counter (so it survives resume)."""
+def make_schedule(cfg: TrainConfig, steps_per_epoch: int, cuttable: bool = False):
+    """The learning rate as a function of the optimizer's step counter (so it survives resume).
+    ``cuttable`` (or recorded ``cfg.cuts``): a :func:`shortenable` schedule, which a deadline can shorten."""
+    base = _base_schedule(cfg, cfg.cuts[0][1] if cfg.cuts else cfg.epochs, steps_per_epoch)
+    if not (cuttable or cfg.cuts):
+        return base
+    schedule = shortenable(base, cfg.lr * LR_FLOOR)
+    for done, _, total in cfg.cuts:  # the recorded cuts again, in order: each starts from the rate the one before gave
+        schedule.cut(done * steps_per_epoch, total * steps_per_epoch)
+    return schedule
+
+
+def shortenable(base, floor: float):
+    """``base`` (a Keras schedule) until ``cut(at_step, end_step)``: from then a cosine from the rate at
+    ``at_step`` down to ``floor`` at ``end_step``. The cut lives in variables that the traced train step
+    reads, so it takes effect mid-``fit`` without retracing; they are not checkpointed (config.json
+    records the cuts, and :func:`make_schedule` replays them)."""
+    import tensorflow as tf
     import tf_keras as keras
 
-    total = max(1, cfg.epochs * steps_per_epoch)
+    class Shortenable(keras.optimizers.schedules.LearningRateSchedule):
+        def __init__(self) -> None:
+            self.base, self.floor = base, floor
+            self.start = tf.Variable(-1, dtype=tf.int64, trainable=False, name="lr_cut_step")
+            self.end = tf.Variable(0, dtype=tf.int64, trainable=False, name="lr_cut_end")
+            self.start_lr = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="lr_cut_rate")
+
+        def __call__(self, step):
+            step = tf.cast(step, tf.int64)
+            before = tf.cast(self.base(step), tf.float32)
+            span = tf.maximum(self.end - self.start, 1)
+            t = tf.cast(tf.clip_by_value(step - self.start, 0, span), tf.float32) / tf.cast(span, tf.float32)
+            after = self.floor + (self.start_lr - self.floor) * 0.5 * (1.0 + tf.cos(math.pi * t))
+            return tf.where(tf.logical_and(self.start >= 0, step >= self.start), after, before)
+
+        def cut(self, at_step: int, end_step: int) -> None:
+            rate = self(at_step)  # eagerly, the rate the schedule so far gives there
+            self.start_lr.assign(rate)
+            self.start.assign(at_step)
+            self.end.assign(end_step)
+
+        def get_config(self):
+            return {
+                "base": keras.optimizers.schedules.serialize(self.base),
+                "floor": self.floor,
+                "start": int(self.start.numpy()),
+                "end": int(self.end.numpy()),
+                "start_lr": float(self.start_lr.numpy()),
+            }
+
+    return Shortenable()
+
+
+def _base_schedule(cfg: TrainConfig, epochs: int, steps_per_epoch: int):
+    import tf_keras as keras
+
+    total = max(1, epochs * steps_per_epoch)
     if cfg.schedule == "cosine":
         warm = min(int(cfg.warmup_epochs * steps_per_epoch), total // 2)
         if warm == 0:
-            return keras.optimizers.schedules.CosineDecay(cfg.lr, total, alpha=0.01)
-        return keras.optimizers.schedules.CosineDecay(cfg.lr * 0.1, total - warm, alpha=0.01, warmup_target=cfg.lr, warmup_steps=warm)
+            return keras.optimizers.schedules.CosineDecay(cfg.lr, total, alpha=LR_FLOOR)
+        return keras.optimizers.schedules.CosineDecay(cfg.lr * 0.1, total - warm, alpha=LR_FLOOR, warmup_target=cfg.lr, warmup_steps=warm)
     if cfg.schedule == "step":
         # The paper lowers the rate 10x when validation accuracy plateaus; fixed drops at
         # half and three quarters of training are that recipe made deterministic and resumable.
@@ -65,13 +128,13 @@ def make_schedule(cfg: TrainConfig, steps_per_epoch: int):
     raise ValueError(f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
 
 
-def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, cuttable: bool = False):
     import tf_keras as keras
 
     # EMA: Keras keeps the average in the optimizer (checkpointed with it, so a resume keeps it) and
     # writes it into the model when fit ends; validation during training sees the raw weights
     opt = keras.optimizers.SGD(
-        learning_rate=make_schedule(cfg, steps_per_epoch),
+        learning_rate=make_schedule(cfg, steps_per_epoch, cuttable),
         momentum=cfg.momentum,
         nesterov=True,
         weight_decay=cfg.weight_decay or None,
@@ -136,6 +199,7 @@ def fit(
     extra_callbacks: list | None = None,
     backup_dir: Path | None = None,
     soft_targets: bool = False,
+    replan: Callable[[int, list[float], int], int | None] | None = None,
 ) -> dict[str, list[float]]:
     """Compile and train ``model``; an interrupted run resumes from its last finished epoch.
 
@@ -146,7 +210,9 @@ def fit(
     to temporary folders. The per-epoch CSV log is trimmed to the restored epoch, so a resumed
     run has no duplicated rows. Returns the full history read back from that log. ``soft_targets``:
     the datasets give class-probability vectors (e.g. a teacher's), not class indices; "accuracy" is
-    then agreement with their top class.
+    then agreement with their top class. ``replan(epochs done, seconds of each epoch run here, epochs
+    planned)``, called after each epoch, may return fewer epochs (a deadline): the schedule is shortened
+    from there (:func:`shortenable`) and training ends at that many; recording it is the caller's.
     """
     import tensorflow as tf
     import tf_keras as keras
@@ -156,7 +222,7 @@ def fit(
     # the optimizer, metrics and checkpoint variables belong to the strategy the model was built
     # under (MirroredStrategy on several GPUs): made outside its scope, compile refuses them
     with model.distribute_strategy.scope():
-        optimizer = make_optimizer(cfg, steps_per_epoch)
+        optimizer = make_optimizer(cfg, steps_per_epoch, cuttable=replan is not None)
         if soft_targets:
             loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
             accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
@@ -178,7 +244,13 @@ def fit(
         log.info("%s: resuming from the checkpoint after epoch %d of %d", tag, initial_epoch, cfg.epochs)
     _truncate_history(csv_path, initial_epoch)
 
+    planned = [cfg.epochs]  # the epochs to train, as a deadline may shorten them
+
     class EpochLog(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seconds: list[float] = []  # of each epoch run in this process
+
         def on_epoch_begin(self, epoch, logs=None):
             self.t, self.val = time.perf_counter(), 0.0
 
@@ -194,12 +266,20 @@ def fit(
                 "%s epoch %d/%d: %s (lr=%.5f, %.1f s, validation %.1f s)",
                 tag,
                 epoch + 1,
-                cfg.epochs,
+                planned[0],
                 msg,
                 _current_lr(optimizer),
                 time.perf_counter() - self.t,
                 self.val,
             )
+            self.seconds.append(time.perf_counter() - self.t)
+            done = epoch + 1
+            new = replan(done, list(self.seconds), planned[0]) if replan is not None and done < planned[0] else None
+            if new is not None and new < planned[0]:
+                optimizer._learning_rate.cut(done * steps_per_epoch, new * steps_per_epoch)  # the schedule (.learning_rate is its current value)
+                planned[0] = new
+            if done >= planned[0]:
+                self.model.stop_training = True
 
     bar = _progress_bar(verbose) if initial_epoch < cfg.epochs else 0
     callbacks = [
@@ -218,7 +298,7 @@ def fit(
     # with every epoch backed up, fit restores the weights and trains no further epoch
     model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=bar)
     if initial_epoch < cfg.epochs:
-        log.info("%s: %d epoch(s) in %.0f s", tag, cfg.epochs - initial_epoch, time.time() - t0)
+        log.info("%s: %d epoch(s) in %.0f s", tag, planned[0] - initial_epoch, time.time() - t0)
     if any(math.isnan(v) for v in read_history(csv_path).get("loss", [])):
         from pipeline.errors import TrainingError
 
