@@ -105,13 +105,21 @@ def test_the_deadline_cuts_only_when_the_pace_of_the_last_epochs_would_end_late(
     d = plan.Deadline(end=1000.0, float_epoch_s=10.0, after_training_s=50.0)
     # 10 s epochs as planned: 20 done at t=200, 60 left end at 800 + 50 after: on time
     assert d.epochs(20, [12.0] + [10.0] * 19, 80, now=200.0) is None
-    assert d.epochs(1, [50.0], 80, now=60.0) is None  # the first epoch carries the tracing: not judged alone
+    # the first epoch carries the tracing, and a cut is for good: nothing is judged before three epochs after it
+    assert d.epochs(1, [50.0], 80, now=60.0) is None
+    assert d.epochs(3, [20.0, 60.0, 60.0], 80, now=140.0) is None
+    assert d.epochs(4, [20.0, 60.0, 60.0, 60.0], 80, now=200.0) is not None
     # one slow epoch among on-time ones is outvoted (median of the last three)
     assert d.epochs(20, [12.0] + [10.0] * 17 + [40.0, 10.0], 80, now=230.0) is None
     # 20 s epochs: 60 left would end at 200 + 1200 + 100 (after, slowed down alike); what fits: (1000-200-100)*0.95/20
     assert d.epochs(10, [20.0] * 10, 70, now=200.0) == 10 + int((1000 - 200 - 100) * plan.CUT_MARGIN / 20) == 43
-    assert d.epochs(10, [20.0] * 10, 70, now=950.0) == 10  # nothing more fits: stop here
+    # nothing more fits: one more epoch still runs, the rate annealed to its floor in it (not left high mid-schedule)
+    assert d.epochs(10, [20.0] * 10, 70, now=950.0) == 11
+    assert d.late_by(10, [20.0] * 10, 11, now=950.0) == 950 + 20 + 100 - 1000
+    assert d.epochs(10, [20.0] * 10, 11, now=950.0) is None  # the next epoch is the last already: nothing to shorten
     assert d.epochs(10, [20.0] * 10, 10, now=950.0) is None  # done already
+    # a plan's epoch figure rounded to 0 (a tiny subset on a fast machine) is no division by zero
+    assert plan.Deadline(end=100.0, float_epoch_s=0.0, after_training_s=5.0).epochs(5, [1.0] * 5, 50, now=90.0) == 5 + 4
 
 
 def test_a_shortened_schedule_goes_on_from_its_rate_and_ends_at_the_floor_and_replays_from_its_record():
@@ -136,6 +144,27 @@ def test_a_shortened_schedule_goes_on_from_its_rate_and_ends_at_the_floor_and_re
     assert twice[50] == rates[50] and np.all(np.diff(twice[50:61]) < 0) and twice[60] == pytest.approx(0.1 * LR_FLOOR)
     replayed = make_schedule(TrainConfig(epochs=6, lr=0.1, warmup_epochs=1, cuts=((4, 10, 7), (5, 7, 6))), steps_per_epoch=10)
     assert [float(replayed(s)) for s in range(101)] == twice.tolist()
+
+
+def test_cuts_edited_by_hand_into_config_json_are_refused_with_a_message():
+    from pipeline.runs.config import BuildConfig
+    from pipeline.train.fit import TrainConfig
+
+    assert TrainConfig(epochs=12, cuts=([4, 20, 16], [9, 16, 12])).cuts == ((4, 20, 16), (9, 16, 12))
+    for bad in ([[2, 4]], [[5, 4, 3]], [[2, 4, 2]], [[4, 20, 16], [9, 18, 12]]):
+        with pytest.raises(TypeError):
+            TrainConfig(cuts=bad)
+    d = BuildConfig.from_dict  # the loader's message, not a traceback
+    good = json.loads(json.dumps(_a_config().to_dict()))
+    good["train"]["cuts"] = [[2, 4]]
+    with pytest.raises(RunError, match="does not describe a build"):
+        d(good)
+
+
+def _a_config():
+    from pipeline.runs.config import BuildRequest
+
+    return BuildRequest(dataset="cifar10").config()
 
 
 def test_a_build_that_falls_behind_shortens_its_schedule_records_the_cut_and_a_rerun_of_the_record_repeats_it(tree, tmp_path, monkeypatch):

@@ -100,6 +100,13 @@ def run_stages(
                 from pipeline.stages.plan import plan_build
 
                 cfg, deadline = plan_build(cfg, run, splits, started)  # once: recorded in config.json
+            elif cfg.plan is not None and "train" in todo:
+                # replayed, not re-planned: the same model as the planned build's (bit for bit), so no new cut
+                log.info(
+                    "time budget: the plan and cuts recorded in config.json are replayed (%d float epochs); the budget is "
+                    "not held to again in this process",
+                    cfg.train.epochs,
+                )
         else:
             log.info("every stage is already done; nothing to do")
         for stage in STAGES if todo else ():

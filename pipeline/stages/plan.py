@@ -46,16 +46,26 @@ class Deadline:
     def epochs(self, done: int, seconds: list[float], planned: int, now: float) -> int | None:
         """Fewer epochs than ``planned`` where the build would end late at the pace of the last epochs
         (``seconds``: each epoch run so far in this process), else None. The first epoch carries the
-        graph's tracing, so nothing is judged before two; a single slow epoch is outvoted (median of
-        three). What follows training is assumed slowed down as much as the epochs were."""
-        if done >= planned or len(seconds) < 2:
+        graph's tracing and a cut cannot be undone, so nothing is judged before three epochs after it
+        (the median of three: one slow epoch is outvoted). What follows training is assumed slowed down
+        as much as the epochs were. Where no further epoch fits, one more still runs: the rate annealed
+        to its floor in it, rather than a model left at a high rate mid-schedule."""
+        if done + 1 >= planned or len(seconds) < 4:
             return None
         pace = statistics.median(seconds[1:][-3:])
-        after = self.after_training_s * max(1.0, pace / self.float_epoch_s)
-        if now + (planned - done) * pace + after <= self.end:
+        if now + (planned - done) * pace + self.after(pace) <= self.end:
             return None
-        more = math.floor((self.end - now - after) * CUT_MARGIN / pace)
-        return max(done, min(planned - 1, done + max(0, more)))
+        more = math.floor((self.end - now - self.after(pace)) * CUT_MARGIN / pace)
+        return min(planned - 1, done + max(1, more))
+
+    def after(self, pace: float) -> float:
+        """What follows training, at the float epochs' ``pace`` (s): as planned, or slower as they are."""
+        return self.after_training_s * max(1.0, pace / self.float_epoch_s if self.float_epoch_s > 0 else 1.0)
+
+    def late_by(self, done: int, seconds: list[float], epochs: int, now: float) -> float:
+        """Seconds past the end that ``epochs`` epochs in all, at the last epochs' pace, would take (<= 0: in time)."""
+        pace = statistics.median(seconds[1:][-3:] or seconds)
+        return now + (epochs - done) * pace + self.after(pace) - self.end
 
 
 @dataclass(frozen=True)
@@ -190,26 +200,23 @@ def holding_to(deadline: Deadline, cfg, run):
         train = dataclasses.replace(c.train, epochs=new, cuts=(*c.train.cuts, (done, planned, new)))
         current[0] = dataclasses.replace(c, train=train)
         run.save_config(current[0])
-        pace = statistics.median(seconds[1:][-3:])
-        if new == done:
-            log.warning(
-                "time budget: epochs take %.0f s here, not the %.0f s planned; no further epoch fits before the %g min are up: "
-                "training stops after epoch %d, before its schedule ended (recorded in config.json)",
-                pace,
-                deadline.float_epoch_s,
-                c.time_budget_min,
-                done,
-            )
-        else:
-            log.warning(
-                "time budget: epochs take %.0f s here, not the %.0f s planned (the machine is slower than when it was probed); "
-                "shortened to %d epochs, the rate annealed over the %d left, to end within the %g min (recorded in config.json)",
-                pace,
-                deadline.float_epoch_s,
-                new,
-                new - done,
-                c.time_budget_min,
-            )
+        pace = statistics.median(seconds[1:][-3:] or seconds)
+        late = deadline.late_by(done, seconds, new, time.time())
+        goal = (
+            f"to end within the {c.time_budget_min:g} min"
+            if late <= 0
+            else f"the fewest that still anneal it; even so the build will end about {late / 60:.1f} min after the {c.time_budget_min:g} min"
+        )
+        log.warning(
+            "time budget: epochs take %.0f s here, not the %.0f s planned (the machine is slower than when it was probed); "
+            "shortened to %d epochs, the rate annealed over the %d left, %s (recorded in config.json: a resume, or a build "
+            "on a copy of it, replays the cut)",
+            pace,
+            deadline.float_epoch_s,
+            new,
+            new - done,
+            goal,
+        )
         return new
 
     return replan

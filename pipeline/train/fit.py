@@ -40,6 +40,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cuts", tuple(tuple(int(v) for v in c) for c in self.cuts))  # JSON gives lists
+        before = None
+        for c in self.cuts:  # TypeError: a config.json edited by hand is refused as one that describes no build
+            if len(c) != 3 or not (0 < c[0] < c[2] < c[1]) or (before is not None and c[1] != before):
+                raise TypeError(f"train.cuts: {list(c)} is no (epochs done, epochs before, epochs after) that follows the cut before it")
+            before = c[2]
 
 
 # of the peak rate, where the cosine schedules end (CosineDecay's alpha) and a shortened one ends too
