@@ -151,7 +151,7 @@ def test_cuts_edited_by_hand_into_config_json_are_refused_with_a_message():
     from pipeline.train.fit import TrainConfig
 
     assert TrainConfig(epochs=12, cuts=([4, 20, 16], [9, 16, 12])).cuts == ((4, 20, 16), (9, 16, 12))
-    for bad in ([[2, 4]], [[5, 4, 3]], [[2, 4, 2]], [[4, 20, 16], [9, 18, 12]]):
+    for bad in ([[2, 4]], [[5, 4, 3]], [[2, 4, 2]], [[4, 20, 16], [9, 18, 12]], [["two", 4, 3]], [3]):
         with pytest.raises(TypeError):
             TrainConfig(cuts=bad)
     d = BuildConfig.from_dict  # the loader's message, not a traceback

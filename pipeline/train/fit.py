@@ -39,7 +39,10 @@ class TrainConfig:
     cuts: tuple[tuple[int, int, int], ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "cuts", tuple(tuple(int(v) for v in c) for c in self.cuts))  # JSON gives lists
+        try:
+            object.__setattr__(self, "cuts", tuple(tuple(int(v) for v in c) for c in self.cuts))  # JSON gives lists
+        except ValueError as exc:
+            raise TypeError(f"train.cuts: {exc}") from None
         before = None
         for c in self.cuts:  # TypeError: a config.json edited by hand is refused as one that describes no build
             if len(c) != 3 or not (0 < c[0] < c[2] < c[1]) or (before is not None and c[1] != before):
