@@ -52,11 +52,16 @@ class Deadline:
         to its floor in it, rather than a model left at a high rate mid-schedule."""
         if done + 1 >= planned or len(seconds) < 4:
             return None
-        pace = statistics.median(seconds[1:][-3:])
+        pace = self.pace(seconds)
         if now + (planned - done) * pace + self.after(pace) <= self.end:
             return None
         more = math.floor((self.end - now - self.after(pace)) * CUT_MARGIN / pace)
         return min(planned - 1, done + max(1, more))
+
+    @staticmethod
+    def pace(seconds: list[float]) -> float:
+        """Seconds an epoch takes now: the median of the last three, the first (tracing) left out while there are others."""
+        return statistics.median(seconds[1:][-3:] or seconds)
 
     def after(self, pace: float) -> float:
         """What follows training, at the float epochs' ``pace`` (s): as planned, or slower as they are."""
@@ -64,7 +69,7 @@ class Deadline:
 
     def late_by(self, done: int, seconds: list[float], epochs: int, now: float) -> float:
         """Seconds past the end that ``epochs`` epochs in all, at the last epochs' pace, would take (<= 0: in time)."""
-        pace = statistics.median(seconds[1:][-3:] or seconds)
+        pace = self.pace(seconds)
         return now + (epochs - done) * pace + self.after(pace) - self.end
 
 
@@ -200,7 +205,7 @@ def holding_to(deadline: Deadline, cfg, run):
         train = dataclasses.replace(c.train, epochs=new, cuts=(*c.train.cuts, (done, planned, new)))
         current[0] = dataclasses.replace(c, train=train)
         run.save_config(current[0])
-        pace = statistics.median(seconds[1:][-3:] or seconds)
+        pace = deadline.pace(seconds)
         late = deadline.late_by(done, seconds, new, time.time())
         goal = (
             f"to end within the {c.time_budget_min:g} min"
