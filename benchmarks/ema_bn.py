@@ -51,10 +51,10 @@ def main() -> None:
 
     before = correct()
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    # a cumulative average over the passes, not the layer's own 0.99 momentum: momentum 1 - 1/(k+1) at pass k
     # a random sample: the training images are stored class by class, and a class-sorted slice skews the statistics
     pick = np.sort(np.random.default_rng(0).permutation(len(splits.y_train))[: args.images])
     x_train = np.asarray(splits.x_train[pick], np.float32) / 255.0
+    # a cumulative average over the passes, not the layer's own 0.99 momentum: momentum 1 - 1/(k+1) at pass k
     for k, i in enumerate(range(0, len(x_train), args.batch)):
         for bn in bns:
             bn.momentum = k / (k + 1)

@@ -29,7 +29,7 @@ from quick_build import REPO, summarise, tf_env, write_result  # noqa: E402
 
 EPOCH = re.compile(r" train epoch (\d+)/(\d+): .*\(lr=([\d.]+), ([\d.]+) s")
 PLAN = re.compile(r"time budget [\d.]+ min: .*planned (\d+) float epochs \(([\d.]+) s each\).*about ([\d.]+) min in all")
-CUT = re.compile(r"time budget: epochs take (\d+) s here, not the (\d+) s planned.*?(?:shortened to (\d+) epochs|stops after epoch (\d+))")
+CUT = re.compile(r"time budget: epochs take (\d+) s here, not the (\d+) s planned.*?shortened to (\d+) epochs")
 
 # one thread per process, so each load process takes one core's worth of the machine
 LOAD = "import numpy as np\na = np.ones((1024, 1024), np.float32)\nb = a / 1024\nwhile True:\n    a = a @ b\n"  # a stays all ones
@@ -88,15 +88,7 @@ def main() -> None:
         sys.exit(f"the build failed (exit {build.returncode}); its log: {log_path}")
     plan = PLAN.search(text)
     epochs = [(int(d), int(p), float(lr), float(s)) for d, p, lr, s in EPOCH.findall(text)]
-    cuts = [
-        {
-            "epoch_seconds_seen": int(a),
-            "planned_epoch_seconds": int(b),
-            "shortened_to": int(c) if c else None,
-            "stopped_after": int(d) if d else None,
-        }
-        for a, b, c, d in CUT.findall(text)
-    ]
+    cuts = [{"epoch_seconds_seen": int(a), "planned_epoch_seconds": int(b), "shortened_to": int(c)} for a, b, c in CUT.findall(text)]
     res = {
         "command": ["nin-pipeline", *cmd],
         "budget_min": args.budget,
@@ -112,7 +104,7 @@ def main() -> None:
     planned = res["planned"] or {}
     print(
         f"planned {planned.get('epochs')} epochs, {planned.get('total_min')} min of {args.budget}; "
-        f"trained {len(epochs)}; cuts {[(c['shortened_to'] or c['stopped_after']) for c in cuts]}; "
+        f"trained {len(epochs)}; cuts {[c['shortened_to'] for c in cuts]}; "
         f"wall {wall / 60:.2f} min ({'within' if res['within_budget'] else 'OVER'} the budget)"
     )
 

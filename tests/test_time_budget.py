@@ -154,11 +154,10 @@ def test_cuts_edited_by_hand_into_config_json_are_refused_with_a_message():
     for bad in ([[2, 4]], [[5, 4, 3]], [[2, 4, 2]], [[4, 20, 16], [9, 18, 12]], [["two", 4, 3]], [3]):
         with pytest.raises(TypeError):
             TrainConfig(cuts=bad)
-    d = BuildConfig.from_dict  # the loader's message, not a traceback
-    good = json.loads(json.dumps(_a_config().to_dict()))
-    good["train"]["cuts"] = [[2, 4]]
-    with pytest.raises(RunError, match="does not describe a build"):
-        d(good)
+    edited = json.loads(json.dumps(_a_config().to_dict()))
+    edited["train"]["cuts"] = [[2, 4]]
+    with pytest.raises(RunError, match="does not describe a build"):  # the loader's message, not a traceback
+        BuildConfig.from_dict(edited)
 
 
 def _a_config():
